@@ -1,0 +1,201 @@
+"""The one computation every loss and metric of monai-jdt shares.
+
+Every loss and metric reduces a prediction ``x`` and a target ``y`` (same shape, channel-first
+``B, C, *spatial``, values in [0, 1]) to per-(image, class) soft counts ``tp, fp, fn`` and then
+to a ratio of the Tversky family.
+
+Soft counts
+-----------
+With the *semimetric* identity, for a norm order ``p`` (1 by default)::
+
+    tp = (|x|_p^p + |y|_p^p - |x - y|_p^p) / 2
+    fp = |x|_p^p - tp
+    fn = |y|_p^p - tp
+
+For hard labels ``y`` in {0, 1} and probabilities ``x`` in [0, 1] (p = 1) this is exactly the
+classic ``tp = sum(x * y)``; for soft labels it is the form whose loss is 0 exactly when
+``x == y``. With p = 2 the identity reduces to ``tp = sum(x * y)`` with squared norms, which is
+MONAI's ``squared_pred=True``. The *classic* counts (``semimetric=False``) are
+``tp = sum(x * y)``, ``fp = |x|_p^p - tp``, ``fn = |y|_p^p - tp``.
+
+Counts are accumulated in float32 (float64 inputs stay float64), also under fp16/bf16 autocast,
+so large 3D volumes and empty classes never overflow or give NaN.
+
+Ratio
+-----
+The Tversky index of one (image, class) is ``(tp + s_nr) / (tp + alpha*fp + beta*fn + s_dr)``:
+Jaccard for alpha = beta = 1, Dice for alpha = beta = 0.5.
+
+Aggregation levels (Wang et al., NeurIPS 2023, "fine-grained IoU")
+-------------------------------------------------------------------
+Given per-(image, class) counts ``[N, C]`` and an ``active`` mask ``[N, C]`` (the class is
+present in that image's target, or every class when all are counted):
+
+* ``"batch"`` (mIoU^D): sum the counts over all images (also those where the class is absent:
+  their false positives count), one ratio per class, mean over the classes active in any image.
+* ``"image"`` (mIoU^I): one ratio per (image, class), mean over that image's active classes,
+  then mean over the images that have any active class.
+* ``"class"`` (mIoU^C): one ratio per (image, class), mean over the images where the class is
+  active, then mean over those classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+
+__all__ = [
+    "AGGREGATIONS",
+    "Aggregation",
+    "SoftCounts",
+    "aggregate_scores",
+    "masked_mean",
+    "soft_counts",
+    "tversky_index",
+]
+
+Aggregation = Literal["batch", "image", "class"]
+AGGREGATIONS: tuple[Aggregation, ...] = ("batch", "image", "class")
+
+
+class SoftCounts(NamedTuple):
+    """Soft confusion counts, each of the shape of the reduced input (e.g. ``[B, C]``)."""
+
+    tp: torch.Tensor
+    fp: torch.Tensor
+    fn: torch.Tensor
+
+    def sum(self, dim: int) -> SoftCounts:
+        """Pool the counts over ``dim`` (e.g. the batch, for the dataset level)."""
+        return SoftCounts(self.tp.sum(dim), self.fp.sum(dim), self.fn.sum(dim))
+
+
+def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _power_sum(t: torch.Tensor, norm: int, dims: Sequence[int]) -> torch.Tensor:
+    """``sum(|t|^norm)`` over ``dims``: one fused reduction for p = 1, a product for p = 2."""
+    if norm == 1:
+        return torch.linalg.vector_norm(t, ord=1, dim=tuple(dims))
+    return (t * t).sum(dim=tuple(dims))
+
+
+def soft_counts(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dims: Sequence[int],
+    norm: int = 1,
+    semimetric: bool = True,
+) -> SoftCounts:
+    """Soft ``tp, fp, fn`` of ``x`` against ``y``, summed over ``dims``.
+
+    Args:
+        x: prediction, e.g. ``[B, C, *spatial]`` probabilities.
+        y: target of the same shape (hard or soft labels).
+        dims: the axes to sum over, e.g. ``range(2, x.ndim)`` for per-(image, class) counts.
+        norm: the norm order p, 1 or 2.
+        semimetric: True for the semimetric identity (correct for soft labels), False for the
+            classic ``sum(x * y)`` intersection.
+
+    Returns:
+        ``SoftCounts(tp, fp, fn)`` in float32 (float64 for float64 inputs), shaped as ``x``
+        without ``dims``.
+    """
+    if norm not in (1, 2):
+        raise ValueError(f"norm must be 1 or 2, got {norm!r}.")
+    if x.shape != y.shape:
+        raise ValueError(
+            f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
+    dtype = _accumulation_dtype(x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(dtype)
+        y = y.to(dtype)
+        px = _power_sum(x, norm, dims)
+        py = _power_sum(y, norm, dims)
+        if semimetric and norm == 1:
+            tp = (px + py - _power_sum(x - y, 1, dims)) / 2
+        else:
+            # p = 2: (|x|^2 + |y|^2 - |x-y|^2) / 2 == sum(x*y) exactly, so both forms agree.
+            tp = (x * y).sum(dim=tuple(dims))
+    return SoftCounts(tp, px - tp, py - tp)
+
+
+def tversky_index(
+    counts: SoftCounts,
+    alpha: float,
+    beta: float,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    empty: float = float("nan"),
+) -> torch.Tensor:
+    """``(tp + smooth_nr) / (tp + alpha*fp + beta*fn + smooth_dr)``, elementwise.
+
+    Where the denominator is 0 (a class empty in both prediction and target, no smoothing) the
+    index is ``empty``: NaN by default (callers skip it), 1.0 for losses (nothing to get
+    wrong). The division is guarded so that such entries give a zero, never a NaN, gradient.
+    """
+    tp, fp, fn = counts
+    numerator = tp + smooth_nr
+    denominator = tp + alpha * fp + beta * fn + smooth_dr
+    defined = denominator != 0
+    safe = torch.where(defined, denominator, torch.ones_like(denominator))
+    return torch.where(defined, numerator / safe, torch.full_like(numerator, empty))
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is true (over ``dim``, or over everything).
+
+    Entries outside the mask never reach the result or its gradient, even when they are NaN.
+    Where the mask selects nothing the mean is NaN (with a zero gradient).
+    """
+    mask = mask.to(torch.bool).expand_as(values)
+    total = torch.where(mask, values, torch.zeros_like(values))
+    n = mask.sum() if dim is None else mask.sum(dim)
+    total = total.sum() if dim is None else total.sum(dim)
+    mean = total / n.clamp_min(1).to(total.dtype)
+    return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
+
+
+def aggregate_scores(
+    counts: SoftCounts,
+    active: torch.Tensor,
+    level: Aggregation,
+    alpha: float,
+    beta: float,
+    smooth_nr: float = 0.0,
+    smooth_dr: float = 0.0,
+    empty: float = float("nan"),
+) -> torch.Tensor:
+    """Scalar Tversky-family score of per-(image, class) ``counts`` at one aggregation level.
+
+    Args:
+        counts: ``SoftCounts`` with tensors of shape ``[N, C]`` (N images, C classes).
+        active: boolean ``[N, C]``: which (image, class) pairs take part (e.g. present in the
+            reference); pass all-true to count every class.
+        level: ``"batch"`` (mIoU^D), ``"image"`` (mIoU^I) or ``"class"`` (mIoU^C).
+        alpha, beta, smooth_nr, smooth_dr: the Tversky parameters.
+        empty: the index of a pair with a zero denominator (see ``tversky_index``).
+
+    Returns:
+        A 0-dim tensor; NaN when no pair is active.
+    """
+    if active.shape != counts.tp.shape or counts.tp.ndim != 2:
+        raise ValueError(
+            f"counts and active must both be [N, C], got {tuple(counts.tp.shape)} and "
+            f"{tuple(active.shape)}."
+        )
+    active = active.to(torch.bool)
+    if level == "batch":
+        # every image's counts pool, also where the class is absent: its false positives count
+        per_class = tversky_index(counts.sum(0), alpha, beta, smooth_nr, smooth_dr, empty)
+        return masked_mean(per_class, active.any(0))
+    per_pair = tversky_index(counts, alpha, beta, smooth_nr, smooth_dr, empty)
+    if level == "image":
+        return masked_mean(masked_mean(per_pair, active, dim=1), active.any(1))
+    if level == "class":
+        return masked_mean(masked_mean(per_pair, active, dim=0), active.any(0))
+    raise ValueError(f"level must be one of {AGGREGATIONS}, got {level!r}.")

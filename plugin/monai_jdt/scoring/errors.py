@@ -1,0 +1,99 @@
+"""The exceptions of the scoring core: one class per kind of bad input.
+
+Each carries a stable machine-readable ``code`` (used as ``detail.code`` by the service and
+printed by the command line) and a message a person can act on (which file or argument, what
+was expected, what arrived). ``http_status`` is the status the service answers with.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AffineMismatchError",
+    "CorruptFileError",
+    "InvalidOptionError",
+    "NegativeLabelError",
+    "NonFiniteValuesError",
+    "NonIntegerLabelsError",
+    "NotNiftiError",
+    "ProbabilityRangeError",
+    "ScoringError",
+    "ShapeMismatchError",
+    "VolumeTooLargeError",
+]
+
+
+class ScoringError(ValueError):
+    """Base class: bad input to the scoring core. ``str(err)`` is the message for a person."""
+
+    code: str = "invalid_input"
+    http_status: int = 422
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_detail(self) -> dict[str, str]:
+        """The JSON error body's ``detail``: ``{"code": ..., "message": ...}``."""
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidOptionError(ScoringError):
+    """A scoring option has a bad value (labels spec, tolerance, device, metric name...)."""
+
+    code = "invalid_option"
+
+
+class NotNiftiError(ScoringError):
+    """The file is not NIfTI-1/NIfTI-2 (wrong magic, wrong header size, not gzip nor raw)."""
+
+    code = "not_nifti"
+    http_status = 415
+
+
+class CorruptFileError(ScoringError):
+    """The file starts as NIfTI but is truncated or its gzip stream is corrupt."""
+
+    code = "corrupt_file"
+
+
+class ShapeMismatchError(ScoringError):
+    """Prediction and reference volumes have different shapes."""
+
+    code = "shape_mismatch"
+
+
+class AffineMismatchError(ScoringError):
+    """Prediction and reference affines differ beyond the tolerance."""
+
+    code = "affine_mismatch"
+
+
+class NonIntegerLabelsError(ScoringError):
+    """A label volume holds values that are not whole numbers."""
+
+    code = "non_integer_labels"
+
+
+class NonFiniteValuesError(ScoringError):
+    """A volume holds NaN or infinity."""
+
+    code = "non_finite_values"
+
+
+class NegativeLabelError(ScoringError):
+    """A label volume holds negative values."""
+
+    code = "negative_labels"
+
+
+class ProbabilityRangeError(ScoringError):
+    """A probability volume holds values outside [0, 1]."""
+
+    code = "probability_out_of_range"
+
+
+class VolumeTooLargeError(ScoringError):
+    """The volume (as declared by its header) exceeds the configured voxel limit."""
+
+    code = "volume_too_large"
+    http_status = 413
