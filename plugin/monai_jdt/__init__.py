@@ -5,10 +5,13 @@ Importing the package lets a MONAI bundle config name its classes by short name
 """
 
 from monai_jdt.counts import SoftCounts, aggregate_scores, soft_counts, tversky_index
+from monai_jdt.metrics import FineGrainedIoU, FineGrainedIoUMetric
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FineGrainedIoU",
+    "FineGrainedIoUMetric",
     "SoftCounts",
     "__version__",
     "aggregate_scores",
