@@ -1,0 +1,41 @@
+"""``GET /v1/info``: version, device, GPU and the limits in force."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from jdt_service.device import gpu_info, resolve_device
+from jdt_service.schemas import ErrorResponse, Info, Limits
+from monai_jdt import __version__
+from monai_jdt.scoring import SCHEMA_VERSION
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["info"])
+
+
+@router.get(
+    "/v1/info",
+    summary="Version, scoring device and limits",
+    responses={401: {"model": ErrorResponse, "description": "unauthorized (API keys set)."}},
+)
+async def info(request: Request) -> Info:
+    settings = request.app.state.settings
+    device = resolve_device(settings.device)
+    return Info(
+        version=__version__,
+        schema_version=str(SCHEMA_VERSION),
+        device=device,
+        configured_device=settings.device,
+        gpu=await asyncio.to_thread(gpu_info, device),
+        auth_required=bool(settings.api_keys),
+        limits=Limits(
+            max_upload_bytes=settings.max_upload_bytes,
+            max_voxels=settings.max_voxels,
+            max_concurrency=settings.max_concurrency,
+            max_queue=settings.max_queue,
+            request_timeout_s=settings.request_timeout,
+        ),
+    )

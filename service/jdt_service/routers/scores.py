@@ -1,0 +1,169 @@
+"""``POST /v1/scores``: score one uploaded prediction/reference pair with the scoring core.
+
+The flow of one request, each step bounded:
+
+1. admission (503 ``server_busy`` + ``Retry-After`` when all slots and the queue are taken),
+   before any byte of the body is read;
+2. the multipart body streams into the request's work directory (413 past the size limit);
+3. the options are parsed (422), the two NIfTI headers are read off the event loop and the
+   declared voxel counts checked (413 before anything is decompressed; 415 / 422 for files
+   that are not NIfTI or are corrupt);
+4. the scoring core runs on a scoring thread; a CUDA out-of-memory error re-runs the job on
+   the CPU and is counted in ``jdt_gpu_fallbacks_total``;
+5. the report of ``monai_jdt.scoring.score_files`` is returned as is (``CaseReport.to_dict()``).
+
+The whole request is bounded by ``request_timeout`` (504). The work directory is deleted on
+every path (see :class:`jdt_service.limits.Admission`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from jdt_service.errors import ApiError
+from jdt_service.forms import OPTION_FIELDS, form_schema, options_from_form
+from jdt_service.limits import Admission
+from jdt_service.metrics import ServiceMetrics
+from jdt_service.schemas import ErrorResponse, ScoreReport
+from jdt_service.settings import Settings
+from jdt_service.uploads import receive_form
+from monai_jdt.scoring import CaseReport, ScoringOptions, inspect_nifti, score_files
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["scores"])
+
+
+def _errors(description: str) -> dict[str, object]:
+    return {"model": ErrorResponse, "description": description}
+
+
+SCORE_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {
+        "model": ScoreReport,
+        "description": "The score report, the same JSON as `monai-jdt score --json`.",
+    },
+    400: _errors("malformed_multipart, client_disconnected."),
+    401: _errors("unauthorized: API keys are configured and the bearer key is missing or wrong."),
+    413: _errors(
+        "upload_too_large, field_too_large, volume_too_large (header dims past the voxel limit)."
+    ),
+    415: _errors("unsupported_media_type (body not multipart/form-data), not_nifti."),
+    422: _errors(
+        "missing_field, unknown_option, duplicate_field, invalid_option, corrupt_file, "
+        "shape_mismatch, affine_mismatch, non_integer_labels, non_finite_values, "
+        "negative_labels, probability_out_of_range."
+    ),
+    500: _errors("internal_error: a bug in the service; please report it with the request id."),
+    503: _errors("server_busy (with Retry-After), out_of_memory."),
+    504: _errors("timeout: the request took longer than the configured request timeout."),
+}
+
+
+@dataclass(frozen=True)
+class _JobResult:
+    report: CaseReport
+    queue_s: float
+    score_s: float
+    gpu_fallback: bool
+
+
+def _score_job(
+    prediction: Path,
+    reference: Path,
+    options: ScoringOptions,
+    case_id: str | None,
+    metrics: ServiceMetrics,
+    submitted: float,
+) -> _JobResult:
+    """Runs on a scoring thread; retries on the CPU once if CUDA runs out of memory."""
+    started = time.perf_counter()
+    fallback = False
+    try:
+        report = score_files(prediction, reference, options, case_id=case_id)
+    except torch.OutOfMemoryError:
+        fallback = True
+        metrics.gpu_fallbacks.inc()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cpu_options = dataclasses.replace(options, device="cpu")
+        report = score_files(prediction, reference, cpu_options, case_id=case_id)
+    ended = time.perf_counter()
+    metrics.scoring_seconds.labels(str(report.device)).observe(ended - started)
+    return _JobResult(report, started - submitted, ended - started, fallback)
+
+
+async def _score(request: Request, admission: Admission, settings: Settings) -> JSONResponse:
+    metrics: ServiceMetrics = request.app.state.metrics
+    state = request.state
+    try:
+        form = await receive_form(
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            request.stream(),
+            admission.workdir,
+            settings.max_upload_bytes,
+            OPTION_FIELDS,
+        )
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+    for name, size in form.sizes.items():
+        setattr(state, f"{name}_bytes", size)
+        metrics.upload_bytes.observe(size)
+    options, case_id = options_from_form(
+        form.fields, device=settings.device, max_voxels=settings.max_voxels
+    )
+    prediction, reference = form.files["prediction"], form.files["reference"]
+    for path in (prediction, reference):
+        info = await asyncio.to_thread(inspect_nifti, path, settings.max_voxels)
+        state.voxels = info.voxels
+    submitted = time.perf_counter()
+    try:
+        result = await admission.run(
+            lambda: _score_job(prediction, reference, options, case_id, metrics, submitted)
+        )
+    except MemoryError:
+        raise ApiError(
+            503,
+            "out_of_memory",
+            "the server ran out of memory scoring this case; retry later",
+            headers={"Retry-After": str(settings.retry_after)},
+        ) from None
+    state.queue_s = round(result.queue_s, 4)
+    state.score_s = round(result.score_s, 4)
+    state.device = str(result.report.device)
+    if result.gpu_fallback:
+        state.gpu_fallback = True
+    metrics.voxels.inc(state.voxels)
+    return JSONResponse(result.report.to_dict())
+
+
+@router.post(
+    "/v1/scores",
+    summary="Score a prediction against a reference (two NIfTI uploads)",
+    openapi_extra={"requestBody": form_schema()},
+    responses=SCORE_RESPONSES,
+)
+async def create_score(request: Request) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    deadline = asyncio.timeout(settings.request_timeout)
+    try:
+        async with deadline, request.app.state.pool.admit() as admission:
+            return await _score(request, admission, settings)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise ApiError(
+            504,
+            "timeout",
+            f"the request took longer than the limit of {settings.request_timeout:g} s",
+        ) from None

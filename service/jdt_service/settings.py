@@ -1,0 +1,90 @@
+"""Service settings, read from ``JDT_*`` environment variables (pydantic-settings).
+
+``monai-jdt serve`` options override them (see :mod:`jdt_service.server`). List-valued
+settings (``JDT_API_KEYS``, ``JDT_CORS_ORIGINS``) are comma-separated strings.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DEVICE_PATTERN", "LOOPBACK_HOSTS", "Settings"]
+
+#: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with; each field is ``JDT_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="JDT_", extra="ignore", frozen=True)
+
+    device: str = Field(default="auto", description="Scoring device: auto, cpu, cuda or cuda:N.")
+    host: str = Field(default="127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port.")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys; when set, /v1/* needs 'Authorization: Bearer KEY'.",
+    )
+    max_upload_bytes: int = Field(
+        default=512 * MiB, ge=1024, description="Largest accepted file (each of the two), in bytes."
+    )
+    max_voxels: int = Field(
+        default=512**3,
+        ge=1,
+        description="Largest accepted volume, in voxels, read from the header.",
+    )
+    max_concurrency: int = Field(
+        default=2, ge=1, description="Scoring jobs that run at the same time."
+    )
+    max_queue: int = Field(
+        default=8, ge=0, description="Requests that may wait for a scoring slot before 503."
+    )
+    request_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a scoring request may take (upload + wait + score).",
+    )
+    retry_after: int = Field(default=5, ge=1, description="Retry-After seconds sent with 503.")
+    temp_dir: Path | None = Field(
+        default=None, description="Where uploads are written (default: the system temp dir)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS."
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not DEVICE_PATTERN.match(value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the bind address only accepts local connections."""
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")

@@ -1,0 +1,212 @@
+"""Stream a ``multipart/form-data`` body to disk with limits checked while it arrives.
+
+The two file fields (``prediction``, ``reference``) go chunk by chunk into the request's work
+directory, never whole into memory; each is refused with 413 as soon as it passes
+``max_file_bytes``. Text fields (the scoring options) are small and kept in memory, up to
+``MAX_FIELD_BYTES`` each. Unknown or repeated fields are refused (422) as soon as their part
+header arrives. Client file names are never used (nor logged): the files are named after the
+field, with ``.nii.gz`` when the content starts with the gzip magic and ``.nii`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+
+from jdt_service.errors import ApiError
+
+__all__ = ["FILE_FIELDS", "MAX_FIELD_BYTES", "UploadedForm", "receive_form"]
+
+FILE_FIELDS = ("prediction", "reference")
+MAX_FIELD_BYTES = 64 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+#: allowance for part headers and boundaries on top of the file and field limits
+_ENVELOPE_BYTES = 1024 * 1024
+
+
+@dataclass
+class UploadedForm:
+    """What arrived: the file paths and sizes by field, and the text fields."""
+
+    files: dict[str, Path] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class _FormWriter:
+    """Callbacks for :class:`MultipartParser`: route each part to a file or a text field."""
+
+    def __init__(self, workdir: Path, max_file_bytes: int, text_fields: Collection[str]) -> None:
+        self.workdir = workdir
+        self.max_file_bytes = max_file_bytes
+        self.text_fields = text_fields
+        self.form = UploadedForm()
+        self.finished = False
+        self._header_name = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name = ""
+        self._file: BinaryIO | None = None
+        self._text = bytearray()
+        self._size = 0
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._text = bytearray()
+        self._size = 0
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._header_name.strip().lower()] = self._header_value.strip()
+        self._header_name = b""
+        self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        disposition, params = parse_options_header(self._headers.get(b"content-disposition"))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        if disposition != b"form-data" or not name:
+            raise ApiError(400, "malformed_multipart", "a form part has no field name")
+        if name in self.form.fields or name in self.form.files:
+            raise ApiError(422, "duplicate_field", f"form field {name!r} was sent twice")
+        self._name = name
+        if name in FILE_FIELDS:
+            path = self.workdir / f"{name}.upload"
+            self._file = open(path, "xb")  # noqa: SIM115 (closed in _part_end / close)
+            self.form.files[name] = path
+        elif name not in self.text_fields:
+            known = ", ".join([*FILE_FIELDS, *sorted(self.text_fields)])
+            raise ApiError(422, "unknown_option", f"unknown form field {name!r}; known: {known}")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        self._size += end - start
+        if self._file is not None:
+            if self._size > self.max_file_bytes:
+                raise ApiError(
+                    413,
+                    "upload_too_large",
+                    f"{self._name} is larger than the limit of {self.max_file_bytes} bytes",
+                )
+            self._file.write(data[start:end])
+        else:
+            if self._size > MAX_FIELD_BYTES:
+                raise ApiError(
+                    413,
+                    "field_too_large",
+                    f"form field {self._name!r} is larger than {MAX_FIELD_BYTES} bytes",
+                )
+            self._text += data[start:end]
+
+    def _part_end(self) -> None:
+        if self._file is not None:
+            self.close()
+            self.form.sizes[self._name] = self._size
+        else:
+            try:
+                self.form.fields[self._name] = self._text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(
+                    422, "invalid_option", f"form field {self._name!r} is not UTF-8 text"
+                ) from None
+
+    def _end(self) -> None:
+        self.finished = True
+
+
+def _boundary(content_type: str | None) -> bytes:
+    media_type, params = parse_options_header(content_type)
+    if media_type != b"multipart/form-data":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "the request body must be multipart/form-data with fields 'prediction' and 'reference'",
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "malformed_multipart", "the multipart Content-Type has no boundary")
+    return boundary
+
+
+def _name_by_content(path: Path) -> Path:
+    """Rename an upload to ``.nii.gz`` or ``.nii`` after its first bytes (gzip magic or not)."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    target = path.with_suffix(".nii.gz" if head == _GZIP_MAGIC else ".nii")
+    path.rename(target)
+    return target
+
+
+async def receive_form(
+    content_type: str | None,
+    content_length: str | None,
+    chunks: AsyncIterator[bytes],
+    workdir: Path,
+    max_file_bytes: int,
+    text_fields: Collection[str],
+) -> UploadedForm:
+    """Parse the body from ``chunks`` into ``workdir``; raise :class:`ApiError` on bad input.
+
+    A declared ``Content-Length`` above what two files and the fields can take is refused
+    before any byte is read.
+    """
+    boundary = _boundary(content_type)
+    limit = 2 * max_file_bytes + len(text_fields) * MAX_FIELD_BYTES + _ENVELOPE_BYTES
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        raise ApiError(
+            413,
+            "upload_too_large",
+            f"the request body ({content_length} bytes) is larger than the limit of "
+            f"{limit} bytes (two files of at most {max_file_bytes} bytes)",
+        )
+    writer = _FormWriter(workdir, max_file_bytes, text_fields)
+    parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in chunks:
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise ApiError(
+            400, "malformed_multipart", f"the multipart body is malformed: {exc}"
+        ) from None
+    finally:
+        writer.close()
+    if not writer.finished:
+        raise ApiError(
+            400, "malformed_multipart", "the multipart body ended before its last boundary"
+        )
+    form = writer.form
+    missing = [name for name in FILE_FIELDS if name not in form.files]
+    if missing:
+        raise ApiError(
+            422,
+            "missing_field",
+            f"missing file field(s): {', '.join(missing)}; send both 'prediction' and "
+            "'reference' as files",
+        )
+    form.files = {name: _name_by_content(path) for name, path in form.files.items()}
+    return form
