@@ -5,11 +5,25 @@ Importing the package lets a MONAI bundle config name its classes by short name
 """
 
 from monai_jdt.counts import SoftCounts, aggregate_scores, soft_counts, tversky_index
+from monai_jdt.losses import (
+    DiceSemimetricLoss,
+    GeneralizedDiceSemimetricLoss,
+    JaccardMetricLoss,
+    JDTCELoss,
+    JDTLoss,
+    TverskySemimetricLoss,
+)
 from monai_jdt.metrics import FineGrainedIoU, FineGrainedIoUMetric
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DiceSemimetricLoss",
+    "GeneralizedDiceSemimetricLoss",
+    "JDTCELoss",
+    "JDTLoss",
+    "JaccardMetricLoss",
+    "TverskySemimetricLoss",
     "FineGrainedIoU",
     "FineGrainedIoUMetric",
     "SoftCounts",

@@ -51,6 +51,7 @@ __all__ = [
     "Aggregation",
     "SoftCounts",
     "aggregate_scores",
+    "aggregate_values",
     "masked_mean",
     "soft_counts",
     "tversky_index",
@@ -160,6 +161,40 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
 
 
+def aggregate_values(
+    values: torch.Tensor, active: torch.Tensor, level: Aggregation
+) -> torch.Tensor:
+    """Mean of per-class or per-(image, class) ``values`` at one aggregation level.
+
+    Args:
+        values: for ``"batch"``, one value per class (any shape with ``C`` elements, e.g. ``[C]``
+            or ``[1, C]``) computed from the counts pooled over the images; for ``"image"`` and
+            ``"class"``, one value per (image, class), ``[N, C]``.
+        active: boolean ``[N, C]``: which (image, class) pairs take part. At the batch level a
+            class takes part when it is active in any image.
+        level: ``"batch"`` (mean over active classes), ``"image"`` (mean over each image's
+            active classes, then over images) or ``"class"`` (mean over the images where the
+            class is active, then over classes).
+
+    Returns:
+        A 0-dim tensor; NaN (with a zero gradient) when no pair is active. Inactive entries never
+        reach the result or its gradient.
+    """
+    active = active.to(torch.bool)
+    if level == "batch":
+        return masked_mean(values.reshape(-1), active.any(0))
+    if values.shape != active.shape:
+        raise ValueError(
+            f"at the {level!r} level values and active must both be [N, C], got "
+            f"{tuple(values.shape)} and {tuple(active.shape)}."
+        )
+    if level == "image":
+        return masked_mean(masked_mean(values, active, dim=1), active.any(1))
+    if level == "class":
+        return masked_mean(masked_mean(values, active, dim=0), active.any(0))
+    raise ValueError(f"level must be one of {AGGREGATIONS}, got {level!r}.")
+
+
 def aggregate_scores(
     counts: SoftCounts,
     active: torch.Tensor,
@@ -188,14 +223,10 @@ def aggregate_scores(
             f"counts and active must both be [N, C], got {tuple(counts.tp.shape)} and "
             f"{tuple(active.shape)}."
         )
-    active = active.to(torch.bool)
-    if level == "batch":
-        # every image's counts pool, also where the class is absent: its false positives count
-        per_class = tversky_index(counts.sum(0), alpha, beta, smooth_nr, smooth_dr, empty)
-        return masked_mean(per_class, active.any(0))
-    per_pair = tversky_index(counts, alpha, beta, smooth_nr, smooth_dr, empty)
-    if level == "image":
-        return masked_mean(masked_mean(per_pair, active, dim=1), active.any(1))
-    if level == "class":
-        return masked_mean(masked_mean(per_pair, active, dim=0), active.any(0))
-    raise ValueError(f"level must be one of {AGGREGATIONS}, got {level!r}.")
+    if level not in AGGREGATIONS:
+        raise ValueError(f"level must be one of {AGGREGATIONS}, got {level!r}.")
+    # at the batch level every image's counts pool, also where the class is absent: its false
+    # positives count
+    pooled = counts.sum(0) if level == "batch" else counts
+    scores = tversky_index(pooled, alpha, beta, smooth_nr, smooth_dr, empty)
+    return aggregate_values(scores, active, level)

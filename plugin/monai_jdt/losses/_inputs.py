@@ -1,0 +1,253 @@
+"""From ``(input, target, mask)`` as a user passes them to the tensors the counts are taken of.
+
+The steps follow MONAI's ``DiceLoss`` so that the MONAI-named losses return MONAI's numbers:
+
+1. shapes are checked (``B, C, *spatial``; ``target`` ``B, 1, *`` labels or ``B, C, *``; ``mask``
+   ``B, 1, *`` or ``1, 1, *``), and, unless ``check_values=False``, the values (no NaN, labels
+   integral and in ``[0, C)`` or ``ignore_index``, soft targets and masks in ``[0, 1]``);
+2. the activation (``sigmoid`` / ``softmax`` over channels / ``other_act``);
+3. ``to_onehot_y``: labels ``B, 1, *`` become one-hot ``B, C, *``;
+4. the keep mask ``B, 1, *``: voxels labelled ``ignore_index`` (MONAI's rules, also for one-hot
+   targets) times the user's ``mask``;
+5. ``include_background=False`` drops channel 0;
+6. prediction and target are multiplied by the keep mask, so masked voxels add nothing to any
+   count (also for soft labels: both sides are 0 there).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "InputOptions",
+    "Prepared",
+    "ShapeMismatchError",
+    "is_hard",
+    "one_hot",
+    "prepare_inputs",
+]
+
+
+class ShapeMismatchError(ValueError, AssertionError):
+    """Tensors whose shapes do not fit together.
+
+    A ``ValueError`` like every input error here, and an ``AssertionError`` because that is what
+    MONAI's losses raise for the same mistake (code catching MONAI's error keeps working).
+    """
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """The input-handling arguments of a loss (MONAI's names and meaning)."""
+
+    include_background: bool = True
+    to_onehot_y: bool = False
+    sigmoid: bool = False
+    softmax: bool = False
+    other_act: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ignore_index: int | None = None
+    check_values: bool = True
+
+
+class Prepared(NamedTuple):
+    """Tensors ready for the counts.
+
+    Attributes:
+        x: activated prediction ``[B, C', *spatial]`` (``C'`` = C without background if dropped),
+            zero where masked.
+        y: float target of the same shape, zero where masked.
+        keep: ``[B or 1, 1, *spatial]`` float keep mask (1 = counted), None when nothing is
+            masked.
+        labels: the label map ``[B, 1, *spatial]`` when the target was given as labels and
+            one-hot encoded here, else None.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    keep: torch.Tensor | None
+    labels: torch.Tensor | None
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _check_shapes(
+    input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, opts: InputOptions
+) -> None:
+    for name, t in (("input", input), ("target", target), ("mask", mask)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating point tensor, got {input.dtype}.")
+    if input.ndim < 3:
+        raise ShapeMismatchError(
+            f"input must be B, C, *spatial with at least one spatial dim, got {_shape(input)}."
+        )
+    if target.ndim != input.ndim:
+        raise ShapeMismatchError(
+            "the number of dimensions for input and target should be the same, got shape "
+            f"{_shape(input)} and {_shape(target)}; a label map must be B, 1, *spatial."
+        )
+    n_ch = input.shape[1]
+    if target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:]:
+        raise ShapeMismatchError(
+            f"target {_shape(target)} and input {_shape(input)} must have the same batch size "
+            "and spatial shape."
+        )
+    if opts.to_onehot_y and n_ch > 1 and target.shape[1] != 1:
+        raise ShapeMismatchError(
+            f"to_onehot_y=True needs a label map target with 1 channel (B, 1, *spatial), got "
+            f"target {_shape(target)} for input {_shape(input)}."
+        )
+    if mask is not None and (
+        mask.ndim != input.ndim
+        or mask.shape[1] != 1
+        or mask.shape[0] not in (1, input.shape[0])
+        or mask.shape[2:] != input.shape[2:]
+    ):
+        raise ShapeMismatchError(
+            f"mask must be B, 1, *spatial or 1, 1, *spatial for input {_shape(input)}, "
+            f"got {_shape(mask)}."
+        )
+
+
+def _check_finite_and_unit(name: str, t: torch.Tensor, unit: bool) -> None:
+    """No NaN in ``t``; when ``unit``, every value in [0, 1]."""
+    if not t.is_floating_point():
+        if unit:
+            lo, hi = torch.aminmax(t)
+            if lo < 0 or hi > 1:
+                raise ValueError(f"{name} values must lie in [0, 1], got min {lo} and max {hi}.")
+        return
+    if torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN values.")
+    if unit:
+        lo, hi = torch.aminmax(t)
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"{name} values must lie in [0, 1], got min {lo.item():.6g} and max "
+                f"{hi.item():.6g}; for a label map pass to_onehot_y=True, or check_values=False "
+                "to skip this check."
+            )
+
+
+def _check_labels(labels: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
+    valid = (labels >= 0) & (labels < n_classes)
+    if labels.is_floating_point():
+        valid &= labels == torch.round(labels)
+    if ignore_index is not None:
+        valid |= labels == ignore_index
+    if not valid.all():
+        bad = torch.unique(labels[~valid])[:5].tolist()
+        allowed = f"integers in [0, {n_classes})"
+        if ignore_index is not None:
+            allowed += f" or ignore_index={ignore_index}"
+        raise ValueError(f"target labels must be {allowed}, got values such as {bad}.")
+
+
+def _ignore_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
+    """``[B, 1, *]`` keep mask of ``ignore_index`` on the target as given (MONAI's rules).
+
+    Label maps: keep where the label differs. One-hot targets: an index in ``[0, C)`` drops the
+    voxels of that class; any other value drops the voxels where every channel is 0.
+    """
+    if ignore_index is None:
+        return None
+    if target.shape[1] == 1:
+        return target != ignore_index
+    if 0 <= ignore_index < target.shape[1]:
+        return target[:, ignore_index : ignore_index + 1] == 0
+    return target.sum(dim=1, keepdim=True) > 0
+
+
+def one_hot(labels: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, 1, *]`` integral labels in ``[0, n_classes)`` to one-hot ``[B, n_classes, *]``."""
+    shape = (labels.shape[0], n_classes, *labels.shape[2:])
+    return torch.zeros(shape, dtype=dtype, device=labels.device).scatter_(1, labels.long(), 1.0)
+
+
+def _float_dtype(input: torch.Tensor) -> torch.dtype:
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def _activate(input: torch.Tensor, opts: InputOptions) -> torch.Tensor:
+    if opts.sigmoid:
+        input = torch.sigmoid(input)
+    if opts.softmax:
+        if input.shape[1] == 1:
+            warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=4)
+        else:
+            input = torch.softmax(input, 1)
+    if opts.other_act is not None:
+        input = opts.other_act(input)
+    return input
+
+
+def prepare_inputs(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    opts: InputOptions,
+) -> Prepared:
+    """Validate, activate, one-hot encode, mask and drop the background (see module docstring)."""
+    _check_shapes(input, target, mask, opts)
+    n_ch = input.shape[1]
+    onehot = opts.to_onehot_y and n_ch > 1
+    if opts.to_onehot_y and not onehot:
+        warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
+    if opts.check_values:
+        _check_finite_and_unit("input", input, unit=False)
+        if mask is not None:
+            _check_finite_and_unit("mask", mask, unit=True)
+        if onehot:
+            _check_labels(target, n_ch, opts.ignore_index)
+        else:
+            _check_finite_and_unit("target", target, unit=False)
+
+    keep = _ignore_mask(target, opts.ignore_index)
+    if mask is not None:
+        keep = mask if keep is None else keep * mask
+    dtype = _float_dtype(input)
+    keep = None if keep is None else keep.to(dtype)
+
+    x = _activate(input, opts)
+    labels = None
+    if onehot:
+        labels = target
+        if opts.ignore_index is not None and not 0 <= opts.ignore_index < n_ch:
+            labels = torch.where(target == opts.ignore_index, torch.zeros_like(target), target)
+        y = one_hot(labels, n_ch, dtype)
+    else:
+        y = target if target.dtype == dtype else target.to(dtype)
+
+    if not opts.include_background:
+        if n_ch == 1:
+            warnings.warn(
+                "single channel prediction, `include_background=False` ignored.", stacklevel=3
+            )
+        else:
+            x, y = x[:, 1:], y[:, 1:]
+    if y.shape != x.shape:
+        raise ShapeMismatchError(
+            f"ground truth has different shape ({y.shape}) from input ({x.shape}); pass "
+            "to_onehot_y=True for a B, 1, *spatial label map."
+        )
+    if keep is not None:
+        x, y = x * keep, y * keep
+    if opts.check_values and not onehot:
+        _check_finite_and_unit("target", y, unit=True)
+    return Prepared(x, y, keep, labels)
+
+
+def is_hard(prepared: Prepared) -> bool:
+    """Whether the (masked) target holds only 0 and 1: hard labels, one-hot or a label map."""
+    if prepared.labels is not None:
+        return True
+    y = prepared.y
+    return bool(((y == 0) | (y == 1)).all())
