@@ -19,14 +19,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DiceSemimetricLoss",
+    "FineGrainedIoU",
+    "FineGrainedIoUMetric",
     "GeneralizedDiceSemimetricLoss",
     "JDTCELoss",
     "JDTLoss",
     "JaccardMetricLoss",
-    "TverskySemimetricLoss",
-    "FineGrainedIoU",
-    "FineGrainedIoUMetric",
     "SoftCounts",
+    "TverskySemimetricLoss",
     "__version__",
     "aggregate_scores",
     "soft_counts",
