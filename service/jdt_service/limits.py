@@ -47,7 +47,7 @@ class ScoringPool:
         self.retry_after = retry_after
         self.temp_dir = temp_dir
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="jdt-score")
+        self._executor: ThreadPoolExecutor | None = None  # started by the first job
         self._lock = threading.Lock()
         self._admitted = 0
         self._running = 0
@@ -78,8 +78,14 @@ class ScoringPool:
         return Admission(self, workdir)
 
     def shutdown(self) -> None:
-        """Stop the threads; queued jobs are cancelled, running ones finish in the background."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads; queued jobs are cancelled, running ones finish in the background.
+
+        A later job starts a fresh thread pool (an app may be started again, as in tests).
+        """
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def _submit(self, fn: Callable[[], T]) -> Future[T]:
         def job() -> T:
@@ -89,7 +95,12 @@ class ScoringPool:
             finally:
                 self._job_ended()
 
-        return self._executor.submit(job)
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.max_concurrency, thread_name_prefix="jdt-score"
+                )
+            return self._executor.submit(job)
 
     def _job_started(self) -> None:
         with self._lock:

@@ -4,8 +4,8 @@
 them over the ``JDT_*`` environment and starts uvicorn (loopback ``127.0.0.1:8000`` by
 default). The merged settings are exported back to ``JDT_*`` so that every worker process
 builds the same app through :func:`jdt_service.app.create_app`. uvicorn handles SIGTERM and
-SIGINT: it stops accepting connections, lets requests in flight finish (up to the request
-timeout) and exits 0.
+SIGINT: it stops accepting connections and lets requests in flight finish (up to the request
+timeout); it then re-raises the signal, which :func:`run` turns into exit status 0.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import sys
+import threading
+from types import FrameType
 
 from pydantic import ValidationError
 
@@ -80,6 +84,14 @@ def _export(settings: Settings) -> None:
         os.environ[f"JDT_{name.upper()}"] = text
 
 
+class _Stopped(Exception):
+    """SIGTERM / SIGINT arrived (re-raised by uvicorn once it has shut down gracefully)."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
 def run(args: argparse.Namespace) -> int:
     """Start uvicorn with the merged settings; return the exit status (0 after SIGTERM)."""
     import uvicorn
@@ -89,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            print(f"monai-jdt serve: invalid setting {where}: {err['msg']}")
+            print(f"monai-jdt serve: invalid setting {where}: {err['msg']}", file=sys.stderr)
         return 2
     configure_logging(settings)
     if not settings.is_loopback and not settings.api_keys:
@@ -99,16 +111,25 @@ def run(args: argparse.Namespace) -> int:
             settings.host,
         )
     _export(settings)
-    uvicorn.run(
-        "jdt_service.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.request_timeout) + 1,
-    )
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
+    previous = {sig: signal.signal(sig, _stop) for sig in signals}
+    try:
+        uvicorn.run(
+            "jdt_service.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.request_timeout) + 1,
+        )
+    except _Stopped:
+        logger.info("stopped by signal after a graceful shutdown")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastapi import APIRouter, Request
@@ -36,36 +37,48 @@ from jdt_service.metrics import ServiceMetrics
 from jdt_service.schemas import ErrorResponse, ScoreReport
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
-from monai_jdt.scoring import CaseReport, ScoringOptions, inspect_nifti, score_files
+from monai_jdt.scoring import CaseReport, ScoringOptions, errors, inspect_nifti, score_files
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["scores"])
 
 
-def _errors(description: str) -> dict[str, object]:
-    return {"model": ErrorResponse, "description": description}
+#: codes the HTTP layer answers with, by status; the scoring core's codes are added below
+_HTTP_CODES: dict[int, list[str]] = {
+    400: ["malformed_multipart", "client_disconnected"],
+    401: ["unauthorized (API keys are configured and the bearer key is missing or wrong)"],
+    413: ["upload_too_large", "field_too_large"],
+    415: ["unsupported_media_type (the body is not multipart/form-data)"],
+    422: ["missing_field", "unknown_option", "duplicate_field", "invalid_option"],
+    500: ["internal_error (a bug in the service; please report it with the request id)"],
+    503: ["server_busy (with Retry-After)", "out_of_memory"],
+    504: ["timeout (the request took longer than the configured request timeout)"],
+}
 
 
-SCORE_RESPONSES: dict[int | str, dict[str, object]] = {
+def _error_codes_by_status() -> dict[int, list[str]]:
+    """The HTTP layer's codes plus every ``ScoringError`` subclass's, by HTTP status."""
+    codes = {status: list(names) for status, names in _HTTP_CODES.items()}
+    pending = list(errors.ScoringError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        codes.setdefault(cls.http_status, [])
+        if cls.code not in codes[cls.http_status]:
+            codes[cls.http_status].append(cls.code)
+    return dict(sorted(codes.items()))
+
+
+SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "model": ScoreReport,
         "description": "The score report, the same JSON as `monai-jdt score --json`.",
     },
-    400: _errors("malformed_multipart, client_disconnected."),
-    401: _errors("unauthorized: API keys are configured and the bearer key is missing or wrong."),
-    413: _errors(
-        "upload_too_large, field_too_large, volume_too_large (header dims past the voxel limit)."
-    ),
-    415: _errors("unsupported_media_type (body not multipart/form-data), not_nifti."),
-    422: _errors(
-        "missing_field, unknown_option, duplicate_field, invalid_option, corrupt_file, "
-        "shape_mismatch, affine_mismatch, non_integer_labels, non_finite_values, "
-        "negative_labels, probability_out_of_range."
-    ),
-    500: _errors("internal_error: a bug in the service; please report it with the request id."),
-    503: _errors("server_busy (with Retry-After), out_of_memory."),
-    504: _errors("timeout: the request took longer than the configured request timeout."),
+    **{
+        status: {"model": ErrorResponse, "description": "Error codes: " + ", ".join(names) + "."}
+        for status, names in _error_codes_by_status().items()
+    },
 }
 
 

@@ -1,0 +1,199 @@
+"""Load benchmark of the scoring service against the library call on the same files.
+
+Starts the real server (``python -m jdt_service``, uvicorn) on a free loopback port, writes
+128^3 and 256^3 label pairs (.nii.gz, uint8, 4 labels: ellipsoids and a prediction whose
+boundaries are shifted), then for each size:
+
+* times ``monai_jdt.scoring.score_files`` in-process on the same files (median of N runs);
+* drives ``POST /v1/scores`` with 1 and 8 concurrent clients (httpx, asyncio; bodies are
+  encoded once so the client costs little): throughput, p50 / p99 latency, error count;
+* reads the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``) after each run.
+
+The HTTP overhead at concurrency 1 is ``p50 latency / library median - 1``.
+
+    python benchmarks/load/run_load.py                     # both sizes, 1 and 8 clients
+    python benchmarks/load/run_load.py --sizes 128 --requests 10 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+
+from monai_jdt.scoring import ScoringOptions, score_files
+
+
+def label_pair(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: three ellipsoids (labels 1-3) in a cube of side n; prediction: shifted."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices((n, n, n), dtype=np.float32) / n
+    ref = np.zeros((n, n, n), np.uint8)
+    pred = np.zeros((n, n, n), np.uint8)
+    for label in (1, 2, 3):
+        centre = rng.uniform(0.3, 0.7, 3).astype(np.float32)
+        radii = rng.uniform(0.1, 0.25, 3).astype(np.float32)
+        shift = rng.uniform(-0.02, 0.02, 3).astype(np.float32)
+        for out, c in ((ref, centre), (pred, centre + shift)):
+            d = sum(((grid[i] - c[i]) / radii[i]) ** 2 for i in range(3))
+            out[d <= 1.0] = label
+    return pred, ref
+
+
+def write_pair(directory: Path, n: int) -> tuple[Path, Path]:
+    pred, ref = label_pair(n)
+    paths = []
+    for name, array in (("pred", pred), ("ref", ref)):
+        path = directory / f"{name}_{n}.nii.gz"
+        raw = nib.Nifti1Image(array, np.eye(4)).to_bytes()
+        path.write_bytes(gzip.compress(raw, compresslevel=6))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def library_seconds(pred: Path, ref: Path, repeats: int) -> float:
+    options = ScoringOptions(device="cpu")
+    score_files(pred, ref, options)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        score_files(pred, ref, options)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def multipart_body(pred: Path, ref: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for field, path in (("prediction", pred), ("reference", ref)):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{field}.nii.gz"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+            + path.read_bytes()
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def drive(url: str, body: bytes, ctype: str, clients: int, per_client: int) -> dict:
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(ac: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for _ in range(per_client):
+            start = time.perf_counter()
+            r = await ac.post("/v1/scores", content=body, headers={"Content-Type": ctype})
+            latencies.append(time.perf_counter() - start)
+            errors += r.status_code != 200
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as ac:
+        await ac.post("/v1/scores", content=body, headers={"Content-Type": ctype})  # warm-up
+        start = time.perf_counter()
+        await asyncio.gather(*(client(ac) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput_rps": len(latencies) / wall,
+        "p50_s": latencies[len(latencies) // 2],
+        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--requests", type=int, default=8, help="requests per client")
+    parser.add_argument("--repeats", type=int, default=5, help="library runs per size")
+    parser.add_argument("--max-concurrency", type=int, default=2)
+    parser.add_argument("--max-queue", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="jdt-load-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
+    env["JDT_LOG_LEVEL"] = "warning"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jdt_service", "--port", str(port), "--device", args.device,
+         "--max-concurrency", str(args.max_concurrency), "--max-queue", str(args.max_queue),
+         "--temp-dir", str(work)],
+        env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        idle_rss = peak_rss_mib(server.pid)
+        results = []
+        print(f"server idle peak RSS {idle_rss:.0f} MiB; max_concurrency={args.max_concurrency}")
+        for n in args.sizes:
+            pred, ref = write_pair(work, n)
+            lib = library_seconds(pred, ref, args.repeats)
+            body, ctype = multipart_body(pred, ref)
+            print(f"{n}^3: upload {len(body) / 1e6:.2f} MB, library score_files {lib * 1e3:.1f} ms")
+            for clients in args.clients:
+                row = asyncio.run(drive(url, body, ctype, clients, args.requests))
+                row.update(
+                    size=n, clients=clients, library_s=lib, peak_rss_mib=peak_rss_mib(server.pid)
+                )
+                row["overhead"] = row["p50_s"] / lib - 1
+                results.append(row)
+                print(
+                    f"  clients={clients}: {row['throughput_rps']:.2f} req/s, "
+                    f"p50 {row['p50_s'] * 1e3:.1f} ms, p99 {row['p99_s'] * 1e3:.1f} ms, "
+                    f"errors {row['errors']}/{row['requests']}, "
+                    f"peak RSS {row['peak_rss_mib']:.0f} MiB"
+                    + (f", HTTP overhead {row['overhead']:+.1%}" if clients == 1 else "")
+                )
+        if args.json:
+            args.json.write_text(json.dumps({"idle_rss_mib": idle_rss, "runs": results}, indent=2))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        for path in work.glob("*.nii.gz"):
+            path.unlink()
+        leftovers = list(work.iterdir())
+        work.rmdir() if not leftovers else print(f"leftover files in {work}: {leftovers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,533 @@
+"""In-process tests of the scoring service: every endpoint, option, limit and error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from service_testing import dice_f64, label_pair, nifti_bytes
+
+from jdt_service import Settings, create_app
+from jdt_service.logs import JsonFormatter, TextFormatter
+from jdt_service.routers import scores as scores_module
+from monai_jdt.scoring import score_files
+
+SHAPE = (12, 10, 8)
+
+
+def make_client(tmp_path: Path, **overrides: object) -> TestClient:
+    temp = tmp_path / "uploads"
+    temp.mkdir(exist_ok=True)
+    settings = Settings(device="cpu", temp_dir=temp, log_format="json", **overrides)
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(tmp_path: Path):
+    with make_client(tmp_path) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    return label_pair(SHAPE, labels=3, seed=7)
+
+
+def files_for(pred: bytes, ref: bytes) -> dict[str, tuple[str, bytes, str]]:
+    return {
+        "prediction": ("patient_smith_pred.nii.gz", pred, "application/octet-stream"),
+        "reference": ("patient_smith_ref.nii.gz", ref, "application/octet-stream"),
+    }
+
+
+def rows_by_label(report: dict) -> dict[int, dict]:
+    return {row["label"]: row for row in report["labels"]}
+
+
+def leftovers(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "uploads").iterdir())
+
+
+def metric_value(client: TestClient, name: str, **labels: str) -> float:
+    """The value of one sample of the /metrics page (0 when absent)."""
+    text = client.get("/metrics").text
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# ---------------------------------------------------------------- health, info, metrics
+
+
+def test_healthz_and_request_id(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert len(r.headers["x-request-id"]) == 32
+    r = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = client.get("/healthz", headers={"X-Request-ID": "no spaces\tor tabs"})
+    assert r.headers["x-request-id"] != "no spaces\tor tabs"
+
+
+def test_readyz_ready_on_cpu(client: TestClient) -> None:
+    r = client.get("/readyz")
+    assert r.status_code == 200
+    assert r.json() == {
+        "status": "ready",
+        "device": "cpu",
+        "checks": {"device": True, "temp_dir_writable": True},
+    }
+
+
+def test_readyz_not_ready_when_temp_dir_is_missing(tmp_path: Path) -> None:
+    settings = Settings(device="cpu", temp_dir=tmp_path / "does-not-exist")
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["detail"]["code"] == "not_ready"
+    assert "temp_dir_writable" in r.json()["detail"]["message"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
+def test_readyz_not_ready_when_cuda_is_configured_without_gpu(tmp_path: Path) -> None:
+    with TestClient(create_app(Settings(device="cuda", temp_dir=tmp_path))) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and "device" in r.json()["detail"]["message"]
+
+
+def test_info_reports_version_device_and_limits(tmp_path: Path) -> None:
+    from monai_jdt import __version__
+
+    with make_client(tmp_path, max_voxels=1234, max_concurrency=3, max_queue=4) as c:
+        body = c.get("/v1/info").json()
+    assert body["version"] == __version__
+    assert body["device"] == "cpu" and body["configured_device"] == "cpu"
+    assert body["gpu"] is None
+    assert body["auth_required"] is False
+    assert body["limits"]["max_voxels"] == 1234
+    assert body["limits"]["max_concurrency"] == 3
+    assert body["limits"]["max_queue"] == 4
+
+
+def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair) -> None:
+    pred, ref = pair
+    assert (
+        client.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref))).status_code
+        == 200
+    )
+    bad = client.post("/v1/scores", files=files_for(b"not an image" * 40, nifti_bytes(ref)))
+    assert bad.status_code == 415
+    assert metric_value(client, "jdt_voxels_scored_total") == pred.size
+    assert metric_value(client, "jdt_errors_total", code="not_nifti") == 1
+    assert (
+        metric_value(client, "jdt_requests_total", method="POST", route="/v1/scores", status="200")
+        == 1
+    )
+    assert metric_value(client, "jdt_upload_bytes_count") == 4
+    assert metric_value(client, "jdt_queue_depth") == 0
+    assert metric_value(client, "jdt_jobs_running") == 0
+    assert metric_value(client, "jdt_gpu_fallbacks_total") == 0
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["nii.gz", "nii"])
+def test_scores_match_numpy(client: TestClient, pair, gz: bool, tmp_path: Path) -> None:
+    pred, ref = pair
+    r = client.post(
+        "/v1/scores", files=files_for(nifti_bytes(pred, gz=gz), nifti_bytes(ref, gz=gz))
+    )
+    assert r.status_code == 200, r.text
+    rows = rows_by_label(r.json())
+    assert sorted(rows) == [1, 2]  # background excluded by default
+    for label in (1, 2):
+        assert rows[label]["dice"] == pytest.approx(dice_f64(pred, ref, label), abs=1e-6)
+        tp = int(((pred == label) & (ref == label)).sum())
+        assert rows[label]["tp"] == tp
+    assert leftovers(tmp_path) == []
+
+
+def test_response_is_the_library_report(client: TestClient, pair, tmp_path: Path) -> None:
+    """The service adds nothing and drops nothing: its body is ``CaseReport.to_dict()``."""
+    pred, ref = pair
+    (tmp_path / "p.nii.gz").write_bytes(nifti_bytes(pred))
+    (tmp_path / "r.nii.gz").write_bytes(nifti_bytes(ref))
+    from monai_jdt.scoring import ScoringOptions
+
+    expected = score_files(
+        tmp_path / "p.nii.gz", tmp_path / "r.nii.gz", ScoringOptions(device="cpu"), case_id="c1"
+    ).to_dict()
+    r = client.post(
+        "/v1/scores",
+        files=files_for(nifti_bytes(pred), nifti_bytes(ref)),
+        data={"case_id": "c1"},
+    )
+    assert r.status_code == 200
+    got = r.json()
+    assert got.pop("seconds") >= 0
+    expected.pop("seconds")
+    assert got == json.loads(json.dumps(expected))
+
+
+def test_scoring_options_as_form_fields(client: TestClient, pair) -> None:
+    pred, ref = pair
+    data = {
+        "labels": "0=background,2=spleen",
+        "include_background": "true",
+        "metrics": "dice,tversky",
+        "tversky_alpha": "0.7",
+        "tversky_beta": "0.3",
+        "case_id": "case-42",
+    }
+    r = client.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)), data=data)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    rows = rows_by_label(body)
+    assert rows[2]["name"] == "spleen" and rows[0]["name"] == "background"
+    p, q = pred == 2, ref == 2
+    tp, fp, fn = (p & q).sum(), (p & ~q).sum(), (~p & q).sum()
+    assert rows[2]["tversky"] == pytest.approx(tp / (tp + 0.7 * fp + 0.3 * fn), abs=1e-6)
+    assert rows[0]["dice"] == pytest.approx(dice_f64(pred, ref, 0), abs=1e-6)
+    assert "jaccard" not in rows[2] or rows[2]["jaccard"] is None
+    assert json.dumps(body).count("case-42") >= 1
+
+
+def test_empty_convention_and_absent_label(client: TestClient, pair) -> None:
+    pred, ref = pair
+    files = files_for(nifti_bytes(pred), nifti_bytes(ref))
+    nan_rows = rows_by_label(client.post("/v1/scores", files=files, data={"labels": "1,9"}).json())
+    assert nan_rows[9]["dice"] is None
+    one_rows = rows_by_label(
+        client.post("/v1/scores", files=files, data={"labels": "1,9", "empty": "one"}).json()
+    )
+    assert one_rows[9]["dice"] == 1.0
+    assert one_rows[1]["dice"] == pytest.approx(dice_f64(pred, ref, 1), abs=1e-6)
+
+
+def test_affine_tolerance_and_ignore(client: TestClient, pair) -> None:
+    pred, ref = pair
+    moved = np.eye(4)
+    moved[0, 3] = 0.01
+    files = files_for(nifti_bytes(pred, moved), nifti_bytes(ref))
+    r = client.post("/v1/scores", files=files)
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "affine_mismatch"
+    assert client.post("/v1/scores", files=files, data={"affine_tol": "0.1"}).status_code == 200
+    assert client.post("/v1/scores", files=files, data={"ignore_affine": "yes"}).status_code == 200
+
+
+def test_probability_map_is_scored_softly(client: TestClient) -> None:
+    rng = np.random.default_rng(3)
+    prob = rng.random(SHAPE).astype(np.float32)
+    ref = (rng.random(SHAPE) < 0.5).astype(np.float32)
+    r = client.post(
+        "/v1/scores",
+        files=files_for(nifti_bytes(prob), nifti_bytes(ref)),
+        data={"kind": "probabilities"},
+    )
+    assert r.status_code == 200, r.text
+    x, y = prob.astype(np.float64), ref.astype(np.float64)
+    tp = (np.abs(x).sum() + np.abs(y).sum() - np.abs(x - y).sum()) / 2
+    soft_dice = 2 * tp / (x.sum() + y.sum())
+    dices = [row["dice"] for row in r.json()["labels"] if row.get("dice") is not None]
+    assert any(math.isclose(d, soft_dice, abs_tol=1e-5) for d in dices)
+
+
+# ---------------------------------------------------------------- bad requests
+
+
+def assert_error(r: httpx.Response, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert detail["code"] == code and isinstance(detail["message"], str) and detail["message"]
+    return detail
+
+
+def test_missing_file_field(client: TestClient, pair) -> None:
+    pred, _ = pair
+    r = client.post("/v1/scores", files={"prediction": ("p.nii.gz", nifti_bytes(pred))})
+    assert "reference" in assert_error(r, 422, "missing_field")["message"]
+
+
+def test_unknown_and_duplicate_fields(client: TestClient, pair) -> None:
+    pred, ref = pair
+    files = files_for(nifti_bytes(pred), nifti_bytes(ref))
+    r = client.post("/v1/scores", files=files, data={"smoothing": "1"})
+    assert "smoothing" in assert_error(r, 422, "unknown_option")["message"]
+    twice = [("prediction", ("a", nifti_bytes(pred))), ("prediction", ("b", nifti_bytes(pred)))]
+    twice.append(("reference", ("c", nifti_bytes(ref))))
+    assert_error(client.post("/v1/scores", files=twice), 422, "duplicate_field")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("include_background", "maybe"),
+        ("tversky_alpha", "abc"),
+        ("tversky_alpha", "-1"),
+        ("affine_tol", "nan"),
+        ("metrics", "dice,hausdorff"),
+        ("labels", "liver=1"),
+        ("empty", "zero"),
+        ("kind", "masks"),
+    ],
+)
+def test_invalid_option_values(client: TestClient, pair, field: str, value: str) -> None:
+    pred, ref = pair
+    r = client.post(
+        "/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)), data={field: value}
+    )
+    assert_error(r, 422, "invalid_option")
+
+
+def test_body_that_is_not_multipart(client: TestClient) -> None:
+    r = client.post("/v1/scores", json={"prediction": "x"})
+    assert_error(r, 415, "unsupported_media_type")
+
+
+def test_multipart_cut_before_its_end(client: TestClient) -> None:
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="prediction"; filename="a"\r\n\r\nabc'
+    r = client.post(
+        "/v1/scores", content=body, headers={"Content-Type": "multipart/form-data; boundary=XyZ"}
+    )
+    assert_error(r, 400, "malformed_multipart")
+    r = client.post("/v1/scores", content=b"x", headers={"Content-Type": "multipart/form-data"})
+    assert_error(r, 400, "malformed_multipart")
+
+
+def test_upload_over_the_size_limit(tmp_path: Path) -> None:
+    big = np.zeros((40, 40, 40), np.uint8)  # 64000 bytes raw
+    with make_client(tmp_path, max_upload_bytes=20_000) as c:
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(big, gz=False), nifti_bytes(big)))
+        assert "prediction" in assert_error(r, 413, "upload_too_large")["message"]
+        # a declared Content-Length past the limit is refused before the body is read
+        r = c.post(
+            "/v1/scores",
+            content=b"",
+            headers={
+                "Content-Type": "multipart/form-data; boundary=b",
+                "Content-Length": str(10**9),
+            },
+        )
+        assert_error(r, 413, "upload_too_large")
+    assert leftovers(tmp_path) == []
+
+
+def test_volume_over_the_voxel_limit_is_refused_from_its_header(tmp_path: Path, pair) -> None:
+    pred, ref = pair
+    with make_client(tmp_path, max_voxels=pred.size - 1) as c:
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+    assert_error(r, 413, "volume_too_large")
+
+
+def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
+    assert_error(client.get("/v2/nothing"), 404, "not_found")
+    assert_error(client.get("/v1/scores"), 405, "method_not_allowed")
+
+
+# ---------------------------------------------------------------- auth
+
+
+def test_api_keys_guard_v1_only(tmp_path: Path) -> None:
+    with make_client(tmp_path, api_keys=["k-one", "k-two"]) as c:
+        r = c.get("/v1/info")
+        assert_error(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert_error(
+            c.get("/v1/info", headers={"Authorization": "Bearer nope"}), 401, "unauthorized"
+        )
+        assert_error(
+            c.get("/v1/info", headers={"Authorization": "Basic k-one"}), 401, "unauthorized"
+        )
+        assert_error(c.post("/v1/scores", files={}), 401, "unauthorized")
+        assert c.get("/v1/info", headers={"Authorization": "Bearer k-two"}).json()["auth_required"]
+        assert c.get("/v1/info", headers={"Authorization": "Bearer k-one"}).status_code == 200
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert c.get(open_path).status_code == 200
+
+
+# ---------------------------------------------------------------- limits and failures
+
+
+def test_full_server_answers_503_with_retry_after(tmp_path: Path, pair) -> None:
+    pred, ref = pair
+    with make_client(tmp_path, max_concurrency=1, max_queue=0, retry_after=7) as c:
+        holder = c.app.state.pool.admit()  # one request in flight takes the only place
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+        assert_error(r, 503, "server_busy")
+        assert r.headers["retry-after"] == "7"
+        asyncio.run(holder.__aexit__(None, None, None))
+        assert (
+            c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref))).status_code
+            == 200
+        )
+
+
+async def _post_many(app, n: int, files: dict) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+        return await asyncio.gather(*(ac.post("/v1/scores", files=files) for _ in range(n)))
+
+
+def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> None:
+    """One slot, three queue places: four concurrent requests all succeed, one at a time."""
+    pred, ref = pair
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow_score(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        try:
+            return score_files(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(scores_module, "score_files", slow_score)
+    client = make_client(tmp_path, max_concurrency=1, max_queue=3)
+    responses = asyncio.run(
+        _post_many(client.app, 4, files_for(nifti_bytes(pred), nifti_bytes(ref)))
+    )
+    assert [r.status_code for r in responses] == [200] * 4
+    assert peak[0] == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
+    tmp_path: Path, pair, monkeypatch
+) -> None:
+    pred, ref = pair
+    release = threading.Event()
+
+    def stuck_score(*args, **kwargs):
+        release.wait(10)
+        return score_files(*args, **kwargs)
+
+    monkeypatch.setattr(scores_module, "score_files", stuck_score)
+    with make_client(tmp_path, request_timeout=0.3) as c:
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+        assert_error(r, 504, "timeout")
+        assert len(leftovers(tmp_path)) == 1  # the job still runs on its thread: files stay
+        assert c.app.state.pool.admitted == 1  # and it still holds its place
+        release.set()
+        for _ in range(100):
+            if not leftovers(tmp_path) and c.app.state.pool.admitted == 0:
+                break
+            time.sleep(0.02)
+    assert leftovers(tmp_path) == []
+
+
+def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, caplog) -> None:
+    pred, ref = pair
+    devices: list[str] = []
+
+    def oom_unless_cpu(prediction, reference, options, **kwargs):
+        devices.append(options.device)
+        if options.device != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return score_files(prediction, reference, options, **kwargs)
+
+    monkeypatch.setattr(scores_module, "score_files", oom_unless_cpu)
+    caplog.set_level(logging.INFO, logger="jdt_service.access")
+    settings = Settings(device="auto", temp_dir=tmp_path)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+        assert r.status_code == 200
+        assert rows_by_label(r.json())[1]["dice"] == pytest.approx(dice_f64(pred, ref, 1), abs=1e-6)
+        assert metric_value(c, "jdt_gpu_fallbacks_total") == 1
+    assert devices == ["auto", "cpu"]
+    line = next(
+        rec for rec in caplog.records if getattr(rec, "jdt", {}).get("route") == "/v1/scores"
+    )
+    assert line.jdt["gpu_fallback"] is True
+
+
+def test_unexpected_failure_is_a_json_500_without_details(
+    tmp_path: Path, pair, monkeypatch
+) -> None:
+    pred, ref = pair
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret /path/patient.nii.gz")
+
+    monkeypatch.setattr(scores_module, "score_files", broken)
+    with make_client(tmp_path) as c:
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+    assert_error(r, 500, "internal_error")
+    assert "patient" not in r.text
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- logs, CORS, OpenAPI
+
+
+def test_one_log_line_per_request_without_names_or_content(
+    client: TestClient, pair, caplog
+) -> None:
+    pred, ref = pair
+    caplog.set_level(logging.INFO, logger="jdt_service")
+    r = client.post(
+        "/v1/scores",
+        files=files_for(nifti_bytes(pred), nifti_bytes(ref)),
+        data={"case_id": "case-7"},
+        headers={"X-Request-ID": "req-1"},
+    )
+    assert r.status_code == 200
+    lines = [rec for rec in caplog.records if rec.name == "jdt_service.access"]
+    assert len(lines) == 1
+    fields = lines[0].jdt
+    assert fields["request_id"] == "req-1" and fields["status"] == 200
+    assert fields["prediction_bytes"] == len(nifti_bytes(pred))
+    assert fields["voxels"] == pred.size and fields["device"] == "cpu"
+    assert {"duration_s", "queue_s", "score_s", "bytes_in", "bytes_out"} <= set(fields)
+    for formatter in (JsonFormatter(), TextFormatter()):
+        text = formatter.format(lines[0])
+        assert "patient_smith" not in text and "case-7" not in text
+    assert json.loads(JsonFormatter().format(lines[0]))["status"] == 200
+
+
+def test_cors_origins(tmp_path: Path) -> None:
+    with make_client(tmp_path, cors_origins=["https://viewer.example"]) as c:
+        r = c.get("/healthz", headers={"Origin": "https://viewer.example"})
+        assert r.headers["access-control-allow-origin"] == "https://viewer.example"
+        r = c.get("/healthz", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_openapi_documents_every_status_and_the_report_schema(client: TestClient, pair) -> None:
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/v1/scores"]["post"]
+    assert {"200", "400", "401", "413", "415", "422", "503", "504"} <= set(post["responses"])
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["prediction", "reference"]
+    assert {"labels", "include_background", "metrics", "empty", "affine_tol"} <= set(
+        form["properties"]
+    )
+    # a real report validates against the documented 200 schema
+    pred, ref = pair
+    report = client.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref))).json()
+    schema = post["responses"]["200"]["content"]["application/json"]["schema"]
+    resolver_root = {"components": spec["components"], **schema}
+    jsonschema.validate(report, resolver_root)
+    error_schema = post["responses"]["422"]["content"]["application/json"]["schema"]
+    jsonschema.validate(
+        {"detail": {"code": "x", "message": "y"}},
+        {"components": spec["components"], **error_schema},
+    )

@@ -1,0 +1,64 @@
+"""A corpus of bad uploads: each gets a 4xx naming the problem, never a 500, never a leftover."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_testing import bad_file_corpus, label_pair, nifti_bytes
+
+from jdt_service import Settings, create_app
+
+CORPUS = bad_file_corpus()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    temp = tmp_path_factory.mktemp("uploads")
+    settings = Settings(device="cpu", temp_dir=temp, max_voxels=10**7)
+    with TestClient(create_app(settings)) as client:
+        yield client, temp
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_bad_pair_is_refused_with_its_code(service, name: str) -> None:
+    client, temp = service
+    pred, ref, statuses, codes = CORPUS[name]
+    r = client.post("/v1/scores", files={"prediction": ("p", pred), "reference": ("r", ref)})
+    assert r.status_code in statuses, (name, r.status_code, r.text)
+    detail = r.json()["detail"]
+    assert detail["code"] in codes, (name, detail)
+    assert len(detail["message"]) > 10
+    # either order: the bad file as reference is refused as well
+    r = client.post("/v1/scores", files={"prediction": ("p", ref), "reference": ("r", pred)})
+    assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+    assert list(Path(temp).iterdir()) == []
+
+
+def test_shape_mismatch_names_both_shapes(service) -> None:
+    client, _ = service
+    pred, ref = label_pair((6, 5, 4))
+    r = client.post(
+        "/v1/scores",
+        files={
+            "prediction": ("p", nifti_bytes(pred[:, :, :3])),
+            "reference": ("r", nifti_bytes(ref)),
+        },
+    )
+    message = r.json()["detail"]["message"]
+    assert "(6, 5, 3)" in message.replace("x", ", ") or "6, 5, 3" in message or "6x5x3" in message
+    assert "4" in message
+
+
+def test_float_values_read_as_labels_are_refused(service) -> None:
+    client, _ = service
+    pred, ref = label_pair((6, 5, 4))
+    floats = pred.astype(np.float32) + 0.5
+    r = client.post(
+        "/v1/scores",
+        files={"prediction": ("p", nifti_bytes(floats)), "reference": ("r", nifti_bytes(ref))},
+        data={"kind": "labels"},
+    )
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "non_integer_labels"

@@ -1,0 +1,116 @@
+"""Settings from JDT_* variables, command-line overrides, and what ``run`` hands to uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from jdt_service import Settings
+from jdt_service import server as server_module
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    server_module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("JDT_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_are_loopback_and_bounded() -> None:
+    s = Settings()
+    assert (s.host, s.port, s.device, s.workers) == ("127.0.0.1", 8000, "auto", 1)
+    assert s.is_loopback and s.api_keys == [] and s.cors_origins == []
+    assert s.max_concurrency >= 1 and s.max_queue >= 0 and s.max_voxels > 0
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("JDT_API_KEYS", " alpha, beta,,gamma ")
+    monkeypatch.setenv("JDT_CORS_ORIGINS", "https://a.example,https://b.example")
+    monkeypatch.setenv("JDT_DEVICE", "CUDA:1")
+    monkeypatch.setenv("JDT_MAX_UPLOAD_BYTES", "123456")
+    monkeypatch.setenv("JDT_TEMP_DIR", str(tmp_path))
+    monkeypatch.setenv("JDT_LOG_FORMAT", "TEXT")
+    s = Settings()
+    assert s.api_keys == ["alpha", "beta", "gamma"]
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+    assert s.device == "cuda:1" and s.max_upload_bytes == 123456
+    assert s.temp_dir == tmp_path and s.log_format == "text"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("JDT_DEVICE", "gpu"),
+        ("JDT_PORT", "70000"),
+        ("JDT_MAX_CONCURRENCY", "0"),
+        ("JDT_LOG_LEVEL", "loud"),
+    ],
+)
+def test_bad_environment_values_are_refused(monkeypatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.removeprefix("JDT_").lower()):
+        Settings()
+
+
+def test_command_line_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JDT_PORT", "9000")
+    monkeypatch.setenv("JDT_DEVICE", "cuda")
+    s = server_module.settings_from_args(parse("--device", "cpu", "--max-queue", "3"))
+    assert (s.port, s.device, s.max_queue) == (9000, "cpu", 3)
+
+
+def capture_uvicorn(monkeypatch: pytest.MonkeyPatch) -> dict:
+    import uvicorn
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
+    return seen
+
+
+def test_run_starts_uvicorn_with_the_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = capture_uvicorn(monkeypatch)
+    assert server_module.run(parse("--port", "8123", "--workers", "2", "--device", "cpu")) == 0
+    assert seen["app"] == "jdt_service.app:create_app" and seen["factory"] is True
+    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 2)
+    assert seen["access_log"] is False
+    # worker processes rebuild the same settings from the environment
+    assert os.environ["JDT_PORT"] == "8123" and os.environ["JDT_DEVICE"] == "cpu"
+    assert Settings().port == 8123
+
+
+def test_public_bind_without_keys_warns(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    capture_uvicorn(monkeypatch)
+    caplog.set_level(logging.WARNING, logger="jdt_service")
+    server_module.run(parse("--host", "0.0.0.0"))
+    assert any("without API keys" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setenv("JDT_API_KEYS", "k")
+    server_module.run(parse("--host", "0.0.0.0"))
+    assert not any("without API keys" in r.getMessage() for r in caplog.records)
+
+
+def test_invalid_option_exits_2(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    seen = capture_uvicorn(monkeypatch)
+    assert server_module.run(parse("--device", "tpu")) == 2
+    assert "device" in capsys.readouterr().err and not seen
+
+
+def test_python_dash_m_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "jdt_service", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for option in ("--host", "--port", "--workers", "--device", "--log-level", "--max-voxels"):
+        assert option in out
