@@ -42,7 +42,7 @@ present in that image's target, or every class when all are counted):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
@@ -77,11 +77,51 @@ def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _power_sum(t: torch.Tensor, norm: int, dims: Sequence[int]) -> torch.Tensor:
-    """``sum(|t|^norm)`` over ``dims``: one fused reduction for p = 1, a product for p = 2."""
-    if norm == 1:
-        return torch.linalg.vector_norm(t, ord=1, dim=tuple(dims))
-    return (t * t).sum(dim=tuple(dims))
+def _unreduce(g: torch.Tensor, ndim: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """View a reduced ``g`` with size-1 axes at ``dims`` so it broadcasts to the input."""
+    shape = list(g.shape)
+    for d in sorted(dims):
+        shape.insert(d, 1)
+    return g.reshape(shape)
+
+
+class _L1Cardinalities(torch.autograd.Function):
+    """``(|x|_1, |y|_1, |x - y|_1)`` over ``dims`` with a lean backward.
+
+    Autograd through ``vector_norm`` keeps ``x - y`` alive until the backward and spends several
+    passes there; this backward recomputes ``x - y`` in place into the gradient::
+
+        d|x|_1 / dx = sign(x)   (1 when the inputs are known to be >= 0)
+        d|x - y|_1 / dx = sign(x - y) = -d|x - y|_1 / dy
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...], nonnegative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(x, y)
+        ctx.dims, ctx.nonnegative = dims, nonnegative
+        if nonnegative:
+            px, py = x.sum(dim=dims), y.sum(dim=dims)
+        else:
+            px, py = x.abs().sum(dim=dims), y.abs().sum(dim=dims)
+        return px, py, (x - y).abs_().sum(dim=dims)
+
+    @staticmethod
+    def backward(
+        ctx: Any, g_px: torch.Tensor, g_py: torch.Tensor, g_d: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        x, y = ctx.saved_tensors
+        dims, n = ctx.dims, x.ndim
+        g_px, g_py, g_d = (_unreduce(g, n, dims) for g in (g_px, g_py, g_d))
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.sub(x, y).sign_().mul_(g_d)
+            grad_x = grad_x.add_(g_px) if ctx.nonnegative else grad_x.addcmul_(x.sign(), g_px)
+        if ctx.needs_input_grad[1]:
+            grad_y = torch.sub(y, x).sign_().mul_(g_d)
+            grad_y = grad_y.add_(g_py) if ctx.nonnegative else grad_y.addcmul_(y.sign(), g_py)
+        return grad_x, grad_y, None, None
 
 
 def soft_counts(
@@ -90,6 +130,7 @@ def soft_counts(
     dims: Sequence[int],
     norm: int = 1,
     semimetric: bool = True,
+    nonnegative: bool = False,
 ) -> SoftCounts:
     """Soft ``tp, fp, fn`` of ``x`` against ``y``, summed over ``dims``.
 
@@ -99,7 +140,10 @@ def soft_counts(
         dims: the axes to sum over, e.g. ``range(2, x.ndim)`` for per-(image, class) counts.
         norm: the norm order p, 1 or 2.
         semimetric: True for the semimetric identity (correct for soft labels), False for the
-            classic ``sum(x * y)`` intersection.
+            classic ``sum(x * y)`` intersection (with plain sums ``sum(x)``, ``sum(y)`` for
+            p = 1, as MONAI computes it).
+        nonnegative: the caller guarantees ``x >= 0`` and ``y >= 0`` (e.g. a softmax output
+            and a checked target), so ``|x|_1 = sum(x)``: saves passes (p = 1 semimetric only).
 
     Returns:
         ``SoftCounts(tp, fp, fn)`` in float32 (float64 for float64 inputs), shaped as ``x``
@@ -111,17 +155,21 @@ def soft_counts(
         raise ValueError(
             f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}."
         )
+    dims = tuple(d % x.ndim for d in dims)
     dtype = _accumulation_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         x = x.to(dtype)
         y = y.to(dtype)
-        px = _power_sum(x, norm, dims)
-        py = _power_sum(y, norm, dims)
-        if semimetric and norm == 1:
-            tp = (px + py - _power_sum(x - y, 1, dims)) / 2
+        if norm == 1 and semimetric:
+            px, py, d = _L1Cardinalities.apply(x, y, dims, nonnegative)
+            tp = (px + py - d) / 2
+        elif norm == 1:
+            px, py = x.sum(dim=dims), y.sum(dim=dims)
+            tp = (x * y).sum(dim=dims)
         else:
             # p = 2: (|x|^2 + |y|^2 - |x-y|^2) / 2 == sum(x*y) exactly, so both forms agree.
-            tp = (x * y).sum(dim=tuple(dims))
+            px, py = (x * x).sum(dim=dims), (y * y).sum(dim=dims)
+            tp = (x * y).sum(dim=dims)
     return SoftCounts(tp, px - tp, py - tp)
 
 

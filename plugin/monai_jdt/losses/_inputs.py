@@ -3,8 +3,9 @@
 The steps follow MONAI's ``DiceLoss`` so that the MONAI-named losses return MONAI's numbers:
 
 1. shapes are checked (``B, C, *spatial``; ``target`` ``B, 1, *`` labels or ``B, C, *``; ``mask``
-   ``B, 1, *`` or ``1, 1, *``), and, unless ``check_values=False``, the values (no NaN, labels
-   integral and in ``[0, C)`` or ``ignore_index``, soft targets and masks in ``[0, 1]``);
+   ``B, 1, *`` or ``1, 1, *``), and, unless ``check_values=False``, the values (labels integral
+   and in ``[0, C)`` or ``ignore_index``, soft targets and masks in ``[0, 1]``, no NaN; a NaN
+   prediction is caught later on its counts, which costs no extra pass);
 2. the activation (``sigmoid`` / ``softmax`` over channels / ``other_act``);
 3. ``to_onehot_y``: labels ``B, 1, *`` become one-hot ``B, C, *``;
 4. the keep mask ``B, 1, *``: voxels labelled ``ignore_index`` (MONAI's rules, also for one-hot
@@ -27,6 +28,7 @@ __all__ = [
     "InputOptions",
     "Prepared",
     "ShapeMismatchError",
+    "check_counts",
     "is_hard",
     "one_hot",
     "prepare_inputs",
@@ -65,12 +67,15 @@ class Prepared(NamedTuple):
             masked.
         labels: the label map ``[B, 1, *spatial]`` when the target was given as labels and
             one-hot encoded here, else None.
+        nonnegative: ``x`` is a sigmoid or softmax output and ``y`` is one-hot or was checked
+            to lie in [0, 1] (so ``|x|_1 = sum(x)``, ``|y|_1 = sum(y)``).
     """
 
     x: torch.Tensor
     y: torch.Tensor
     keep: torch.Tensor | None
     labels: torch.Tensor | None
+    nonnegative: bool
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -117,24 +122,14 @@ def _check_shapes(
         )
 
 
-def _check_finite_and_unit(name: str, t: torch.Tensor, unit: bool) -> None:
-    """No NaN in ``t``; when ``unit``, every value in [0, 1]."""
-    if not t.is_floating_point():
-        if unit:
-            lo, hi = torch.aminmax(t)
-            if lo < 0 or hi > 1:
-                raise ValueError(f"{name} values must lie in [0, 1], got min {lo} and max {hi}.")
-        return
-    if torch.isnan(t).any():
-        raise ValueError(f"{name} contains NaN values.")
-    if unit:
-        lo, hi = torch.aminmax(t)
-        if lo < 0 or hi > 1:
-            raise ValueError(
-                f"{name} values must lie in [0, 1], got min {lo.item():.6g} and max "
-                f"{hi.item():.6g}; for a label map pass to_onehot_y=True, or check_values=False "
-                "to skip this check."
-            )
+def _check_unit(name: str, t: torch.Tensor) -> None:
+    """Every value of ``t`` in [0, 1] (NaN fails too: it propagates through min and max)."""
+    lo, hi = (v.item() for v in torch.aminmax(t.detach()))
+    if not (lo >= 0 and hi <= 1):
+        raise ValueError(
+            f"{name} values must lie in [0, 1], got min {lo:.6g} and max {hi:.6g}; for a label "
+            "map pass to_onehot_y=True, or check_values=False to skip this check."
+        )
 
 
 def _check_labels(labels: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
@@ -202,13 +197,11 @@ def prepare_inputs(
     if opts.to_onehot_y and not onehot:
         warnings.warn("single channel prediction, `to_onehot_y=True` ignored.", stacklevel=3)
     if opts.check_values:
-        _check_finite_and_unit("input", input, unit=False)
-        if mask is not None:
-            _check_finite_and_unit("mask", mask, unit=True)
+        # NaN in the prediction shows in its counts, see check_counts
+        if mask is not None and mask.dtype != torch.bool:
+            _check_unit("mask", mask)
         if onehot:
             _check_labels(target, n_ch, opts.ignore_index)
-        else:
-            _check_finite_and_unit("target", target, unit=False)
 
     keep = _ignore_mask(target, opts.ignore_index)
     if mask is not None:
@@ -241,8 +234,19 @@ def prepare_inputs(
     if keep is not None:
         x, y = x * keep, y * keep
     if opts.check_values and not onehot:
-        _check_finite_and_unit("target", y, unit=True)
-    return Prepared(x, y, keep, labels)
+        _check_unit("target", y)
+    x_nonnegative = opts.sigmoid or (opts.softmax and n_ch > 1)
+    nonnegative = x_nonnegative and (onehot or opts.check_values)
+    return Prepared(x, y, keep, labels, nonnegative)
+
+
+def check_counts(px: torch.Tensor) -> None:
+    """NaN in the prediction (or from infinite logits) reaches its per-class sums ``px``."""
+    if not torch.isfinite(px).all():
+        raise ValueError(
+            "input contains NaN or infinite values (after the activation); pass "
+            "check_values=False to skip this check."
+        )
 
 
 def is_hard(prepared: Prepared) -> bool:

@@ -29,7 +29,13 @@ from torch.nn.modules.loss import _Loss
 
 from monai_jdt import distributed
 from monai_jdt.counts import Aggregation, SoftCounts, aggregate_values, soft_counts, tversky_index
-from monai_jdt.losses._inputs import InputOptions, Prepared, is_hard, prepare_inputs
+from monai_jdt.losses._inputs import (
+    InputOptions,
+    Prepared,
+    check_counts,
+    is_hard,
+    prepare_inputs,
+)
 from monai_jdt.losses._options import (
     REDUCTIONS,
     AggregationArg,
@@ -155,7 +161,16 @@ class OverlapLoss(_Loss):
         """
         x, y = prepared.x, prepared.y
         spatial = tuple(range(2, x.ndim))
-        counts = soft_counts(x, y, spatial, norm=self.norm, semimetric=self.soft_label)
+        counts = soft_counts(
+            x,
+            y,
+            spatial,
+            norm=self.norm,
+            semimetric=self.soft_label,
+            nonnegative=prepared.nonnegative,
+        )
+        if self.options.check_values:
+            check_counts(counts.tp + counts.fp)
         classes = self.classes
         if classes is None:  # the JDT recommendation
             classes = "present" if is_hard(prepared) else "all"

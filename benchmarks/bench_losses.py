@@ -1,0 +1,188 @@
+"""Forward+backward time and peak memory of the monai-jdt losses against their MONAI counterparts.
+
+A 3D batch ``B x C x S^3`` of logits (softmax) and one-hot targets, default 2 x 4 x 96^3:
+
+    python benchmarks/bench_losses.py                      # CPU, 2 x 4 x 96^3
+    python benchmarks/bench_losses.py --size 48 --repeats 3
+    python benchmarks/bench_losses.py --device cuda
+
+Time: both losses of a pair run in the same process, alternately, ``--repeats`` times each after
+one warm-up; the fastest run is reported (the least disturbed by other work on a shared
+machine; ``torch.cuda.synchronize`` around each run on GPU), and the median next to it.
+
+Peak memory: the extra memory one forward+backward needs on top of its inputs.
+- CUDA: ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the call.
+- CPU: torch's CPU allocations are invisible to ``tracemalloc``, so each loss runs in a fresh
+  subprocess (Linux) that builds the inputs, runs one warm-up step, resets the kernel's
+  high-water mark of its resident set (``/proc/self/clear_refs``), reads the resident set size,
+  runs forward+backward once and reads the new high-water mark (``VmHWM`` in
+  ``/proc/self/status``). The subprocess runs with ``MALLOC_MMAP_THRESHOLD_=65536``: glibc then
+  maps every tensor of 64 KiB or more on its own and gives it back to the OS when freed (its
+  default threshold adapts and would keep freed tensors resident), so the resident set follows
+  torch's live tensors and the difference is the peak of the loss's temporaries (plus the input
+  gradient, the same for both losses).
+
+Ratios are ours / MONAI (goal: <= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
+
+from monai_jdt.losses import DiceSemimetricLoss, JDTCELoss, JDTLoss, TverskySemimetricLoss
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# name -> (ours, MONAI counterpart), each a factory so a subprocess can build just one
+PAIRS: dict[str, tuple[Callable[[], LossFn], Callable[[], LossFn]]] = {
+    "DiceLoss": (
+        lambda: DiceSemimetricLoss(softmax=True),
+        lambda: DiceLoss(softmax=True),
+    ),
+    "TverskyLoss": (
+        lambda: TverskySemimetricLoss(softmax=True, alpha=0.3, beta=0.7),
+        lambda: TverskyLoss(softmax=True, alpha=0.3, beta=0.7),
+    ),
+    "DiceCELoss": (
+        lambda: JDTCELoss(jdt="dice", softmax=True, lambda_ce=1.0, lambda_jdt=1.0),
+        lambda: DiceCELoss(softmax=True),
+    ),
+    "JDTLoss defaults vs DiceLoss(batch=True)": (
+        lambda: JDTLoss(softmax=True),
+        lambda: DiceLoss(softmax=True, batch=True),
+    ),
+}
+
+
+def make_inputs(
+    batch: int, classes: int, size: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shape = (batch, classes, size, size, size)
+    logits = torch.randn(shape, generator=g).to(device).requires_grad_(True)
+    labels = torch.randint(0, classes, (batch, 1, size, size, size), generator=g).to(device)
+    target = torch.zeros(shape, device=device).scatter_(1, labels, 1.0)
+    return logits, target
+
+
+def step(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> None:
+    x.grad = None
+    loss_fn(x, y).backward()
+
+
+def time_once(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> float:
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step(loss_fn, x, y)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_bytes(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Extra memory of one forward+backward (see the module docstring for the method)."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(loss_fn, x, y)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    step(loss_fn, x, y)  # warm-up: one-time allocations of the process are not the loss's
+    x.grad = None
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set size
+    before = status_bytes("VmRSS")
+    step(loss_fn, x, y)
+    return status_bytes("VmHWM") - before
+
+
+def memory_in_subprocess(name: str, which: int, args: argparse.Namespace) -> int:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--classes",
+        str(args.classes),
+        "--memory-of",
+        f"{name}::{which}",
+    ]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return int(json.loads(out.strip().splitlines()[-1])["bytes"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=96, help="spatial size S of the S^3 volume")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+
+    if args.memory_of:  # subprocess mode: one loss, one step, print the extra bytes
+        name, which = args.memory_of.split("::")
+        x, y = make_inputs(args.batch, args.classes, args.size, "cpu")
+        loss_fn = PAIRS[name][int(which)]()
+        print(json.dumps({"bytes": peak_extra_bytes(loss_fn, x, y)}))
+        return
+
+    x, y = make_inputs(args.batch, args.classes, args.size, args.device)
+    mib = 2**20
+    print(
+        f"# {args.batch} x {args.classes} x {args.size}^3 on {args.device}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, best (median) of {args.repeats}"
+    )
+    print("| pair | ours ms | MONAI ms | time ratio | ours MiB | MONAI MiB | memory ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (ours_factory, theirs_factory) in PAIRS.items():
+        ours, theirs = ours_factory().to(args.device), theirs_factory().to(args.device)
+        step(ours, x, y)
+        step(theirs, x, y)
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(args.repeats):
+            times[0].append(time_once(ours, x, y))
+            times[1].append(time_once(theirs, x, y))
+        t_ours, t_theirs = (min(t) * 1e3 for t in times)
+        med_ours, med_theirs = (statistics.median(t) * 1e3 for t in times)
+        if args.device == "cpu":
+            m_ours, m_theirs = (memory_in_subprocess(name, i, args) for i in (0, 1))
+        else:
+            m_ours, m_theirs = peak_extra_bytes(ours, x, y), peak_extra_bytes(theirs, x, y)
+        print(
+            f"| {name} | {t_ours:.0f} ({med_ours:.0f}) | {t_theirs:.0f} ({med_theirs:.0f}) | "
+            f"{t_ours / t_theirs:.2f} ({med_ours / med_theirs:.2f}) | "
+            f"{m_ours / mib:.0f} | {m_theirs / mib:.0f} | {m_ours / m_theirs:.2f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
