@@ -18,6 +18,8 @@ __all__ = [
     "ProbabilityRangeError",
     "ScoringError",
     "ShapeMismatchError",
+    "TooManyLabelsError",
+    "UnsupportedDataTypeError",
     "VolumeTooLargeError",
 ]
 
@@ -97,3 +99,16 @@ class VolumeTooLargeError(ScoringError):
 
     code = "volume_too_large"
     http_status = 413
+
+
+class TooManyLabelsError(ScoringError):
+    """A label volume holds more distinct labels than a confusion matrix is kept for."""
+
+    code = "too_many_labels"
+
+
+class UnsupportedDataTypeError(ScoringError):
+    """The file stores a data type the scoring core cannot score (complex, RGB, unknown code)."""
+
+    code = "unsupported_dtype"
+    http_status = 415

@@ -1,0 +1,243 @@
+"""Scoring of volumes already in memory (numpy arrays or torch tensors)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from monai_jdt.counts import SoftCounts
+from monai_jdt.scoring.confusion import ConfusionMatrix, confusion_matrix, confusion_matrix_torch
+from monai_jdt.scoring.errors import (
+    InvalidOptionError,
+    ShapeMismatchError,
+    VolumeTooLargeError,
+)
+from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
+from monai_jdt.scoring.report import CaseReport, label_scores
+from monai_jdt.scoring.soft import soft_case_counts
+from monai_jdt.scoring.volumes import as_volume, check_probabilities, decide_kind, label_map
+
+__all__ = ["check_spacing", "report_from_confusion", "score_arrays", "select_labels"]
+
+
+def select_labels(
+    present: Iterable[int], predicted: Iterable[int], options: ScoringOptions
+) -> tuple[list[int], list[bool], list[str]]:
+    """Which labels a report lists: ``(labels, requested flags, notes)``.
+
+    Without ``options.labels``: every label in ``present`` (either volume). With it: the
+    asked labels, plus the labels in ``predicted`` that were not asked for (flagged
+    ``requested=False`` and named in a note). Label 0 only with ``include_background`` or when
+    asked for explicitly.
+    """
+
+    def keep(label: int) -> bool:
+        return options.include_background or label != 0
+
+    if options.labels is None:
+        labels = sorted(label for label in set(present) if keep(label))
+        return labels, [True] * len(labels), []
+    asked = set(options.labels)
+    extra = sorted(label for label in set(predicted) - asked if keep(label))
+    labels = sorted(asked | set(extra))
+    notes = []
+    if extra:
+        notes.append(
+            f"labels {extra} are in the prediction but were not asked for; they are reported "
+            "with requested=false"
+        )
+    return labels, [label in asked for label in labels], notes
+
+
+def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    """Validate a voxel spacing (mm): ``ndim`` positive finite numbers, or None."""
+    if spacing is None:
+        return None
+    values = tuple(float(s) for s in spacing)
+    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
+        raise InvalidOptionError(
+            f"spacing must be {ndim} positive numbers (mm per voxel along each spatial axis), "
+            f"got {tuple(spacing)}."
+        )
+    return values
+
+
+def _check_voxels(shape: Sequence[int], options: ScoringOptions) -> None:
+    voxels = math.prod(shape)
+    if options.max_voxels is not None and voxels > options.max_voxels:
+        raise VolumeTooLargeError(
+            f"the volume has {voxels} voxels (shape {tuple(shape)}), above the limit of "
+            f"{options.max_voxels}."
+        )
+
+
+def report_from_confusion(
+    matrix: ConfusionMatrix,
+    options: ScoringOptions,
+    *,
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...] | None,
+    device: str,
+    case_id: str | None,
+    started: float,
+    notes: Sequence[str] = (),
+) -> CaseReport:
+    """The report of a label-map case from its confusion matrix."""
+    labels, requested, label_notes = select_labels(
+        (int(x) for x in matrix.labels), matrix.present_in_prediction(), options
+    )
+    tp, fp, fn = (torch.zeros(len(labels), dtype=torch.float64) for _ in range(3))
+    for i, label in enumerate(labels):
+        tp[i], fp[i], fn[i], _ = matrix.counts(label)
+    voxel_ml = None if spacing is None else float(np.prod(spacing)) / 1000.0
+    rows = label_scores(
+        labels, SoftCounts(tp, fp, fn), matrix.voxels, requested, options, voxel_ml, True
+    )
+    return CaseReport(
+        case_id=case_id,
+        kind="labels",
+        device=device,
+        shape=shape,
+        spacing=spacing,
+        labels=tuple(rows),
+        options=options,
+        notes=tuple(notes) + tuple(label_notes),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def score_arrays(
+    prediction: object,
+    reference: object,
+    options: ScoringOptions = DEFAULT_OPTIONS,
+    *,
+    spacing: Sequence[float] | None = None,
+    case_id: str | None = None,
+) -> CaseReport:
+    """Score a prediction against a reference held in memory.
+
+    Args:
+        prediction: an integer label map ``[*spatial]``; or probabilities in [0, 1], either
+            channel-first ``[C, *spatial]`` (channel ``c`` is label ``c``) or one float map
+            ``[*spatial]`` for a single label (label 1, or the one label of
+            ``options.labels``). numpy array or torch tensor (CUDA tensors are scored there).
+        reference: an integer label map ``[*spatial]``, or probabilities of the prediction's
+            shape (soft reference).
+        options: see ``ScoringOptions``.
+        spacing: voxel spacing in mm per spatial axis, for volumes in mL.
+        case_id: a name carried into the report.
+
+    Raises:
+        ScoringError subclasses for bad input (shapes, non-integer / negative labels, NaN,
+        probabilities outside [0, 1], too many voxels); ``torch.OutOfMemoryError`` when the
+        chosen CUDA device runs out of memory.
+    """
+    started = time.perf_counter()
+    pred = as_volume(prediction, "prediction")
+    ref = as_volume(reference, "reference")
+    kind = decide_kind(pred, ref, options.kind)
+    channel_first = kind == "probabilities" and pred.ndim == ref.ndim + 1
+    spatial = tuple(pred.shape[1:] if channel_first else pred.shape)
+    ref_spatial = tuple(ref.shape[1:] if channel_first and ref.ndim == pred.ndim else ref.shape)
+    if spatial != ref_spatial or (ref.ndim == pred.ndim and tuple(ref.shape) != tuple(pred.shape)):
+        raise ShapeMismatchError(
+            f"prediction and reference shapes differ: prediction {tuple(pred.shape)}, reference "
+            f"{tuple(ref.shape)}"
+            + (" (probabilities are channel-first [C, *spatial])" if channel_first else "")
+            + "."
+        )
+    _check_voxels(spatial, options)
+    spacing_mm = check_spacing(spacing, len(spatial))
+    if kind == "labels":
+        p, r = label_map(pred, "prediction"), label_map(ref, "reference")
+        on_cuda = isinstance(p, torch.Tensor) or isinstance(r, torch.Tensor)
+        device = resolve_device(options.device, prefer_cuda=on_cuda)
+        if device.type == "cuda":
+            matrix = confusion_matrix_torch(
+                torch.as_tensor(p, device=device), torch.as_tensor(r, device=device)
+            )
+        else:
+            matrix = confusion_matrix(_cpu(p), _cpu(r))
+        return report_from_confusion(
+            matrix,
+            options,
+            shape=spatial,
+            spacing=spacing_mm,
+            device=str(device),
+            case_id=case_id,
+            started=started,
+        )
+    return _score_probabilities(
+        pred, ref, channel_first, options, spatial, spacing_mm, case_id, started
+    )
+
+
+def _cpu(volume: np.ndarray | torch.Tensor) -> np.ndarray:
+    return volume.cpu().numpy() if isinstance(volume, torch.Tensor) else volume
+
+
+def _score_probabilities(
+    pred: np.ndarray | torch.Tensor,
+    ref: np.ndarray | torch.Tensor,
+    channel_first: bool,
+    options: ScoringOptions,
+    spatial: tuple[int, ...],
+    spacing: tuple[float, ...] | None,
+    case_id: str | None,
+    started: float,
+) -> CaseReport:
+    check_probabilities(pred, "prediction")
+    soft_reference = ref.ndim == pred.ndim
+    if soft_reference:
+        check_probabilities(ref, "reference")
+        reference = ref
+    else:
+        reference = label_map(ref, "reference")
+    if not channel_first:
+        pred = pred[None]
+        reference = reference[None] if soft_reference else reference
+        asked = list(options.labels or {1: None})
+        if len(asked) != 1:
+            raise InvalidOptionError(
+                f"a single probability map scores one label, but labels {asked} were asked for; "
+                "give a channel-first [C, *spatial] map for several labels."
+            )
+        labels, requested, channels = asked, [True], [0]
+        notes: list[str] = []
+    else:
+        n_channels = pred.shape[0]
+        too_high = sorted(k for k in (options.labels or {}) if k >= n_channels)
+        if too_high:
+            raise InvalidOptionError(
+                f"labels {too_high} were asked for, but the prediction has {n_channels} channels "
+                f"(labels 0..{n_channels - 1})."
+            )
+        labels, requested, notes = select_labels(range(n_channels), range(n_channels), options)
+        channels = labels
+    device = resolve_device(options.device, prefer_cuda=True)
+    counts = soft_case_counts(pred, reference, labels, channels, device)
+    voxel_ml = None if spacing is None else float(np.prod(spacing)) / 1000.0
+    rows = label_scores(
+        labels,
+        SoftCounts(*(torch.from_numpy(c) for c in (counts.tp, counts.fp, counts.fn))),
+        counts.voxels,
+        requested,
+        options,
+        voxel_ml,
+        False,
+    )
+    return CaseReport(
+        case_id=case_id,
+        kind="probabilities",
+        device=str(device),
+        shape=spatial,
+        spacing=spacing,
+        labels=tuple(rows),
+        options=options,
+        notes=tuple(notes),
+        seconds=time.perf_counter() - started,
+    )

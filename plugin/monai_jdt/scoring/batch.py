@@ -1,0 +1,169 @@
+"""Scoring of a folder of predictions against a folder of references.
+
+Files pair by case id, the file name without ``.nii.gz`` / ``.nii`` (the same name in both
+folders, as nnU-Net does). Cases are scored by a pool of threads: the label-map path spends
+most of its time inflating gzip in C without the GIL, so threads keep every core busy without
+the start-up cost of processes. A case with bad input becomes a ``CaseFailure`` (its error code
+and message); the others are still scored.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monai_jdt.scoring.errors import InvalidOptionError, ScoringError
+from monai_jdt.scoring.files import NIFTI_SUFFIXES, case_id_from_path, score_files
+from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
+from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport
+from monai_jdt.scoring.summary import summarize
+
+__all__ = [
+    "CaseFailure",
+    "DirectoryResult",
+    "csv_rows",
+    "pair_cases",
+    "score_directory",
+    "write_csv",
+]
+
+
+@dataclass(frozen=True)
+class CaseFailure:
+    """A case that could not be scored."""
+
+    case_id: str
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"case_id": self.case_id, "code": self.code, "message": self.message}
+
+
+@dataclass
+class DirectoryResult:
+    """Everything ``score-dir`` found: reports, failures, unpaired files."""
+
+    reports: list[CaseReport]
+    failures: list[CaseFailure]
+    unpaired_predictions: list[str]
+    unpaired_references: list[str]
+    worst_q: float = 10.0
+    summary: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reports.sort(key=lambda r: r.case_id or "")
+        self.failures.sort(key=lambda f: f.case_id)
+        self.summary = summarize(self.reports, self.worst_q)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: the summary, every case report, the failures and the unpaired files."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "summary": self.summary,
+            "cases": [report.to_dict() for report in self.reports],
+            "failures": [failure.to_dict() for failure in self.failures],
+            "unpaired": {
+                "predictions": self.unpaired_predictions,
+                "references": self.unpaired_references,
+            },
+        }
+
+
+def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InvalidOptionError(f"the {role} folder {str(folder)!r} does not exist.")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(NIFTI_SUFFIXES):
+            continue
+        case = case_id_from_path(path)
+        if case in files:
+            raise InvalidOptionError(
+                f"case {case!r} has two files in the {role} folder: {files[case].name} and "
+                f"{path.name}."
+            )
+        files[case] = path
+    return files
+
+
+def pair_cases(
+    predictions: str | os.PathLike[str], references: str | os.PathLike[str]
+) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
+    """``(pairs, unpaired prediction files, unpaired reference files)``; pairs are
+    ``(case id, prediction path, reference path)`` sorted by case id."""
+    preds = _nifti_files(Path(predictions), "prediction")
+    refs = _nifti_files(Path(references), "reference")
+    pairs = [(case, preds[case], refs[case]) for case in sorted(preds.keys() & refs.keys())]
+    return (
+        pairs,
+        sorted(preds[c].name for c in preds.keys() - refs.keys()),
+        sorted(refs[c].name for c in refs.keys() - preds.keys()),
+    )
+
+
+def score_directory(
+    predictions: str | os.PathLike[str],
+    references: str | os.PathLike[str],
+    options: ScoringOptions = DEFAULT_OPTIONS,
+    *,
+    workers: int | None = None,
+    worst_q: float = 10.0,
+    progress: Callable[[CaseReport | CaseFailure], None] | None = None,
+) -> DirectoryResult:
+    """Score every paired case of two folders with ``workers`` threads (default: CPU count).
+
+    ``progress`` is called once per finished case (from the calling thread).
+    """
+    pairs, unpaired_preds, unpaired_refs = pair_cases(predictions, references)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise InvalidOptionError(f"workers must be >= 1, got {workers}.")
+
+    def one(case: str, pred: Path, ref: Path) -> CaseReport | CaseFailure:
+        try:
+            return score_files(pred, ref, options, case_id=case)
+        except ScoringError as err:
+            return CaseFailure(case, err.code, err.message)
+        except OSError as err:
+            return CaseFailure(case, "unreadable", f"{case}: {err.strerror or err}")
+
+    reports: list[CaseReport] = []
+    failures: list[CaseFailure] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one, *pair) for pair in pairs]
+        for future in as_completed(futures):
+            outcome = future.result()
+            if isinstance(outcome, CaseReport):
+                reports.append(outcome)
+            else:
+                failures.append(outcome)
+            if progress is not None:
+                progress(outcome)
+    return DirectoryResult(reports, failures, unpaired_preds, unpaired_refs, worst_q)
+
+
+def csv_rows(reports: list[CaseReport]) -> Iterator[dict[str, Any]]:
+    """One flat row per (case, label): the label's JSON fields, ``reasons`` joined by ``; ``."""
+    for report in reports:
+        for row in report.labels:
+            flat = {"case_id": report.case_id, **row.to_dict()}
+            flat["reasons"] = "; ".join(f"{k}: {v}" for k, v in row.reasons.items())
+            yield flat
+
+
+def write_csv(reports: list[CaseReport], stream: io.TextIOBase) -> None:
+    """Write ``csv_rows`` (nulls as empty cells) with a header line."""
+    rows = list(csv_rows(reports))
+    if not rows:
+        stream.write("case_id,label,name\n")
+        return
+    writer = csv.DictWriter(stream, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)

@@ -1,0 +1,284 @@
+"""The confusion matrix of two integer label volumes, in one bounded-memory pass.
+
+For a prediction ``P`` and a reference ``R`` (same shape, non-negative integer labels) the
+confusion matrix ``M[i, j]`` is the number of voxels with ``P == labels[i]`` and
+``R == labels[j]``. Every per-label count of the report follows from it, whatever the number
+of labels ``L``:
+
+* ``tp_k = M[k, k]``, ``predicted_k = sum_j M[k, j]``, ``reference_k = sum_i M[i, k]``,
+* ``fp_k = predicted_k - tp_k``, ``fn_k = reference_k - tp_k``,
+* ``tn_k = N - tp_k - fp_k - fn_k`` with ``N`` the number of voxels.
+
+It is computed as a histogram of the joint code ``P * K + R`` (``K`` = largest label + 1),
+over chunks of a few hundred thousand voxels so memory stays bounded for 512^3 volumes: the
+cost is O(N) and does not grow with ``L``. Two paths give identical integer counts:
+
+* numpy on the CPU (``ConfusionAccumulator``): when every label is < 16 the codes fit one
+  byte, and pairs of neighbouring codes are histogrammed as one 16-bit value, which halves the
+  work of ``np.bincount`` (whose time is dominated by its per-element loop); then the 256 x 256
+  pair histogram is folded back to the 256 single-code bins.
+* torch on any device (``confusion_matrix_torch``), used for CUDA tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from monai_jdt.scoring.errors import NegativeLabelError, NonIntegerLabelsError, TooManyLabelsError
+
+__all__ = [
+    "CHUNK_VOXELS",
+    "MAX_DISTINCT_LABELS",
+    "ConfusionAccumulator",
+    "ConfusionMatrix",
+    "confusion_matrix",
+    "confusion_matrix_torch",
+]
+
+#: voxels per chunk: small enough for the caches, large enough to amortise the Python loop
+CHUNK_VOXELS = 1 << 18
+#: more distinct labels than this in one case is refused (the matrix would be L x L)
+MAX_DISTINCT_LABELS = 4096
+_PAIR_LIMIT = 16  # labels < 16: the code P*16+R fits one byte
+_DENSE_LIMIT = 256  # labels < 256: the code fits 16 bits, a 65536-bin histogram per chunk
+
+
+@dataclass(frozen=True)
+class ConfusionMatrix:
+    """Confusion counts of one case.
+
+    Attributes:
+        labels: ``[L]`` int64, the sorted label ids present in either volume.
+        matrix: ``[L, L]`` int64; ``matrix[i, j]`` voxels predicted ``labels[i]`` whose
+            reference is ``labels[j]``.
+        voxels: ``N``, the number of voxels (the sum of ``matrix``).
+    """
+
+    labels: np.ndarray
+    matrix: np.ndarray
+    voxels: int
+
+    def counts(self, label: int) -> tuple[int, int, int, int]:
+        """``(tp, fp, fn, tn)`` of one label id; a label absent from both gives ``(0, 0, 0, N)``."""
+        hit = np.flatnonzero(self.labels == label)
+        if hit.size == 0:
+            return 0, 0, 0, self.voxels
+        k = int(hit[0])
+        tp = int(self.matrix[k, k])
+        fp = int(self.matrix[k, :].sum()) - tp
+        fn = int(self.matrix[:, k].sum()) - tp
+        return tp, fp, fn, self.voxels - tp - fp - fn
+
+    def present_in_prediction(self) -> set[int]:
+        """Label ids with at least one predicted voxel."""
+        return {int(x) for x in self.labels[self.matrix.sum(1) > 0]}
+
+
+class ConfusionAccumulator:
+    """Accumulates the confusion matrix over chunks of two label volumes (numpy, CPU).
+
+    Call ``update`` with matching 1-D chunks (same length, same voxel order), then
+    ``result``. Chunks may come from memory or from a decompression stream.
+    """
+
+    def __init__(self) -> None:
+        self._labels = np.zeros(0, dtype=np.int64)
+        self._matrix = np.zeros((0, 0), dtype=np.int64)
+        self._voxels = 0
+
+    def update(self, prediction: np.ndarray, reference: np.ndarray) -> None:
+        """Add the counts of one chunk pair (1-D integer arrays of equal length)."""
+        if prediction.shape != reference.shape or prediction.ndim != 1:
+            raise ValueError(
+                "chunks must be 1-D and of equal length, got "
+                f"{prediction.shape} and {reference.shape}."
+            )
+        if prediction.size == 0:
+            return
+        high = max(_checked_max(prediction, "prediction"), _checked_max(reference, "reference"))
+        if high < _PAIR_LIMIT:
+            labels, matrix = _pair_histogram(prediction, reference)
+        elif high < _DENSE_LIMIT:
+            labels, matrix = _dense_histogram(prediction, reference, high + 1)
+        else:
+            labels, matrix = _compact_histogram(prediction, reference)
+        self._merge(labels, matrix)
+        self._voxels += prediction.size
+
+    def _merge(self, labels: np.ndarray, matrix: np.ndarray) -> None:
+        if not np.array_equal(labels, self._labels):
+            union = np.union1d(self._labels, labels)
+            if union.size > MAX_DISTINCT_LABELS:
+                raise TooManyLabelsError(
+                    f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels "
+                    f"({union.size} so far); this looks like an instance map or an intensity "
+                    "image, not a label map."
+                )
+            if union.size != self._labels.size:
+                grown = np.zeros((union.size, union.size), dtype=np.int64)
+                old = np.searchsorted(union, self._labels)
+                grown[np.ix_(old, old)] = self._matrix
+                self._labels, self._matrix = union, grown
+            at = np.searchsorted(self._labels, labels)
+            self._matrix[np.ix_(at, at)] += matrix
+        else:
+            self._matrix += matrix
+
+    def result(self) -> ConfusionMatrix:
+        """The matrix so far, restricted to labels present in either volume."""
+        present = (self._matrix.sum(0) + self._matrix.sum(1)) > 0
+        return ConfusionMatrix(
+            self._labels[present].copy(), self._matrix[np.ix_(present, present)], self._voxels
+        )
+
+
+def _checked_max(chunk: np.ndarray, name: str) -> int:
+    """Largest value of an integer chunk; refuses negative values and non-integer dtypes."""
+    if chunk.dtype == np.bool_:
+        return int(chunk.any())
+    if not np.issubdtype(chunk.dtype, np.integer):
+        raise NonIntegerLabelsError(
+            f"the {name} label volume must hold integers, got dtype {chunk.dtype}."
+        )
+    if np.issubdtype(chunk.dtype, np.signedinteger):
+        low = int(chunk.min())
+        if low < 0:
+            raise NegativeLabelError(
+                f"the {name} label volume holds negative values (minimum {low}); "
+                "label ids must be >= 0."
+            )
+    return int(chunk.max())
+
+
+def _trim(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop the rows/columns of labels absent from a chunk: ``(labels, matrix)``."""
+    present = np.flatnonzero((matrix.sum(0) + matrix.sum(1)) > 0)
+    return present.astype(np.int64), matrix[np.ix_(present, present)]
+
+
+def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels < 16: one-byte codes ``P*16 + R``, histogrammed two at a time as uint16."""
+    code = np.multiply(prediction, np.uint8(_PAIR_LIMIT), dtype=np.uint8, casting="unsafe")
+    np.add(code, reference, out=code, casting="unsafe")
+    n_pairs = code.size // 2
+    pairs = np.bincount(code[: 2 * n_pairs].view(np.uint16), minlength=1 << 16).reshape(256, 256)
+    # a uint16 pair value is code[2i] + 256 * code[2i+1] on little-endian machines and the
+    # reverse on big-endian ones; either way every code is counted once per axis
+    single = pairs.sum(0) + pairs.sum(1)
+    if code.size % 2:
+        single[code[-1]] += 1
+    matrix = single[: _PAIR_LIMIT * _PAIR_LIMIT].reshape(_PAIR_LIMIT, _PAIR_LIMIT)
+    return _trim(matrix)
+
+
+def _dense_histogram(
+    prediction: np.ndarray, reference: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels < 256: 16-bit codes ``P*K + R`` and one ``K*K``-bin histogram."""
+    code = np.multiply(prediction, np.uint16(k), dtype=np.uint16, casting="unsafe")
+    np.add(code, reference, out=code, casting="unsafe")
+    return _trim(np.bincount(code, minlength=k * k).reshape(k, k))
+
+
+def _compact_histogram(
+    prediction: np.ndarray, reference: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Large label ids: map the ids present to ``0..L-1`` first (sort-based, the rare path)."""
+    labels = np.union1d(np.unique(prediction), np.unique(reference)).astype(np.int64)
+    if labels.size > MAX_DISTINCT_LABELS:
+        raise TooManyLabelsError(
+            f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels ({labels.size} in "
+            "one chunk); this looks like an instance map or an intensity image, not a label map."
+        )
+    m = labels.size
+    code = np.searchsorted(labels, prediction) * m + np.searchsorted(labels, reference)
+    return labels, np.bincount(code, minlength=m * m).reshape(m, m)
+
+
+def _aligned_chunks(
+    prediction: np.ndarray, reference: np.ndarray, chunk_voxels: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """1-D chunk pairs covering both volumes in the same voxel order, copying only if needed."""
+    for order in ("C", "F"):
+        contiguous = "c_contiguous" if order == "C" else "f_contiguous"
+        if getattr(prediction.flags, contiguous) and getattr(reference.flags, contiguous):
+            flat_p = prediction.reshape(-1, order=order)
+            flat_r = reference.reshape(-1, order=order)
+            for start in range(0, flat_p.size, chunk_voxels):
+                yield flat_p[start : start + chunk_voxels], flat_r[start : start + chunk_voxels]
+            return
+    # mixed layouts: slabs along the first axis, each made contiguous
+    slab = max(1, chunk_voxels // max(1, prediction[0].size)) if prediction.ndim else 1
+    for start in range(0, prediction.shape[0], slab):
+        yield (
+            np.ascontiguousarray(prediction[start : start + slab]).reshape(-1),
+            np.ascontiguousarray(reference[start : start + slab]).reshape(-1),
+        )
+
+
+def confusion_matrix(
+    prediction: np.ndarray, reference: np.ndarray, chunk_voxels: int = CHUNK_VOXELS
+) -> ConfusionMatrix:
+    """Confusion matrix of two integer label arrays of the same shape (numpy, CPU, chunked)."""
+    if prediction.shape != reference.shape:
+        raise ValueError(f"shapes differ: {prediction.shape} and {reference.shape}.")
+    accumulator = ConfusionAccumulator()
+    if prediction.ndim == 0:
+        prediction, reference = prediction.reshape(1), reference.reshape(1)
+    for p, r in _aligned_chunks(prediction, reference, chunk_voxels):
+        accumulator.update(p, r)
+    return accumulator.result()
+
+
+def confusion_matrix_torch(
+    prediction: torch.Tensor, reference: torch.Tensor, chunk_voxels: int = 1 << 24
+) -> ConfusionMatrix:
+    """Confusion matrix of two integer label tensors on their device (e.g. CUDA), chunked.
+
+    Gives the same integer counts as ``confusion_matrix``. Only the ``[L, L]`` result leaves
+    the device.
+    """
+    if prediction.shape != reference.shape:
+        raise ValueError(f"shapes differ: {tuple(prediction.shape)} and {tuple(reference.shape)}.")
+    flat_p, flat_r = prediction.reshape(-1), reference.reshape(-1)
+    for name, flat in (("prediction", flat_p), ("reference", flat_r)):
+        if flat.is_floating_point() or flat.is_complex():
+            raise NonIntegerLabelsError(
+                f"the {name} label volume must hold integers, got dtype {flat.dtype}."
+            )
+        if flat.numel() and flat.dtype != torch.bool and int(flat.min()) < 0:
+            raise NegativeLabelError(
+                f"the {name} label volume holds negative values (minimum {int(flat.min())}); "
+                "label ids must be >= 0."
+            )
+    if flat_p.numel() == 0:
+        return ConfusionMatrix(np.zeros(0, np.int64), np.zeros((0, 0), np.int64), 0)
+    high = max(int(flat_p.max()), int(flat_r.max()))
+    if high < _DENSE_LIMIT:
+        labels = torch.arange(high + 1, device=flat_p.device)
+    else:
+        labels = torch.unique(torch.cat([torch.unique(flat_p), torch.unique(flat_r)]))
+        if labels.numel() > MAX_DISTINCT_LABELS:
+            raise TooManyLabelsError(
+                f"the volumes hold {labels.numel()} distinct labels, more than "
+                f"{MAX_DISTINCT_LABELS}; this looks like an instance map or an intensity image."
+            )
+    m = labels.numel()
+    counts = torch.zeros(m * m, dtype=torch.int64, device=flat_p.device)
+    for start in range(0, flat_p.numel(), chunk_voxels):
+        p = flat_p[start : start + chunk_voxels].long()
+        r = flat_r[start : start + chunk_voxels].long()
+        if high >= _DENSE_LIMIT:
+            p, r = torch.searchsorted(labels, p), torch.searchsorted(labels, r)
+        counts += torch.bincount(p * m + r, minlength=m * m)
+    matrix = counts.reshape(m, m).cpu().numpy()
+    present = np.flatnonzero((matrix.sum(0) + matrix.sum(1)) > 0)
+    return ConfusionMatrix(
+        labels.cpu().numpy().astype(np.int64)[present],
+        matrix[np.ix_(present, present)],
+        int(flat_p.numel()),
+    )
