@@ -264,7 +264,7 @@ def test_ignite_handler_in_supervised_evaluator_built_by_short_name() -> None:
                 "_target_": "FineGrainedIoU",
                 "include_background": False,
                 "level": "batch",
-                "report_all": True,
+                "report_prefix": "val_",
                 "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
             },
         }
@@ -282,7 +282,7 @@ def test_ignite_handler_in_supervised_evaluator_built_by_short_name() -> None:
     assert evaluator.state.metrics["val_miou"] == pytest.approx(want["miou_d"], rel=1e-12)
     assert evaluator.state.best_metric == pytest.approx(want["miou_d"], rel=1e-12)
     for key, value in want.items():
-        assert evaluator.state.metrics[f"val_miou_{key}"] == pytest.approx(value, rel=1e-12)
+        assert evaluator.state.metrics[f"val_{key}"] == pytest.approx(value, rel=1e-12)
     details = evaluator.state.metric_details["val_miou"]
     assert details.shape == (5, N_CLASSES - 1)
     assert torch.isnan(details[1]).all()  # image 1's reference is background only

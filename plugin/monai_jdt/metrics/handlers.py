@@ -8,11 +8,12 @@ it as a key metric::
         _target_: FineGrainedIoU          # after imports: ["$import monai_jdt"]
         include_background: false
         level: batch
-        report_all: true
+        report_prefix: val_
         output_transform: "$monai.handlers.from_engine(['pred', 'label'])"
 
-``engine.state.metrics[name]`` gets the chosen scalar; with ``report_all=True`` also the six
-scores as ``<name>_miou_d`` ... ``<name>_mdice_c``; with ``save_details=True``
+``engine.state.metrics[name]`` gets the chosen scalar; with ``report_prefix`` (e.g. ``"val_"``)
+also all six scores, as ``val_miou_d``, ``val_miou_i``, ``val_miou_c``, ``val_mdice_d``,
+``val_mdice_i`` and ``val_mdice_c``; with ``save_details=True``
 ``engine.state.metric_details[name]`` holds the ``[N, C]`` per-image scores (NaN where the
 reference lacks the class), the layout MONAI's ``MetricsSaver`` writes.
 """
@@ -39,7 +40,8 @@ class FineGrainedIoU(IgniteMetricHandler):
 
     Args:
         include_background, level, index, num_classes: as ``FineGrainedIoUMetric``.
-        report_all: also put all six scores in ``engine.state.metrics`` as ``<name>_<key>``.
+        report_prefix: if given, also put all six scores in ``engine.state.metrics`` as
+            ``<report_prefix><key>`` (keys ``miou_d, miou_i, miou_c, mdice_d, mdice_i, mdice_c``).
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``.
         save_details: store the per-image scores in ``engine.state.metric_details[name]``.
     """
@@ -50,14 +52,16 @@ class FineGrainedIoU(IgniteMetricHandler):
         level: Aggregation = "batch",
         index: OverlapIndex = "jaccard",
         num_classes: int | None = None,
-        report_all: bool = False,
+        report_prefix: str | None = None,
         output_transform: Callable = _identity,
         save_details: bool = True,
     ) -> None:
         self.fine_metric = FineGrainedIoUMetric(
             include_background=include_background, level=level, index=index, num_classes=num_classes
         )
-        self.report_all = report_all
+        if report_prefix is not None and not isinstance(report_prefix, str):
+            raise TypeError(f"report_prefix must be a str or None, got {report_prefix!r}.")
+        self.report_prefix = report_prefix
         super().__init__(
             metric_fn=self.fine_metric, output_transform=output_transform, save_details=save_details
         )
@@ -71,6 +75,6 @@ class FineGrainedIoU(IgniteMetricHandler):
 
     def completed(self, engine: Any, name: str) -> None:
         super().completed(engine, name)
-        if self.report_all:
+        if self.report_prefix is not None:
             for key, value in self.fine_metric.aggregate_all().items():
-                engine.state.metrics[f"{name}_{key}"] = value
+                engine.state.metrics[f"{self.report_prefix}{key}"] = value
