@@ -4,8 +4,9 @@ Starts the real server (``python -m jdt_service``, uvicorn) on a free loopback p
 128^3 and 256^3 label pairs (.nii.gz, uint8, 4 labels: ellipsoids and a prediction whose
 boundaries are shifted), then for each size:
 
-* times ``monai_jdt.scoring.score_files`` in-process on the same files (median of N runs);
-* drives ``POST /v1/scores`` with 1 and 8 concurrent clients (httpx, asyncio; bodies are
+* at 1 client, alternates ``monai_jdt.scoring.score_files`` in this process and one
+  ``POST /v1/scores`` on the same files (so both see the same background load);
+* at more clients, drives ``POST /v1/scores`` concurrently (httpx, asyncio; bodies are
   encoded once so the client costs little): throughput, p50 / p99 latency, error count;
 * reads the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``) after each run.
 
@@ -66,15 +67,36 @@ def write_pair(directory: Path, n: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def library_seconds(pred: Path, ref: Path, repeats: int) -> float:
+def interleaved(pred: Path, ref: Path, url: str, repeats: int) -> tuple[float, dict]:
+    """Library call and one HTTP request, alternately, ``repeats`` times (after a warm-up).
+
+    Alternating puts both under the same background load (this machine is shared), so the
+    ratio of their medians is the HTTP overhead. Returns (library median s, HTTP stats).
+    """
     options = ScoringOptions(device="cpu")
-    score_files(pred, ref, options)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        score_files(pred, ref, options)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    body, ctype = multipart_body(pred, ref)
+    lib, http = [], []
+    errors = 0
+    with httpx.Client(base_url=url, timeout=600) as client:
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            score_files(pred, ref, options)
+            lib_s = time.perf_counter() - start
+            start = time.perf_counter()
+            r = client.post("/v1/scores", content=body, headers={"Content-Type": ctype})
+            http_s = time.perf_counter() - start
+            if i:  # the first round warms both up
+                lib.append(lib_s)
+                http.append(http_s)
+                errors += r.status_code != 200
+    http.sort()
+    return statistics.median(lib), {
+        "requests": len(http),
+        "errors": errors,
+        "throughput_rps": len(http) / sum(http),
+        "p50_s": statistics.median(http),
+        "p99_s": http[min(len(http) - 1, int(0.99 * len(http)))],
+    }
 
 
 def multipart_body(pred: Path, ref: Path) -> tuple[bytes, str]:
@@ -135,8 +157,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--requests", type=int, default=8, help="requests per client")
-    parser.add_argument("--repeats", type=int, default=5, help="library runs per size")
+    parser.add_argument("--requests", type=int, default=8, help="requests per client (>1)")
+    parser.add_argument("--repeats", type=int, default=15, help="library/HTTP pairs at 1 client")
     parser.add_argument("--max-concurrency", type=int, default=2)
     parser.add_argument("--max-queue", type=int, default=16)
     parser.add_argument("--device", default="cpu")
@@ -166,22 +188,27 @@ def main() -> int:
         print(f"server idle peak RSS {idle_rss:.0f} MiB; max_concurrency={args.max_concurrency}")
         for n in args.sizes:
             pred, ref = write_pair(work, n)
-            lib = library_seconds(pred, ref, args.repeats)
             body, ctype = multipart_body(pred, ref)
-            print(f"{n}^3: upload {len(body) / 1e6:.2f} MB, library score_files {lib * 1e3:.1f} ms")
+            lib, _ = interleaved(pred, ref, url, 1)
+            print(f"{n}^3: upload {len(body) / 1e6:.2f} MB")
             for clients in args.clients:
-                row = asyncio.run(drive(url, body, ctype, clients, args.requests))
-                row.update(
-                    size=n, clients=clients, library_s=lib, peak_rss_mib=peak_rss_mib(server.pid)
-                )
-                row["overhead"] = row["p50_s"] / lib - 1
+                if clients == 1:
+                    lib, row = interleaved(pred, ref, url, args.repeats)
+                else:
+                    row = asyncio.run(drive(url, body, ctype, clients, args.requests))
+                row.update(size=n, clients=clients, library_s=lib)
+                row.update(peak_rss_mib=peak_rss_mib(server.pid), overhead=row["p50_s"] / lib - 1)
                 results.append(row)
                 print(
                     f"  clients={clients}: {row['throughput_rps']:.2f} req/s, "
                     f"p50 {row['p50_s'] * 1e3:.1f} ms, p99 {row['p99_s'] * 1e3:.1f} ms, "
                     f"errors {row['errors']}/{row['requests']}, "
                     f"peak RSS {row['peak_rss_mib']:.0f} MiB"
-                    + (f", HTTP overhead {row['overhead']:+.1%}" if clients == 1 else "")
+                    + (
+                        f"; library {lib * 1e3:.1f} ms, HTTP overhead {row['overhead']:+.1%}"
+                        if clients == 1
+                        else ""
+                    )
                 )
         if args.json:
             args.json.write_text(json.dumps({"idle_rss_mib": idle_rss, "runs": results}, indent=2))

@@ -5,11 +5,11 @@ The flow of one request, each step bounded:
 1. admission (503 ``server_busy`` + ``Retry-After`` when all slots and the queue are taken),
    before any byte of the body is read;
 2. the multipart body streams into the request's work directory (413 past the size limit);
-3. the options are parsed (422), the two NIfTI headers are read off the event loop and the
-   declared voxel counts checked (413 before anything is decompressed; 415 / 422 for files
-   that are not NIfTI or are corrupt);
-4. the scoring core runs on a scoring thread; a CUDA out-of-memory error re-runs the job on
-   the CPU and is counted in ``jdt_gpu_fallbacks_total``;
+3. the options are parsed (422);
+4. ``score_files`` runs on a scoring thread: it reads both NIfTI headers first and refuses a
+   volume whose declared shape is past ``max_voxels`` (413) before anything is decompressed,
+   and files that are not NIfTI or are corrupt (415 / 422); a CUDA out-of-memory error re-runs
+   the job on the CPU and is counted in ``jdt_gpu_fallbacks_total``;
 5. the report of ``monai_jdt.scoring.score_files`` is returned as is (``CaseReport.to_dict()``).
 
 The whole request is bounded by ``request_timeout`` (504). The work directory is deleted on
@@ -37,7 +37,7 @@ from jdt_service.metrics import ServiceMetrics
 from jdt_service.schemas import ErrorResponse, ScoreReport
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
-from monai_jdt.scoring import CaseReport, ScoringOptions, errors, inspect_nifti, score_files
+from monai_jdt.scoring import CaseReport, ScoringOptions, errors, score_files
 
 __all__ = ["router"]
 
@@ -136,9 +136,6 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
         form.fields, device=settings.device, max_voxels=settings.max_voxels
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
-    for path in (prediction, reference):
-        info = await asyncio.to_thread(inspect_nifti, path, settings.max_voxels)
-        state.voxels = info.voxels
     submitted = time.perf_counter()
     try:
         result = await admission.run(
@@ -156,8 +153,10 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
     state.device = str(result.report.device)
     if result.gpu_fallback:
         state.gpu_fallback = True
-    metrics.voxels.inc(state.voxels)
-    return JSONResponse(result.report.to_dict())
+    body = result.report.to_dict()
+    state.voxels = body["voxels"]
+    metrics.voxels.inc(body["voxels"])
+    return JSONResponse(body)
 
 
 @router.post(
