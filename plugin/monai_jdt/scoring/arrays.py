@@ -126,7 +126,8 @@ def score_arrays(
             ``[*spatial]`` for a single label (label 1, or the one label of
             ``options.labels``). numpy array or torch tensor (CUDA tensors are scored there).
         reference: an integer label map ``[*spatial]``, or probabilities of the prediction's
-            shape (soft reference).
+            shape (soft reference; a 4-D pair is channel-first ``[C, X, Y, Z]``, a pair of
+            lower dimension one label's maps).
         options: see ``ScoringOptions``.
         spacing: voxel spacing in mm per spatial axis, for volumes in mL.
         case_id: a name carried into the report.
@@ -140,7 +141,10 @@ def score_arrays(
     pred = as_volume(prediction, "prediction")
     ref = as_volume(reference, "reference")
     kind = decide_kind(pred, ref, options.kind)
-    channel_first = kind == "probabilities" and pred.ndim == ref.ndim + 1
+    # channel-first: one axis more than a label-map reference, or a 4-D soft pair [C, X, Y, Z]
+    channel_first = kind == "probabilities" and (
+        pred.ndim == ref.ndim + 1 or pred.ndim == ref.ndim == 4
+    )
     spatial = tuple(pred.shape[1:] if channel_first else pred.shape)
     ref_spatial = tuple(ref.shape[1:] if channel_first and ref.ndim == pred.ndim else ref.shape)
     if spatial != ref_spatial or (ref.ndim == pred.ndim and tuple(ref.shape) != tuple(pred.shape)):

@@ -239,7 +239,8 @@ def iter_voxel_chunks(info: NiftiInfo, chunk_voxels: int) -> Iterator[np.ndarray
     """The stored voxels, in file order (x fastest), as 1-D arrays of ``chunk_voxels`` voxels
     (the last one shorter) of the stored dtype; scaling is *not* applied.
 
-    Raises ``CorruptFileError`` when the data ends early or the gzip stream is corrupt.
+    Raises ``CorruptFileError`` when the data ends early or the gzip stream is corrupt (its
+    CRC is checked after the last chunk).
     """
     name = _name(info.path)
     with open(info.path, "rb") as handle:
@@ -263,6 +264,9 @@ def iter_voxel_chunks(info: NiftiInfo, chunk_voxels: int) -> Iterator[np.ndarray
                 filled += len(part)
             remaining -= n
             yield np.frombuffer(buffer, dtype=info.dtype)
+        if info.is_gzip:  # read to the end of the stream, so that its CRC is checked
+            while read(_READ_BYTES):
+                pass
 
 
 def load_nifti(info: NiftiInfo) -> np.ndarray:

@@ -78,7 +78,7 @@ def soft_case_counts(
             y = _to_device(y_flat[:, start:stop], device).index_select(0, channel_index)
         else:
             y = _to_device(y_flat[start:stop], device)[None, :] == label_ids[:, None]
-        tp, fp, fn = soft_counts(x.double(), y.double(), dims=(1,))
+        tp, fp, fn = soft_counts(x.double(), y.double(), dims=(1,), nonnegative=True)
         totals += torch.stack([tp, fp, fn])
     tp_, fp_, fn_ = totals.cpu().numpy()
     return SoftCaseCounts(np.asarray(labels, dtype=np.int64), tp_, fp_, fn_, voxels)

@@ -1,0 +1,126 @@
+"""The confusion matrix against np.add.at, on every path (pair, dense, compact, torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from monai_jdt.scoring.confusion import (
+    ConfusionAccumulator,
+    confusion_matrix,
+    confusion_matrix_torch,
+)
+from monai_jdt.scoring.errors import NegativeLabelError, NonIntegerLabelsError, TooManyLabelsError
+
+
+def reference_matrix(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.union1d(pred, ref)
+    matrix = np.zeros((labels.size, labels.size), dtype=np.int64)
+    np.add.at(
+        matrix, (np.searchsorted(labels, pred.ravel()), np.searchsorted(labels, ref.ravel())), 1
+    )
+    return labels, matrix
+
+
+def random_pair(high: int, dtype: type, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels below ``high``: all of them when few, else 40 ids spread up to ``high``."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(high) if high <= 256 else np.sort(rng.choice(high, 40, replace=False))
+    pred = ids[rng.integers(0, ids.size, size=(17, 19, 23))].astype(dtype)
+    ref = pred.copy()
+    flip = rng.random(ref.shape) < 0.3
+    ref[flip] = ids[rng.integers(0, ids.size, size=int(flip.sum()))].astype(dtype)
+    return pred, ref
+
+
+@pytest.mark.parametrize(
+    ("high", "dtype"),
+    [
+        (2, np.bool_),
+        (15, np.uint8),
+        (16, np.int16),
+        (200, np.uint8),
+        (255, np.int64),
+        (5000, np.int32),
+        (70000, np.uint32),
+    ],
+)
+@pytest.mark.parametrize("chunk", [997, 1 << 18])
+def test_matches_add_at(high: int, dtype: type, chunk: int) -> None:
+    pred, ref = random_pair(high, dtype)
+    labels, expected = reference_matrix(pred.astype(np.int64), ref.astype(np.int64))
+    result = confusion_matrix(pred, ref, chunk_voxels=chunk)
+    np.testing.assert_array_equal(result.labels, labels)
+    np.testing.assert_array_equal(result.matrix, expected)
+    assert result.voxels == pred.size
+
+
+def test_layouts_give_the_same_counts() -> None:
+    pred, ref = random_pair(12, np.uint8)
+    base = confusion_matrix(pred, ref)
+    for p, r in [
+        (np.asfortranarray(pred), np.asfortranarray(ref)),
+        (np.asfortranarray(pred), ref),  # mixed: slab copies
+        (pred[:, ::-1], ref[:, ::-1]),  # non-contiguous views
+    ]:
+        result = confusion_matrix(p, r, chunk_voxels=1000)
+        np.testing.assert_array_equal(result.matrix, base.matrix)
+
+
+def test_odd_chunk_of_the_pair_histogram_counts_its_last_voxel() -> None:
+    acc = ConfusionAccumulator()
+    acc.update(np.array([1, 2, 3], np.uint8), np.array([1, 2, 0], np.uint8))
+    result = acc.result()
+    np.testing.assert_array_equal(result.labels, [0, 1, 2, 3])
+    assert result.counts(3) == (0, 1, 0, 2)
+    assert result.counts(1) == (1, 0, 0, 2)
+    assert result.counts(9) == (0, 0, 0, 3)
+
+
+def test_counts_from_the_matrix() -> None:
+    pred = np.array([0, 1, 1, 2, 2, 2, 0], np.uint8)
+    ref = np.array([0, 1, 2, 2, 2, 0, 1], np.uint8)
+    result = confusion_matrix(pred, ref)
+    # label 2: tp 2 (idx 3, 4), fp 1 (idx 5), fn 1 (idx 2), tn 3
+    assert result.counts(2) == (2, 1, 1, 3)
+    assert result.present_in_prediction() == {0, 1, 2}
+
+
+@pytest.mark.parametrize(("high", "dtype"), [(14, np.uint8), (300, np.int16), (3000, np.int32)])
+def test_torch_path_gives_identical_integer_counts(high: int, dtype: type) -> None:
+    pred, ref = random_pair(high, dtype, seed=3)
+    numpy_result = confusion_matrix(pred, ref)
+    torch_result = confusion_matrix_torch(
+        torch.from_numpy(pred), torch.from_numpy(ref), chunk_voxels=1001
+    )
+    np.testing.assert_array_equal(torch_result.labels, numpy_result.labels)
+    np.testing.assert_array_equal(torch_result.matrix, numpy_result.matrix)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_gives_identical_integer_counts() -> None:
+    pred, ref = random_pair(15, np.uint8, seed=4)
+    cuda = confusion_matrix_torch(torch.from_numpy(pred).cuda(), torch.from_numpy(ref).cuda())
+    np.testing.assert_array_equal(cuda.matrix, confusion_matrix(pred, ref).matrix)
+
+
+def test_negative_labels_are_refused_naming_the_volume() -> None:
+    pred = np.array([0, 1, -3], np.int16)
+    ref = np.array([0, 1, 1], np.int16)
+    with pytest.raises(NegativeLabelError, match="prediction.*-3"):
+        confusion_matrix(pred, ref)
+    with pytest.raises(NegativeLabelError, match="reference.*-3"):
+        confusion_matrix_torch(torch.from_numpy(ref), torch.from_numpy(pred))
+
+
+def test_float_chunks_are_refused() -> None:
+    with pytest.raises(NonIntegerLabelsError, match="dtype float32"):
+        confusion_matrix(np.zeros(4, np.float32), np.zeros(4, np.uint8))
+
+
+def test_too_many_distinct_labels() -> None:
+    pred = np.arange(5000, dtype=np.int32)
+    with pytest.raises(TooManyLabelsError, match="instance map"):
+        confusion_matrix(pred, pred)
