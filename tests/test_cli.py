@@ -1,0 +1,169 @@
+"""The monai-jdt command line: score, score-dir, serve's lazy registration, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scoring_testdata import numpy_scores, organ_pair
+
+from monai_jdt.cli import main
+
+AFFINE = np.diag([1.0, 1.5, 2.0, 1.0])
+
+
+def save(path: Path, data: np.ndarray) -> Path:
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), AFFINE), path)
+    return path
+
+
+@pytest.fixture()
+def case(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    pred, ref = organ_pair((24, 22, 18), 3, seed=5)
+    return save(tmp_path / "p.nii.gz", pred), save(tmp_path / "r.nii.gz", ref), pred, ref
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    for i in range(3):
+        pred, ref = organ_pair((20, 18, 16), 2, seed=i)
+        save(preds / f"case{i}.nii.gz", pred)
+        save(refs / f"case{i}.nii" if i == 1 else refs / f"case{i}.nii.gz", ref)
+    save(preds / "orphan.nii.gz", pred)
+    save(refs / "lonely.nii.gz", ref)
+    (preds / "readme.txt").write_text("not a case")
+    return preds, refs
+
+
+def test_score_table(case, capsys) -> None:  # type: ignore[no-untyped-def]
+    p, r, pred, ref = case
+    assert main(["score", str(p), str(r), "--labels", "1=liver,2=spleen"]) == 0
+    out = capsys.readouterr().out
+    assert "liver" in out and "spleen" in out and "3*" in out
+    assert f"{numpy_scores(pred, ref, 1)['dice']:.4f}" in out
+
+
+def test_score_json_output_and_csv(case, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    p, r, pred, ref = case
+    out_json, out_csv = tmp_path / "o.json", tmp_path / "o.csv"
+    args = ["score", str(p), str(r), "--json", "-o", str(out_json), "--csv", str(out_csv)]
+    assert main([*args, "--metrics", "dice,tversky", "--tversky-alpha", "0.2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out_json.read_text())
+    assert printed["options"]["metrics"] == ["dice", "tversky"]
+    assert printed["spacing_mm"] == [1.0, 1.5, 2.0]
+    row = printed["labels"][0]
+    assert row["label"] == 1 and row["dice"] == pytest.approx(numpy_scores(pred, ref, 1)["dice"])
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["label"] for r in rows] == ["1", "2", "3"] and rows[0]["case_id"] == "p"
+
+
+def test_score_empty_label_is_null_in_json(case, capsys) -> None:  # type: ignore[no-untyped-def]
+    p, r, _, _ = case
+    assert main(["score", str(p), str(r), "--json", "--labels", "9"]) == 0
+    rows = json.loads(capsys.readouterr().out)["labels"]
+    nine = next(x for x in rows if x["label"] == 9)
+    assert nine["dice"] is None and "absent" in nine["reasons"]["dice"]
+    assert main(["score", str(p), str(r), "--json", "--labels", "9", "--empty", "one"]) == 0
+    rows = json.loads(capsys.readouterr().out)["labels"]
+    assert next(x for x in rows if x["label"] == 9)["dice"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--labels", "liver"], "labels"),
+        (["--metrics", "dice,hd95"], "metrics"),
+        (["--device", "tpu"], "device"),
+    ],
+)
+def test_bad_options_are_one_line(case, capsys, extra, needle) -> None:  # type: ignore[no-untyped-def]
+    p, r, _, _ = case
+    assert main(["score", str(p), str(r), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+
+
+def test_bad_input_is_one_line(case, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    p, _, pred, _ = case
+    other = save(tmp_path / "o.nii.gz", pred[:, :, :-2])
+    assert main(["score", str(p), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[shape_mismatch]" in err and "(24, 22, 16)" in err
+    assert main(["score", str(p), str(tmp_path / "nope.nii.gz")]) == 2
+    assert "[not_nifti]" in capsys.readouterr().err
+
+
+def test_score_dir(folders, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    preds, refs = folders
+    out_json, out_csv = tmp_path / "s.json", tmp_path / "c.csv"
+    args = ["score-dir", str(preds), str(refs), "-o", str(out_json), "--csv", str(out_csv)]
+    assert main([*args, "--workers", "2", "--labels", "1=a,2=b"]) == 0
+    captured = capsys.readouterr()
+    assert "orphan.nii.gz" in captured.err and "lonely.nii.gz" in captured.err
+    assert "3 cases scored" in captured.out
+    data = json.loads(out_json.read_text())
+    assert data["unpaired"] == {"predictions": ["orphan.nii.gz"], "references": ["lonely.nii.gz"]}
+    assert [c["case_id"] for c in data["cases"]] == ["case0", "case1", "case2"]
+    summary = data["summary"]
+    assert summary["cases"] == 3 and summary["labels"][0]["name"] == "a"
+    dice = [c["labels"][0]["dice"] for c in data["cases"]]
+    assert summary["labels"][0]["dice"]["mean"] == pytest.approx(np.mean(dice))
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 6 and {r["case_id"] for r in rows} == {"case0", "case1", "case2"}
+
+
+def test_score_dir_failed_case_and_json(folders, capsys) -> None:  # type: ignore[no-untyped-def]
+    preds, refs = folders
+    (preds / "case2.nii.gz").write_bytes(b"garbage")
+    assert main(["score-dir", str(preds), str(refs), "--json", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["failures"] == [
+        {"case_id": "case2", "code": "not_nifti", "message": data["failures"][0]["message"]}
+    ]
+    assert "case2" in captured.err and data["summary"]["cases"] == 2
+
+
+def test_score_dir_without_pairs(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert main(["score-dir", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "no case" in capsys.readouterr().err
+    assert main(["score-dir", str(tmp_path / "x"), str(tmp_path / "b")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_without_the_service_extra(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(sys.modules, "jdt_service.server", None)  # import fails
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "install monai-jdt[service]" in err and err.count("\n") == 1
+
+
+def test_subprocess_score_imports_no_fastapi(case) -> None:  # type: ignore[no-untyped-def]
+    p, r, pred, ref = case
+    code = (
+        "import sys; from monai_jdt.cli import main; rc = main(sys.argv[1:]); "
+        "sys.stderr.write(str('fastapi' in sys.modules)); sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "score", str(p), str(r), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "False"
+    report = json.loads(done.stdout)
+    assert report["labels"][1]["jaccard"] == pytest.approx(numpy_scores(pred, ref, 2)["jaccard"])

@@ -1,0 +1,84 @@
+"""The dataset summary against values worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from monai_jdt.scoring import InvalidOptionError, ScoringOptions, score_arrays, summarize
+
+# three 8-voxel cases; per (case, label) counts (tp, fp, fn) written next to them
+CASES = [
+    # label 1: (2, 1, 0); label 2: (1, 1, 0)
+    ([1, 1, 1, 0, 0, 0, 2, 2], [1, 1, 0, 0, 0, 0, 2, 0]),
+    # label 1: (1, 0, 3); label 2 absent from both (no row)
+    ([1, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]),
+    # label 1: (0, 1, 0), not in the reference; label 2: (2, 2, 0)
+    ([1, 0, 0, 0, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 2, 2]),
+]
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:  # type: ignore[type-arg]
+    reports = [
+        score_arrays(np.array(p, np.uint8), np.array(r, np.uint8), case_id=f"c{i}")
+        for i, (p, r) in enumerate(CASES)
+    ]
+    return summarize(reports, worst_q=50)
+
+
+def test_fine_grained_jaccard_by_hand(summary: dict) -> None:  # type: ignore[type-arg]
+    fine = summary["fine_grained"]
+    assert fine["labels"] == [1, 2] and fine["cases"] == 3 and fine["q_percent"] == 50
+    iou = fine["jaccard"]
+    # D: label 1 pools (3, 2, 3) -> 3/8, label 2 pools (3, 3, 0) -> 1/2
+    assert iou["D"] == pytest.approx((3 / 8 + 1 / 2) / 2)
+    # I: case means 7/12 (2/3 and 1/2), 1/4, 1/2 (label 1 is not in case 2's reference)
+    assert iou["I"] == pytest.approx((7 / 12 + 1 / 4 + 1 / 2) / 3)
+    # C: label 1 over cases 0, 1: (2/3 + 1/4) / 2; label 2 over cases 0, 2: 1/2
+    assert iou["C"] == pytest.approx((11 / 24 + 1 / 2) / 2)
+    # worst 50 %: ceil(1.5) = 2 of 3 cases -> 1/4 and 1/2; per label ceil(1) = 1 case
+    assert iou["I_worst"] == pytest.approx(3 / 8)
+    assert iou["C_worst"] == pytest.approx((1 / 4 + 1 / 2) / 2)
+
+
+def test_fine_grained_dice_by_hand(summary: dict) -> None:  # type: ignore[type-arg]
+    dice = summary["fine_grained"]["dice"]
+    assert dice["D"] == pytest.approx((6 / 11 + 6 / 9) / 2)
+    assert dice["I"] == pytest.approx(((4 / 5 + 2 / 3) / 2 + 2 / 5 + 2 / 3) / 3)
+    assert dice["C"] == pytest.approx(((4 / 5 + 2 / 5) / 2 + 2 / 3) / 2)
+
+
+def test_per_label_statistics_skip_undefined(summary: dict) -> None:  # type: ignore[type-arg]
+    label1 = summary["labels"][0]
+    assert label1["label"] == 1 and label1["cases"] == 3
+    values = [4 / 5, 2 / 5, 0.0]
+    assert label1["dice"]["mean"] == pytest.approx(np.mean(values))
+    assert label1["dice"]["median"] == pytest.approx(0.4)
+    assert label1["dice"]["std"] == pytest.approx(np.std(values))
+    assert (label1["dice"]["min"], label1["dice"]["max"]) == (0.0, pytest.approx(0.8))
+    # recall of label 1 is undefined in case 2 (tp + fn = 0): mean over 2 cases
+    assert label1["recall"]["n"] == 2
+    assert label1["recall"]["mean"] == pytest.approx((1.0 + 0.25) / 2)
+    label2 = summary["labels"][1]
+    assert label2["cases"] == 2 and label2["dice"]["mean"] == pytest.approx(2 / 3)
+    fg = summary["foreground_mean"]["dice"]
+    assert fg == {"mean": pytest.approx((0.4 + 2 / 3) / 2), "labels": 2}
+    json.dumps(summary, allow_nan=False)
+
+
+def test_empty_and_unrequested() -> None:
+    assert summarize([])["fine_grained"]["jaccard"]["D"] is None
+    pred = np.array([1, 2, 3, 0], np.uint8)
+    ref = np.array([1, 2, 0, 0], np.uint8)
+    report = score_arrays(pred, ref, ScoringOptions(labels={1: "a", 2: "b"}))
+    summary = summarize([report])
+    assert [e["requested"] for e in summary["labels"]] == [True, True, False]
+    assert summary["fine_grained"]["labels"] == [1, 2]
+    assert summary["foreground_mean"]["dice"]["labels"] == 2
+    with pytest.raises(InvalidOptionError):
+        summarize([report], worst_q=0)
+    assert not math.isnan(summary["fine_grained"]["jaccard"]["D"])
