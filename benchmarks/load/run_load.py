@@ -56,8 +56,14 @@ def label_pair(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
-def write_pair(directory: Path, n: int) -> tuple[Path, Path]:
+def write_pair(directory: Path, n: int, kind: str = "labels") -> tuple[Path, Path]:
+    """The pair as .nii.gz; ``kind="probabilities"`` makes the prediction a float32 map of
+    label 1 (with noise) against the reference mask of label 1 as float32."""
     pred, ref = label_pair(n)
+    if kind == "probabilities":
+        noise = np.random.default_rng(1).uniform(0.0, 0.2, pred.shape).astype(np.float32)
+        pred = np.abs((pred == 1).astype(np.float32) - noise)
+        ref = (ref == 1).astype(np.float32)
     paths = []
     for name, array in (("pred", pred), ("ref", ref)):
         path = directory / f"{name}_{n}.nii.gz"
@@ -97,6 +103,17 @@ def interleaved(pred: Path, ref: Path, url: str, repeats: int) -> tuple[float, d
         "p50_s": statistics.median(http),
         "p99_s": http[min(len(http) - 1, int(0.99 * len(http)))],
     }
+
+
+def round_trip_floor(url: str, n: int = 50) -> float:
+    """Median time of ``GET /healthz``: what any request costs in HTTP alone on this machine."""
+    with httpx.Client(base_url=url) as client:
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            client.get("/healthz")
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def multipart_body(pred: Path, ref: Path) -> tuple[bytes, str]:
@@ -162,6 +179,7 @@ def main() -> int:
     parser.add_argument("--max-concurrency", type=int, default=2)
     parser.add_argument("--max-queue", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--kind", choices=["labels", "probabilities"], default="labels")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -184,10 +202,14 @@ def main() -> int:
             except httpx.TransportError:
                 time.sleep(0.2)
         idle_rss = peak_rss_mib(server.pid)
+        floor = round_trip_floor(url)
         results = []
-        print(f"server idle peak RSS {idle_rss:.0f} MiB; max_concurrency={args.max_concurrency}")
+        print(
+            f"server idle peak RSS {idle_rss:.0f} MiB; max_concurrency={args.max_concurrency}; "
+            f"GET /healthz round trip p50 {floor * 1e3:.2f} ms (the HTTP floor)"
+        )
         for n in args.sizes:
-            pred, ref = write_pair(work, n)
+            pred, ref = write_pair(work, n, args.kind)
             body, ctype = multipart_body(pred, ref)
             lib, _ = interleaved(pred, ref, url, 1)
             print(f"{n}^3: upload {len(body) / 1e6:.2f} MB")
@@ -211,7 +233,8 @@ def main() -> int:
                     )
                 )
         if args.json:
-            args.json.write_text(json.dumps({"idle_rss_mib": idle_rss, "runs": results}, indent=2))
+            summary = {"idle_rss_mib": idle_rss, "healthz_p50_s": floor, "runs": results}
+            args.json.write_text(json.dumps(summary, indent=2))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
