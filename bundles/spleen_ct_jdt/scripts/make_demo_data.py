@@ -15,12 +15,9 @@ Written: ``dataset.json`` (MSD keys, ``training`` and ``test`` lists), ``imagesT
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
-import nibabel as nib
 import numpy as np
+
+from monai_jdt.demo_data import demo_data_main
 
 SPACING = (1.5, 1.5, 2.0)
 
@@ -58,67 +55,15 @@ def make_case(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np
     return image.round().astype(np.int16), spleen.astype(np.uint8)
 
 
-def _save(array: np.ndarray, path: Path) -> None:
-    nib.save(nib.Nifti1Image(array, np.diag([*SPACING, 1.0])), str(path))
-
-
-def write_dataset(root: Path, cases: int, test_cases: int, shape: tuple[int, int, int], seed: int):
-    """Write the data set under ``root``; returns the ``dataset.json`` content."""
-    rng = np.random.default_rng(seed)
-    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    training, test = [], []
-    for i in range(cases + test_cases):
-        name = f"spleen_{i:03d}.nii.gz"
-        image, label = make_case(rng, shape)
-        split = "Tr" if i < cases else "Ts"
-        _save(image, root / f"images{split}" / name)
-        _save(label, root / f"labels{split}" / name)
-        if i < cases:
-            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-        else:
-            test.append(f"./imagesTs/{name}")
-    meta = {
-        "name": "SyntheticSpleen",
-        "description": "Synthetic spleen-CT demo data for spleen_ct_jdt (not real anatomy)",
-        "reference": "bundles/spleen_ct_jdt/scripts/make_demo_data.py",
-        "licence": "Apache-2.0",
-        "tensorImageSize": "3D",
-        "modality": {"0": "CT"},
-        "labels": {"0": "background", "1": "spleen"},
-        "numTraining": cases,
-        "numTest": test_cases,
-        "training": training,
-        "test": test,
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("output", type=Path, help="folder to write (created if missing)")
-    parser.add_argument("--cases", type=int, default=16, help="training cases (default 16)")
-    parser.add_argument("--test-cases", type=int, default=4, help="test cases (default 4)")
-    parser.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=(96, 96, 64),
-        metavar=("X", "Y", "Z"),
-        help="voxels per case (default 96 96 64)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
-    if args.cases < 2 or args.test_cases < 0:
-        parser.error(
-            f"--cases must be >= 2 and --test-cases >= 0, got {args.cases}, {args.test_cases}"
-        )
-    if min(args.shape) < 16:
-        parser.error(f"--shape must be at least 16 voxels per axis, got {args.shape}")
-    write_dataset(args.output, args.cases, args.test_cases, tuple(args.shape), args.seed)
-    print(f"wrote {args.cases} training and {args.test_cases} test cases to {args.output}")
-
+DESCRIPTION = {
+    "name": "SyntheticSpleen",
+    "description": "Synthetic spleen-CT demo data for spleen_ct_jdt (not real anatomy)",
+    "reference": "bundles/spleen_ct_jdt/scripts/make_demo_data.py",
+    "licence": "Apache-2.0",
+    "tensorImageSize": "3D",
+    "modality": {"0": "CT"},
+    "labels": {"0": "background", "1": "spleen"},
+}
 
 if __name__ == "__main__":
-    main()
+    demo_data_main(__doc__, make_case, DESCRIPTION, "spleen", (96, 96, 64), SPACING)
