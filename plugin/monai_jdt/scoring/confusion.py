@@ -82,11 +82,15 @@ class ConfusionAccumulator:
     """Accumulates the confusion matrix over chunks of two label volumes (numpy, CPU).
 
     Call ``update`` with matching 1-D chunks (same length, same voxel order), then
-    ``result``. Chunks may come from memory or from a decompression stream.
+    ``result``. Chunks may come from memory or from a decompression stream. Chunks whose
+    labels are all < 256 add to fixed 65536-bin histograms (no per-chunk bookkeeping); the
+    rare chunks with larger ids are compacted first and kept as a ``{labels, matrix}`` pair.
     """
 
     def __init__(self) -> None:
-        self._labels = np.zeros(0, dtype=np.int64)
+        self._pair_bins = np.zeros(1 << 16, dtype=np.int64)  # pairs of codes P*16 + R
+        self._dense_bins = np.zeros(1 << 16, dtype=np.int64)  # codes P*256 + R
+        self._labels = np.zeros(0, dtype=np.int64)  # the compacted chunks
         self._matrix = np.zeros((0, 0), dtype=np.int64)
         self._voxels = 0
 
@@ -101,39 +105,48 @@ class ConfusionAccumulator:
             return
         high = max(_checked_max(prediction, "prediction"), _checked_max(reference, "reference"))
         if high < _PAIR_LIMIT:
-            labels, matrix = _pair_histogram(prediction, reference)
+            even = prediction.size - prediction.size % 2
+            self._pair_bins += _pair_histogram(prediction[:even], reference[:even])
+            if even < prediction.size:  # the odd voxel out
+                self._dense_bins[int(prediction[-1]) * _DENSE_LIMIT + int(reference[-1])] += 1
         elif high < _DENSE_LIMIT:
-            labels, matrix = _dense_histogram(prediction, reference, high + 1)
+            code = np.multiply(
+                prediction, np.uint16(_DENSE_LIMIT), dtype=np.uint16, casting="unsafe"
+            )
+            np.add(code, reference, out=code, casting="unsafe")
+            self._dense_bins += np.bincount(code, minlength=1 << 16)
         else:
-            labels, matrix = _compact_histogram(prediction, reference)
-        self._merge(labels, matrix)
+            self._merge(*_compact_histogram(prediction, reference))
         self._voxels += prediction.size
 
     def _merge(self, labels: np.ndarray, matrix: np.ndarray) -> None:
-        if not np.array_equal(labels, self._labels):
-            union = np.union1d(self._labels, labels)
-            if union.size > MAX_DISTINCT_LABELS:
-                raise TooManyLabelsError(
-                    f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels "
-                    f"({union.size} so far); this looks like an instance map or an intensity "
-                    "image, not a label map."
-                )
-            if union.size != self._labels.size:
-                grown = np.zeros((union.size, union.size), dtype=np.int64)
-                old = np.searchsorted(union, self._labels)
-                grown[np.ix_(old, old)] = self._matrix
-                self._labels, self._matrix = union, grown
-            at = np.searchsorted(self._labels, labels)
-            self._matrix[np.ix_(at, at)] += matrix
-        else:
-            self._matrix += matrix
+        union = np.union1d(self._labels, labels)
+        if union.size > MAX_DISTINCT_LABELS:
+            raise TooManyLabelsError(
+                f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels "
+                f"({union.size} so far); this looks like an instance map or an intensity "
+                "image, not a label map."
+            )
+        merged = np.zeros((union.size, union.size), dtype=np.int64)
+        old, new = np.searchsorted(union, self._labels), np.searchsorted(union, labels)
+        merged[np.ix_(old, old)] = self._matrix
+        merged[np.ix_(new, new)] += matrix
+        self._labels, self._matrix = union, merged
 
     def result(self) -> ConfusionMatrix:
         """The matrix so far, restricted to labels present in either volume."""
-        present = (self._matrix.sum(0) + self._matrix.sum(1)) > 0
-        return ConfusionMatrix(
-            self._labels[present].copy(), self._matrix[np.ix_(present, present)], self._voxels
-        )
+        # a uint16 pair value is code[2i] + 256 * code[2i+1] on little-endian machines (the
+        # reverse on big-endian ones); either way each code is counted once per axis
+        pairs = self._pair_bins.reshape(256, 256)
+        single = (pairs.sum(0) + pairs.sum(1))[: _PAIR_LIMIT**2].reshape(_PAIR_LIMIT, _PAIR_LIMIT)
+        dense = self._dense_bins.reshape(_DENSE_LIMIT, _DENSE_LIMIT).copy()
+        dense[:_PAIR_LIMIT, :_PAIR_LIMIT] += single
+        saved = self._labels, self._matrix
+        self._merge(np.arange(_DENSE_LIMIT, dtype=np.int64), dense)
+        labels, matrix = self._labels, self._matrix
+        self._labels, self._matrix = saved
+        present = (matrix.sum(0) + matrix.sum(1)) > 0
+        return ConfusionMatrix(labels[present], matrix[np.ix_(present, present)], self._voxels)
 
 
 def _checked_max(chunk: np.ndarray, name: str) -> int:
@@ -154,34 +167,12 @@ def _checked_max(chunk: np.ndarray, name: str) -> int:
     return int(chunk.max())
 
 
-def _trim(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop the rows/columns of labels absent from a chunk: ``(labels, matrix)``."""
-    present = np.flatnonzero((matrix.sum(0) + matrix.sum(1)) > 0)
-    return present.astype(np.int64), matrix[np.ix_(present, present)]
-
-
-def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels < 16: one-byte codes ``P*16 + R``, histogrammed two at a time as uint16."""
+def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Labels < 16, an even number of voxels: the one-byte codes ``P*16 + R`` histogrammed
+    two at a time as uint16 (65536 bins of code pairs)."""
     code = np.multiply(prediction, np.uint8(_PAIR_LIMIT), dtype=np.uint8, casting="unsafe")
     np.add(code, reference, out=code, casting="unsafe")
-    n_pairs = code.size // 2
-    pairs = np.bincount(code[: 2 * n_pairs].view(np.uint16), minlength=1 << 16).reshape(256, 256)
-    # a uint16 pair value is code[2i] + 256 * code[2i+1] on little-endian machines and the
-    # reverse on big-endian ones; either way every code is counted once per axis
-    single = pairs.sum(0) + pairs.sum(1)
-    if code.size % 2:
-        single[code[-1]] += 1
-    matrix = single[: _PAIR_LIMIT * _PAIR_LIMIT].reshape(_PAIR_LIMIT, _PAIR_LIMIT)
-    return _trim(matrix)
-
-
-def _dense_histogram(
-    prediction: np.ndarray, reference: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels < 256: 16-bit codes ``P*K + R`` and one ``K*K``-bin histogram."""
-    code = np.multiply(prediction, np.uint16(k), dtype=np.uint16, casting="unsafe")
-    np.add(code, reference, out=code, casting="unsafe")
-    return _trim(np.bincount(code, minlength=k * k).reshape(k, k))
+    return np.bincount(code.view(np.uint16), minlength=1 << 16)
 
 
 def _compact_histogram(
