@@ -29,7 +29,7 @@ SHAPE = (12, 10, 8)
 def make_client(tmp_path: Path, **overrides: object) -> TestClient:
     temp = tmp_path / "uploads"
     temp.mkdir(exist_ok=True)
-    settings = Settings(device="cpu", temp_dir=temp, log_format="json", **overrides)
+    settings = Settings(**{"device": "cpu", "temp_dir": temp, **overrides})
     return TestClient(create_app(settings))
 
 
@@ -245,6 +245,15 @@ def test_probability_map_is_scored_softly(client: TestClient) -> None:
     soft_dice = 2 * tp / (x.sum() + y.sum())
     dices = [row["dice"] for row in r.json()["labels"] if row.get("dice") is not None]
     assert any(math.isclose(d, soft_dice, abs_tol=1e-5) for d in dices)
+    assert_documented_report(client, r.json())
+
+
+def assert_documented_report(client: TestClient, report: dict) -> None:
+    """``report`` validates against the 200 schema of POST /v1/scores (no extra fields)."""
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/v1/scores"]["post"]
+    schema = post["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.validate(report, {"components": spec["components"], **schema})
 
 
 # ---------------------------------------------------------------- bad requests
@@ -523,11 +532,39 @@ def test_openapi_documents_every_status_and_the_report_schema(client: TestClient
     # a real report validates against the documented 200 schema
     pred, ref = pair
     report = client.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref))).json()
-    schema = post["responses"]["200"]["content"]["application/json"]["schema"]
-    resolver_root = {"components": spec["components"], **schema}
-    jsonschema.validate(report, resolver_root)
+    assert_documented_report(client, report)
     error_schema = post["responses"]["422"]["content"]["application/json"]["schema"]
     jsonschema.validate(
         {"detail": {"code": "x", "message": "y"}},
         {"components": spec["components"], **error_schema},
     )
+
+
+# ---------------------------------------------------------------- GPU (skipped without CUDA)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    prob = rng.random(SHAPE).astype(np.float32)
+    ref = (rng.random(SHAPE) < 0.5).astype(np.float32)
+    with make_client(tmp_path, device="cuda") as c:
+        ready = c.get("/readyz").json()
+        assert ready["status"] == "ready" and ready["device"] == "cuda"
+        gpu = c.get("/v1/info").json()["gpu"]
+        assert gpu["name"] and gpu["total_memory_bytes"] >= gpu["free_memory_bytes"] > 0
+        r = c.post(
+            "/v1/scores",
+            files=files_for(nifti_bytes(prob), nifti_bytes(ref)),
+            data={"kind": "probabilities"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["device"].startswith("cuda")
+        assert metric_value(c, "jdt_gpu_fallbacks_total") == 0
+    x, y = prob.astype(np.float64), ref.astype(np.float64)
+    tp = (x.sum() + y.sum() - np.abs(x - y).sum()) / 2
+    dices = [row["dice"] for row in r.json()["labels"] if row.get("dice") is not None]
+    assert any(math.isclose(d, 2 * tp / (x.sum() + y.sum()), abs_tol=1e-5) for d in dices)

@@ -6,8 +6,9 @@ boundaries are shifted), then for each size:
 
 * at 1 client, alternates ``monai_jdt.scoring.score_files`` in this process and one
   ``POST /v1/scores`` on the same files (so both see the same background load);
-* at more clients, drives ``POST /v1/scores`` concurrently (httpx, asyncio; bodies are
-  encoded once so the client costs little): throughput, p50 / p99 latency, error count;
+* at more clients, drives ``POST /v1/scores`` concurrently with ``hey`` (``apt-get install
+  hey``) or, without it, httpx on asyncio (bodies are encoded once): throughput, p50 / p99
+  latency, error count;
 * reads the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``) after each run.
 
 The HTTP overhead at concurrency 1 is ``p50 latency / library median - 1``.
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import gzip
+import io
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -73,36 +78,80 @@ def write_pair(directory: Path, n: int, kind: str = "labels") -> tuple[Path, Pat
     return paths[0], paths[1]
 
 
-def interleaved(pred: Path, ref: Path, url: str, repeats: int) -> tuple[float, dict]:
-    """Library call and one HTTP request, alternately, ``repeats`` times (after a warm-up).
+def stats(latencies: list[float], statuses: list[int], wall: float) -> dict:
+    ordered = sorted(latencies)
+    return {
+        "requests": len(ordered),
+        "errors": sum(status != 200 for status in statuses),
+        "throughput_rps": len(ordered) / wall,
+        "p50_s": statistics.median(ordered),
+        "p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+    }
+
+
+def post_httpx(url: str, body: bytes, ctype: str, clients: int, total: int) -> tuple:
+    """``total`` POSTs from ``clients`` concurrent httpx clients: (latencies, statuses, wall)."""
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    async def client(ac: httpx.AsyncClient, n: int) -> None:
+        for _ in range(n):
+            start = time.perf_counter()
+            r = await ac.post("/v1/scores", content=body, headers={"Content-Type": ctype})
+            latencies.append(time.perf_counter() - start)
+            statuses.append(r.status_code)
+
+    async def run() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as ac:
+            start = time.perf_counter()
+            await asyncio.gather(*(client(ac, total // clients) for _ in range(clients)))
+            return time.perf_counter() - start
+
+    wall = asyncio.run(run())
+    return latencies, statuses, wall
+
+
+def post_hey(url: str, body: bytes, ctype: str, clients: int, total: int) -> tuple:
+    """The same with ``hey`` (Go; one process, keep-alive): per-request times from its CSV."""
+    with tempfile.NamedTemporaryFile(suffix=".bin") as f:
+        f.write(body)
+        f.flush()
+        cmd = ["hey", "-n", str(total), "-c", str(clients), "-m", "POST", "-T", ctype]
+        cmd += ["-D", f.name, "-t", "600", "-o", "csv", url + "/v1/scores"]
+        start = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        wall = time.perf_counter() - start
+    rows = list(csv.DictReader(io.StringIO(out)))
+    return [float(r["response-time"]) for r in rows], [int(r["status-code"]) for r in rows], wall
+
+
+DRIVERS = {"httpx": post_httpx, "hey": post_hey}
+
+
+def interleaved(
+    post: Callable[..., tuple], pred: Path, ref: Path, url: str, repeats: int, block: int = 5
+) -> tuple[float, dict]:
+    """Library calls and single-client HTTP requests in alternating blocks of ``block``.
 
     Alternating puts both under the same background load (this machine is shared), so the
     ratio of their medians is the HTTP overhead. Returns (library median s, HTTP stats).
     """
     options = ScoringOptions(device="cpu")
     body, ctype = multipart_body(pred, ref)
-    lib, http = [], []
-    errors = 0
-    with httpx.Client(base_url=url, timeout=600) as client:
-        for i in range(repeats + 1):
+    score_files(pred, ref, options)  # warm-up, both sides
+    post(url, body, ctype, 1, 2)
+    lib: list[float] = []
+    latencies: list[float] = []
+    statuses: list[int] = []
+    for _ in range(max(1, repeats // block)):
+        for _ in range(block):
             start = time.perf_counter()
             score_files(pred, ref, options)
-            lib_s = time.perf_counter() - start
-            start = time.perf_counter()
-            r = client.post("/v1/scores", content=body, headers={"Content-Type": ctype})
-            http_s = time.perf_counter() - start
-            if i:  # the first round warms both up
-                lib.append(lib_s)
-                http.append(http_s)
-                errors += r.status_code != 200
-    http.sort()
-    return statistics.median(lib), {
-        "requests": len(http),
-        "errors": errors,
-        "throughput_rps": len(http) / sum(http),
-        "p50_s": statistics.median(http),
-        "p99_s": http[min(len(http) - 1, int(0.99 * len(http)))],
-    }
+            lib.append(time.perf_counter() - start)
+        got, codes, _ = post(url, body, ctype, 1, block)
+        latencies += got
+        statuses += codes
+    return statistics.median(lib), stats(latencies, statuses, sum(latencies))
 
 
 def round_trip_floor(url: str, n: int = 50) -> float:
@@ -143,33 +192,6 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def drive(url: str, body: bytes, ctype: str, clients: int, per_client: int) -> dict:
-    latencies: list[float] = []
-    errors = 0
-
-    async def client(ac: httpx.AsyncClient) -> None:
-        nonlocal errors
-        for _ in range(per_client):
-            start = time.perf_counter()
-            r = await ac.post("/v1/scores", content=body, headers={"Content-Type": ctype})
-            latencies.append(time.perf_counter() - start)
-            errors += r.status_code != 200
-
-    async with httpx.AsyncClient(base_url=url, timeout=600) as ac:
-        await ac.post("/v1/scores", content=body, headers={"Content-Type": ctype})  # warm-up
-        start = time.perf_counter()
-        await asyncio.gather(*(client(ac) for _ in range(clients)))
-        wall = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "throughput_rps": len(latencies) / wall,
-        "p50_s": latencies[len(latencies) // 2],
-        "p99_s": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
@@ -180,8 +202,15 @@ def main() -> int:
     parser.add_argument("--max-queue", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--kind", choices=["labels", "probabilities"], default="labels")
+    parser.add_argument(
+        "--driver",
+        choices=sorted(DRIVERS),
+        default="hey" if shutil.which("hey") else "httpx",
+        help="load client (default: hey when installed: apt-get install hey)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    post = DRIVERS[args.driver]
 
     work = Path(tempfile.mkdtemp(prefix="jdt-load-"))
     port = free_port()
@@ -205,19 +234,20 @@ def main() -> int:
         floor = round_trip_floor(url)
         results = []
         print(
-            f"server idle peak RSS {idle_rss:.0f} MiB; max_concurrency={args.max_concurrency}; "
+            f"driver {args.driver}; server idle peak RSS {idle_rss:.0f} MiB; "
+            f"max_concurrency={args.max_concurrency}; "
             f"GET /healthz round trip p50 {floor * 1e3:.2f} ms (the HTTP floor)"
         )
         for n in args.sizes:
             pred, ref = write_pair(work, n, args.kind)
             body, ctype = multipart_body(pred, ref)
-            lib, _ = interleaved(pred, ref, url, 1)
             print(f"{n}^3: upload {len(body) / 1e6:.2f} MB")
             for clients in args.clients:
                 if clients == 1:
-                    lib, row = interleaved(pred, ref, url, args.repeats)
+                    lib, row = interleaved(post, pred, ref, url, args.repeats)
                 else:
-                    row = asyncio.run(drive(url, body, ctype, clients, args.requests))
+                    post(url, body, ctype, clients, clients)  # warm-up
+                    row = stats(*post(url, body, ctype, clients, clients * args.requests))
                 row.update(size=n, clients=clients, library_s=lib)
                 row.update(peak_rss_mib=peak_rss_mib(server.pid), overhead=row["p50_s"] / lib - 1)
                 results.append(row)
@@ -233,7 +263,8 @@ def main() -> int:
                     )
                 )
         if args.json:
-            summary = {"idle_rss_mib": idle_rss, "healthz_p50_s": floor, "runs": results}
+            summary = {"driver": args.driver, "idle_rss_mib": idle_rss, "healthz_p50_s": floor}
+            summary["runs"] = results
             args.json.write_text(json.dumps(summary, indent=2))
     finally:
         server.send_signal(signal.SIGTERM)

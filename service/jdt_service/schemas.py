@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ErrorDetail",
@@ -66,6 +66,8 @@ class Info(BaseModel):
 
 
 class ReportOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_background: bool
     empty: Literal["nan", "one"]
     metrics: list[str]
@@ -76,6 +78,8 @@ class ReportOptions(BaseModel):
 
 class LabelRow(BaseModel):
     """One label of one case. Only the metrics asked for are present; ``null`` = undefined."""
+
+    model_config = ConfigDict(extra="forbid")
 
     label: int
     name: str | None
@@ -97,7 +101,13 @@ class LabelRow(BaseModel):
 
 
 class ScoreReport(BaseModel):
-    """``monai_jdt.scoring.CaseReport.to_dict()``: the JSON of ``monai-jdt score --json``."""
+    """``monai_jdt.scoring.CaseReport.to_dict()``: the JSON of ``monai-jdt score --json``.
+
+    Extra fields are forbidden so that the documented schema and the core's report cannot
+    drift apart unnoticed (tests validate real reports against it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     schema_version: str
     case_id: str | None
