@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from service_testing import bad_file_corpus, label_pair, nifti_bytes
 
 from jdt_service import Settings, create_app
@@ -62,3 +65,34 @@ def test_float_values_read_as_labels_are_refused(service) -> None:
         data={"kind": "labels"},
     )
     assert r.status_code == 422 and r.json()["detail"]["code"] == "non_integer_labels"
+
+
+_PRED, _REF = label_pair((6, 5, 4), seed=2)
+_RAW = nifti_bytes(_PRED, gz=False)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(0, len(_RAW)),
+    flips=st.lists(st.tuples(st.integers(0, len(_RAW) - 1), st.integers(1, 255)), max_size=6),
+    gz=st.booleans(),
+)
+def test_mutated_files_never_give_a_server_error(service, cut: int, flips, gz: bool) -> None:
+    """Header bytes flipped, files cut anywhere, raw or gzip: always a 2xx or a 4xx."""
+    client, temp = service
+    data = bytearray(_RAW[:cut])
+    for offset, mask in flips:
+        if offset < len(data):
+            data[offset] ^= mask
+    payload = gzip.compress(bytes(data)) if gz else bytes(data)
+    r = client.post(
+        "/v1/scores",
+        files={"prediction": ("p", payload), "reference": ("r", nifti_bytes(_REF))},
+        data={"ignore_affine": "true"},
+    )
+    assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.text)
+    if r.status_code != 200:
+        assert set(r.json()["detail"]) == {"code", "message"}
+    assert list(Path(temp).iterdir()) == []

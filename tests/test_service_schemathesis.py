@@ -7,9 +7,12 @@ status code.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -20,6 +23,12 @@ from jdt_service import Settings, create_app
 _UPLOADS = Path(tempfile.mkdtemp(prefix="jdt-schemathesis-"))
 app = create_app(Settings(device="cpu", temp_dir=_UPLOADS, max_upload_bytes=1 << 20))
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_upload_dir() -> Iterator[None]:
+    yield
+    shutil.rmtree(_UPLOADS, ignore_errors=True)
 
 
 @schema.parametrize()
