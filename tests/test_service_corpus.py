@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -95,4 +97,28 @@ def test_mutated_files_never_give_a_server_error(service, cut: int, flips, gz: b
     assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.text)
     if r.status_code != 200:
         assert set(r.json()["detail"]) == {"code", "message"}
+    assert list(Path(temp).iterdir()) == []
+
+
+def gzip_bomb(shape: tuple[int, int, int]) -> bytes:
+    """A valid .nii.gz of zeros: a few hundred kB that inflate to ``prod(shape)`` bytes."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(shape)
+    header["vox_offset"] = 352
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip container
+    parts = [z.compress(header.binaryblock + b"\x00" * 4)]
+    zeros = bytes(1 << 20)
+    for _ in range(int(np.prod(shape)) >> 20):
+        parts.append(z.compress(zeros))
+    return b"".join([*parts, z.flush()])
+
+
+def test_gzip_bomb_is_refused_before_it_is_inflated(service) -> None:
+    client, temp = service  # the service's voxel limit is 10**7
+    bomb = gzip_bomb((512, 512, 128))  # 32 Mi voxels
+    assert len(bomb) < 200_000
+    r = client.post("/v1/scores", files={"prediction": ("p", bomb), "reference": ("r", bomb)})
+    assert r.status_code == 413 and r.json()["detail"]["code"] == "volume_too_large"
+    assert "33554432" in r.json()["detail"]["message"]
     assert list(Path(temp).iterdir()) == []
