@@ -7,8 +7,10 @@ A 3D batch ``B x C x S^3`` of logits (softmax) and one-hot targets, default 2 x 
     python benchmarks/bench_losses.py --device cuda
 
 Time: both losses of a pair run in the same process, alternately, ``--repeats`` times each after
-one warm-up; the fastest run is reported (the least disturbed by other work on a shared
-machine; ``torch.cuda.synchronize`` around each run on GPU), and the median next to it.
+one warm-up; the fastest run is reported (the least disturbed by other work), the median next to
+it. On CPU the time is the CPU time of the process (``time.process_time``, all threads): on a
+shared machine wall time mostly measures the neighbours. On GPU it is wall time between
+``torch.cuda.synchronize`` calls.
 
 Peak memory: the extra memory one forward+backward needs on top of its inputs.
 - CUDA: ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the call.
@@ -82,12 +84,14 @@ def step(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def time_once(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> float:
-    if x.is_cuda:
-        torch.cuda.synchronize()
+    if not x.is_cuda:
+        start = time.process_time()
+        step(loss_fn, x, y)
+        return time.process_time() - start
+    torch.cuda.synchronize()
     start = time.perf_counter()
     step(loss_fn, x, y)
-    if x.is_cuda:
-        torch.cuda.synchronize()
+    torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -143,6 +147,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--only", nargs="*", help="run only these pairs (names as printed)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -160,9 +165,15 @@ def main() -> None:
         f"# {args.batch} x {args.classes} x {args.size}^3 on {args.device}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads, best (median) of {args.repeats}"
     )
-    print("| pair | ours ms | MONAI ms | time ratio | ours MiB | MONAI MiB | memory ratio |")
+    clock = "CPU ms" if args.device == "cpu" else "ms"
+    print(
+        f"| pair | ours {clock} | MONAI {clock} | time ratio "
+        "| ours MiB | MONAI MiB | memory ratio |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, (ours_factory, theirs_factory) in PAIRS.items():
+        if args.only and name not in args.only:
+            continue
         ours, theirs = ours_factory().to(args.device), theirs_factory().to(args.device)
         step(ours, x, y)
         step(theirs, x, y)
