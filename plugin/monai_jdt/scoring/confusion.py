@@ -9,14 +9,15 @@ of labels ``L``:
 * ``fp_k = predicted_k - tp_k``, ``fn_k = reference_k - tp_k``,
 * ``tn_k = N - tp_k - fp_k - fn_k`` with ``N`` the number of voxels.
 
-It is computed as a histogram of the joint code ``P * K + R`` (``K`` = largest label + 1),
-over chunks of a few hundred thousand voxels so memory stays bounded for 512^3 volumes: the
-cost is O(N) and does not grow with ``L``. Two paths give identical integer counts:
+It is computed as a histogram of a joint code of ``P`` and ``R`` over chunks of a few hundred
+thousand voxels, so memory stays bounded for 512^3 volumes: the cost is O(N) and does not grow
+with ``L``. Two paths give identical integer counts:
 
-* numpy on the CPU (``ConfusionAccumulator``): when every label is < 16 the codes fit one
-  byte, and pairs of neighbouring codes are histogrammed as one 16-bit value, which halves the
-  work of ``np.bincount`` (whose time is dominated by its per-element loop); then the 256 x 256
-  pair histogram is folded back to the 256 single-code bins.
+* numpy on the CPU (``ConfusionAccumulator``): labels < 16 give one-byte codes ``P*16 + R``,
+  and pairs of neighbouring codes are histogrammed as one 16-bit value, which halves the work
+  of ``np.bincount`` (whose time is its per-element loop); the 256 x 256 pair histogram is
+  folded back to single codes once, at the end. Labels < 256 give 16-bit codes ``P*256 + R``;
+  larger ids are first mapped to ``0..L-1`` (sort-based, the rare path).
 * torch on any device (``confusion_matrix_torch``), used for CUDA tensors.
 """
 

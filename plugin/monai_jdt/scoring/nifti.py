@@ -251,19 +251,12 @@ def iter_voxel_chunks(info: NiftiInfo, chunk_voxels: int) -> Iterator[np.ndarray
         remaining = info.voxels
         while remaining:
             n = min(chunk_voxels, remaining)
-            buffer = bytearray(n * info.dtype.itemsize)
-            view, filled = memoryview(buffer), 0
-            while filled < len(buffer):
-                part = read(len(buffer) - filled)
-                if not part:
-                    missing = remaining * info.dtype.itemsize - filled
-                    raise CorruptFileError(
-                        f"{name}: truncated: the data ends {missing} bytes early."
-                    )
-                view[filled : filled + len(part)] = part
-                filled += len(part)
+            data = _read_exactly(read, n * info.dtype.itemsize)  # usually one piece, no copy
+            if len(data) < n * info.dtype.itemsize:
+                missing = remaining * info.dtype.itemsize - len(data)
+                raise CorruptFileError(f"{name}: truncated: the data ends {missing} bytes early.")
             remaining -= n
-            yield np.frombuffer(buffer, dtype=info.dtype)
+            yield np.frombuffer(data, dtype=info.dtype)
         if info.is_gzip:  # read to the end of the stream, so that its CRC is checked
             while read(_READ_BYTES):
                 pass
