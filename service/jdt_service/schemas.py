@@ -58,7 +58,11 @@ class Limits(BaseModel):
 class Info(BaseModel):
     version: str = Field(description="monai-jdt version.")
     schema_version: str = Field(description="Version of the score report schema.")
-    device: str = Field(description="The device scoring runs on (auto resolved).")
+    device: str = Field(
+        description="The scoring device: auto resolves to cuda when a GPU is visible, else cpu. "
+        "With auto, label maps may still be counted on the CPU where that is faster; each "
+        "report's device says where its case ran."
+    )
     configured_device: str
     gpu: GpuInfo | None = Field(description="The GPU in use, when scoring runs on CUDA.")
     auth_required: bool
