@@ -37,6 +37,7 @@ fi
 
 rootfs=$(mktemp -d /var/tmp/jdt-base.XXXXXX)
 trap 'rm -rf "$rootfs"' EXIT
+chmod 755 "$rootfs" # it becomes the image's /: mktemp's 0700 would lock out non-root users
 
 echo "== debootstrap bookworm into $rootfs"
 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,netbase \
