@@ -124,3 +124,18 @@ def test_too_many_distinct_labels() -> None:
     pred = np.arange(5000, dtype=np.int32)
     with pytest.raises(TooManyLabelsError, match="instance map"):
         confusion_matrix(pred, pred)
+
+
+@pytest.mark.parametrize("chunk", [4096 * 3 + 2, 1 << 18])
+def test_background_blocks_are_counted(chunk: int) -> None:
+    # mostly background with a few scattered labels: all-zero blocks skip np.bincount
+    rng = np.random.default_rng(5)
+    pred = np.zeros((64, 48, 40), np.uint8)
+    ref = np.zeros_like(pred)
+    pred[10:20, 5:9, 3:30] = rng.integers(0, 15, size=(10, 4, 27))
+    ref[12:22, 5:9, 3:30] = rng.integers(0, 15, size=(10, 4, 27))
+    pred.reshape(-1)[-3:] = 7  # in the tail after the last whole block
+    labels, expected = reference_matrix(pred, ref)
+    result = confusion_matrix(pred, ref, chunk_voxels=chunk)
+    np.testing.assert_array_equal(result.labels, labels)
+    np.testing.assert_array_equal(result.matrix, expected)

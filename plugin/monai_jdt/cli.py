@@ -284,6 +284,8 @@ def _print_summary(result: dict[str, Any], stream: TextIO) -> None:
         rows.append(cells)
     if rows:
         _table(header, rows, stream)
+    if any(not entry["requested"] for entry in summary["labels"]):
+        stream.write("* in the predictions, not asked for (left out of the means below)\n")
     means = ", ".join(
         f"{m} {_fmt(v['mean'])} over {v['labels']} labels"
         for m, v in summary["foreground_mean"].items()

@@ -15,8 +15,9 @@ with ``L``. Two paths give identical integer counts:
 
 * numpy on the CPU (``ConfusionAccumulator``): labels < 16 give one-byte codes ``P*16 + R``,
   and pairs of neighbouring codes are histogrammed as one 16-bit value, which halves the work
-  of ``np.bincount`` (whose time is its per-element loop); the 256 x 256 pair histogram is
-  folded back to single codes once, at the end. Labels < 256 give 16-bit codes ``P*256 + R``;
+  of ``np.bincount`` (whose time is its per-element loop), and blocks where both volumes are
+  background skip it altogether; the 256 x 256 pair histogram is folded back to single codes
+  once, at the end. Labels < 256 give 16-bit codes ``P*256 + R``;
   larger ids are first mapped to ``0..L-1`` (sort-based, the rare path).
 * torch on any device (``confusion_matrix_torch``), used for CUDA tensors.
 """
@@ -46,6 +47,7 @@ CHUNK_VOXELS = 1 << 18
 MAX_DISTINCT_LABELS = 4096
 _PAIR_LIMIT = 16  # labels < 16: the code P*16+R fits one byte
 _DENSE_LIMIT = 256  # labels < 256: the code fits 16 bits, a 65536-bin histogram per chunk
+_BLOCK = 2048  # voxels per all-background test
 
 
 @dataclass(frozen=True)
@@ -170,10 +172,26 @@ def _checked_max(chunk: np.ndarray, name: str) -> int:
 
 def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Labels < 16, an even number of voxels: the one-byte codes ``P*16 + R`` histogrammed
-    two at a time as uint16 (65536 bins of code pairs)."""
+    two at a time as uint16 (65536 bins of code pairs).
+
+    Code 0 means background in both volumes, which is most of a medical volume: blocks of
+    ``_BLOCK`` voxels that are all 0 are found with one vectorised ``any`` over 8-byte words
+    and counted without going through ``np.bincount``.
+    """
     code = np.multiply(prediction, np.uint8(_PAIR_LIMIT), dtype=np.uint8, casting="unsafe")
     np.add(code, reference, out=code, casting="unsafe")
-    return np.bincount(code.view(np.uint16), minlength=1 << 16)
+    whole = code.size - code.size % _BLOCK
+    blocks = code[:whole].view(np.uint64).reshape(-1, _BLOCK // 8)
+    busy = blocks.any(axis=1)
+    n_busy = int(np.count_nonzero(busy))
+    data = (
+        code
+        if n_busy == busy.size
+        else np.concatenate([blocks[busy].view(np.uint8).reshape(-1), code[whole:]])
+    )
+    bins = np.bincount(data.view(np.uint16), minlength=1 << 16)
+    bins[0] += (busy.size - n_busy) * (_BLOCK // 2)
+    return bins
 
 
 def _compact_histogram(
