@@ -77,13 +77,14 @@ def test_matches_monai_dice_and_iou() -> None:
     n = 6
     pred, ref = organ_pair(SHAPE, n, seed=11)
     report = score_arrays(pred, ref)
-    onehot = lambda v: (
-        torch.nn.functional.one_hot(  # noqa: E731
-            torch.from_numpy(v).long(), n + 1
+
+    def onehot(v: np.ndarray) -> torch.Tensor:
+        return (
+            torch.nn.functional.one_hot(torch.from_numpy(v).long(), n + 1)
+            .permute(3, 0, 1, 2)[None]
+            .float()
         )
-        .permute(3, 0, 1, 2)[None]
-        .float()
-    )
+
     y_pred, y = onehot(pred), onehot(ref)
     monai_dice = DiceMetric(include_background=False, reduction="none")(y_pred, y)[0]
     monai_iou = compute_iou(y_pred, y, include_background=False)[0]

@@ -109,9 +109,9 @@ def test_cuda_path_gives_identical_integer_counts() -> None:
 def test_negative_labels_are_refused_naming_the_volume() -> None:
     pred = np.array([0, 1, -3], np.int16)
     ref = np.array([0, 1, 1], np.int16)
-    with pytest.raises(NegativeLabelError, match="prediction.*-3"):
+    with pytest.raises(NegativeLabelError, match=r"prediction.*-3"):
         confusion_matrix(pred, ref)
-    with pytest.raises(NegativeLabelError, match="reference.*-3"):
+    with pytest.raises(NegativeLabelError, match=r"reference.*-3"):
         confusion_matrix_torch(torch.from_numpy(ref), torch.from_numpy(pred))
 
 
