@@ -568,3 +568,22 @@ def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
     tp = (x.sum() + y.sum() - np.abs(x - y).sum()) / 2
     dices = [row["dice"] for row in r.json()["labels"] if row.get("dice") is not None]
     assert any(math.isclose(d, 2 * tp / (x.sum() + y.sum()), abs_tol=1e-5) for d in dices)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")],
+    ids=["numpy", "torch-cpu"],
+)
+def test_host_out_of_memory_is_503(tmp_path: Path, pair, monkeypatch, error) -> None:
+    pred, ref = pair
+
+    def no_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(scores_module, "score_files", no_memory)
+    with make_client(tmp_path, retry_after=9) as c:
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+    assert_error(r, 503, "out_of_memory")
+    assert r.headers["retry-after"] == "9"
+    assert leftovers(tmp_path) == []

@@ -82,6 +82,9 @@ SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+_CPU_ALLOC_FAILED = "can't allocate memory"  # torch's DefaultCPUAllocator message
+
+
 @dataclass(frozen=True)
 class _JobResult:
     report: CaseReport
@@ -141,7 +144,10 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
         result = await admission.run(
             lambda: _score_job(prediction, reference, options, case_id, metrics, submitted)
         )
-    except MemoryError:
+    except (MemoryError, RuntimeError) as exc:
+        # numpy raises MemoryError; torch's CPU allocator a RuntimeError saying so
+        if isinstance(exc, RuntimeError) and _CPU_ALLOC_FAILED not in str(exc):
+            raise
         raise ApiError(
             503,
             "out_of_memory",
