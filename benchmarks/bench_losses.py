@@ -46,36 +46,55 @@ from monai_jdt.losses import DiceSemimetricLoss, JDTCELoss, JDTLoss, TverskySemi
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# name -> (ours, MONAI counterpart), each a factory so a subprocess can build just one
-PAIRS: dict[str, tuple[Callable[[], LossFn], Callable[[], LossFn]]] = {
+ONE_HOT, LABELS = "one-hot", "labels"
+
+# name -> (ours, MONAI counterpart, target kind); factories so a subprocess can build just one
+PAIRS: dict[str, tuple[Callable[[], LossFn], Callable[[], LossFn], str]] = {
     "DiceLoss": (
         lambda: DiceSemimetricLoss(softmax=True),
         lambda: DiceLoss(softmax=True),
+        ONE_HOT,
     ),
     "TverskyLoss": (
         lambda: TverskySemimetricLoss(softmax=True, alpha=0.3, beta=0.7),
         lambda: TverskyLoss(softmax=True, alpha=0.3, beta=0.7),
+        ONE_HOT,
     ),
     "DiceCELoss": (
         lambda: JDTCELoss(jdt="dice", softmax=True, lambda_ce=1.0, lambda_jdt=1.0),
         lambda: DiceCELoss(softmax=True),
+        ONE_HOT,
+    ),
+    "DiceLoss, label map + to_onehot_y": (
+        lambda: DiceSemimetricLoss(softmax=True, to_onehot_y=True),
+        lambda: DiceLoss(softmax=True, to_onehot_y=True),
+        LABELS,
+    ),
+    "DiceCELoss, label map + to_onehot_y": (
+        lambda: JDTCELoss(
+            jdt="dice", softmax=True, to_onehot_y=True, lambda_ce=1.0, lambda_jdt=1.0
+        ),
+        lambda: DiceCELoss(softmax=True, to_onehot_y=True),
+        LABELS,
     ),
     "JDTLoss defaults vs DiceLoss(batch=True)": (
         lambda: JDTLoss(softmax=True),
         lambda: DiceLoss(softmax=True, batch=True),
+        ONE_HOT,
     ),
 }
 
 
 def make_inputs(
     batch: int, classes: int, size: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits ``[B, C, S, S, S]``; targets one-hot ``[B, C, ...]`` and labels ``[B, 1, ...]``."""
     g = torch.Generator().manual_seed(0)
     shape = (batch, classes, size, size, size)
     logits = torch.randn(shape, generator=g).to(device).requires_grad_(True)
     labels = torch.randint(0, classes, (batch, 1, size, size, size), generator=g).to(device)
-    target = torch.zeros(shape, device=device).scatter_(1, labels, 1.0)
-    return logits, target
+    one_hot = torch.zeros(shape, device=device).scatter_(1, labels, 1.0)
+    return logits, {ONE_HOT: one_hot, LABELS: labels}
 
 
 def step(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -154,12 +173,14 @@ def main() -> None:
 
     if args.memory_of:  # subprocess mode: one loss, one step, print the extra bytes
         name, which = args.memory_of.split("::")
-        x, y = make_inputs(args.batch, args.classes, args.size, "cpu")
-        loss_fn = PAIRS[name][int(which)]()
-        print(json.dumps({"bytes": peak_extra_bytes(loss_fn, x, y)}))
+        x, targets = make_inputs(args.batch, args.classes, args.size, "cpu")
+        pair = PAIRS[name]
+        y = targets[pair[2]]
+        del targets  # only the target in use stays resident
+        print(json.dumps({"bytes": peak_extra_bytes(pair[int(which)](), x, y)}))
         return
 
-    x, y = make_inputs(args.batch, args.classes, args.size, args.device)
+    x, targets = make_inputs(args.batch, args.classes, args.size, args.device)
     mib = 2**20
     print(
         f"# {args.batch} x {args.classes} x {args.size}^3 on {args.device}, torch "
@@ -171,9 +192,10 @@ def main() -> None:
         "| ours MiB | MONAI MiB | memory ratio |"
     )
     print("|---|---|---|---|---|---|---|")
-    for name, (ours_factory, theirs_factory) in PAIRS.items():
+    for name, (ours_factory, theirs_factory, kind) in PAIRS.items():
         if args.only and name not in args.only:
             continue
+        y = targets[kind]
         ours, theirs = ours_factory().to(args.device), theirs_factory().to(args.device)
         step(ours, x, y)
         step(theirs, x, y)

@@ -67,8 +67,11 @@ class Prepared(NamedTuple):
             masked.
         labels: the label map ``[B, 1, *spatial]`` when the target was given as labels and
             one-hot encoded here, else None.
-        nonnegative: ``x`` is a sigmoid or softmax output and ``y`` is one-hot or was checked
-            to lie in [0, 1] (so ``|x|_1 = sum(x)``, ``|y|_1 = sum(y)``).
+        nonnegative: ``x`` is a sigmoid or softmax output (and ``y``, in [0, 1], is checked or
+            vouched for), so ``|x|_1 = sum(x)`` and ``|y|_1 = sum(y)``.
+        binary_target: ``x`` is a probability in [0, 1] and ``y`` was one-hot encoded here and
+            masked by a 0/1 mask only, so ``min(x, y) = x * y``: the semimetric counts are
+            exactly the classic ones and may be computed as such (one backward pass less).
     """
 
     x: torch.Tensor
@@ -76,6 +79,7 @@ class Prepared(NamedTuple):
     keep: torch.Tensor | None
     labels: torch.Tensor | None
     nonnegative: bool
+    binary_target: bool
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -235,9 +239,10 @@ def prepare_inputs(
         x, y = x * keep, y * keep
     if opts.check_values and not onehot:
         _check_unit("target", y)
-    x_nonnegative = opts.sigmoid or (opts.softmax and n_ch > 1)
-    nonnegative = x_nonnegative and (onehot or opts.check_values)
-    return Prepared(x, y, keep, labels, nonnegative)
+    # targets lie in [0, 1]: checked above, or vouched for with check_values=False
+    nonnegative = opts.sigmoid or (opts.softmax and n_ch > 1)
+    binary_mask = mask is None or mask.dtype == torch.bool
+    return Prepared(x, y, keep, labels, nonnegative, nonnegative and onehot and binary_mask)
 
 
 def check_counts(px: torch.Tensor) -> None:

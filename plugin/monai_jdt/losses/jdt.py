@@ -166,7 +166,8 @@ class OverlapLoss(_Loss):
             y,
             spatial,
             norm=self.norm,
-            semimetric=self.soft_label,
+            # equal numbers either way for binary targets; the classic form is cheaper
+            semimetric=self.soft_label and not prepared.binary_target,
             nonnegative=prepared.nonnegative,
         )
         if self.options.check_values:
