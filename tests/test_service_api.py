@@ -141,6 +141,10 @@ def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair) -> N
     assert metric_value(client, "jdt_queue_depth") == 0
     assert metric_value(client, "jdt_jobs_running") == 0
     assert metric_value(client, "jdt_gpu_fallbacks_total") == 0
+    # clients choose the method: unknown ones share one label value
+    assert client.request("BREW", "/healthz").status_code == 405
+    labels = {"method": "other", "route": "/healthz", "status": "405"}
+    assert metric_value(client, "jdt_requests_total", **labels) == 1
 
 
 # ---------------------------------------------------------------- scoring
@@ -469,7 +473,7 @@ def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, ca
 
 
 def test_unexpected_failure_is_a_json_500_without_details(
-    tmp_path: Path, pair, monkeypatch
+    tmp_path: Path, pair, monkeypatch, caplog
 ) -> None:
     pred, ref = pair
 
@@ -481,6 +485,8 @@ def test_unexpected_failure_is_a_json_500_without_details(
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
     assert_error(r, 500, "internal_error")
     assert "patient" not in r.text
+    logged = " ".join(rec.getMessage() for rec in caplog.records)
+    assert "RuntimeError" in logged and "patient" not in logged
     assert leftovers(tmp_path) == []
 
 

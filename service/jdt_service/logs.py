@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -42,6 +43,8 @@ LOG_FIELDS = (
     "device",
     "gpu_fallback",
 )
+#: methods kept as metric labels (anything else is "other": clients choose the method)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HANDLER_NAME = "jdt_service"
 
@@ -126,9 +129,15 @@ class RequestLogMiddleware:
         except Exception as exc:
             if counts["status"]:
                 raise
-            # A bug, not bad input. Its text may quote paths or content: log the type only.
+            # A bug, not bad input. Its text may quote paths or content: log the type and
+            # where it was raised, not the message.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
             self.logger.error(
-                "unhandled %s", type(exc).__name__, extra={"jdt": {"request_id": request_id}}
+                "unhandled %s at %s:%s",
+                type(exc).__name__,
+                where.filename,
+                where.lineno,
+                extra={"jdt": {"request_id": request_id}},
             )
             state["error_code"] = "internal_error"
             body = json.dumps(
@@ -150,7 +159,8 @@ class RequestLogMiddleware:
             route = scope.get("route")
             route_path = getattr(route, "path", "unmatched")
             status = counts["status"] or 499  # nothing sent: the client went away
-            self.metrics.requests.labels(scope["method"], route_path, str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.requests.labels(method, route_path, str(status)).inc()
             self.metrics.latency.labels(route_path).observe(elapsed)
             fields: dict[str, Any] = {
                 "request_id": request_id,
