@@ -33,7 +33,7 @@ from monai_jdt.scoring.errors import (
 __all__ = ["NiftiInfo", "inspect_nifti", "iter_voxel_chunks", "load_nifti", "zlib_backend"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_READ_BYTES = 1 << 20  # compressed bytes read per step
+_READ_BYTES = 1 << 16  # compressed bytes per step: a small unconsumed tail to copy per call
 _UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
 
 _fast_zlib: ModuleType | None
