@@ -195,18 +195,21 @@ def test_reduction_none_and_sum_follow_the_active_entries():
     assert batch_none.shape == (1, 4, 1)
 
 
-def _masked_case(rng):
+def _masked_case(rng, fractional):
     shape = (2, 3, 6, 5)
     x = torch.from_numpy(_probabilities(rng, shape))
     y = torch.from_numpy(_probabilities(rng, shape))  # soft labels
     keep = torch.from_numpy(rng.random((2, 1, 6, 5)) > 0.4).double()
+    if fractional:  # weights in (0, 1] where kept
+        keep = keep * torch.from_numpy(rng.random((2, 1, 6, 5)) * 0.9 + 0.1)
     return x, y, keep
 
 
+@pytest.mark.parametrize("fractional", [False, True])
 @pytest.mark.parametrize("aggregation", ["batch", "image", "class"])
-def test_mask_removes_voxels_also_for_soft_labels(aggregation):
+def test_mask_removes_voxels_also_for_soft_labels(aggregation, fractional):
     rng = np.random.default_rng(7)
-    x, y, keep = _masked_case(rng)
+    x, y, keep = _masked_case(rng, fractional)
     loss = JaccardMetricLoss(aggregation=aggregation, smooth_nr=0.0, smooth_dr=0.0)
     got = loss(x, y, keep)
     xn, yn, kn = (t.numpy().reshape(2, t.shape[1], -1) for t in (x, y, keep))

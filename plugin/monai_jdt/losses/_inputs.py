@@ -137,13 +137,24 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
 
 
 def _check_labels(labels: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
+    """Labels integral and in ``[0, n_classes)`` or equal to ``ignore_index``.
+
+    The common case costs one ``aminmax`` pass (plus one for float labels' fractions); the
+    voxel-wise test runs only when the range holds other values, e.g. ``ignore_index``.
+    """
+    labels = labels.detach()
+    lo, hi = (v.item() for v in torch.aminmax(labels))
+    fractional = labels.is_floating_point() and bool(torch.count_nonzero(torch.frac(labels)))
+    if lo >= 0 and hi < n_classes and not fractional:  # NaN fails the comparisons
+        return
     valid = (labels >= 0) & (labels < n_classes)
     if labels.is_floating_point():
         valid &= labels == torch.round(labels)
     if ignore_index is not None:
         valid |= labels == ignore_index
-    if not valid.all():
-        bad = torch.unique(labels[~valid])[:5].tolist()
+    invalid = ~valid
+    if torch.count_nonzero(invalid):
+        bad = torch.unique(labels[invalid])[:5].tolist()
         allowed = f"integers in [0, {n_classes})"
         if ignore_index is not None:
             allowed += f" or ignore_index={ignore_index}"
@@ -258,5 +269,5 @@ def is_hard(prepared: Prepared) -> bool:
     """Whether the (masked) target holds only 0 and 1: hard labels, one-hot or a label map."""
     if prepared.labels is not None:
         return True
-    y = prepared.y
-    return bool(((y == 0) | (y == 1)).all())
+    # y lies in [0, 1] (checked, or vouched for): its fractions vanish exactly at 0 and 1
+    return not torch.count_nonzero(torch.frac(prepared.y.detach()))
