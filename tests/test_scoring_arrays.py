@@ -300,3 +300,11 @@ def test_cuda_scores_equal_cpu_scores() -> None:
     assert soft_gpu.device.startswith("cuda")
     for a, b in zip(soft_cpu.labels, soft_gpu.labels, strict=True):
         assert a.metrics["dice"] == pytest.approx(b.metrics["dice"], rel=1e-9)
+
+
+def test_unsigned_references_for_torch_paths() -> None:
+    pred, ref = organ_pair((20, 18, 16), 3, seed=12)
+    probs = np.eye(4)[pred].transpose(3, 0, 1, 2) * 0.8 + 0.05
+    expected = [r.metrics for r in score_arrays(probs, ref).labels]
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        assert [r.metrics for r in score_arrays(probs, ref.astype(dtype)).labels] == expected

@@ -139,3 +139,14 @@ def test_background_blocks_are_counted(chunk: int) -> None:
     result = confusion_matrix(pred, ref, chunk_voxels=chunk)
     np.testing.assert_array_equal(result.labels, labels)
     np.testing.assert_array_equal(result.matrix, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.bool_])
+def test_unsigned_numpy_volumes_reach_torch(dtype: type) -> None:
+    from monai_jdt.scoring.volumes import torch_compatible
+
+    pred, ref = random_pair(2 if dtype is np.bool_ else 300, dtype, seed=9)
+    result = confusion_matrix_torch(
+        torch.from_numpy(torch_compatible(pred)), torch.from_numpy(torch_compatible(ref))
+    )
+    np.testing.assert_array_equal(result.matrix, confusion_matrix(pred, ref).matrix)

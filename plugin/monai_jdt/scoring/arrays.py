@@ -19,7 +19,13 @@ from monai_jdt.scoring.errors import (
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
 from monai_jdt.scoring.report import CaseReport, label_scores
 from monai_jdt.scoring.soft import soft_case_counts
-from monai_jdt.scoring.volumes import as_volume, check_probabilities, decide_kind, label_map
+from monai_jdt.scoring.volumes import (
+    as_volume,
+    check_probabilities,
+    decide_kind,
+    label_map,
+    torch_compatible,
+)
 
 __all__ = ["check_spacing", "report_from_confusion", "score_arrays", "select_labels"]
 
@@ -161,9 +167,7 @@ def score_arrays(
         on_cuda = isinstance(p, torch.Tensor) or isinstance(r, torch.Tensor)
         device = resolve_device(options.device, prefer_cuda=on_cuda)
         if device.type == "cuda":
-            matrix = confusion_matrix_torch(
-                torch.as_tensor(p, device=device), torch.as_tensor(r, device=device)
-            )
+            matrix = confusion_matrix_torch(_on_device(p, device), _on_device(r, device))
         else:
             matrix = confusion_matrix(_cpu(p), _cpu(r))
         return report_from_confusion(
@@ -178,6 +182,12 @@ def score_arrays(
     return _score_probabilities(
         pred, ref, channel_first, options, spatial, spacing_mm, case_id, started
     )
+
+
+def _on_device(volume: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if isinstance(volume, np.ndarray):
+        volume = torch.from_numpy(torch_compatible(np.ascontiguousarray(volume)))
+    return volume.to(device)
 
 
 def _cpu(volume: np.ndarray | torch.Tensor) -> np.ndarray:

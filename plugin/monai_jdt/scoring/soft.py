@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from monai_jdt.counts import soft_counts
+from monai_jdt.scoring.volumes import torch_compatible
 
 __all__ = ["SOFT_CHUNK_VOXELS", "SoftCaseCounts", "soft_case_counts"]
 
@@ -40,7 +41,7 @@ class SoftCaseCounts:
 
 
 def _to_device(chunk: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    tensor = torch.as_tensor(chunk) if isinstance(chunk, np.ndarray) else chunk
+    tensor = torch.as_tensor(torch_compatible(chunk)) if isinstance(chunk, np.ndarray) else chunk
     return tensor.to(device, non_blocking=True)
 
 

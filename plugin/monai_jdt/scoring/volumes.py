@@ -34,6 +34,7 @@ __all__ = [
     "decide_kind",
     "is_floating",
     "label_map",
+    "torch_compatible",
 ]
 
 Volume: TypeAlias = "np.ndarray | torch.Tensor"
@@ -157,3 +158,15 @@ def check_probabilities(volume: np.ndarray | torch.Tensor, name: str) -> None:
             f"the {name} probability volume holds values in {low:g}..{high:g}, outside [0, 1]; "
             "apply softmax/sigmoid first, or give an integer label map."
         )
+
+
+def torch_compatible(array: np.ndarray) -> np.ndarray:
+    """``array`` in a dtype every torch op (CUDA included) handles: unsigned 16/32/64-bit
+    integers become int32/int64 (label ids are below 2**63), booleans uint8."""
+    if array.dtype == np.bool_:
+        return array.view(np.uint8)
+    if array.dtype == np.uint16:
+        return array.astype(np.int32)
+    if array.dtype in (np.uint32, np.uint64):
+        return array.astype(np.int64)
+    return array
