@@ -167,3 +167,12 @@ def test_subprocess_score_imports_no_fastapi(case) -> None:  # type: ignore[no-u
     assert done.stderr == "False"
     report = json.loads(done.stdout)
     assert report["labels"][1]["jaccard"] == pytest.approx(numpy_scores(pred, ref, 2)["jaccard"])
+
+
+def test_usage_errors_are_one_line(capsys) -> None:  # type: ignore[no-untyped-def]
+    for argv in (["score", "only_one.nii.gz"], ["score-dir", "a", "b", "--affine-tol", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error:" in err and "usage" not in err

@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from monai_jdt import __version__
 
@@ -45,6 +45,13 @@ class _CliError(Exception):
 
 
 # --------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
@@ -137,7 +144,7 @@ def _add_serve(subparsers: Any, with_options: bool) -> None:
 
 def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     """The argument parser; ``with_serve`` imports the service to add ``serve``'s options."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="monai-jdt",
         description="Score segmentations (Dice, Jaccard, precision, recall, Tversky) and serve "
         "the scoring over HTTP.",
