@@ -70,8 +70,7 @@ class Prepared(NamedTuple):
         nonnegative: ``x`` is a sigmoid or softmax output (and ``y``, in [0, 1], is checked or
             vouched for), so ``|x|_1 = sum(x)`` and ``|y|_1 = sum(y)``.
         binary_target: ``x`` is a probability in [0, 1] and ``y`` was one-hot encoded here and
-            masked by a 0/1 mask only, so ``min(x, y) = x * y``: the semimetric counts are
-            exactly the classic ones and may be computed as such (one backward pass less).
+            masked by a 0/1 mask only: ``y`` is 0/1 without looking.
     """
 
     x: torch.Tensor

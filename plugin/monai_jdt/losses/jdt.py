@@ -161,20 +161,30 @@ class OverlapLoss(_Loss):
         """
         x, y = prepared.x, prepared.y
         spatial = tuple(range(2, x.ndim))
+        # For probabilities x and a 0/1 target, min(x, y) = x * y: the semimetric counts are
+        # exactly the classic ones, whose backward is one pass cheaper. Knowing the target is
+        # 0/1 costs one pass unless it was one-hot encoded here; it is worth it where it decides
+        # the count form (L1 semimetric) or the default classes.
+        semimetric_l1 = self.soft_label and self.norm == 1 and prepared.nonnegative
+        if prepared.binary_target:
+            hard: bool | None = True
+        elif self.classes is None or semimetric_l1:
+            hard = is_hard(prepared)
+        else:
+            hard = None  # not needed
         counts = soft_counts(
             x,
             y,
             spatial,
             norm=self.norm,
-            # equal numbers either way for binary targets; the classic form is cheaper
-            semimetric=self.soft_label and not prepared.binary_target,
+            semimetric=self.soft_label and not (hard and prepared.nonnegative),
             nonnegative=prepared.nonnegative,
         )
         if self.options.check_values:
             check_counts(counts.tp + counts.fp)
         classes = self.classes
         if classes is None:  # the JDT recommendation
-            classes = "present" if is_hard(prepared) else "all"
+            classes = "present" if hard else "all"
         if classes == "present":
             with torch.no_grad():
                 active = y.amax(dim=spatial) > self.threshold
