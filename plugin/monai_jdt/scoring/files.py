@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-STREAM_CHUNK_VOXELS = 1 << 19
+STREAM_CHUNK_VOXELS = 1 << 20
 _QUEUE_DEPTH = 4
 _END = object()
 
