@@ -69,8 +69,8 @@ class Prepared(NamedTuple):
             one-hot encoded here, else None.
         nonnegative: ``x`` is a sigmoid or softmax output (and ``y``, in [0, 1], is checked or
             vouched for), so ``|x|_1 = sum(x)`` and ``|y|_1 = sum(y)``.
-        binary_target: ``x`` is a probability in [0, 1] and ``y`` was one-hot encoded here and
-            masked by a 0/1 mask only: ``y`` is 0/1 without looking.
+        binary_target: ``y`` holds only 0 and 1 (one-hot encoded here and masked by a 0/1
+            mask, or seen by the value check); None when nobody looked (see ``is_hard``).
     """
 
     x: torch.Tensor
@@ -78,7 +78,7 @@ class Prepared(NamedTuple):
     keep: torch.Tensor | None
     labels: torch.Tensor | None
     nonnegative: bool
-    binary_target: bool
+    binary_target: bool | None
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -133,6 +133,22 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
             f"{name} values must lie in [0, 1], got min {lo:.6g} and max {hi:.6g}; for a label "
             "map pass to_onehot_y=True, or check_values=False to skip this check."
         )
+
+
+def _softness(y: torch.Tensor) -> tuple[float, float]:
+    """Min and max of ``y - y^2`` in one fused pass: min < 0 (or NaN) where some value lies
+    outside [0, 1], max > 0 where some value lies strictly between 0 and 1."""
+    y = y.detach()
+    lo, hi = torch.aminmax(torch.addcmul(y, y, y, value=-1.0))
+    return lo.item(), hi.item()
+
+
+def _check_target(y: torch.Tensor) -> bool:
+    """Target values in [0, 1] (ValueError otherwise); returns whether they are all 0 or 1."""
+    lo, hi = _softness(y)
+    if not lo >= 0:  # also NaN
+        _check_unit("target", y)  # raises, naming the target's own range
+    return hi == 0
 
 
 def _check_labels(labels: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
@@ -247,12 +263,14 @@ def prepare_inputs(
         )
     if keep is not None:
         x, y = x * keep, y * keep
-    if opts.check_values and not onehot:
-        _check_unit("target", y)
+    binary: bool | None = None  # whether y holds only 0 and 1, where known without a pass
+    if onehot and (mask is None or mask.dtype == torch.bool):
+        binary = True
+    elif opts.check_values and not onehot:
+        binary = _check_target(y)
     # targets lie in [0, 1]: checked above, or vouched for with check_values=False
     nonnegative = opts.sigmoid or (opts.softmax and n_ch > 1)
-    binary_mask = mask is None or mask.dtype == torch.bool
-    return Prepared(x, y, keep, labels, nonnegative, nonnegative and onehot and binary_mask)
+    return Prepared(x, y, keep, labels, nonnegative, binary)
 
 
 def check_counts(px: torch.Tensor) -> None:
@@ -266,7 +284,6 @@ def check_counts(px: torch.Tensor) -> None:
 
 def is_hard(prepared: Prepared) -> bool:
     """Whether the (masked) target holds only 0 and 1: hard labels, one-hot or a label map."""
-    if prepared.labels is not None:
-        return True
-    # y lies in [0, 1] (checked, or vouched for): its fractions vanish exactly at 0 and 1
-    return not torch.count_nonzero(torch.frac(prepared.y.detach()))
+    if prepared.binary_target is not None:
+        return prepared.binary_target
+    return _softness(prepared.y)[1] == 0

@@ -162,16 +162,13 @@ class OverlapLoss(_Loss):
         x, y = prepared.x, prepared.y
         spatial = tuple(range(2, x.ndim))
         # For probabilities x and a 0/1 target, min(x, y) = x * y: the semimetric counts are
-        # exactly the classic ones, whose backward is one pass cheaper. Knowing the target is
-        # 0/1 costs one pass unless it was one-hot encoded here; it is worth it where it decides
-        # the count form (L1 semimetric) or the default classes.
+        # exactly the classic ones, whose backward is one pass cheaper. Whether the target is
+        # 0/1 is mostly known from the value check; otherwise it costs a pass, taken where it
+        # decides the count form (L1 semimetric) or the default classes.
         semimetric_l1 = self.soft_label and self.norm == 1 and prepared.nonnegative
-        if prepared.binary_target:
-            hard: bool | None = True
-        elif self.classes is None or semimetric_l1:
+        hard = prepared.binary_target
+        if hard is None and (self.classes is None or semimetric_l1):
             hard = is_hard(prepared)
-        else:
-            hard = None  # not needed
         counts = soft_counts(
             x,
             y,
