@@ -8,7 +8,8 @@
 #                                                            #   --build-arg BASE_IMAGE=my/base:tag)
 #
 # Needs root, debootstrap and podman (`apt-get install -y podman buildah debootstrap runc`).
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), ENGINE (default podman),
+# Environment: DEBIAN_MIRROR (default: the first Debian mirror in this host's apt sources),
+# ENGINE (default podman),
 # FORCE=1 rebuilds even when the tag already exists. Machines that can pull from Docker Hub never
 # need this script: the official python:3.11-slim-bookworm image is what the Dockerfile expects.
 #
@@ -17,7 +18,12 @@
 set -euo pipefail
 
 tag=${1:-docker.io/library/python:3.11-slim-bookworm}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+mirror=${DEBIAN_MIRROR:-$(grep -hsoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources \
+  /etc/apt/sources.list.d/*.list /etc/apt/sources.list | awk '$2 !~ /security/ {print $2; exit}')}
+if [ -z "$mirror" ]; then
+  echo "make-local-base.sh: no Debian mirror in the apt sources; set DEBIAN_MIRROR" >&2
+  exit 2
+fi
 engine=${ENGINE:-podman}
 
 if [ "$(id -u)" -ne 0 ]; then

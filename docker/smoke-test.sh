@@ -13,7 +13,7 @@
 #   BASE_IMAGE       base image build argument (default: the Dockerfile's)
 #   MAKE_BASE=1      podman only: when BASE_IMAGE is missing, make it with make-local-base.sh
 #                    (debootstrap; needs root) instead of failing
-#   TORCH_SPEC, TORCH_INDEX_URL   passed on as build arguments when set
+#   TORCH_SPEC, TORCH_INDEX_URL   passed on as build arguments when set (even empty)
 #   WHEELS_DIR       podman only: a host directory of wheels, mounted into the build and
 #                    passed as FIND_LINKS (e.g. a local CPU torch wheel)
 #   CA_BUNDLE        podman only: host CA bundle mounted over the build's system bundle and
@@ -23,7 +23,7 @@
 #
 # On a machine without registry access (the project's CI machines), for example:
 #   MAKE_BASE=1 WHEELS_DIR=/opt/wheels TORCH_SPEC=torch==2.13.0+cpu \
-#     TORCH_INDEX_URL=https://pypi.org/simple bash docker/smoke-test.sh
+#     TORCH_INDEX_URL= bash docker/smoke-test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,7 +77,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   base=${BASE_IMAGE:-$(sed -n 's/^ARG BASE_IMAGE=//p' docker/Dockerfile)}
   [ -n "${BASE_IMAGE:-}" ] && build+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
   [ -n "${TORCH_SPEC:-}" ] && build+=(--build-arg "TORCH_SPEC=$TORCH_SPEC")
-  [ -n "${TORCH_INDEX_URL:-}" ] && build+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+  [ -n "${TORCH_INDEX_URL+set}" ] && build+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
   if [ "$engine" = podman ]; then
     # docker format keeps HEALTHCHECK (OCI images have no field for it)
     build+=(--format docker)
