@@ -3,13 +3,14 @@
 ``inspect_nifti`` reads (and for ``.nii.gz`` inflates) only the first few hundred bytes, so a
 file that is not NIfTI, declares an empty shape, or holds more voxels than allowed is refused
 before its data is decompressed. ``iter_voxel_chunks`` then inflates the data chunk by chunk
-(with ``isal`` when installed, ~3-4x faster than ``zlib``; ``pip install monai-jdt[fast]``), and
-``load_nifti`` fills one preallocated array. Single-file NIfTI-1 (``n+1``) and NIfTI-2
-(``n+2``), either byte order, raw or gzip-compressed (also multi-member gzip) are read.
+(with ``isal``, a dependency, ~3-4x faster than ``zlib``, the fallback where isal is
+missing), and ``load_nifti`` fills one preallocated array. Single-file NIfTI-1 (``n+1``) and
+NIfTI-2 (``n+2``), either byte order, raw or gzip-compressed (also multi-member gzip) are read.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
@@ -36,11 +37,16 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _READ_BYTES = 1 << 16  # compressed bytes per step: a small unconsumed tail to copy per call
 _UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
 
-_fast_zlib: ModuleType | None
-try:  # isal's inflate is a drop-in, several times faster zlib
-    from isal import isal_zlib as _fast_zlib
-except ImportError:  # pragma: no cover - depends on the optional extra
-    _fast_zlib = None
+
+def _import_fast_zlib() -> ModuleType | None:
+    """isal's inflate, a drop-in several times faster than zlib, or None where it is missing."""
+    try:
+        return importlib.import_module("isal.isal_zlib")
+    except ImportError:  # pragma: no cover - isal is a dependency; a platform may lack wheels
+        return None
+
+
+_fast_zlib = _import_fast_zlib()
 
 
 def zlib_backend() -> ModuleType:
