@@ -39,6 +39,7 @@ from monai_jdt.counts import (
     soft_counts,
     tversky_index,
 )
+from monai_jdt.losses._options import check_choice
 
 __all__ = ["INDICES", "SCORE_KEYS", "FineGrainedIoUMetric", "OverlapIndex"]
 
@@ -54,11 +55,6 @@ SCORE_KEYS: Mapping[str, tuple[OverlapIndex, Aggregation]] = {
     "mdice_i": ("dice", "image"),
     "mdice_c": ("dice", "class"),
 }
-
-
-def _check_choice(name: str, value: Any, choices: Any) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
 
 
 class FineGrainedIoUMetric(CumulativeIterationMetric):
@@ -90,8 +86,8 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("level", level, AGGREGATIONS)
-        _check_choice("index", index, INDICES)
+        check_choice("level", level, AGGREGATIONS)
+        check_choice("index", index, tuple(INDICES))
         if num_classes is not None and (
             isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
         ):
@@ -186,8 +182,8 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
         """
         level = self.level if level is None else level
         index = self.index if index is None else index
-        _check_choice("level", level, AGGREGATIONS)
-        _check_choice("index", index, INDICES)
+        check_choice("level", level, AGGREGATIONS)
+        check_choice("index", index, tuple(INDICES))
         counts = self._gathered_counts()
         alpha, beta = INDICES[index]
         return aggregate_scores(counts, counts.tp + counts.fn > 0, level, alpha, beta)
@@ -203,7 +199,7 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
     def per_image_scores(self, index: OverlapIndex | None = None) -> torch.Tensor:
         """``[N, C]`` score of every (image, class); NaN where the reference lacks the class."""
         index = self.index if index is None else index
-        _check_choice("index", index, INDICES)
+        check_choice("index", index, tuple(INDICES))
         counts = self._gathered_counts()
         scores = tversky_index(counts, *INDICES[index])
         return torch.where(counts.tp + counts.fn > 0, scores, torch.full_like(scores, float("nan")))
