@@ -20,17 +20,21 @@ from service_testing import dice_f64, label_pair, nifti_bytes
 
 from jdt_service import Settings, create_app
 from jdt_service.logs import JsonFormatter, TextFormatter
-from jdt_service.routers import scores as scores_module
+from jdt_service.dependencies import get_scorer
 from monai_jdt.scoring import score_files
 
 SHAPE = (12, 10, 8)
 
 
-def make_client(tmp_path: Path, **overrides: object) -> TestClient:
+def make_client(tmp_path: Path, scorer=None, **overrides: object) -> TestClient:
+    """A client of a fresh app; ``scorer`` replaces ``score_files`` (a dependency override)."""
     temp = tmp_path / "uploads"
     temp.mkdir(exist_ok=True)
     settings = Settings(**{"device": "cpu", "temp_dir": temp, **overrides})
-    return TestClient(create_app(settings))
+    app = create_app(settings)
+    if scorer is not None:
+        app.dependency_overrides[get_scorer] = lambda: scorer
+    return TestClient(app)
 
 
 @pytest.fixture
@@ -378,8 +382,8 @@ def test_api_keys_guard_v1_only(tmp_path: Path) -> None:
 
 def test_full_server_answers_503_with_retry_after(tmp_path: Path, pair) -> None:
     pred, ref = pair
-    with make_client(tmp_path, max_concurrency=1, max_queue=0, retry_after=7) as c:
-        holder = c.app.state.pool.admit()  # one request in flight takes the only place
+    with make_client(tmp_path, max_uploads=1, retry_after=7) as c:
+        holder = c.app.state.pool.admit()  # one upload in flight takes the only place
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
         assert_error(r, 503, "server_busy")
         assert r.headers["retry-after"] == "7"
@@ -413,8 +417,7 @@ def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> N
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(scores_module, "score_files", slow_score)
-    client = make_client(tmp_path, max_concurrency=1, max_queue=3)
+    client = make_client(tmp_path, slow_score, max_concurrency=1, max_queue=3)
     responses = asyncio.run(
         _post_many(client.app, 4, files_for(nifti_bytes(pred), nifti_bytes(ref)))
     )
@@ -423,9 +426,7 @@ def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> N
     assert leftovers(tmp_path) == []
 
 
-def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
-    tmp_path: Path, pair, monkeypatch
-) -> None:
+def test_request_timeout_gives_504_and_files_go_when_the_job_ends(tmp_path: Path, pair) -> None:
     pred, ref = pair
     release = threading.Event()
 
@@ -433,8 +434,7 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
         release.wait(10)
         return score_files(*args, **kwargs)
 
-    monkeypatch.setattr(scores_module, "score_files", stuck_score)
-    with make_client(tmp_path, request_timeout=0.3) as c:
+    with make_client(tmp_path, stuck_score, request_timeout=0.3) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
         assert_error(r, 504, "timeout")
         assert len(leftovers(tmp_path)) == 1  # the job still runs on its thread: files stay
@@ -447,7 +447,7 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
     assert leftovers(tmp_path) == []
 
 
-def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, caplog) -> None:
+def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, caplog) -> None:
     pred, ref = pair
     devices: list[str] = []
 
@@ -457,10 +457,8 @@ def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, ca
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return score_files(prediction, reference, options, **kwargs)
 
-    monkeypatch.setattr(scores_module, "score_files", oom_unless_cpu)
     caplog.set_level(logging.INFO, logger="jdt_service.access")
-    settings = Settings(device="auto", temp_dir=tmp_path)
-    with TestClient(create_app(settings)) as c:
+    with make_client(tmp_path, oom_unless_cpu, device="auto") as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
         assert r.status_code == 200
         assert rows_by_label(r.json())[1]["dice"] == pytest.approx(dice_f64(pred, ref, 1), abs=1e-6)
@@ -472,16 +470,13 @@ def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, ca
     assert line.jdt["gpu_fallback"] is True
 
 
-def test_unexpected_failure_is_a_json_500_without_details(
-    tmp_path: Path, pair, monkeypatch, caplog
-) -> None:
+def test_unexpected_failure_is_a_json_500_without_details(tmp_path: Path, pair, caplog) -> None:
     pred, ref = pair
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret /path/patient.nii.gz")
 
-    monkeypatch.setattr(scores_module, "score_files", broken)
-    with make_client(tmp_path) as c:
+    with make_client(tmp_path, broken) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
     assert_error(r, 500, "internal_error")
     assert "patient" not in r.text
@@ -581,14 +576,13 @@ def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
     [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")],
     ids=["numpy", "torch-cpu"],
 )
-def test_host_out_of_memory_is_503(tmp_path: Path, pair, monkeypatch, error) -> None:
+def test_host_out_of_memory_is_503(tmp_path: Path, pair, error) -> None:
     pred, ref = pair
 
     def no_memory(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(scores_module, "score_files", no_memory)
-    with make_client(tmp_path, retry_after=9) as c:
+    with make_client(tmp_path, no_memory, retry_after=9) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
     assert_error(r, 503, "out_of_memory")
     assert r.headers["retry-after"] == "9"

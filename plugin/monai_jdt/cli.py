@@ -448,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("MONAI_JDT_DEBUG"):
             traceback.print_exc()
         name = type(err).__name__
-        if name == "OutOfMemoryError":
+        torch = sys.modules.get("torch")  # only loaded when the failing path used it
+        if torch is not None and isinstance(err, torch.OutOfMemoryError):
             _error(f"the device ran out of memory ({err}); try --device cpu")
             return EXIT_FAILED_CASES
         _error(f"internal error: {name}: {err} (set MONAI_JDT_DEBUG=1 for the traceback)")

@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jdt_service.metrics import ServiceMetrics
+from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 
 __all__ = [
