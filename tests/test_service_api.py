@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from service_testing import dice_f64, label_pair, nifti_bytes
 
 from jdt_service import Settings, create_app
-from jdt_service.logs import JsonFormatter, TextFormatter
 from jdt_service.dependencies import get_scorer
+from jdt_service.logs import JsonFormatter, TextFormatter
 from monai_jdt.scoring import score_files
 
 SHAPE = (12, 10, 8)
