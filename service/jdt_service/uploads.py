@@ -234,7 +234,9 @@ async def receive_form(
     if content_length is not None and content_length.isdecimal() and int(content_length) > limit:
         raise ApiError(413, "upload_too_large", too_large)
     writer = _FormWriter(workdir, max_file_bytes, text_fields)
+    close_delimiter = b"\r\n--" + boundary + b"--"
     received = epilogue = 0
+    tail = b""
     try:
         parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
         async for chunk in _paced(chunks, min_rate, grace):
@@ -243,14 +245,19 @@ async def receive_form(
                 raise ApiError(413, "upload_too_large", too_large)
             if writer.finished:
                 epilogue += len(chunk)
-                if epilogue > MAX_EPILOGUE_BYTES:
-                    raise ApiError(
-                        413,
-                        "upload_too_large",
-                        f"more than {MAX_EPILOGUE_BYTES} bytes follow the form's final boundary",
-                    )
-                continue
-            parser.write(chunk)
+            else:
+                parser.write(chunk)
+                if writer.finished:  # the close delimiter is in this chunk (or spans into it)
+                    window = tail + chunk
+                    end = window.find(close_delimiter)
+                    epilogue = len(window) - end - len(close_delimiter) if end >= 0 else 0
+                tail = chunk[-len(close_delimiter) :]
+            if epilogue > MAX_EPILOGUE_BYTES:
+                raise ApiError(
+                    413,
+                    "upload_too_large",
+                    f"more than {MAX_EPILOGUE_BYTES} bytes follow the form's final boundary",
+                )
         parser.finalize()
     except FormParserError as exc:
         raise ApiError(
