@@ -157,6 +157,7 @@ async def _score(
         )
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+    state.body_received = True
     for name, size in form.sizes.items():
         setattr(state, f"{name}_bytes", size)
         metrics.upload_bytes.observe(size)
@@ -216,8 +217,15 @@ async def create_score(
         # asyncio.wait_for, not asyncio.timeout: the service runs on Python 3.10 too
         return await asyncio.wait_for(bounded(), settings.request_timeout)
     except asyncio.TimeoutError:
-        raise ApiError(
+        error = ApiError(
             504,
             "timeout",
             f"the request took longer than the limit of {settings.request_timeout:g} s",
-        ) from None
+        )
+    except ApiError as exc:
+        error = exc
+    if not getattr(request.state, "body_received", False):
+        # refused before the whole body arrived: close the connection rather than let the
+        # server read (and discard) the rest of it
+        error.headers["Connection"] = "close"
+    raise error
