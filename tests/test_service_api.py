@@ -400,7 +400,7 @@ async def _post_many(app, n: int, files: dict) -> list[httpx.Response]:
         return await asyncio.gather(*(ac.post("/v1/scores", files=files) for _ in range(n)))
 
 
-def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> None:
+def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair) -> None:
     """One slot, three queue places: four concurrent requests all succeed, one at a time."""
     pred, ref = pair
     running, peak = [0], [0]
