@@ -19,18 +19,22 @@ from fastapi.testclient import TestClient
 from service_testing import dice_f64, label_pair, nifti_bytes
 
 from jdt_service import Settings, create_app
+from jdt_service.dependencies import get_scorer
 from jdt_service.logs import JsonFormatter, TextFormatter
-from jdt_service.routers import scores as scores_module
 from monai_jdt.scoring import score_files
 
 SHAPE = (12, 10, 8)
 
 
-def make_client(tmp_path: Path, **overrides: object) -> TestClient:
+def make_client(tmp_path: Path, scorer=None, **overrides: object) -> TestClient:
+    """A client of a fresh app; ``scorer`` replaces ``score_files`` (a dependency override)."""
     temp = tmp_path / "uploads"
     temp.mkdir(exist_ok=True)
     settings = Settings(**{"device": "cpu", "temp_dir": temp, **overrides})
-    return TestClient(create_app(settings))
+    app = create_app(settings)
+    if scorer is not None:
+        app.dependency_overrides[get_scorer] = lambda: scorer
+    return TestClient(app)
 
 
 @pytest.fixture
@@ -378,8 +382,8 @@ def test_api_keys_guard_v1_only(tmp_path: Path) -> None:
 
 def test_full_server_answers_503_with_retry_after(tmp_path: Path, pair) -> None:
     pred, ref = pair
-    with make_client(tmp_path, max_concurrency=1, max_queue=0, retry_after=7) as c:
-        holder = c.app.state.pool.admit()  # one request in flight takes the only place
+    with make_client(tmp_path, max_uploads=1, retry_after=7) as c:
+        holder = c.app.state.pool.admit()  # one upload in flight takes the only place
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
         assert_error(r, 503, "server_busy")
         assert r.headers["retry-after"] == "7"
@@ -396,7 +400,7 @@ async def _post_many(app, n: int, files: dict) -> list[httpx.Response]:
         return await asyncio.gather(*(ac.post("/v1/scores", files=files) for _ in range(n)))
 
 
-def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> None:
+def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair) -> None:
     """One slot, three queue places: four concurrent requests all succeed, one at a time."""
     pred, ref = pair
     running, peak = [0], [0]
@@ -413,8 +417,7 @@ def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> N
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(scores_module, "score_files", slow_score)
-    client = make_client(tmp_path, max_concurrency=1, max_queue=3)
+    client = make_client(tmp_path, slow_score, max_concurrency=1, max_queue=3)
     responses = asyncio.run(
         _post_many(client.app, 4, files_for(nifti_bytes(pred), nifti_bytes(ref)))
     )
@@ -423,9 +426,7 @@ def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> N
     assert leftovers(tmp_path) == []
 
 
-def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
-    tmp_path: Path, pair, monkeypatch
-) -> None:
+def test_request_timeout_gives_504_and_files_go_when_the_job_ends(tmp_path: Path, pair) -> None:
     pred, ref = pair
     release = threading.Event()
 
@@ -433,8 +434,7 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
         release.wait(10)
         return score_files(*args, **kwargs)
 
-    monkeypatch.setattr(scores_module, "score_files", stuck_score)
-    with make_client(tmp_path, request_timeout=0.3) as c:
+    with make_client(tmp_path, stuck_score, request_timeout=0.3) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
         assert_error(r, 504, "timeout")
         assert len(leftovers(tmp_path)) == 1  # the job still runs on its thread: files stay
@@ -447,7 +447,7 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
     assert leftovers(tmp_path) == []
 
 
-def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, caplog) -> None:
+def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, caplog) -> None:
     pred, ref = pair
     devices: list[str] = []
 
@@ -457,10 +457,8 @@ def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, ca
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return score_files(prediction, reference, options, **kwargs)
 
-    monkeypatch.setattr(scores_module, "score_files", oom_unless_cpu)
     caplog.set_level(logging.INFO, logger="jdt_service.access")
-    settings = Settings(device="auto", temp_dir=tmp_path)
-    with TestClient(create_app(settings)) as c:
+    with make_client(tmp_path, oom_unless_cpu, device="auto") as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
         assert r.status_code == 200
         assert rows_by_label(r.json())[1]["dice"] == pytest.approx(dice_f64(pred, ref, 1), abs=1e-6)
@@ -472,16 +470,13 @@ def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, ca
     assert line.jdt["gpu_fallback"] is True
 
 
-def test_unexpected_failure_is_a_json_500_without_details(
-    tmp_path: Path, pair, monkeypatch, caplog
-) -> None:
+def test_unexpected_failure_is_a_json_500_without_details(tmp_path: Path, pair, caplog) -> None:
     pred, ref = pair
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret /path/patient.nii.gz")
 
-    monkeypatch.setattr(scores_module, "score_files", broken)
-    with make_client(tmp_path) as c:
+    with make_client(tmp_path, broken) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
     assert_error(r, 500, "internal_error")
     assert "patient" not in r.text
@@ -581,15 +576,220 @@ def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
     [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")],
     ids=["numpy", "torch-cpu"],
 )
-def test_host_out_of_memory_is_503(tmp_path: Path, pair, monkeypatch, error) -> None:
+def test_host_out_of_memory_is_503(tmp_path: Path, pair, error) -> None:
     pred, ref = pair
 
     def no_memory(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(scores_module, "score_files", no_memory)
-    with make_client(tmp_path, retry_after=9) as c:
+    with make_client(tmp_path, no_memory, retry_after=9) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
     assert_error(r, 503, "out_of_memory")
     assert r.headers["retry-after"] == "9"
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- hostile clients and memory
+
+
+def multipart_body(boundary: str, pred: bytes, ref: bytes) -> bytes:
+    """A complete ``multipart/form-data`` body with the two files, built by hand."""
+    parts = []
+    for name, data in (("prediction", pred), ("reference", ref)):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="x"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def test_boundary_over_256_characters_is_a_400(client: TestClient, pair) -> None:
+    pred, ref = pair
+    boundary = "b" * 300
+    r = client.post(
+        "/v1/scores",
+        content=multipart_body(boundary, nifti_bytes(pred), nifti_bytes(ref)),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    detail = assert_error(r, 400, "malformed_multipart")
+    assert "256" in detail["message"]
+
+
+def test_epilogue_after_the_final_boundary_is_bounded(tmp_path: Path, pair) -> None:
+    pred, ref = pair
+    body = multipart_body("XyZ", nifti_bytes(pred), nifti_bytes(ref))
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    sent = [0]
+    app = make_client(tmp_path).app
+
+    async def chunked() -> object:  # an iterator body: sent chunked, no Content-Length
+        yield body
+        for _ in range(3072):  # up to 192 MiB of epilogue
+            sent[0] += 1
+            yield b"\0" * 65536
+
+    async def drive() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            bomb = await ac.post("/v1/scores", content=chunked(), headers=headers)
+            # a line break after the final boundary (what clients send) is fine
+            fine = await ac.post("/v1/scores", content=body + b"\r\n", headers=headers)
+            return bomb, fine
+
+    bomb, fine = asyncio.run(drive())
+    assert_error(bomb, 413, "upload_too_large")
+    assert sent[0] < 8  # the epilogue was not read to its end
+    assert fine.status_code == 200, fine.text
+    assert leftovers(tmp_path) == []
+
+
+def test_endless_chunked_upload_is_cut_at_the_limit(tmp_path: Path, pair) -> None:
+    from jdt_service.uploads import body_limit
+
+    pred, _ = pair
+    received = [0]
+    app = make_client(tmp_path, max_upload_bytes=1 << 20).app
+    part = b'--XyZ\r\nContent-Disposition: form-data; name="prediction"; filename="p"\r\n\r\n'
+
+    async def endless_file() -> object:  # a file part that never ends, chunked
+        yield part + nifti_bytes(pred)
+        while received[0] < 64 << 20:  # (stop anyway after 64 MiB)
+            received[0] += 65536
+            yield b"\0" * 65536
+
+    async def drive() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            return await ac.post(
+                "/v1/scores",
+                content=endless_file(),
+                headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+            )
+
+    assert_error(asyncio.run(drive()), 413, "upload_too_large")
+    assert received[0] <= body_limit(1 << 20, 20) + 65536
+    assert leftovers(tmp_path) == []
+
+
+def test_slow_upload_gets_408_and_frees_its_place(tmp_path: Path, pair) -> None:
+    pred, ref = pair
+    body = multipart_body("XyZ", nifti_bytes(pred), nifti_bytes(ref))
+    app = make_client(tmp_path, min_upload_rate=1000, header_timeout=0.2, max_uploads=1).app
+
+    async def trickle() -> object:  # 10 bytes every 50 ms: 200 bytes/s, below 1000
+        for i in range(0, len(body), 10):
+            await asyncio.sleep(0.05)
+            yield body[i : i + 10]
+
+    async def drive() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            slow = await ac.post(
+                "/v1/scores",
+                content=trickle(),
+                headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+            )
+            fast = await ac.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+            return slow, fast
+
+    slow, fast = asyncio.run(drive())
+    assert_error(slow, 408, "upload_too_slow")
+    assert fast.status_code == 200, fast.text
+    assert app.state.pool.admitted == 0
+    assert leftovers(tmp_path) == []
+
+
+def test_uploading_does_not_take_a_scoring_slot(tmp_path: Path, pair) -> None:
+    """One scoring slot, no queue: a request still uploading leaves it to a finished upload."""
+    pred, ref = pair
+    with make_client(tmp_path, max_concurrency=1, max_queue=0, max_uploads=2) as c:
+        uploading = c.app.state.pool.admit()  # a slow client, still sending its body
+        r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
+        assert r.status_code == 200, r.text
+        asyncio.run(uploading.__aexit__(None, None, None))
+    assert leftovers(tmp_path) == []
+
+
+def never_called(*args, **kwargs):
+    raise AssertionError("the scorer must not run for a job refused by its memory estimate")
+
+
+def test_job_over_the_memory_limit_is_413_before_scoring(tmp_path: Path) -> None:
+    from jdt_service.job_memory import job_bytes
+    from monai_jdt.scoring import ScoringOptions
+    from monai_jdt.scoring.nifti import inspect_nifti
+
+    shape = (64, 64, 64)
+    labels = (np.arange(np.prod(shape)) % 3).reshape(shape).astype(np.float64)
+    files = files_for(nifti_bytes(labels), nifti_bytes(labels))
+    pred_path = tmp_path / "p.nii.gz"
+    pred_path.write_bytes(files["prediction"][1])
+    info = inspect_nifti(pred_path)
+    need = job_bytes(info, info, ScoringOptions())
+    # float64 volumes are loaded whole: 2 x (8 stored + 8 label map) bytes per voxel
+    assert need >= 2 * 16 * labels.size
+    with make_client(tmp_path, never_called, max_job_bytes=need - 1) as c:
+        detail = assert_error(c.post("/v1/scores", files=files), 413, "job_too_large")
+    assert "MiB" in detail["message"]
+    with make_client(tmp_path, max_job_bytes=need) as c:
+        assert c.post("/v1/scores", files=files).status_code == 200
+    assert leftovers(tmp_path) == []
+
+
+def test_memory_budget_across_jobs_gives_503_with_retry_after(tmp_path: Path, pair) -> None:
+    from jdt_service.job_memory import CHUNK_OVERHEAD_BYTES
+
+    pred, ref = pair
+    files = files_for(nifti_bytes(pred), nifti_bytes(ref))
+    started, release = threading.Event(), threading.Event()
+
+    def stuck_first(*args, **kwargs):
+        if not started.is_set():
+            started.set()
+            release.wait(10)
+        return score_files(*args, **kwargs)
+
+    # room for one streamed label job (a little over CHUNK_OVERHEAD_BYTES), not for two
+    budget = 2 * CHUNK_OVERHEAD_BYTES
+    app = make_client(
+        tmp_path, stuck_first, memory_budget_bytes=budget, max_concurrency=2, retry_after=4
+    ).app
+
+    async def drive() -> tuple[httpx.Response, httpx.Response, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            first = asyncio.create_task(ac.post("/v1/scores", files=files))
+            while not started.is_set():
+                await asyncio.sleep(0.01)
+            reserved = app.state.pool.reserved_bytes
+            second = await ac.post("/v1/scores", files=files)
+            release.set()
+            return await first, second, reserved
+
+    first, second, reserved = asyncio.run(drive())
+    assert first.status_code == 200
+    assert CHUNK_OVERHEAD_BYTES < reserved <= budget
+    assert_error(second, 503, "server_busy")
+    assert second.headers["retry-after"] == "4" and "budget" in second.json()["detail"]["message"]
+    assert app.state.pool.reserved_bytes == 0
+    assert leftovers(tmp_path) == []
+
+
+def test_unhandled_error_logs_a_path_relative_to_its_package(tmp_path: Path, pair, caplog) -> None:
+    pred, ref = pair
+
+    def broken(*args, **kwargs):
+        return {}["missing"]  # a KeyError raised in this file
+
+    with make_client(tmp_path, broken) as c:
+        assert_error(
+            c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref))),
+            500,
+            "internal_error",
+        )
+    line = next(r.getMessage() for r in caplog.records if "unhandled" in r.getMessage())
+    where = line.split(" at ", 1)[1]
+    assert where.startswith("test_service_api.py:"), line
+    assert str(Path(__file__).parent) not in line

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +28,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, temp: Path, log: Path, *extra: str) -> None:
+    def __init__(self, temp: Path, log: Path, *extra: str, program: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.temp = temp
         self.log = log
-        cmd = [sys.executable, "-m", "jdt_service", "--port", str(self.port), "--device", "cpu"]
+        cmd = [sys.executable, *(program or ["-m", "jdt_service"])]
+        cmd += ["--port", str(self.port), "--device", "cpu"]
         cmd += ["--temp-dir", str(temp), "--log-format", "json", *extra]
         env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
         self.proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
@@ -166,3 +169,234 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> 
     with pytest.raises(httpx.TransportError):
         httpx.get(srv.url + "/healthz", timeout=1)
     assert list((tmp_path / "uploads").iterdir()) == []
+
+
+# ---------------------------------------------------------------- clients that hold the service
+
+
+def read_response(sock: socket.socket, timeout: float = 10) -> bytes:
+    """What the server sends until it closes the connection (or ``timeout`` passes)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory) -> Iterator[Server]:
+    """Short header timeout, few connections, one scoring slot and no queue."""
+    base = tmp_path_factory.mktemp("strict")
+    (base / "uploads").mkdir()
+    srv = Server(
+        base / "uploads",
+        base / "server.log",
+        *("--header-timeout", "1", "--max-connections", "40", "--min-upload-rate", "2000"),
+        *("--max-concurrency", "1", "--max-queue", "0", "--max-uploads", "8"),
+    )
+    yield srv
+    srv.stop()
+
+
+def test_idle_and_slow_header_connections_are_closed(strict_server: Server) -> None:
+    idle = [socket.create_connection(("127.0.0.1", strict_server.port)) for _ in range(20)]
+    slow = socket.create_connection(("127.0.0.1", strict_server.port))
+    line = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
+
+    def trickle() -> None:  # one byte every 0.1 s: the head would take 12 s
+        try:
+            for i in range(len(line)):
+                slow.sendall(line[i : i + 1])
+                time.sleep(0.1)
+        except OSError:
+            pass  # closed by the server
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    assert httpx.get(strict_server.url + "/healthz", timeout=5).status_code == 200
+    answers = [read_response(s) for s in [*idle, slow]]
+    sender.join(timeout=15)
+    for sock in [*idle, slow]:
+        sock.close()
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:40] for a in answers}
+    assert b'"header_timeout"' in answers[-1]
+    assert httpx.get(strict_server.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_connections_past_the_cap_get_503_at_once(strict_server: Server) -> None:
+    socks = [socket.create_connection(("127.0.0.1", strict_server.port)) for _ in range(45)]
+    try:
+        answers = [read_response(s, timeout=5) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    assert len(refused) >= 5 and all(b"too_many_connections" in a for a in refused)
+    assert all(a.startswith((b"HTTP/1.1 503", b"HTTP/1.1 408")) for a in answers)
+    assert httpx.get(strict_server.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_huge_header_is_431_and_others_are_served(strict_server: Server) -> None:
+    sock = socket.create_connection(("127.0.0.1", strict_server.port))
+    sent = [0]
+
+    def send_huge() -> None:  # a 64 MiB header line
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ")
+            for _ in range(1024):
+                sock.sendall(b"a" * 65536)
+                sent[0] += 65536
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send_huge)
+    sender.start()
+    assert httpx.get(strict_server.url + "/healthz", timeout=5).status_code == 200
+    answer = read_response(sock)
+    sender.join(timeout=30)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert b'"headers_too_large"' in answer
+    assert sent[0] < 64 << 20  # refused long before the end
+
+
+def test_slow_bodies_do_not_hold_the_scoring_slot(strict_server: Server) -> None:
+    head = (
+        b"POST /v1/scores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=slow\r\n\r\n--slow\r\n"
+    )
+    slow = [socket.create_connection(("127.0.0.1", strict_server.port)) for _ in range(4)]
+    stop = threading.Event()
+
+    def trickle() -> None:  # 4 bytes/s each, far below the 2000 bytes/s minimum
+        try:
+            for sock in slow:
+                sock.sendall(head)
+            while not stop.wait(0.25):
+                for sock in slow:
+                    sock.sendall(b"C")
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    time.sleep(0.3)  # the slow uploads are admitted first
+    pred, ref = label_pair((10, 9, 8), seed=21)
+    r = httpx.post(
+        strict_server.url + "/v1/scores",
+        files={"prediction": ("p", nifti_bytes(pred)), "reference": ("r", nifti_bytes(ref))},
+        timeout=30,
+    )
+    answers = [read_response(sock) for sock in slow]
+    stop.set()
+    sender.join(timeout=10)
+    for sock in slow:
+        sock.close()
+    assert r.status_code == 200, r.text  # the one slot was free: uploads do not hold it
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), {a[:40] for a in answers}
+    assert all(b'"upload_too_slow"' in a for a in answers)
+
+
+def test_chunked_epilogue_is_refused_before_its_end(strict_server: Server) -> None:
+    pred, ref = label_pair((10, 9, 8), seed=22)
+    request = httpx.Request(
+        "POST",
+        strict_server.url + "/v1/scores",
+        files={"prediction": ("p", nifti_bytes(pred)), "reference": ("r", nifti_bytes(ref))},
+    )
+    form = request.read()
+    head = (
+        "POST /v1/scores HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Type: {request.headers['content-type']}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", strict_server.port))
+    sent = [0]
+
+    def send() -> None:  # the form, then up to 192 MiB of epilogue
+        try:
+            sock.sendall(head + f"{len(form):x}\r\n".encode() + form + b"\r\n")
+            chunk = b"10000\r\n" + b"\0" * 65536 + b"\r\n"
+            for _ in range(3072):
+                sock.sendall(chunk)
+                sent[0] += 65536
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    answer = read_response(sock, timeout=30)
+    sock.close()
+    sender.join(timeout=30)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"upload_too_large"' in answer
+    assert sent[0] < 192 << 20
+    assert list(strict_server.temp.iterdir()) == []
+
+
+_RUNAWAY = """
+import sys, threading
+import jdt_service.app as app_module
+from jdt_service.dependencies import get_scorer
+from jdt_service.server import main
+
+build = app_module.create_app
+
+def runaway(*args, **kwargs):
+    threading.Event().wait()  # a scoring job that never ends
+
+def create_app(settings=None):
+    app = build(settings)
+    app.dependency_overrides[get_scorer] = lambda: runaway
+    return app
+
+app_module.create_app = create_app
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_with_a_runaway_job_exits_and_start_up_removes_stale_folders(
+    tmp_path: Path,
+) -> None:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    dead = uploads / "jdt-4194305-left"  # above Linux's largest pid: that process is gone
+    (dead / "sub").mkdir(parents=True)
+    (dead / "prediction.nii.gz").write_bytes(b"left by a killed server")
+    alive = uploads / f"jdt-{os.getpid()}-inuse"  # a live process's folder stays
+    alive.mkdir()
+    srv = Server(
+        uploads, tmp_path / "server.log", "--request-timeout", "2", program=["-c", _RUNAWAY]
+    )
+    assert not dead.exists() and alive.exists()
+    pred, ref = label_pair((10, 9, 8), seed=23)
+    files = {"prediction": ("p", nifti_bytes(pred)), "reference": ("r", nifti_bytes(ref))}
+    r = httpx.post(srv.url + "/v1/scores", files=files, timeout=30)
+    assert r.status_code == 504  # the job runs on, past its request
+    assert len([p for p in uploads.iterdir() if p != alive]) == 1  # its files are still there
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=30) == 0  # before: the runaway thread kept the process alive
+    assert [p.name for p in uploads.iterdir()] == [alive.name]
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    assert lines and all(json.loads(line) for line in lines)  # every line is JSON
+    assert any(json.loads(line)["msg"].startswith("Uvicorn running") for line in lines)
+
+
+def test_port_in_use_exits_2_before_start_up(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "jdt_service", "--port", str(port), "--log-format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert done.returncode == 2
+    assert f"port {port} is in use" in done.stderr
+    assert "startup" not in (done.stdout + done.stderr).lower()

@@ -114,3 +114,36 @@ def test_python_dash_m_help() -> None:
     ).stdout
     for option in ("--host", "--port", "--workers", "--device", "--log-level", "--max-voxels"):
         assert option in out
+
+
+def test_every_setting_has_an_option_made_from_its_field() -> None:
+    from jdt_service.settings import ENV_ONLY
+
+    parser = argparse.ArgumentParser()
+    server_module.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    for name in Settings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        if name in ENV_ONLY:
+            assert flag not in text  # a key on the command line would show in ps
+        else:
+            assert flag in text and f"JDT_{name.upper()}" in text, name
+    s = server_module.settings_from_args(
+        parse("--max-job-bytes", "2097152", "--header-timeout", "2.5", "--cors-origins", "a,b")
+    )
+    assert (s.max_job_bytes, s.header_timeout, s.cors_origins) == (2097152, 2.5, ["a", "b"])
+    with pytest.raises(SystemExit):
+        parse("--log-format", "xml")  # choices come from the Literal type
+
+
+def test_unknown_jdt_variables_are_named_at_start_up(monkeypatch, caplog) -> None:
+    from jdt_service import create_app
+    from jdt_service.settings import unknown_variables
+
+    assert unknown_variables({"JDT_PORT": "1", "JDT_PROT": "2", "PATH": "x"}) == ["JDT_PROT"]
+    monkeypatch.setenv("JDT_DEVICE", "cpu")
+    monkeypatch.setenv("JDT_MAX_QUEU", "3")  # misspelt JDT_MAX_QUEUE
+    caplog.set_level(logging.WARNING, logger="jdt_service")
+    create_app()
+    warned = [r.getMessage() for r in caplog.records if "JDT_MAX_QUEU" in r.getMessage()]
+    assert len(warned) == 1 and "JDT_DEVICE" not in warned[0]

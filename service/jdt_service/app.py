@@ -2,11 +2,16 @@
 
 ``settings`` default to the ``JDT_*`` environment (:class:`jdt_service.settings.Settings`).
 Each app owns its metrics registry and its scoring pool, so several apps (tests) never share
-state. ``uvicorn jdt_service.app:create_app --factory`` serves it directly.
+state; routes reach them through :mod:`jdt_service.dependencies`. Everything under ``/v1``
+is one router (:mod:`jdt_service.routers.v1`) behind the API-key dependency. On start-up the
+app warns about ``JDT_*`` variables that match no setting (when it reads the environment)
+and removes upload folders left by killed processes. ``uvicorn jdt_service.app:create_app
+--factory`` serves it directly.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,14 +20,18 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from jdt_service.auth import require_api_key
 from jdt_service.errors import install_error_handlers
-from jdt_service.limits import ScoringPool
 from jdt_service.logs import RequestLogMiddleware, configure_logging
-from jdt_service.metrics import ServiceMetrics
-from jdt_service.routers import health, info, metrics, scores
-from jdt_service.settings import Settings
+from jdt_service.routers import health, info, metrics, scores, v1  # noqa: F401
+
+# (info and scores add their routes to v1.router when imported)
+from jdt_service.scoring_pool import ScoringPool
+from jdt_service.service_metrics import ServiceMetrics
+from jdt_service.settings import Settings, unknown_variables
 from monai_jdt import __version__
 
 __all__ = ["create_app"]
+
+logger = logging.getLogger("jdt_service")
 
 DESCRIPTION = """\
 Score segmentation volumes: upload a prediction and a reference (NIfTI, `.nii` or `.nii.gz`)
@@ -38,19 +47,18 @@ stay open.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service app from ``settings`` (default: read from the environment)."""
+    from_environment = settings is None
     settings = Settings() if settings is None else settings
     configure_logging(settings)
+    if from_environment:
+        for name in unknown_variables():
+            logger.warning("unknown setting %s is ignored (see docs/service.md, Configure)", name)
     service_metrics = ServiceMetrics()
-    pool = ScoringPool(
-        settings.max_concurrency,
-        settings.max_queue,
-        settings.retry_after,
-        service_metrics,
-        settings.temp_dir,
-    )
+    pool = ScoringPool(settings, service_metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool.remove_stale_workdirs()
         yield
         pool.shutdown()
 
@@ -66,9 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    v1_auth = [Depends(require_api_key)]
-    app.include_router(info.router, dependencies=v1_auth)
-    app.include_router(scores.router, dependencies=v1_auth)
+    app.include_router(v1.router, dependencies=[Depends(require_api_key)])
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

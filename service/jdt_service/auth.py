@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from jdt_service.dependencies import SettingsDep
 from jdt_service.errors import ApiError
 
 __all__ = ["require_api_key"]
@@ -28,11 +30,11 @@ def _matches_any(token: str, keys: list[str]) -> bool:
 
 
 async def require_api_key(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
     """Raise 401 ``unauthorized`` unless no keys are configured or the bearer key is one."""
-    keys: list[str] = request.app.state.settings.api_keys
+    keys = settings.api_keys
     if not keys:
         return
     if credentials is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jdt_service.metrics import ServiceMetrics
+from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "RequestLogMiddleware",
     "TextFormatter",
     "configure_logging",
+    "relative_path",
+    "uvicorn_log_config",
 ]
 
 #: ``request.state`` attributes copied into the request's log line when set.
@@ -42,6 +45,7 @@ LOG_FIELDS = (
     "score_s",
     "device",
     "gpu_fallback",
+    "job_bytes",
 )
 #: methods kept as metric labels (anything else is "other": clients choose the method)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -49,8 +53,36 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HANDLER_NAME = "jdt_service"
 
 
+def relative_path(filename: str) -> str:
+    """``filename`` relative to the ``sys.path`` entry it lies under (``jdt_service/app.py``
+    rather than ``/.../site-packages/jdt_service/app.py``); unchanged when under none."""
+    best = ""
+    for entry in sys.path:
+        root = os.path.abspath(entry or os.curdir) + os.sep
+        if filename.startswith(root) and len(root) > len(best):
+            best = root
+    return filename[len(best) :] if best else filename
+
+
+def _where(exc: BaseException) -> str:
+    """``Type at package/file.py:line`` of the frame that raised ``exc`` (not its message,
+    which may quote paths or content)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    return f"{type(exc).__name__} at {relative_path(frames[-1].filename)}:{frames[-1].lineno}"
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields: dict[str, Any] = dict(getattr(record, "jdt", {}))
+    if record.exc_info and record.exc_info[1] is not None:
+        fields["exc"] = _where(record.exc_info[1])
+    return fields
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's ``jdt`` fields."""
+    """One JSON object per line: time, level, logger, message and the record's ``jdt`` fields
+    (an exception adds ``exc``: its type and where it was raised)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -59,7 +91,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update(getattr(record, "jdt", {}))
+        line.update(_fields(record))
         return json.dumps(line, separators=(",", ":"))
 
 
@@ -67,8 +99,34 @@ class TextFormatter(logging.Formatter):
     """``LEVEL logger message key=value ...`` for people reading a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        pairs = " ".join(f"{k}={v}" for k, v in getattr(record, "jdt", {}).items())
+        pairs = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         return f"{record.levelname} {record.name} {record.getMessage()} {pairs}".rstrip()
+
+
+def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn's loggers in the service's format, so that
+    every line of the log (uvicorn's start-up and shutdown lines, Python warnings) has it;
+    uvicorn's access log stays off (the service writes its own)."""
+    formatter = JsonFormatter if settings.log_format == "json" else TextFormatter
+    level = settings.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"service": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "service",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "py.warnings": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        },
+    }
 
 
 def configure_logging(settings: Settings) -> None:
@@ -131,13 +189,8 @@ class RequestLogMiddleware:
                 raise
             # A bug, not bad input. Its text may quote paths or content: log the type and
             # where it was raised, not the message.
-            where = traceback.extract_tb(exc.__traceback__)[-1]
             self.logger.error(
-                "unhandled %s at %s:%s",
-                type(exc).__name__,
-                where.filename,
-                where.lineno,
-                extra={"jdt": {"request_id": request_id}},
+                "unhandled %s", _where(exc), extra={"jdt": {"request_id": request_id}}
             )
             state["error_code"] = "internal_error"
             body = json.dumps(

@@ -1,76 +1,78 @@
 """Run the service with uvicorn: ``monai-jdt serve`` and ``python -m jdt_service``.
 
-:func:`add_arguments` adds the serve options to an ``argparse`` parser; :func:`run` merges
-them over the ``JDT_*`` environment and starts uvicorn (loopback ``127.0.0.1:8000`` by
-default). The merged settings are exported back to ``JDT_*`` so that every worker process
-builds the same app through :func:`jdt_service.app.create_app`. uvicorn handles SIGTERM and
-SIGINT: it stops accepting connections and lets requests in flight finish (up to the request
-timeout); it then re-raises the signal, which :func:`run` turns into exit status 0.
+:func:`add_arguments` adds one option per :class:`~jdt_service.settings.Settings` field
+(``--max-queue`` for ``JDT_MAX_QUEUE``; the type, choices, default and help come from the
+field), except the env-only ones (API keys); :func:`run` merges them over the ``JDT_*``
+environment and starts uvicorn (loopback ``127.0.0.1:8000`` by default). The merged settings
+are exported back to ``JDT_*`` so that every worker process builds the same app through
+:func:`jdt_service.app.create_app`.
+
+Before start-up, :func:`run` checks that the port is free (exit status 2 with "port N is in
+use" otherwise) and raises the soft open-file limit towards ``max_connections``. uvicorn
+runs :class:`jdt_service.protocol.BoundedH11Protocol` (h11 with a header timeout, a head
+size limit and a connection cap) and logs in the service's format. uvicorn handles SIGTERM
+and SIGINT: it stops accepting connections and lets requests in flight finish (up to the
+request timeout; scoring threads are daemons and never hold the process longer); it then
+re-raises the signal, which :func:`run` turns into exit status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import typing
 from types import FrameType
 
 from pydantic import ValidationError
 
-from jdt_service.logs import configure_logging
-from jdt_service.settings import Settings
+from jdt_service.logs import configure_logging, uvicorn_log_config
+from jdt_service.settings import ENV_ONLY, Settings
 
 __all__ = ["add_arguments", "main", "run"]
 
 logger = logging.getLogger("jdt_service")
 
-#: argparse destination -> Settings field, for the options that override settings
-_OVERRIDES = {
-    "host": "host",
-    "port": "port",
-    "workers": "workers",
-    "device": "device",
-    "max_upload_bytes": "max_upload_bytes",
-    "max_voxels": "max_voxels",
-    "max_concurrency": "max_concurrency",
-    "max_queue": "max_queue",
-    "request_timeout": "request_timeout",
-    "temp_dir": "temp_dir",
-    "log_level": "log_level",
-    "log_format": "log_format",
-}
+#: open files a process needs besides its connections (uploads, logs, libraries)
+_SPARE_FDS = 64
+
+
+def _default_text(value: object) -> str:
+    if value is None or value == []:
+        return "none"
+    return str(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``serve`` options; each overrides its ``JDT_*`` variable when given."""
-    add = parser.add_argument
-    add("--host", help="bind address (JDT_HOST, default 127.0.0.1: loopback only)")
-    add("--port", type=int, help="TCP port (JDT_PORT, default 8000)")
-    add("--workers", type=int, help="uvicorn worker processes (JDT_WORKERS, default 1)")
-    add("--device", help="auto, cpu, cuda or cuda:N (JDT_DEVICE, default auto)")
-    add("--max-upload-bytes", type=int, help="largest file accepted (JDT_MAX_UPLOAD_BYTES)")
-    add("--max-voxels", type=int, help="largest volume accepted, in voxels (JDT_MAX_VOXELS)")
-    add("--max-concurrency", type=int, help="scoring jobs at once (JDT_MAX_CONCURRENCY)")
-    add("--max-queue", type=int, help="requests waiting before 503 (JDT_MAX_QUEUE)")
-    add("--request-timeout", type=float, help="seconds per request (JDT_REQUEST_TIMEOUT)")
-    add("--temp-dir", help="where uploads are written (JDT_TEMP_DIR)")
-    add(
-        "--log-level",
-        choices=["debug", "info", "warning", "error", "critical"],
-        help="JDT_LOG_LEVEL, default info",
-    )
-    add("--log-format", choices=["json", "text"], help="JDT_LOG_FORMAT, default json")
+    """Add one ``--option`` per setting; each overrides its ``JDT_*`` variable when given."""
+    for name, field in Settings.model_fields.items():
+        if name in ENV_ONLY:
+            continue
+        default = field.get_default(call_default_factory=True)
+        description = (field.description or "").rstrip(".").replace("%", "%%")
+        kwargs: dict[str, typing.Any] = {
+            "dest": name,
+            "help": f"{description} (JDT_{name.upper()}, default {_default_text(default)})",
+        }
+        if typing.get_origin(field.annotation) is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(field.annotation))
+        else:
+            kwargs["metavar"] = name.upper()
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The environment's settings with the options given on the command line on top."""
+    """The environment's settings with the options given on the command line on top
+    (validated by ``Settings``: the options arrive as text)."""
     overrides = {
-        field: getattr(args, dest)
-        for dest, field in _OVERRIDES.items()
-        if getattr(args, dest, None) is not None
+        name: value
+        for name in Settings.model_fields
+        if (value := getattr(args, name, None)) is not None
     }
     return Settings(**overrides)
 
@@ -92,9 +94,50 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signum)
 
 
+def _bind_error(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (``None`` when it can), checked as uvicorn binds."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host!r}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} is in use (on {host}); stop the other server or use --port"
+            return f"cannot bind {host}:{port}: {exc.strerror}"
+    return None
+
+
+def _raise_fd_limit(settings: Settings) -> None:
+    """Raise the soft open-file limit to fit ``max_connections`` (up to the hard limit)."""
+    import resource
+
+    needed = settings.max_connections + _SPARE_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < needed:
+            logger.warning(
+                "the open-file limit is %d, below JDT_MAX_CONNECTIONS + %d = %d: raise the hard "
+                "limit (ulimit -Hn, LimitNOFILE=, docker --ulimit nofile=) or lower "
+                "JDT_MAX_CONNECTIONS",
+                target,
+                _SPARE_FDS,
+                needed,
+            )
+
+
 def run(args: argparse.Namespace) -> int:
-    """Start uvicorn with the merged settings; return the exit status (0 after SIGTERM)."""
+    """Start uvicorn with the merged settings; return the exit status (0 after SIGTERM,
+    2 for an invalid setting or a port that cannot be bound)."""
     import uvicorn
+
+    from jdt_service.protocol import BoundedH11Protocol
 
     try:
         settings = settings_from_args(args)
@@ -103,7 +146,13 @@ def run(args: argparse.Namespace) -> int:
             where = ".".join(str(p) for p in err["loc"])
             print(f"monai-jdt serve: invalid setting {where}: {err['msg']}", file=sys.stderr)
         return 2
+    problem = _bind_error(settings.host, settings.port)
+    if problem is not None:
+        print(f"monai-jdt serve: {problem}", file=sys.stderr)
+        return 2
     configure_logging(settings)
+    logging.captureWarnings(True)
+    _raise_fd_limit(settings)
     if not settings.is_loopback and not settings.api_keys:
         logger.warning(
             "binding %s without API keys: anyone who can reach this address can upload volumes; "
@@ -122,7 +171,10 @@ def run(args: argparse.Namespace) -> int:
             port=settings.port,
             workers=settings.workers,
             log_level=settings.log_level,
+            log_config=uvicorn_log_config(settings),
             access_log=False,
+            http=BoundedH11Protocol,
+            h11_max_incomplete_event_size=settings.max_header_bytes,
             timeout_graceful_shutdown=int(settings.request_timeout) + 1,
         )
     except _Stopped:

@@ -1,25 +1,33 @@
 """Service settings, read from ``JDT_*`` environment variables (pydantic-settings).
 
-``monai-jdt serve`` options override them (see :mod:`jdt_service.server`). List-valued
+``monai-jdt serve`` options override them: :mod:`jdt_service.server` makes one option per
+field (except :data:`ENV_ONLY`), from the field's type, default and description. List-valued
 settings (``JDT_API_KEYS``, ``JDT_CORS_ORIGINS``) are comma-separated strings.
+:func:`unknown_variables` names the ``JDT_*`` variables that match no setting (a misspelt
+one would otherwise be ignored silently).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEVICE_PATTERN", "LOOPBACK_HOSTS", "Settings"]
+__all__ = ["DEVICE_PATTERN", "ENV_ONLY", "LOOPBACK_HOSTS", "Settings", "unknown_variables"]
 
 #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+#: settings that have no command-line option (a key on the command line is visible in ``ps``)
+ENV_ONLY = frozenset({"api_keys"})
 
 
 class Settings(BaseSettings):
@@ -61,8 +69,48 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", description="Log level of the service and of uvicorn."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json (one object per line) or text (key=value)."
+    )
+    max_job_bytes: int = Field(
+        default=4 * GiB,
+        ge=MiB,
+        description="Largest memory one scoring job may need, estimated from the two headers "
+        "before anything is read (413 past it).",
+    )
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=MiB,
+        description="Memory the scoring jobs of one process may hold together; a job that does "
+        "not fit now gets 503 + Retry-After (default: half the physical memory).",
+    )
+    max_uploads: int = Field(
+        default=16, ge=1, description="Request bodies received at the same time before 503."
+    )
+    min_upload_rate: int = Field(
+        default=32 * 1024,
+        ge=1,
+        description="Slowest accepted upload, in bytes/s on average after the header timeout "
+        "(408 when slower).",
+    )
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection may take to send complete request headers.",
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=4096,
+        description="Largest request head (request line and headers), in bytes (431 past it).",
+    )
+    max_connections: int = Field(
+        default=512,
+        ge=1,
+        description="Open connections per process; more are answered 503 and closed at once.",
+    )
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -85,6 +133,22 @@ class Settings(BaseSettings):
         return value.lower() if isinstance(value, str) else value
 
     @property
+    def memory_budget(self) -> int:
+        """``memory_budget_bytes``, or half the physical memory when it is not set."""
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+    @property
     def is_loopback(self) -> bool:
         """Whether the bind address only accepts local connections."""
         return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``JDT_*`` names in ``environ`` (default ``os.environ``) that are no setting."""
+    environ = os.environ if environ is None else environ
+    known = {f"JDT_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        name for name in environ if name.upper().startswith("JDT_") and name.upper() not in known
+    )

@@ -1,7 +1,12 @@
 """Stream a ``multipart/form-data`` body to disk with limits checked while it arrives.
 
-The two file fields (``prediction``, ``reference``) go chunk by chunk into the request's work
-directory, never whole into memory; each is refused with 413 as soon as it passes
+The whole body (both files, the fields, the multipart envelope) is bounded by
+:func:`body_limit`, chunked or not: 413 as soon as it passes the limit (a declared
+``Content-Length`` past it before any byte is read), and at most ``MAX_EPILOGUE_BYTES`` may
+follow the final boundary. The body must also arrive at ``min_rate`` bytes/s on average
+after a grace period (408 ``upload_too_slow``), so a slow client cannot hold an upload place
+for long. The two file fields (``prediction``, ``reference``) go chunk by chunk into the
+request's work directory, never whole into memory; each is refused with 413 as soon as it passes
 ``max_file_bytes``. Text fields (the scoring options) are small and kept in memory, up to
 ``MAX_FIELD_BYTES`` each. Unknown or repeated fields are refused (422) as soon as their part
 header arrives. Client file names are never used (nor logged): the files are named after the
@@ -10,22 +15,39 @@ field, with ``.nii.gz`` when the content starts with the gzip magic and ``.nii``
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from jdt_service.errors import ApiError
 
-__all__ = ["FILE_FIELDS", "MAX_FIELD_BYTES", "UploadedForm", "receive_form"]
+__all__ = [
+    "FILE_FIELDS",
+    "MAX_EPILOGUE_BYTES",
+    "MAX_FIELD_BYTES",
+    "UploadedForm",
+    "body_limit",
+    "receive_form",
+]
 
 FILE_FIELDS = ("prediction", "reference")
 MAX_FIELD_BYTES = 64 * 1024
+#: bytes allowed after the final boundary (clients send none or a line break)
+MAX_EPILOGUE_BYTES = 4096
 _GZIP_MAGIC = b"\x1f\x8b"
 #: allowance for part headers and boundaries on top of the file and field limits
 _ENVELOPE_BYTES = 1024 * 1024
+
+
+def body_limit(max_file_bytes: int, n_text_fields: int) -> int:
+    """The largest body accepted: two files, every text field, and the envelope."""
+    return 2 * max_file_bytes + n_text_fields * MAX_FIELD_BYTES + _ENVELOPE_BYTES
 
 
 @dataclass
@@ -161,6 +183,30 @@ def _name_by_content(path: Path) -> Path:
     return target
 
 
+async def _paced(
+    chunks: AsyncIterator[bytes], min_rate: float, grace: float
+) -> AsyncIterator[bytes]:
+    """``chunks``, or 408 once the body falls behind ``grace + received / min_rate`` seconds."""
+    started = time.monotonic()
+    received = 0
+    iterator = chunks.__aiter__()
+    while True:
+        remaining = started + grace + received / min_rate - time.monotonic()
+        try:
+            chunk = await asyncio.wait_for(iterator.__anext__(), max(remaining, 0.0))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise ApiError(
+                408,
+                "upload_too_slow",
+                f"the upload arrived slower than {min_rate:g} bytes/s ({received} bytes in "
+                f"{time.monotonic() - started:.1f} s)",
+            ) from None
+        received += len(chunk)
+        yield chunk
+
+
 async def receive_form(
     content_type: str | None,
     content_length: str | None,
@@ -168,28 +214,52 @@ async def receive_form(
     workdir: Path,
     max_file_bytes: int,
     text_fields: Collection[str],
+    *,
+    min_rate: float = 1.0,
+    grace: float = float("inf"),
 ) -> UploadedForm:
     """Parse the body from ``chunks`` into ``workdir``; raise :class:`ApiError` on bad input.
 
-    A declared ``Content-Length`` above what two files and the fields can take is refused
-    before any byte is read.
+    A declared ``Content-Length`` above :func:`body_limit` is refused before any byte is
+    read; a body that passes it while arriving (chunked, or longer than declared) when it
+    does, and so does one with more than ``MAX_EPILOGUE_BYTES`` after its final boundary.
+    The body must arrive within ``grace + received / min_rate`` seconds (408).
     """
     boundary = _boundary(content_type)
-    limit = 2 * max_file_bytes + len(text_fields) * MAX_FIELD_BYTES + _ENVELOPE_BYTES
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise ApiError(
-            413,
-            "upload_too_large",
-            f"the request body ({content_length} bytes) is larger than the limit of "
-            f"{limit} bytes (two files of at most {max_file_bytes} bytes)",
-        )
+    limit = body_limit(max_file_bytes, len(text_fields))
+    too_large = (
+        f"the request body is larger than the limit of {limit} bytes "
+        f"(two files of at most {max_file_bytes} bytes and the form fields)"
+    )
+    if content_length is not None and content_length.isdecimal() and int(content_length) > limit:
+        raise ApiError(413, "upload_too_large", too_large)
     writer = _FormWriter(workdir, max_file_bytes, text_fields)
-    parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
+    close_delimiter = b"\r\n--" + boundary + b"--"
+    received = epilogue = 0
+    tail = b""
     try:
-        async for chunk in chunks:
-            parser.write(chunk)
+        parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
+        async for chunk in _paced(chunks, min_rate, grace):
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, "upload_too_large", too_large)
+            if writer.finished:
+                epilogue += len(chunk)
+            else:
+                parser.write(chunk)
+                if writer.finished:  # the close delimiter is in this chunk (or spans into it)
+                    window = tail + chunk
+                    end = window.find(close_delimiter)
+                    epilogue = len(window) - end - len(close_delimiter) if end >= 0 else 0
+                tail = chunk[-len(close_delimiter) :]
+            if epilogue > MAX_EPILOGUE_BYTES:
+                raise ApiError(
+                    413,
+                    "upload_too_large",
+                    f"more than {MAX_EPILOGUE_BYTES} bytes follow the form's final boundary",
+                )
         parser.finalize()
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise ApiError(
             400, "malformed_multipart", f"the multipart body is malformed: {exc}"
         ) from None

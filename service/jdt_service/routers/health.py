@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import tempfile
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
+from jdt_service.dependencies import SettingsDep
 from jdt_service.device import probe_device, resolve_device
 from jdt_service.errors import ApiError
 from jdt_service.schemas import ErrorResponse, Health, Readiness
@@ -35,8 +36,7 @@ def _temp_dir_writable(directory: str | None) -> bool:
     summary="Readiness: the scoring device answers and the temp dir is writable",
     responses={503: {"model": ErrorResponse, "description": "Not ready (code not_ready)."}},
 )
-async def readyz(request: Request) -> Readiness:
-    settings = request.app.state.settings
+async def readyz(settings: SettingsDep) -> Readiness:
     device = resolve_device(settings.device)
     temp_dir = None if settings.temp_dir is None else str(settings.temp_dir)
     checks = {

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
-
+from jdt_service.dependencies import SettingsDep
 from jdt_service.device import gpu_info, resolve_device
+from jdt_service.routers.v1 import router
 from jdt_service.schemas import ErrorResponse, Info, Limits
 from monai_jdt import __version__
 from monai_jdt.scoring import SCHEMA_VERSION
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["info"])
-
 
 @router.get(
-    "/v1/info",
+    "/info",
+    tags=["info"],
     summary="Version, scoring device and limits",
     responses={401: {"model": ErrorResponse, "description": "unauthorized (API keys set)."}},
 )
-async def info(request: Request) -> Info:
-    settings = request.app.state.settings
+async def info(settings: SettingsDep) -> Info:
     device = resolve_device(settings.device)
     return Info(
         version=__version__,

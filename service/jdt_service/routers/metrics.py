@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from jdt_service.dependencies import MetricsDep
 
 __all__ = ["router"]
 
@@ -16,6 +18,6 @@ router = APIRouter(tags=["health"])
     response_class=Response,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
-async def metrics(request: Request) -> Response:
-    body = generate_latest(request.app.state.metrics.registry)
+async def metrics(service_metrics: MetricsDep) -> Response:
+    body = generate_latest(service_metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

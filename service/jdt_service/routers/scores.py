@@ -2,18 +2,23 @@
 
 The flow of one request, each step bounded:
 
-1. admission (503 ``server_busy`` + ``Retry-After`` when all slots and the queue are taken),
-   before any byte of the body is read;
-2. the multipart body streams into the request's work directory (413 past the size limit);
+1. upload admission (503 ``server_busy`` + ``Retry-After`` when ``max_uploads`` bodies are
+   arriving or the scoring queue is full), before any byte of the body is read;
+2. the multipart body streams into the request's work directory (413 past the body limit,
+   408 below the minimum upload rate);
 3. the options are parsed (422);
-4. ``score_files`` runs on a scoring thread: it reads both NIfTI headers first and refuses a
+4. the two headers give the job's memory estimate (:mod:`jdt_service.job_memory`); the job
+   takes a scoring place and its memory from the budget (413 ``job_too_large``, 503
+   ``server_busy``) only now that the files are on disk;
+5. ``score_files`` runs on a scoring thread: it reads both NIfTI headers first and refuses a
    volume whose declared shape is past ``max_voxels`` (413) before anything is decompressed,
    and files that are not NIfTI or are corrupt (415 / 422); a CUDA out-of-memory error re-runs
    the job on the CPU and is counted in ``jdt_gpu_fallbacks_total``;
-5. the report of ``monai_jdt.scoring.score_files`` is returned as is (``CaseReport.to_dict()``).
+6. the report of ``monai_jdt.scoring.score_files`` is returned as is (``CaseReport.to_dict()``).
 
 The whole request is bounded by ``request_timeout`` (504). The work directory is deleted on
-every path (see :class:`jdt_service.limits.Admission`).
+every path (see :class:`jdt_service.scoring_pool.Admission`). The scoring function is a
+dependency (:func:`jdt_service.dependencies.get_scorer`), so tests can replace it.
 """
 
 from __future__ import annotations
@@ -26,33 +31,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from jdt_service.dependencies import MetricsDep, PoolDep, Scorer, ScorerDep, SettingsDep
 from jdt_service.errors import ApiError, scoring_codes_by_status
 from jdt_service.forms import OPTION_FIELDS, form_schema, options_from_form
-from jdt_service.limits import Admission
-from jdt_service.metrics import ServiceMetrics
+from jdt_service.job_memory import job_bytes
+from jdt_service.routers.v1 import router
 from jdt_service.schemas import ErrorResponse, ScoreReport
+from jdt_service.scoring_pool import Admission
+from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
-from monai_jdt.scoring import CaseReport, ScoringOptions, score_files
+from monai_jdt.scoring import CaseReport, ScoringOptions
+from monai_jdt.scoring.nifti import inspect_nifti
 
 __all__ = ["router"]
-
-router = APIRouter(tags=["scores"])
 
 
 #: codes the HTTP layer answers with, by status; the scoring core's codes are added below
 _HTTP_CODES: dict[int, list[str]] = {
     400: ["malformed_multipart", "client_disconnected"],
     401: ["unauthorized (API keys are configured and the bearer key is missing or wrong)"],
-    413: ["upload_too_large", "field_too_large"],
+    408: ["upload_too_slow (the body arrived slower than the minimum upload rate)"],
+    413: ["upload_too_large", "field_too_large", "job_too_large (memory estimate)"],
     415: ["unsupported_media_type (the body is not multipart/form-data)"],
     422: ["missing_field", "unknown_option", "duplicate_field", "invalid_option"],
     500: ["internal_error (a bug in the service; please report it with the request id)"],
-    503: ["server_busy (with Retry-After)", "out_of_memory"],
+    503: ["server_busy (with Retry-After: slots, queue, uploads or memory)", "out_of_memory"],
     504: ["timeout (the request took longer than the configured request timeout)"],
 }
 
@@ -89,6 +97,7 @@ class _JobResult:
 
 
 def _score_job(
+    scorer: Scorer,
     prediction: Path,
     reference: Path,
     options: ScoringOptions,
@@ -100,21 +109,35 @@ def _score_job(
     started = time.perf_counter()
     fallback = False
     try:
-        report = score_files(prediction, reference, options)
+        report = scorer(prediction, reference, options)
     except torch.OutOfMemoryError:
         fallback = True
         metrics.gpu_fallbacks.inc()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        report = score_files(prediction, reference, options.replace(device="cpu"))
+        report = scorer(prediction, reference, options.replace(device="cpu"))
     report = dataclasses.replace(report, case_id=case_id)  # null unless the client gave one
     ended = time.perf_counter()
     metrics.scoring_seconds.labels(str(report.device)).observe(ended - started)
     return _JobResult(report, started - submitted, ended - started, fallback)
 
 
-async def _score(request: Request, admission: Admission, settings: Settings) -> JSONResponse:
-    metrics: ServiceMetrics = request.app.state.metrics
+def _estimate(prediction: Path, reference: Path, options: ScoringOptions) -> int:
+    """The job's memory from the two headers (the header errors are the scoring core's)."""
+    return job_bytes(
+        inspect_nifti(prediction, options.max_voxels),
+        inspect_nifti(reference, options.max_voxels),
+        options,
+    )
+
+
+async def _score(
+    request: Request,
+    admission: Admission,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    scorer: Scorer,
+) -> JSONResponse:
     state = request.state
     try:
         form = await receive_form(
@@ -124,9 +147,12 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
             admission.workdir,
             settings.max_upload_bytes,
             OPTION_FIELDS,
+            min_rate=settings.min_upload_rate,
+            grace=settings.header_timeout,
         )
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+    state.body_received = True
     for name, size in form.sizes.items():
         setattr(state, f"{name}_bytes", size)
         metrics.upload_bytes.observe(size)
@@ -134,13 +160,17 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
         form.fields, device=settings.device, max_voxels=settings.max_voxels
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
+    memory_bytes = await asyncio.to_thread(_estimate, prediction, reference, options)
+    state.job_bytes = memory_bytes
     submitted = time.perf_counter()
     try:
         result = await admission.run(
-            lambda: _score_job(prediction, reference, options, case_id, metrics, submitted)
+            lambda: _score_job(scorer, prediction, reference, options, case_id, metrics, submitted),
+            memory_bytes,
         )
     except (MemoryError, RuntimeError) as exc:
-        # numpy raises MemoryError; torch's CPU allocator a RuntimeError saying so
+        # numpy raises MemoryError; torch's CPU allocator a plain RuntimeError (torch has no
+        # type for it: torch.OutOfMemoryError is CUDA's), so only its message tells
         if isinstance(exc, RuntimeError) and _CPU_ALLOC_FAILED not in str(exc):
             raise
         raise ApiError(
@@ -161,22 +191,36 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
 
 
 @router.post(
-    "/v1/scores",
+    "/scores",
+    tags=["scores"],
     summary="Score a prediction against a reference (two NIfTI uploads)",
     openapi_extra={"requestBody": form_schema()},
     responses=SCORE_RESPONSES,
 )
-async def create_score(request: Request) -> JSONResponse:
-    settings: Settings = request.app.state.settings
-    deadline = asyncio.timeout(settings.request_timeout)
+async def create_score(
+    request: Request,
+    settings: SettingsDep,
+    pool: PoolDep,
+    metrics: MetricsDep,
+    scorer: ScorerDep,
+) -> JSONResponse:
+    async def bounded() -> JSONResponse:
+        async with pool.admit() as admission:
+            return await _score(request, admission, settings, metrics, scorer)
+
     try:
-        async with deadline, request.app.state.pool.admit() as admission:
-            return await _score(request, admission, settings)
-    except TimeoutError:
-        if not deadline.expired():
-            raise
-        raise ApiError(
+        # asyncio.wait_for, not asyncio.timeout: the service runs on Python 3.10 too
+        return await asyncio.wait_for(bounded(), settings.request_timeout)
+    except asyncio.TimeoutError:
+        error = ApiError(
             504,
             "timeout",
             f"the request took longer than the limit of {settings.request_timeout:g} s",
-        ) from None
+        )
+    except ApiError as exc:
+        error = exc
+    if not getattr(request.state, "body_received", False):
+        # refused before the whole body arrived: close the connection rather than let the
+        # server read (and discard) the rest of it
+        error.headers["Connection"] = "close"
+    raise error

@@ -1,0 +1,54 @@
+"""The memory a scoring job will take, estimated from the two NIfTI headers alone.
+
+This is the one place that knows what :func:`monai_jdt.scoring.score_files` allocates, so
+that the scoring pool can admit a job by its memory before any of it is allocated:
+
+* **streamed label maps** (integer, unscaled, no channel axis, on the CPU): two inflate
+  threads hand chunks of ``STREAM_CHUNK_VOXELS`` voxels through queues of depth ``D`` to the
+  counting thread, so at most ``2 (D + 2)`` chunks of each stored dtype are alive, whatever
+  the volume size;
+* **volumes loaded whole** (floats, scaled integers, probability maps, a CUDA device): each
+  volume is read into one array of its stored dtype (``N b`` bytes for ``N`` voxels of ``b``
+  bytes); scaling (``scl_slope`` / ``scl_inter``) makes a working float array and one
+  temporary (``2 x 8 N``, counted in float64 so the estimate holds whichever float width the
+  core uses); float16 is widened to float32 (``4 N``); a float volume read as labels is cast
+  to an integer map (at most ``8 N``).
+
+On top comes a constant for the chunk temporaries (the confusion codes, the soft-count
+chunks in float64). The estimate is an upper bound of what the core allocates on the host
+(checked in the tests with ``tracemalloc``), not a measurement: it errs on the large side.
+"""
+
+from __future__ import annotations
+
+from monai_jdt.scoring import ScoringOptions
+from monai_jdt.scoring.files import _QUEUE_DEPTH, STREAM_CHUNK_VOXELS, _streamable
+from monai_jdt.scoring.nifti import NiftiInfo
+
+__all__ = ["CHUNK_OVERHEAD_BYTES", "job_bytes", "volume_bytes"]
+
+#: chunk temporaries of the counting loops (confusion codes, soft counts in float64)
+CHUNK_OVERHEAD_BYTES = 64 * 1024 * 1024
+_WORK_FLOAT = 8  # bytes of the float a scaled volume is converted to (float64 at most)
+
+
+def volume_bytes(info: NiftiInfo) -> int:
+    """Host bytes of one volume loaded whole: stored array, scaling, widening, label cast."""
+    n = info.voxels
+    total = n * info.dtype.itemsize
+    if info.scaled:
+        total += 2 * _WORK_FLOAT * n
+    elif info.dtype.kind == "f" and info.dtype.itemsize < 4:
+        total += 4 * n
+    if info.scaled or info.dtype.kind == "f":
+        total += 8 * n  # a float volume read as labels becomes an integer map
+    return total
+
+
+def job_bytes(prediction: NiftiInfo, reference: NiftiInfo, options: ScoringOptions) -> int:
+    """Upper bound of the host memory of ``score_files(prediction, reference, options)``."""
+    if _streamable(prediction, reference, options):
+        in_flight = 2 * (_QUEUE_DEPTH + 2) * STREAM_CHUNK_VOXELS
+        stored = in_flight * max(prediction.dtype.itemsize, reference.dtype.itemsize)
+        return stored + CHUNK_OVERHEAD_BYTES
+    return volume_bytes(prediction) + volume_bytes(reference) + CHUNK_OVERHEAD_BYTES

@@ -1,0 +1,314 @@
+"""The scoring pool: bounded uploads, bounded scoring jobs, and a memory budget.
+
+A request goes through two admissions, each with its own bound:
+
+1. **upload** (:meth:`ScoringPool.admit`), before any byte of the body is read: at most
+   ``max_uploads`` bodies are received at once, and none is accepted while the scoring queue
+   is full (503 ``server_busy`` + ``Retry-After`` at once). The admission holds a private work
+   directory, ``jdt-<pid>-*`` under the temp dir, for the uploads.
+2. **job** (:meth:`Admission.run`), once the files are on disk and their headers read: the
+   job's memory estimate (:mod:`jdt_service.job_memory`) must fit ``max_job_bytes`` (413
+   ``job_too_large``) and what the jobs in flight leave of the memory budget (503
+   ``server_busy``), and at most ``max_concurrency + max_queue`` jobs wait or run (503). A
+   slow upload therefore never holds a scoring slot.
+
+Jobs run on ``max_concurrency`` *daemon* threads, so the device is never oversubscribed, the
+event loop never scores, and a job that cannot be stopped (the scoring core has no
+cancellation point) never holds the process at exit: shutdown takes at most the request
+timeout, whatever the jobs do. A request that times out or whose client goes away while its
+job still runs keeps its place and memory until the thread ends, and its files are deleted
+then; a job still waiting in the queue is cancelled instead. On shutdown the work
+directories of jobs still running are deleted, and on start-up those left by processes of
+this service that are gone (killed) are removed (:meth:`ScoringPool.remove_stale_workdirs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from jdt_service.errors import ApiError
+from jdt_service.service_metrics import ServiceMetrics
+from jdt_service.settings import Settings
+
+__all__ = ["WORKDIR_PREFIX", "Admission", "ScoringPool"]
+
+T = TypeVar("T")
+logger = logging.getLogger("jdt_service")
+
+WORKDIR_PREFIX = "jdt-"
+_WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}(\d+)-")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+class _DaemonThreads:
+    """``size`` daemon threads that run submitted calls in order (a minimal executor).
+
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit, so one runaway job would
+    keep a stopped server alive; these threads end with the process.
+    """
+
+    def __init__(self, size: int, name: str) -> None:
+        self.size = size
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] | None = None
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._queue is None:
+                self._queue = queue.SimpleQueue()
+                for i in range(self.size):
+                    thread = threading.Thread(
+                        target=self._work, args=(self._queue,), name=f"{self.name}-{i}", daemon=True
+                    )
+                    thread.start()
+            self._queue.put((future, fn))
+        return future
+
+    @staticmethod
+    def _work(jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]) -> None:
+        while (item := jobs.get()) is not None:
+            future, fn = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as exc:  # handed to the awaiting request
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        """Cancel the queued calls and let the threads end after their current one."""
+        with self._lock:
+            jobs, self._queue = self._queue, None
+        if jobs is None:
+            return
+        while True:
+            try:
+                item = jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in range(self.size):
+            jobs.put(None)
+
+
+class ScoringPool:
+    """The upload and job admissions, the memory budget and the scoring threads of one app."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.max_concurrency = settings.max_concurrency
+        self.capacity = settings.max_concurrency + settings.max_queue
+        self.max_uploads = settings.max_uploads
+        self.max_job_bytes = settings.max_job_bytes
+        self.memory_budget = settings.memory_budget
+        self.retry_after = settings.retry_after
+        self.temp_dir = settings.temp_dir
+        self.metrics = metrics
+        self._threads = _DaemonThreads(settings.max_concurrency, "jdt-score")
+        self._lock = threading.Lock()
+        self._open: set[Admission] = set()
+        self._uploads = 0
+        self._jobs = 0
+        self._running = 0
+        self._reserved = 0
+
+    @property
+    def admitted(self) -> int:
+        """Requests admitted and not yet released (uploading, waiting or scoring)."""
+        return len(self._open)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """The memory estimates of the jobs waiting or running."""
+        return self._reserved
+
+    def _busy(self, why: str) -> ApiError:
+        return ApiError(
+            503,
+            "server_busy",
+            f"{why}; retry in {self.retry_after} s",
+            headers={"Retry-After": str(self.retry_after)},
+        )
+
+    def admit(self) -> Admission:
+        """Admit one upload, or raise 503 ``server_busy`` with ``Retry-After`` when full."""
+        with self._lock:
+            if self._jobs >= self.capacity:
+                raise self._busy(
+                    f"all {self.max_concurrency} scoring slots and the queue are in use"
+                )
+            if self._uploads >= self.max_uploads:
+                raise self._busy(f"{self.max_uploads} uploads are being received")
+            self._uploads += 1
+        try:
+            workdir = Path(
+                tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=self.temp_dir)
+            )
+        except BaseException:
+            with self._lock:
+                self._uploads -= 1
+            raise
+        admission = Admission(self, workdir)
+        with self._lock:
+            self._open.add(admission)
+        return admission
+
+    def _start_job(self, memory_bytes: int) -> None:
+        """Turn an upload into a job: reserve its place and memory (413 / 503 if they miss)."""
+        limit = min(self.max_job_bytes, self.memory_budget)
+        if memory_bytes > limit:
+            raise ApiError(
+                413,
+                "job_too_large",
+                f"scoring these volumes needs about {memory_bytes / 2**20:.0f} MiB, more than "
+                f"the limit of {limit / 2**20:.0f} MiB per job",
+            )
+        with self._lock:
+            if self._jobs >= self.capacity:
+                raise self._busy(
+                    f"all {self.max_concurrency} scoring slots and the queue are in use"
+                )
+            if self._reserved + memory_bytes > self.memory_budget:
+                raise self._busy(
+                    f"the jobs in flight hold {self._reserved / 2**20:.0f} MiB of the "
+                    f"{self.memory_budget / 2**20:.0f} MiB budget and this one needs "
+                    f"{memory_bytes / 2**20:.0f} MiB"
+                )
+            self._jobs += 1
+            self._reserved += memory_bytes
+            self._publish()
+
+    def _job_running(self, delta: int) -> None:
+        with self._lock:
+            self._running += delta
+            self._publish()
+
+    def _release(self, admission: Admission, uploading: bool, memory_bytes: int | None) -> None:
+        with self._lock:
+            self._open.discard(admission)
+            if uploading:
+                self._uploads -= 1
+            if memory_bytes is not None:
+                self._jobs -= 1
+                self._reserved -= memory_bytes
+            self._publish()
+
+    def _end_upload(self) -> None:
+        with self._lock:
+            self._uploads -= 1
+
+    def _publish(self) -> None:
+        self.metrics.jobs_running.set(self._running)
+        self.metrics.queue_depth.set(self._jobs - self._running)
+
+    def remove_stale_workdirs(self) -> int:
+        """Delete the ``jdt-<pid>-*`` work directories of processes that no longer exist."""
+        base = Path(tempfile.gettempdir() if self.temp_dir is None else self.temp_dir)
+        removed = 0
+        try:
+            entries = list(base.iterdir())
+        except OSError:
+            return 0
+        for entry in entries:
+            match = _WORKDIR.match(entry.name)
+            if match and entry.is_dir() and not _process_exists(int(match.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        if removed:
+            logger.info("removed %d stale upload folder(s) from %s", removed, base)
+        return removed
+
+    def shutdown(self) -> None:
+        """Cancel queued jobs and delete every open work directory (running jobs end with the
+        process). A later job starts fresh threads (an app may be started again, as in tests)."""
+        self._threads.shutdown()
+        with self._lock:
+            still_open = list(self._open)
+        for admission in still_open:
+            shutil.rmtree(admission.workdir, ignore_errors=True)
+
+
+class Admission:
+    """One admitted request: its work directory, its upload place and at most one job.
+
+    Use as ``async with pool.admit() as adm:``; leaving the block releases the places and the
+    memory and deletes the directory now, or when the job's thread ends if it still runs.
+    """
+
+    def __init__(self, pool: ScoringPool, workdir: Path) -> None:
+        self.pool = pool
+        self.workdir = workdir
+        self._uploading = True
+        self._memory_bytes: int | None = None
+        self._job: Future[Any] | None = None
+
+    async def run(self, fn: Callable[[], T], memory_bytes: int) -> T:
+        """Run ``fn`` on a scoring thread (after waiting for a free slot) and return its result.
+
+        The upload place is given back first; ``memory_bytes`` (the job's estimate) is
+        reserved until the job ends. Raises 413 ``job_too_large`` or 503 ``server_busy``.
+        """
+        if self._job is not None or self._memory_bytes is not None:
+            raise RuntimeError("an admission runs one job")
+        self.pool._start_job(memory_bytes)
+        self._memory_bytes = memory_bytes
+        if self._uploading:
+            self._uploading = False
+            self.pool._end_upload()
+
+        def job() -> T:
+            self.pool._job_running(+1)
+            try:
+                return fn()
+            finally:
+                self.pool._job_running(-1)
+
+        future = self.pool._threads.submit(job)
+        self._job = future
+        return await asyncio.wrap_future(future)
+
+    async def __aenter__(self) -> Admission:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        job = self._job
+        if job is not None and not job.done() and not job.cancel():
+            job.add_done_callback(lambda _: self._finish())
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.pool._release(self, self._uploading, self._memory_bytes)
+        self._uploading = False
+        self._memory_bytes = None
