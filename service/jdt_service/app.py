@@ -20,6 +20,7 @@ from jdt_service.logs import RequestLogMiddleware, configure_logging
 from jdt_service.metrics import ServiceMetrics
 from jdt_service.routers import health, info, metrics, scores
 from jdt_service.settings import Settings
+from jdt_service.web import router as web_router
 from monai_jdt import __version__
 
 __all__ = ["create_app"]
@@ -59,6 +60,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # served by jdt_service.web from local files (no CDN)
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = service_metrics
@@ -66,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(web_router)
     v1_auth = [Depends(require_api_key)]
     app.include_router(info.router, dependencies=v1_auth)
     app.include_router(scores.router, dependencies=v1_auth)
