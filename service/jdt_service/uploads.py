@@ -22,6 +22,8 @@ from jdt_service.errors import ApiError
 __all__ = ["FILE_FIELDS", "MAX_FIELD_BYTES", "UploadedForm", "receive_form"]
 
 FILE_FIELDS = ("prediction", "reference")
+#: file fields a request may add (the overlay pictures' intensity image)
+OPTIONAL_FILE_FIELDS = ("image",)
 MAX_FIELD_BYTES = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 #: allowance for part headers and boundaries on top of the file and field limits
@@ -95,12 +97,12 @@ class _FormWriter:
         if name in self.form.fields or name in self.form.files:
             raise ApiError(422, "duplicate_field", f"form field {name!r} was sent twice")
         self._name = name
-        if name in FILE_FIELDS:
+        if name in FILE_FIELDS or name in OPTIONAL_FILE_FIELDS:
             path = self.workdir / f"{name}.upload"
             self._file = open(path, "xb")  # noqa: SIM115 (closed in _part_end / close)
             self.form.files[name] = path
         elif name not in self.text_fields:
-            known = ", ".join([*FILE_FIELDS, *sorted(self.text_fields)])
+            known = ", ".join([*FILE_FIELDS, *OPTIONAL_FILE_FIELDS, *sorted(self.text_fields)])
             raise ApiError(422, "unknown_option", f"unknown form field {name!r}; known: {known}")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -175,13 +177,14 @@ async def receive_form(
     before any byte is read.
     """
     boundary = _boundary(content_type)
-    limit = 2 * max_file_bytes + len(text_fields) * MAX_FIELD_BYTES + _ENVELOPE_BYTES
+    files = len(FILE_FIELDS) + len(OPTIONAL_FILE_FIELDS)
+    limit = files * max_file_bytes + len(text_fields) * MAX_FIELD_BYTES + _ENVELOPE_BYTES
     if content_length is not None and content_length.isdigit() and int(content_length) > limit:
         raise ApiError(
             413,
             "upload_too_large",
             f"the request body ({content_length} bytes) is larger than the limit of "
-            f"{limit} bytes (two files of at most {max_file_bytes} bytes)",
+            f"{limit} bytes ({files} files of at most {max_file_bytes} bytes)",
         )
     writer = _FormWriter(workdir, max_file_bytes, text_fields)
     parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]

@@ -34,7 +34,13 @@ from jdt_service.errors import ApiError
 from jdt_service.forms import OPTION_FIELDS, form_schema, options_from_form
 from jdt_service.limits import Admission
 from jdt_service.metrics import ServiceMetrics
-from jdt_service.schemas import ErrorResponse, ScoreReport
+from jdt_service.overlays import (
+    OVERLAYS_FIELD,
+    OverlayRequest,
+    ScoreReportWithOverlays,
+    add_overlay_fields,
+)
+from jdt_service.schemas import ErrorResponse
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
 from monai_jdt.scoring import CaseReport, ScoringOptions, errors, score_files
@@ -72,7 +78,7 @@ def _error_codes_by_status() -> dict[int, list[str]]:
 
 SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "model": ScoreReport,
+        "model": ScoreReportWithOverlays,
         "description": "The score report, the same JSON as `monai-jdt score --json`.",
     },
     **{
@@ -128,22 +134,28 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
             request.stream(),
             admission.workdir,
             settings.max_upload_bytes,
-            OPTION_FIELDS,
+            [*OPTION_FIELDS, OVERLAYS_FIELD],
         )
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client closed the upload") from None
     for name, size in form.sizes.items():
         setattr(state, f"{name}_bytes", size)
         metrics.upload_bytes.observe(size)
+    overlays = OverlayRequest.take(form.fields, form.files, settings.max_voxels)
     options, case_id = options_from_form(
         form.fields, device=settings.device, max_voxels=settings.max_voxels
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
     submitted = time.perf_counter()
+
+    def job() -> tuple[_JobResult, dict[str, Any] | None]:
+        scored = _score_job(prediction, reference, options, case_id, metrics, submitted)
+        if overlays is None:
+            return scored, None
+        return scored, overlays.render(prediction, reference, scored.report.to_dict()).model_dump()
+
     try:
-        result = await admission.run(
-            lambda: _score_job(prediction, reference, options, case_id, metrics, submitted)
-        )
+        result, overlay_body = await admission.run(job)
     except (MemoryError, RuntimeError) as exc:
         # numpy raises MemoryError; torch's CPU allocator a RuntimeError saying so
         if isinstance(exc, RuntimeError) and _CPU_ALLOC_FAILED not in str(exc):
@@ -160,6 +172,8 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
     if result.gpu_fallback:
         state.gpu_fallback = True
     body = result.report.to_dict()
+    if overlay_body is not None:
+        body[OVERLAYS_FIELD] = overlay_body
     state.voxels = body["voxels"]
     metrics.voxels.inc(body["voxels"])
     return JSONResponse(body)
@@ -168,7 +182,7 @@ async def _score(request: Request, admission: Admission, settings: Settings) -> 
 @router.post(
     "/v1/scores",
     summary="Score a prediction against a reference (two NIfTI uploads)",
-    openapi_extra={"requestBody": form_schema()},
+    openapi_extra={"requestBody": add_overlay_fields(form_schema())},
     responses=SCORE_RESPONSES,
 )
 async def create_score(request: Request) -> JSONResponse:
