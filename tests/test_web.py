@@ -141,3 +141,146 @@ def test_docs_routes_are_counted_under_their_own_labels(server_url) -> None:
     }
     assert {"/docs", "/redoc", "/openapi.json", "/static/docs/{name}"} <= counted
     assert "unmatched" not in counted
+
+
+# ---------------------------------------------------------------- the pair page at /
+
+#: the outline colours the page promises in its legend (Okabe & Ito's sky blue and orange)
+REFERENCE_RGB = (0x56, 0xB4, 0xE9)
+PREDICTION_RGB = (0xE6, 0x9F, 0x00)
+VIEWS = ("axial", "coronal", "sagittal")
+SPACING = (0.8, 0.8, 2.5)
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory) -> dict[str, Path]:
+    """Label 1 nearly right (shifted one voxel), label 2 partly missed: the worst label."""
+    import numpy as np
+    from service_testing import write_nifti
+
+    folder = tmp_path_factory.mktemp("pair")
+    ref = np.zeros((40, 32, 20), np.uint8)
+    ref[5:20, 5:25, 3:17] = 1
+    ref[25:35, 10:20, 5:15] = 2
+    pred = np.zeros_like(ref)
+    pred[6:21, 5:25, 3:17] = 1
+    pred[25:33, 10:20, 5:15] = 2
+    x, y, z = np.indices(ref.shape, dtype=np.float32)
+    image = 100 * x + 40 * y + 300 * z  # every slice differs from its neighbours
+    affine = np.diag([*SPACING, 1.0])
+    return {
+        "prediction": write_nifti(folder / "pred.nii.gz", pred, affine),
+        "reference": write_nifti(folder / "ref.nii.gz", ref, affine),
+        "image": write_nifti(folder / "ct.nii.gz", image, affine),
+    }
+
+
+def _colour_counts(page, view: str) -> tuple[int, int]:
+    """Pixels of the reference and of the prediction colour in a view's canvas."""
+    return tuple(
+        page.evaluate(
+            """([id, ref, pred]) => {
+                const canvas = document.getElementById(id);
+                const context = canvas.getContext("2d");
+                const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+                let nRef = 0, nPred = 0;
+                for (let p = 0; p < data.length; p += 4) {
+                  const rgb = [data[p], data[p + 1], data[p + 2]];
+                  if (rgb.every((v, i) => v === ref[i])) nRef++;
+                  if (rgb.every((v, i) => v === pred[i])) nPred++;
+                }
+                return [nRef, nPred];
+            }""",
+            [f"{view}-canvas", list(REFERENCE_RGB), list(PREDICTION_RGB)],
+        )
+    )
+
+
+def _enter_key(page, key: str) -> None:
+    page.get_by_role("textbox", name="API key").fill(key)
+    page.get_by_role("button", name="Use this key").click()
+
+
+def test_a_wrong_key_is_refused_with_a_clear_message(offline, server_url, tmp_path) -> None:
+    page = offline.page
+    page.goto(server_url + "/")
+    assert page.locator("#key-section").is_visible()
+    _enter_key(page, "not-the-key")
+    message = page.locator("#key-message")
+    message.filter(has_text="not valid").wait_for(timeout=10_000)
+    assert "This API key is not valid" in message.inner_text()
+    page.screenshot(path=str(tmp_path / "wrong-key.png"))
+    assert offline.blocked == []
+
+
+def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path) -> None:
+    import numpy as np
+    from service_testing import dice_f64
+
+    page = offline.page
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#key-message").filter(has_text="Key accepted").wait_for(timeout=10_000)
+    for field_name, path in pair_files.items():
+        page.locator(f"#{field_name}").set_input_files(str(path))
+    page.get_by_role("textbox", name="Labels and names").fill("1=liver,2=spleen")
+    page.get_by_role("button", name="Score", exact=True).click()
+    page.locator("#pictures").wait_for(state="visible", timeout=60_000)
+
+    # the table's Dice is the API's for the same files (and numpy's)
+    files = {name: (path.name, path.read_bytes()) for name, path in pair_files.items()}
+    del files["image"]
+    api = httpx.post(
+        server_url + "/v1/scores",
+        files=files,
+        data={"labels": "1=liver,2=spleen"},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    ).json()
+    import nibabel as nib
+
+    pred = np.asarray(nib.load(pair_files["prediction"]).dataobj)
+    ref = np.asarray(nib.load(pair_files["reference"]).dataobj)
+    for row in api["labels"]:
+        shown = page.locator(f"tr[data-label='{row['label']}'] td[data-column='dice']")
+        assert shown.inner_text() == f"{row['dice']:.4f}"
+        assert abs(row["dice"] - dice_f64(pred, ref, row["label"])) < 1e-12
+        name = page.locator(f"tr[data-label='{row['label']}'] td[data-column='name']")
+        assert name.inner_text() == row["name"]
+    # sorting by Dice puts the worst label (2: 8 of its 10 columns found) first
+    page.get_by_role("button", name="Dice", exact=True).click()
+    first = page.locator("#scores-table tbody tr").first
+    assert first.get_attribute("data-label") == "2"
+    assert page.locator("th[aria-sort='ascending']").inner_text().startswith("Dice")
+
+    # the pictures open at the worst label, with both outline colours on every view
+    assert page.locator("#label-picker").input_value() == "2"
+    for view in VIEWS:
+        n_ref, n_pred = _colour_counts(page, view)
+        assert n_ref > 0 and n_pred > 0, (view, n_ref, n_pred)
+    # anisotropic voxels at their true aspect: the coronal picture is 40 x 0.8 mm wide and
+    # 20 x 2.5 mm high
+    width, height = page.evaluate(
+        "() => [document.getElementById('coronal-canvas').width,"
+        " document.getElementById('coronal-canvas').height]"
+    )
+    assert abs(width / height - (40 * 0.8) / (20 * 2.5)) < 0.02
+    page.screenshot(path=str(tmp_path / "pair-page.png"), full_page=True)
+    if os.environ.get("JDT_UPDATE_SCREENSHOTS"):  # the README's picture: docs/images/
+        page.screenshot(path=str(REPO / "docs" / "images" / "pair-page.png"), full_page=True)
+
+    # the slider moves through the slices: the picture changes; past the label, no outline
+    before = page.locator("#axial-canvas").evaluate("c => c.toDataURL()")
+    slider = page.get_by_role("slider", name="Axial slice")
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#axial-canvas").evaluate("c => c.toDataURL()") != before
+    page.keyboard.press("End")
+    assert page.locator("#axial-value").inner_text() == "slice 20 of 20"
+    assert _colour_counts(page, "axial") == (0, 0)
+    # the label picker changes the label (and re-centres the slices on it)
+    page.get_by_role("combobox", name="Label shown").select_option("1")
+    assert page.locator("#axial-value").inner_text() == "slice 11 of 20"
+    assert all(n > 0 for n in _colour_counts(page, "axial"))
+    page.screenshot(path=str(tmp_path / "pair-page-label-1.png"), full_page=True)
+    assert offline.blocked == []

@@ -1,5 +1,10 @@
 """The pages people open in a browser, served with no network access.
 
+- ``/``: the pair page (``templates/index.html``, ``static/page.js``, ``static/page.css``): a
+  person chooses a prediction, a reference (and the image), and sees the per-label table and
+  the overlay pictures. The page calls the public ``POST /v1/scores`` with ``overlays=true``
+  (:mod:`jdt_service.overlays`), so it adds no second code path for scores; it asks for the
+  API key when the server has keys.
 - ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) load their scripts and styles from this server:
   the files ship in the ``fastapi-offline`` wheel (its code is MIT; the bundled Swagger UI is
   Apache-2.0, ReDoc MIT), served under ``/static/docs/{name}``. FastAPI's own pages load them
@@ -20,10 +25,13 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
 
 from jdt_service.errors import ApiError
+from monai_jdt import __version__
+from monai_jdt.scoring.options import DEFAULT_METRICS, METRICS
 
-__all__ = ["DOCS_ASSETS", "OPENAPI_URL", "router"]
+__all__ = ["DOCS_ASSETS", "OPENAPI_URL", "PAGE_ASSETS", "router"]
 
 OPENAPI_URL = "/openapi.json"
 _DOCS_STATIC = "/static/docs"
@@ -35,6 +43,19 @@ _SAME_ORIGIN_ONLY = {
     "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
     "worker-src 'self' blob:; connect-src 'self'"
 }
+#: the pair page runs only its own script and style
+_PAGE_POLICY = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+}
+_HERE = Path(__file__).parent
+_TEMPLATES = Jinja2Templates(directory=str(_HERE / "templates"))
+#: (view, title, the direction its slider moves)
+_VIEWS = (
+    ("axial", "Axial", "inferior to superior"),
+    ("coronal", "Coronal", "posterior to anterior"),
+    ("sagittal", "Sagittal", "left to right"),
+)
 
 
 def _assets(folder: Path, names: tuple[str, ...]) -> dict[str, Path]:
@@ -48,6 +69,9 @@ DOCS_ASSETS = _assets(
     ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png"),
 )
 
+#: the pair page's own script and style
+PAGE_ASSETS = _assets(_HERE / "static", ("page.js", "page.css"))
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -58,6 +82,28 @@ def _file(assets: dict[str, Path], name: str) -> FileResponse:
         raise ApiError(404, "not_found", f"no static file named {name!r}")
     media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media_type, headers=_CACHE)
+
+
+@router.get("/")
+async def pair_page(request: Request) -> HTMLResponse:
+    return _TEMPLATES.TemplateResponse(
+        request,
+        "index.html",
+        {
+            "root": request.scope.get("root_path", ""),
+            "version": __version__,
+            "auth_required": bool(request.app.state.settings.api_keys),
+            "metrics": METRICS,
+            "default_metrics": DEFAULT_METRICS,
+            "views": _VIEWS,
+        },
+        headers=_PAGE_POLICY,
+    )
+
+
+@router.get("/static/{name}")
+async def page_asset(name: str) -> FileResponse:
+    return _file(PAGE_ASSETS, name)
 
 
 @router.get(_DOCS_STATIC + "/{name}")
