@@ -284,3 +284,125 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
     assert all(n > 0 for n in _colour_counts(page, "axial"))
     page.screenshot(path=str(tmp_path / "pair-page-label-1.png"), full_page=True)
     assert offline.blocked == []
+
+
+# ---------------------------------------------------------------- the dataset part of the page
+# The jobs API (/v1/jobs, /v1/reference-sets) is another part of the service; here the browser
+# gets its answers from a stub in the shapes that API defines, and the report is a real
+# `monai-jdt score-dir -o` report (a job's report is the same JSON).
+
+
+@pytest.fixture(scope="module")
+def dataset_report(tmp_path_factory) -> dict:
+    import json
+
+    import numpy as np
+    from service_testing import write_nifti
+
+    folder = tmp_path_factory.mktemp("dataset")
+    (folder / "preds").mkdir()
+    (folder / "refs").mkdir()
+    rng = np.random.default_rng(5)
+    for case in range(5):
+        ref = np.zeros((16, 14, 10), np.uint8)
+        ref[2:10, 2:10, 2:8] = 1
+        ref[11:15, 3:12, 1:9] = 2
+        pred = ref.copy()
+        flip = rng.random(ref.shape) < 0.04 * (case + 1)  # worse and worse cases
+        pred[flip] = rng.integers(0, 3, int(flip.sum()), dtype=np.uint8)
+        write_nifti(folder / "preds" / f"case{case}.nii.gz", pred)
+        write_nifti(folder / "refs" / f"case{case}.nii.gz", ref)
+    out = folder / "report.json"
+    cmd = [sys.executable, "-m", "monai_jdt.cli", "score-dir", str(folder / "preds")]
+    cmd += [str(folder / "refs"), "-o", str(out), "--labels", "1=liver,2=spleen"]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return json.loads(out.read_text())
+
+
+def test_score_a_dataset_through_the_page(offline, server_url, dataset_report, tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    page = offline.page
+    polls = {"n": 0}
+    posted: list[bytes] = []
+    total = len(dataset_report["cases"])
+
+    def job(status: str, done: int) -> dict:
+        progress = {"cases_done": done, "cases_total": total, "failures": 0}
+        return {"id": "job1", "status": status, "reference_set": "set1", "progress": progress}
+
+    def answer(route) -> None:
+        request = route.request
+        path = urlsplit(request.url).path
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            route.fulfill(status=401, json={"detail": {"code": "unauthorized", "message": "x"}})
+        elif path == "/v1/reference-sets":
+            sets = [{"id": "set1", "name": "abdomen", "version": "0123456789ab", "cases_total": 5}]
+            route.fulfill(json={"reference_sets": sets})
+        elif path == "/v1/jobs" and request.method == "POST":
+            posted.append(request.post_data_buffer or b"")
+            route.fulfill(status=202, json=job("queued", 0), headers={"Location": "/v1/jobs/job1"})
+        elif path == "/v1/jobs/job1":
+            polls["n"] += 1
+            route.fulfill(json=job("running", 2) if polls["n"] == 1 else job("done", total))
+        elif path == "/v1/jobs/job1/report":
+            route.fulfill(json=dataset_report)
+        elif path == "/v1/reference-sets/set1/leaderboard":
+            entries = [
+                {"rank": 1, "team": "team-a", "score": 0.91, "cases": 5, "failures": 0},
+                {"rank": 2, "team": "team-b", "score": 0.85, "cases": 5, "failures": 0},
+            ]
+            route.fulfill(json={"reference_set": "set1", "entries": entries})
+        else:
+            route.fulfill(status=404, json={"detail": {"code": "not_found", "message": path}})
+
+    page.route("**/v1/reference-sets**", answer)
+    page.route("**/v1/jobs**", answer)
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#dataset-section").wait_for(state="visible", timeout=10_000)
+    assert page.get_by_role("combobox", name="Reference set").input_value() == "set1"
+    archive = tmp_path / "preds.zip"
+    archive.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # the stub does not read it
+    page.get_by_label("Predictions archive").set_input_files(str(archive))
+    page.get_by_role("button", name="Score the dataset").click()
+    page.locator("#dataset-results").wait_for(state="visible", timeout=30_000)
+    assert b'name="reference_set"' in posted[0] and b"set1" in posted[0]
+    assert b'name="predictions"' in posted[0]
+    bar = page.locator("#job-progress")
+    assert (bar.get_attribute("value"), bar.get_attribute("max")) == (str(total), str(total))
+    assert "done, 5 of 5 cases" in page.locator("#job-status").inner_text()
+
+    # a Dice box plot per label, its median and quartiles those of numpy over the cases
+    for label in (1, 2):
+        values = [
+            row["dice"]
+            for case in dataset_report["cases"]
+            for row in case["labels"]
+            if row["label"] == label
+        ]
+        group = page.locator(f"svg[data-metric='dice'] g[data-label='{label}']")
+        assert abs(float(group.get_attribute("data-median")) - np.median(values)) < 1e-12
+        q1, q3 = np.percentile(values, [25, 75])
+        assert abs(float(group.get_attribute("data-q1")) - q1) < 1e-12
+        assert abs(float(group.get_attribute("data-q3")) - q3) < 1e-12
+        assert group.locator("circle").count() == total
+    # the cases, worst (lowest mean Dice) first
+    means = {
+        case["case_id"]: float(np.mean([row["dice"] for row in case["labels"]]))
+        for case in dataset_report["cases"]
+    }
+    shown = page.locator("#cases-table tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.case)"
+    )
+    assert shown == sorted(means, key=means.get)
+    assert shown[0] == "case4"
+    page.locator("#leaderboard").wait_for(state="visible", timeout=10_000)
+    assert "team-a" in page.locator("#leaderboard-table tbody tr").first.inner_text()
+    with page.expect_download() as download:
+        page.get_by_role("button", name="report JSON").click()
+    assert json.loads(Path(download.value.path()).read_text()) == dataset_report
+    page.screenshot(path=str(tmp_path / "dataset-page.png"), full_page=True)
+    assert offline.blocked == []

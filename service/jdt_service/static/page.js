@@ -62,6 +62,7 @@
     }
     sessionStorage.setItem(KEY_STORE, key);
     setMessage($("key-message"), "Key accepted.", false);
+    offerDatasets();
     $("prediction").focus();
   }
 
@@ -391,11 +392,255 @@
     centreOn(Number($("label-picker").value));
   }
 
+
+  // ---------------------------------------------------------------- a dataset (the jobs API)
+
+  const FINISHED = ["done", "failed", "cancelled"];
+  const BOX_METRICS = [["dice", "Dice", 1], ["hd95", "HD95 (mm)", null]];
+  const job = { id: null, referenceSet: null };
+
+  async function api(path, options = {}) {
+    const response = await fetch(root + path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+    if (response.status === 401) {
+      sessionStorage.removeItem(KEY_STORE);
+      askForKey("This API key is not valid: the server refused it. Check it and try again.");
+    }
+    return response;
+  }
+
+  async function errorText(response) {
+    const body = await response.json().catch(() => null);
+    const detail = body && body.detail;
+    return detail && detail.message ? `${detail.message} [${detail.code}]` : `error ${response.status}`;
+  }
+
+  // Shown only where the server has the jobs API.
+  async function offerDatasets() {
+    if (authRequired && !apiKey()) return;
+    const response = await api("/v1/reference-sets");
+    if (!response.ok) return;
+    const body = await response.json();
+    const picker = $("reference-set");
+    picker.replaceChildren(picker.options[0]);
+    for (const set of body.reference_sets || []) {
+      const option = document.createElement("option");
+      option.value = set.id;
+      option.textContent = `${set.name} (${set.cases_total} cases, version ${String(set.version).slice(0, 8)})`;
+      picker.append(option);
+    }
+    if (picker.options.length > 1) picker.selectedIndex = 1;
+    referencesChoice();
+    $("dataset-section").hidden = false;
+  }
+
+  function referencesChoice() {
+    $("references-field").hidden = $("reference-set").value !== "";
+  }
+
+  async function submitJob(event) {
+    event.preventDefault();
+    const status = $("job-status");
+    const data = new FormData();
+    data.append("predictions", $("predictions").files[0]);
+    const setId = $("reference-set").value;
+    if (setId) data.append("reference_set", setId);
+    else if ($("references").files.length) data.append("references", $("references").files[0]);
+    else {
+      setMessage(status, "Choose a reference set or a references archive.", true);
+      return;
+    }
+    const labels = $("dataset-labels").value.trim();
+    if (labels) data.append("labels", labels);
+    $("dataset-button").disabled = true;
+    $("dataset-results").hidden = true;
+    setMessage(status, "Uploading…", false);
+    try {
+      const response = await api("/v1/jobs", { method: "POST", body: data });
+      if (!response.ok) {
+        setMessage(status, "Not submitted: " + (await errorText(response)), true);
+        return;
+      }
+      const created = await response.json();
+      job.id = created.id;
+      job.referenceSet = setId || null;
+      await follow(created);
+    } catch (error) {
+      setMessage(status, "The server could not be reached (" + error.message + ").", true);
+    } finally {
+      $("dataset-button").disabled = false;
+    }
+  }
+
+  async function follow(current) {
+    const bar = $("job-progress");
+    const status = $("job-status");
+    for (;;) {
+      const { cases_done: done, cases_total: total, failures } = current.progress;
+      bar.max = Math.max(1, total);
+      bar.value = done;
+      setMessage(status, `Job ${current.id}: ${current.status}, ${done} of ${total} cases scored` +
+        (failures ? `, ${failures} failed` : "") + ".", current.status === "failed");
+      if (FINISHED.includes(current.status)) break;
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const response = await api(`/v1/jobs/${current.id}`);
+      if (!response.ok) {
+        setMessage(status, "Lost the job: " + (await errorText(response)), true);
+        return;
+      }
+      current = await response.json();
+    }
+    if (current.status !== "done") return;
+    const response = await api(`/v1/jobs/${current.id}/report`);
+    if (!response.ok) {
+      setMessage(status, "No report: " + (await errorText(response)), true);
+      return;
+    }
+    showDataset(await response.json());
+  }
+
+  // Quantile by linear interpolation between order statistics (numpy's default).
+  function quantile(sorted, q) {
+    const at = (sorted.length - 1) * q;
+    const low = Math.floor(at);
+    const high = Math.min(low + 1, sorted.length - 1);
+    return sorted[low] + (sorted[high] - sorted[low]) * (at - low);
+  }
+
+  function svg(tag, attributes, text) {
+    const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // One horizontal box plot per label: box from the 1st to the 3rd quartile, the median line,
+  // whiskers to the extremes, every case as a dot.
+  function boxPlot(report, metric, title, fixedMax) {
+    const byLabel = new Map();
+    for (const caseReport of report.cases) {
+      for (const row of caseReport.labels) {
+        if (typeof row[metric] !== "number") continue;
+        const key = row.name ? `${row.label} (${row.name})` : String(row.label);
+        if (!byLabel.has(key)) byLabel.set(key, { label: row.label, values: [] });
+        byLabel.get(key).values.push(row[metric]);
+      }
+    }
+    if (!byLabel.size) return null;
+    const all = [...byLabel.values()].flatMap((entry) => entry.values);
+    const top = fixedMax || Math.max(...all) || 1;
+    const left = 110, width = 420, rowHeight = 34;
+    const height = rowHeight * byLabel.size + 52;
+    const x = (value) => left + (value / top) * width;
+    const plot = svg("svg", { class: "box-plot", width: left + width + 20, height, role: "img",
+      "aria-label": `Box plots of ${title} over cases, per label`, "data-metric": metric });
+    plot.append(svg("text", { x: 4, y: 14 }, title));
+    let y = 30;
+    for (const [key, entry] of byLabel) {
+      const values = [...entry.values].sort((a, b) => a - b);
+      const [q1, median, q3] = [0.25, 0.5, 0.75].map((q) => quantile(values, q));
+      const group = svg("g", { "data-label": entry.label, "data-median": median, "data-q1": q1,
+        "data-q3": q3, "data-n": values.length });
+      const mid = y + rowHeight / 2 - 4;
+      group.append(
+        svg("text", { x: 4, y: mid + 4 }, key),
+        svg("line", { class: "whisker", x1: x(values[0]), x2: x(values[values.length - 1]), y1: mid, y2: mid }),
+        svg("rect", { class: "box", x: x(q1), y: mid - 9, width: Math.max(1, x(q3) - x(q1)), height: 18 }),
+        svg("line", { class: "median", x1: x(median), x2: x(median), y1: mid - 9, y2: mid + 9 }),
+        ...values.map((value) => svg("circle", { class: "point", cx: x(value), cy: mid, r: 2.5 })),
+      );
+      plot.append(group);
+      y += rowHeight;
+    }
+    plot.append(
+      svg("line", { class: "axis", x1: left, x2: left + width, y1: y, y2: y }),
+      svg("text", { x: left, y: y + 14 }, "0"),
+      svg("text", { x: left + width - 30, y: y + 14 }, top.toFixed(top >= 10 ? 0 : 2)),
+    );
+    return plot;
+  }
+
+  function caseRows(report) {
+    const rows = report.cases.map((caseReport) => {
+      const scored = caseReport.labels.filter((row) => typeof row.dice === "number");
+      const mean = scored.length ? scored.reduce((sum, row) => sum + row.dice, 0) / scored.length : null;
+      const worst = scored.length ? scored.reduce((a, b) => (b.dice < a.dice ? b : a)) : null;
+      return { case_id: caseReport.case_id, mean, worst, failure: null };
+    });
+    for (const failure of report.failures || []) {
+      rows.push({ case_id: failure.case_id, mean: null, worst: null, failure: `${failure.message} [${failure.code}]` });
+    }
+    // failed cases first, then the lowest mean Dice
+    rows.sort((a, b) => (a.mean === null) !== (b.mean === null) ? (a.mean === null ? -1 : 1) : (a.mean ?? 0) - (b.mean ?? 0));
+    return rows;
+  }
+
+  function showDataset(report) {
+    const plots = $("box-plots");
+    plots.replaceChildren(
+      ...BOX_METRICS.map(([metric, title, fixedMax]) => boxPlot(report, metric, title, fixedMax)).filter(Boolean),
+    );
+    $("cases-table").querySelector("tbody").replaceChildren(
+      ...caseRows(report).map((row) => {
+        const tr = document.createElement("tr");
+        tr.dataset.case = row.case_id;
+        const cells = [
+          row.case_id,
+          row.mean === null ? "" : row.mean.toFixed(4),
+          row.worst ? `${row.worst.dice.toFixed(4)} (${row.worst.label})` : "",
+          row.failure || "",
+        ];
+        tr.append(...cells.map((text) => Object.assign(document.createElement("td"), { textContent: text })));
+        return tr;
+      }),
+    );
+    $("dataset-results").hidden = false;
+    showLeaderboard();
+  }
+
+  async function showLeaderboard() {
+    const board = $("leaderboard");
+    board.hidden = true;
+    if (!job.referenceSet) return;
+    const response = await api(`/v1/reference-sets/${job.referenceSet}/leaderboard?metric=dice&aggregate=mean`);
+    if (!response.ok) return;
+    const body = await response.json();
+    board.querySelector("tbody").replaceChildren(
+      ...body.entries.map((entry) => {
+        const tr = document.createElement("tr");
+        const score = typeof entry.score === "number" ? entry.score.toFixed(4) : "undefined";
+        tr.append(...[entry.rank, entry.team, score, entry.cases].map((text) =>
+          Object.assign(document.createElement("td"), { textContent: String(text) })));
+        return tr;
+      }),
+    );
+    board.hidden = false;
+  }
+
+  // Downloads need the key header, so they are fetched and handed over as a file.
+  async function download(event) {
+    const button = event.target.closest("button[data-download]");
+    if (!button || !job.id) return;
+    const response = await api(`/v1/jobs/${job.id}/${button.dataset.download}`);
+    if (!response.ok) {
+      setMessage($("job-status"), "Download failed: " + (await errorText(response)), true);
+      return;
+    }
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = button.dataset.name;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  }
+
   $("key-form").addEventListener("submit", useKey);
+  $("dataset-form").addEventListener("submit", submitJob);
+  $("reference-set").addEventListener("change", referencesChoice);
+  $("dataset-results").addEventListener("click", download);
   $("pair-form").addEventListener("submit", score);
   $("label-picker").addEventListener("change", (event) => centreOn(Number(event.target.value)));
   for (const name of Object.keys(VIEWS)) {
     $(name + "-slider").addEventListener("input", () => draw(name));
   }
   if (authRequired && apiKey()) setMessage($("key-message"), "Using the key given earlier in this tab.", false);
+  offerDatasets();
 })();
