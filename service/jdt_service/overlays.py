@@ -149,25 +149,44 @@ class OverlayRequest:
         return render_overlays(prediction, reference, self.image, report, self.max_voxels)
 
 
-def _canonical(info: NiftiInfo, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 3-D ``volume`` in RAS+ axis order (by ``info``'s affine) and its spacing in mm in
-    that order (1 mm where the header gives none)."""
-    ornt = nib.orientations.io_orientation(info.affine)
-    oriented = nib.orientations.apply_orientation(volume, ornt)
-    zooms = info.spacing or ()
-    spacing = np.ones(3)
-    for axis, (target, _) in enumerate(ornt):
-        spacing[int(target)] = zooms[axis] if axis < len(zooms) else 1.0
-    return oriented, spacing
+@dataclass(frozen=True)
+class _Grid:
+    """How the reference's voxels become the returned volumes: every ``step``-th voxel along
+    each stored axis (nearest, never blended), then reordered to RAS+ by ``ornt``."""
+
+    shape: tuple[int, ...]
+    step: tuple[int, ...]
+    ornt: np.ndarray
+    spacing: tuple[float, ...]
+
+    @classmethod
+    def of(cls, info: NiftiInfo) -> _Grid:
+        shape = (*info.shape[:3], 1, 1)[:3]
+        zooms = (*(info.spacing or ()), 1.0, 1.0, 1.0)[:3]
+        step = tuple(max(1, math.ceil(n / MAX_SIDE)) for n in shape)
+        return cls(shape, step, nib.orientations.io_orientation(info.affine), zooms)
+
+    def sample(self, data: np.ndarray) -> np.ndarray:
+        """Every ``step``-th voxel of ``data`` (``[X, Y, Z, ...]``, at least 3-D after padding)."""
+        while data.ndim < 3:
+            data = data[..., np.newaxis]
+        return data[tuple(slice(None, None, k) for k in self.step)]
+
+    def orient(self, volume: np.ndarray) -> np.ndarray:
+        """A sampled 3-D volume in RAS+ axis order."""
+        return np.ascontiguousarray(nib.orientations.apply_orientation(volume, self.ornt))
+
+    def ras(self, values: tuple[float, ...]) -> list[float]:
+        """Per-stored-axis ``values`` in RAS+ axis order."""
+        out = [0.0, 0.0, 0.0]
+        for axis, (target, _) in enumerate(self.ornt):
+            out[int(target)] = float(values[axis])
+        return out
 
 
 def _read(path: Path, max_voxels: int) -> tuple[NiftiInfo, np.ndarray]:
-    """The volume as at least 3-D (a 2-D map gets a Z axis of 1)."""
     info = inspect_nifti(path, max_voxels)
-    data = load_nifti(info)
-    while data.ndim < 3:
-        data = data[..., np.newaxis]
-    return info, data
+    return info, load_nifti(info)
 
 
 def _labels_of(data: np.ndarray, kind: str) -> np.ndarray:
@@ -176,7 +195,7 @@ def _labels_of(data: np.ndarray, kind: str) -> np.ndarray:
         return np.argmax(data, axis=3) if data.ndim == 4 else (data >= 0.5).astype(np.uint8)
     if data.ndim > 3:
         data = data.reshape(data.shape[:3])
-    return np.rint(data).astype(np.int64)
+    return data.astype(np.int64) if data.dtype.kind in "iub" else np.rint(data).astype(np.int64)
 
 
 def _pack(volume: np.ndarray) -> str:
@@ -248,33 +267,30 @@ def render_overlays(
         ShapeMismatchError: the ``image`` does not have the reference's spatial shape.
     """
     ref_info, ref_data = _read(reference, max_voxels)
-    _, pred_data = _read(prediction, max_voxels)
+    grid = _Grid.of(ref_info)
     kind = str(report.get("kind", "labels"))
+    ref_small = grid.orient(_labels_of(grid.sample(ref_data), kind))
+    del ref_data
     # scored voxel by voxel: the prediction (and the image) take the reference's orientation
-    ref_labels, spacing = _canonical(ref_info, _labels_of(ref_data, kind))
-    pred_labels, _ = _canonical(ref_info, _labels_of(pred_data, kind))
-    shape = ref_labels.shape
-    step = [max(1, math.ceil(n / MAX_SIDE)) for n in shape]
-    cut = tuple(slice(None, None, s) for s in step)
-    ref_small, pred_small = ref_labels[cut], pred_labels[cut]
+    pred_small = grid.orient(_labels_of(grid.sample(_read(prediction, max_voxels)[1]), kind))
     top = int(max(ref_small.max(initial=0), pred_small.max(initial=0)))
     dtype = next(t for t in _LABEL_DTYPES if top <= np.iinfo(t).max)
     packed_image = None
     if image is not None:
-        _, image_data = _read(image, max_voxels)
-        if image_data.shape[:3] != ref_data.shape[:3]:
+        image_info, image_data = _read(image, max_voxels)
+        if image_info.shape[:3] != ref_info.shape[:3]:
             raise ShapeMismatchError(
-                f"image: spatial shape {image_data.shape[:3]} differs from the reference's "
-                f"{ref_data.shape[:3]}."
+                f"image: spatial shape {image_info.shape[:3]} differs from the reference's "
+                f"{ref_info.shape[:3]}."
             )
-        intensity = image_data[..., 0] if image_data.ndim > 3 else image_data
-        oriented, _ = _canonical(ref_info, intensity.reshape(intensity.shape[:3]))
-        packed_image = _pack(_window(oriented[cut]))
+        intensity = grid.sample(image_data)
+        intensity = intensity.reshape(*intensity.shape[:3], -1)[..., 0]
+        packed_image = _pack(_window(grid.orient(intensity)))
     rows = list(report.get("labels", []))
     return Overlays(
         shape=list(ref_small.shape),
-        spacing_mm=[float(s * k) for s, k in zip(spacing, step, strict=True)],
-        step=step,
+        spacing_mm=grid.ras(tuple(z * k for z, k in zip(grid.spacing, grid.step, strict=True))),
+        step=[int(k) for k in grid.ras(grid.step)],
         label_dtype=dtype,
         reference=_pack(ref_small.astype(dtype)),
         prediction=_pack(pred_small.astype(dtype)),
