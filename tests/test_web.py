@@ -283,6 +283,7 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
     assert page.locator("#axial-value").inner_text() == "slice 11 of 20"
     assert all(n > 0 for n in _colour_counts(page, "axial"))
     page.screenshot(path=str(tmp_path / "pair-page-label-1.png"), full_page=True)
+    assert page.evaluate(_CONTRAST)["worst"] == []
     assert offline.blocked == []
 
 
@@ -405,4 +406,58 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_report, t
         page.get_by_role("button", name="report JSON").click()
     assert json.loads(Path(download.value.path()).read_text()) == dataset_report
     page.screenshot(path=str(tmp_path / "dataset-page.png"), full_page=True)
+    assert page.evaluate(_CONTRAST)["worst"] == []
+    assert offline.blocked == []
+
+
+_CONTRAST = """() => {
+  // WCAG 2 contrast ratio of each visible text's colour against the background behind it
+  const luminance = (rgb) => {
+    const [r, g, b] = rgb.map((v) => {
+      const c = v / 255;
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const parse = (text) => text.match(/[\\d.]+/g).map(Number);
+  const background = (element) => {
+    for (let e = element; e; e = e.parentElement) {
+      const rgba = parse(getComputedStyle(e).backgroundColor);
+      if (rgba.length < 4 || rgba[3] > 0) return rgba.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const worst = [];
+  let checked = 0;
+  for (const element of document.querySelectorAll("body *")) {
+    const own = [...element.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !element.getClientRects().length) continue;
+    const fg = luminance(parse(getComputedStyle(element).color).slice(0, 3));
+    const bg = luminance(background(element));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    checked++;
+    if (ratio < 4.5) worst.push([element.tagName, element.textContent.trim().slice(0, 40), ratio]);
+  }
+  return { worst, checked };
+}"""
+
+
+def test_every_control_is_labelled_reachable_by_keyboard_and_readable(offline, server_url) -> None:
+    page = offline.page
+    page.goto(server_url + "/")
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll("input, select, textarea, button")]
+            .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label")
+                           && !e.textContent.trim())
+            .map((e) => e.id || e.outerHTML)"""
+    )
+    assert unlabelled == []
+    reached = []
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("() => document.activeElement.id"))
+    for control in ("api-key", "prediction", "reference", "image", "labels", "score-button"):
+        assert control in reached, (control, reached)
+    contrast = page.evaluate(_CONTRAST)
+    assert contrast["worst"] == [] and contrast["checked"] > 20, contrast
     assert offline.blocked == []
