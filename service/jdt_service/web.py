@@ -2,9 +2,10 @@
 
 - ``/``: the pair page (``templates/index.html``, ``static/page.js``, ``static/page.css``): a
   person chooses a prediction, a reference (and the image), and sees the per-label table and
-  the overlay pictures. The page calls the public ``POST /v1/scores`` with ``overlays=true``
-  (:mod:`jdt_service.overlays`), so it adds no second code path for scores; it asks for the
-  API key when the server has keys.
+  the overlay pictures; where the service has the jobs API it also scores a dataset. The page
+  calls the public API only (``POST /v1/scores`` with ``overlays=true``, see
+  :mod:`jdt_service.overlays`; ``/v1/jobs``), so it adds no second code path for scores; it
+  asks for the API key when the server has keys.
 - ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) load their scripts and styles from this server:
   the files ship in the ``fastapi-offline`` wheel (its code is MIT; the bundled Swagger UI is
   Apache-2.0, ReDoc MIT), served under ``/static/docs/{name}``. FastAPI's own pages load them
