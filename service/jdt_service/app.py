@@ -27,6 +27,7 @@ from jdt_service.routers import health, info, metrics, scores, v1  # noqa: F401
 from jdt_service.scoring_pool import ScoringPool
 from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings, unknown_variables
+from jdt_service.web import router as web_router
 from monai_jdt import __version__
 
 __all__ = ["create_app"]
@@ -67,6 +68,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # served by jdt_service.web from local files (no CDN)
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = service_metrics
@@ -74,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(web_router)
     app.include_router(v1.router, dependencies=[Depends(require_api_key)])
     if settings.cors_origins:
         app.add_middleware(

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 FILE_FIELDS = ("prediction", "reference")
+#: file fields a request may add (the overlay pictures' intensity image)
+OPTIONAL_FILE_FIELDS = ("image",)
 MAX_FIELD_BYTES = 64 * 1024
 #: bytes allowed after the final boundary (clients send none or a line break)
 MAX_EPILOGUE_BYTES = 4096
@@ -46,8 +48,12 @@ _ENVELOPE_BYTES = 1024 * 1024
 
 
 def body_limit(max_file_bytes: int, n_text_fields: int) -> int:
-    """The largest body accepted: two files, every text field, and the envelope."""
-    return 2 * max_file_bytes + n_text_fields * MAX_FIELD_BYTES + _ENVELOPE_BYTES
+    """The largest body accepted: every file field, every text field, and the envelope."""
+    return (
+        (len(FILE_FIELDS) + len(OPTIONAL_FILE_FIELDS)) * max_file_bytes
+        + n_text_fields * MAX_FIELD_BYTES
+        + _ENVELOPE_BYTES
+    )
 
 
 @dataclass
@@ -117,12 +123,12 @@ class _FormWriter:
         if name in self.form.fields or name in self.form.files:
             raise ApiError(422, "duplicate_field", f"form field {name!r} was sent twice")
         self._name = name
-        if name in FILE_FIELDS:
+        if name in FILE_FIELDS or name in OPTIONAL_FILE_FIELDS:
             path = self.workdir / f"{name}.upload"
             self._file = open(path, "xb")  # noqa: SIM115 (closed in _part_end / close)
             self.form.files[name] = path
         elif name not in self.text_fields:
-            known = ", ".join([*FILE_FIELDS, *sorted(self.text_fields)])
+            known = ", ".join([*FILE_FIELDS, *OPTIONAL_FILE_FIELDS, *sorted(self.text_fields)])
             raise ApiError(422, "unknown_option", f"unknown form field {name!r}; known: {known}")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -229,7 +235,8 @@ async def receive_form(
     limit = body_limit(max_file_bytes, len(text_fields))
     too_large = (
         f"the request body is larger than the limit of {limit} bytes "
-        f"(two files of at most {max_file_bytes} bytes and the form fields)"
+        f"({len(FILE_FIELDS) + len(OPTIONAL_FILE_FIELDS)} files of at most {max_file_bytes} "
+        "bytes and the form fields)"
     )
     if content_length is not None and content_length.isdecimal() and int(content_length) > limit:
         raise ApiError(413, "upload_too_large", too_large)

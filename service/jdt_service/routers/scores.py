@@ -39,8 +39,14 @@ from jdt_service.dependencies import MetricsDep, PoolDep, Scorer, ScorerDep, Set
 from jdt_service.errors import ApiError, scoring_codes_by_status
 from jdt_service.forms import OPTION_FIELDS, form_schema, options_from_form
 from jdt_service.job_memory import job_bytes
+from jdt_service.overlays import (
+    OVERLAYS_FIELD,
+    OverlayRequest,
+    ScoreReportWithOverlays,
+    add_overlay_fields,
+)
 from jdt_service.routers.v1 import router
-from jdt_service.schemas import ErrorResponse, ScoreReport
+from jdt_service.schemas import ErrorResponse
 from jdt_service.scoring_pool import Admission
 from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
@@ -75,7 +81,7 @@ def _error_codes_by_status() -> dict[int, list[str]]:
 
 SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "model": ScoreReport,
+        "model": ScoreReportWithOverlays,
         "description": "The score report, the same JSON as `monai-jdt score --json`.",
     },
     **{
@@ -146,7 +152,7 @@ async def _score(
             request.stream(),
             admission.workdir,
             settings.max_upload_bytes,
-            OPTION_FIELDS,
+            [*OPTION_FIELDS, OVERLAYS_FIELD],
             min_rate=settings.min_upload_rate,
             grace=settings.header_timeout,
         )
@@ -156,6 +162,7 @@ async def _score(
     for name, size in form.sizes.items():
         setattr(state, f"{name}_bytes", size)
         metrics.upload_bytes.observe(size)
+    overlays = OverlayRequest.take(form.fields, form.files, settings.max_voxels)
     options, case_id = options_from_form(
         form.fields, device=settings.device, max_voxels=settings.max_voxels
     )
@@ -163,11 +170,15 @@ async def _score(
     memory_bytes = await asyncio.to_thread(_estimate, prediction, reference, options)
     state.job_bytes = memory_bytes
     submitted = time.perf_counter()
+
+    def job() -> tuple[_JobResult, dict[str, Any] | None]:
+        scored = _score_job(scorer, prediction, reference, options, case_id, metrics, submitted)
+        if overlays is None:
+            return scored, None
+        return scored, overlays.render(prediction, reference, scored.report.to_dict()).model_dump()
+
     try:
-        result = await admission.run(
-            lambda: _score_job(scorer, prediction, reference, options, case_id, metrics, submitted),
-            memory_bytes,
-        )
+        result, overlay_body = await admission.run(job, memory_bytes)
     except (MemoryError, RuntimeError) as exc:
         # numpy raises MemoryError; torch's CPU allocator a plain RuntimeError (torch has no
         # type for it: torch.OutOfMemoryError is CUDA's), so only its message tells
@@ -185,6 +196,8 @@ async def _score(
     if result.gpu_fallback:
         state.gpu_fallback = True
     body = result.report.to_dict()
+    if overlay_body is not None:
+        body[OVERLAYS_FIELD] = overlay_body
     state.voxels = body["voxels"]
     metrics.voxels.inc(body["voxels"])
     return JSONResponse(body)
@@ -194,7 +207,7 @@ async def _score(
     "/scores",
     tags=["scores"],
     summary="Score a prediction against a reference (two NIfTI uploads)",
-    openapi_extra={"requestBody": form_schema()},
+    openapi_extra={"requestBody": add_overlay_fields(form_schema())},
     responses=SCORE_RESPONSES,
 )
 async def create_score(

@@ -1,0 +1,137 @@
+"""``POST /v1/scores`` with ``overlays=true``: the compact volumes the web page draws.
+
+Known answers are computed here with numpy by hand (flips for the orientation, strided slices
+for the downsampling, means of coordinates for the centres), not with the code under test.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from service_testing import dice_f64, nifti_bytes
+
+from jdt_service import Settings, create_app
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    with TestClient(create_app(Settings(device="cpu", temp_dir=uploads))) as c:
+        c.uploads = uploads  # type: ignore[attr-defined]
+        yield c
+
+
+def _volume(overlays: dict, name: str, dtype: str) -> np.ndarray:
+    raw = zlib.decompress(base64.b64decode(overlays[name]))
+    return np.frombuffer(raw, dtype=dtype).reshape(overlays["shape"])
+
+
+def _pair() -> tuple[np.ndarray, np.ndarray]:
+    ref = np.zeros((12, 10, 6), np.uint8)
+    ref[2:8, 3:7, 1:5] = 1
+    ref[9:11, 1:3, 2:4] = 2
+    pred = ref.copy()
+    pred[3:9, 3:7, 1:5][ref[3:9, 3:7, 1:5] == 0] = 1
+    pred[9:11, 1:3, 2:3] = 0  # label 2 half missed: the worst label
+    return pred, ref
+
+
+def _post(client: TestClient, pred, ref, affine, **extra) -> dict:
+    files = {
+        "prediction": ("p.nii.gz", nifti_bytes(pred, affine)),
+        "reference": ("r.nii.gz", nifti_bytes(ref, affine)),
+    }
+    if "image" in extra:
+        files["image"] = ("ct.nii.gz", nifti_bytes(extra.pop("image"), affine))
+    r = client.post("/v1/scores", files=files, data={"overlays": "true", **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_volumes_come_back_in_ras_order_with_the_spacing(client: TestClient) -> None:
+    pred, ref = _pair()
+    # axes 0 and 1 point Left and Posterior (LPS, as DICOM): RAS order flips both
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    body = _post(client, pred, ref, affine)
+    overlays = body["overlays"]
+    assert overlays["shape"] == [12, 10, 6] and overlays["step"] == [1, 1, 1]
+    np.testing.assert_allclose(overlays["spacing_mm"], [0.8, 0.8, 2.5], rtol=1e-6)
+    dtype = overlays["label_dtype"]
+    assert dtype == "uint8"
+    np.testing.assert_array_equal(_volume(overlays, "reference", dtype), ref[::-1, ::-1, :])
+    np.testing.assert_array_equal(_volume(overlays, "prediction", dtype), pred[::-1, ::-1, :])
+    assert overlays["image"] is None
+    dices = {label: dice_f64(pred, ref, label) for label in (1, 2)}
+    assert overlays["worst_label"] == min(dices, key=dices.get) == 2
+    flipped_ref, flipped_pred = ref[::-1, ::-1, :], pred[::-1, ::-1, :]
+    for entry in overlays["centres"]:
+        union = (flipped_ref == entry["label"]) | (flipped_pred == entry["label"])
+        expected = [round(float(c.mean())) for c in np.nonzero(union)]
+        assert entry["centre"] == expected
+    assert list(client.uploads.iterdir()) == []  # type: ignore[attr-defined]
+    # the answer is documented: it validates against the 200 schema of the OpenAPI document
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/v1/scores"]["post"]
+    schema = post["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.validate(body, {"components": spec["components"], **schema})
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"overlays", "image"} <= set(form)
+
+
+def test_large_volumes_are_downsampled_by_a_whole_step(client: TestClient) -> None:
+    ref = np.zeros((300, 20, 8), np.uint8)
+    ref[100:200, 5:15, 2:6] = 3
+    pred = np.roll(ref, 4, axis=0)
+    overlays = _post(client, pred, ref, np.diag([0.5, 1.0, 3.0, 1.0]))["overlays"]
+    assert overlays["step"] == [3, 1, 1] and overlays["shape"] == [100, 20, 8]
+    np.testing.assert_allclose(overlays["spacing_mm"], [1.5, 1.0, 3.0], rtol=1e-6)
+    np.testing.assert_array_equal(_volume(overlays, "reference", "uint8"), ref[::3])
+
+
+def test_the_image_is_windowed_to_bytes(client: TestClient) -> None:
+    pred, ref = _pair()
+    image = np.linspace(-1000, 1000, ref.size, dtype=np.float32).reshape(ref.shape, order="F")
+    overlays = _post(client, pred, ref, np.eye(4), image=image)["overlays"]
+    shown = _volume(overlays, "image", "uint8").astype(int)
+    low, high = np.percentile(image, [1, 99])
+    expected = np.clip((image.astype(np.float64) - low) * 255.0 / (high - low), 0, 255)
+    assert np.abs(shown - expected.astype(np.uint8)).max() <= 1
+    assert shown.min() == 0 and shown.max() == 255
+
+
+def test_without_the_flag_there_are_no_overlays(client: TestClient) -> None:
+    pred, ref = _pair()
+    files = {
+        "prediction": ("p.nii.gz", nifti_bytes(pred)),
+        "reference": ("r.nii.gz", nifti_bytes(ref)),
+    }
+    assert "overlays" not in client.post("/v1/scores", files=files).json()
+    r = client.post("/v1/scores", files=files, data={"overlays": "false"})
+    assert r.status_code == 200 and "overlays" not in r.json()
+
+
+def test_bad_overlay_input_is_refused_with_a_named_error(client: TestClient) -> None:
+    pred, ref = _pair()
+    files = {
+        "prediction": ("p.nii.gz", nifti_bytes(pred)),
+        "reference": ("r.nii.gz", nifti_bytes(ref)),
+    }
+    r = client.post("/v1/scores", files=files, data={"overlays": "maybe"})
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option"
+    assert "overlays" in r.json()["detail"]["message"]
+    small = {**files, "image": ("ct.nii.gz", nifti_bytes(np.zeros((4, 4, 4), np.float32)))}
+    r = client.post("/v1/scores", files=small, data={"overlays": "true"})
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "shape_mismatch"
+    assert "image" in r.json()["detail"]["message"]
+    junk = {**files, "image": ("ct.nii.gz", b"not an image at all" * 40)}
+    r = client.post("/v1/scores", files=junk, data={"overlays": "true"})
+    assert r.status_code == 415 and r.json()["detail"]["code"] == "not_nifti"
+    assert list(client.uploads.iterdir()) == []  # type: ignore[attr-defined]
