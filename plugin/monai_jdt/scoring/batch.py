@@ -1,10 +1,11 @@
 """Scoring of a folder of predictions against a folder of references.
 
-Files pair by case id, the file name without ``.nii.gz`` / ``.nii`` (the same name in both
-folders, as nnU-Net does). Cases are scored by a pool of threads: the label-map path spends
-most of its time inflating gzip in C without the GIL, so threads keep every core busy without
-the start-up cost of processes. A case with bad input becomes a ``CaseFailure`` (its error code
-and message); the others are still scored.
+Files pair by case id, the file name without its ending (``.nii.gz``, ``.nii``, ``.nrrd``,
+``.mha``...; the same name in both folders, as nnU-Net does, whatever the formats). Cases are
+scored by a pool of threads: the label-map path spends most of its time inflating gzip in C
+without the GIL, so threads keep every core busy without the start-up cost of processes. A
+case with bad input becomes a ``CaseFailure`` (its error code and message); the others are
+still scored.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_jdt.scoring.errors import InvalidOptionError, ScoringError
-from monai_jdt.scoring.files import NIFTI_SUFFIXES, case_id_from_path, score_files
+from monai_jdt.scoring.files import VOLUME_SUFFIXES, case_id_from_path, score_files
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport
 from monai_jdt.scoring.summary import summarize
@@ -81,7 +82,7 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         raise InvalidOptionError(f"the {role} folder {str(folder)!r} does not exist.")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.name.endswith(NIFTI_SUFFIXES):
+        if path.name.startswith(".") or not path.name.endswith(VOLUME_SUFFIXES):
             continue
         case = case_id_from_path(path)
         if case in files:

@@ -1,11 +1,11 @@
-"""Scoring of two NIfTI files.
+"""Scoring of two volume files: NIfTI, or NRRD / MetaImage through SimpleITK (any pairing).
 
 Integer label maps (the common case) take the streaming path: both files are inflated in
 two threads, chunk by chunk, while the calling thread adds each pair of chunks to one
 confusion matrix. Memory stays a few MB whatever the volume size and the time is that of the
 slower inflate (``isal`` releases the GIL). Everything else (float or rescaled data,
-probability maps with a channel axis, a CUDA device asked for) is loaded whole and scored by
-``score_arrays``.
+probability maps with a channel axis, a CUDA device asked for, a file that is not NIfTI) is
+loaded whole and scored by ``score_arrays``.
 """
 
 from __future__ import annotations
@@ -23,34 +23,38 @@ import numpy as np
 from monai_jdt.scoring.arrays import report_from_confusion, score_arrays
 from monai_jdt.scoring.confusion import ConfusionAccumulator, ConfusionMatrix
 from monai_jdt.scoring.errors import AffineMismatchError, ShapeMismatchError
-from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti, iter_voxel_chunks, load_nifti
+from monai_jdt.scoring.nifti import NiftiInfo, iter_voxel_chunks
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
 from monai_jdt.scoring.report import CaseReport
+from monai_jdt.scoring.sitk_formats import SITK_SUFFIXES, VolumeInfo, inspect_volume, load_volume
 
 __all__ = [
     "NIFTI_SUFFIXES",
     "STREAM_CHUNK_VOXELS",
+    "VOLUME_SUFFIXES",
     "case_id_from_path",
     "score_files",
     "stream_confusion",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: every file ending scored (and paired by ``score-dir``)
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 STREAM_CHUNK_VOXELS = 1 << 20
 _QUEUE_DEPTH = 4
 _END = object()
 
 
 def case_id_from_path(path: str | os.PathLike[str]) -> str:
-    """The case id of a file: its name without ``.nii.gz`` / ``.nii``."""
+    """The case id of a file: its name without its ending (``VOLUME_SUFFIXES``)."""
     name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def _layout(info: NiftiInfo) -> tuple[tuple[int, ...], int | None]:
+def _layout(info: VolumeInfo) -> tuple[tuple[int, ...], int | None]:
     """``(spatial shape, number of channels or None)``: axes after the third that are not 1
     are a channel axis (NIfTI stores vectors along axis 5, some tools along axis 4)."""
     extra = [s for s in info.shape[3:] if s != 1]
@@ -62,7 +66,7 @@ def _layout(info: NiftiInfo) -> tuple[tuple[int, ...], int | None]:
     return info.spatial_shape, (extra[0] if extra else None)
 
 
-def _check_affines(pred: NiftiInfo, ref: NiftiInfo, tolerance: float) -> None:
+def _check_affines(pred: VolumeInfo, ref: VolumeInfo, tolerance: float) -> None:
     difference = float(np.abs(pred.affine - ref.affine).max())
     if not difference <= tolerance:
         raise AffineMismatchError(
@@ -134,9 +138,14 @@ def stream_confusion(
     return accumulator.result()
 
 
-def _streamable(pred: NiftiInfo, ref: NiftiInfo, options: ScoringOptions) -> bool:
-    def integer_labels(info: NiftiInfo) -> bool:
-        return info.dtype.kind in "biu" and not info.scaled and _layout(info)[1] is None
+def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> bool:
+    def integer_labels(info: VolumeInfo) -> bool:
+        return (
+            isinstance(info, NiftiInfo)
+            and info.dtype.kind in "biu"
+            and not info.scaled
+            and _layout(info)[1] is None
+        )
 
     return (
         options.kind != "probabilities"
@@ -153,20 +162,22 @@ def score_files(
     *,
     case_id: str | None = None,
 ) -> CaseReport:
-    """Score a prediction NIfTI file against a reference NIfTI file (``.nii`` / ``.nii.gz``).
+    """Score a prediction file against a reference file: NIfTI (``.nii`` / ``.nii.gz``), or
+    NRRD / MetaImage (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, with the ``formats`` extra), in
+    any pairing (both headers give RAS affines, see ``sitk_formats``).
 
     The prediction is a label map, a float map for one label, or probabilities with a channel
     axis after the spatial ones (``(X, Y, Z, C)`` or ``(X, Y, Z, 1, C)``); the reference is a
     label map (or probabilities of the prediction's shape). Volumes in mL use the reference's
     voxel spacing. ``case_id`` defaults to the prediction's file name without extension.
 
-    Raises the ``ScoringError`` subclasses of ``inspect_nifti`` and ``score_arrays``, plus
+    Raises the ``ScoringError`` subclasses of ``inspect_volume`` and ``score_arrays``, plus
     ``ShapeMismatchError`` and ``AffineMismatchError`` from the headers, before any data is
     inflated.
     """
     started = time.perf_counter()
-    pred = inspect_nifti(prediction, options.max_voxels)
-    ref = inspect_nifti(reference, options.max_voxels)
+    pred = inspect_volume(prediction, options.max_voxels)
+    ref = inspect_volume(reference, options.max_voxels)
     (pred_spatial, _), (ref_spatial, _) = _layout(pred), _layout(ref)
     if pred_spatial != ref_spatial:
         raise ShapeMismatchError(
@@ -178,6 +189,7 @@ def score_files(
     case_id = case_id if case_id is not None else case_id_from_path(prediction)
     spacing = ref.spacing or pred.spacing
     if _streamable(pred, ref, options):
+        assert isinstance(pred, NiftiInfo) and isinstance(ref, NiftiInfo)
         matrix = stream_confusion(pred, ref)
         return report_from_confusion(
             matrix,
@@ -191,8 +203,8 @@ def score_files(
     # Fortran-ordered (X, Y, Z[, C]) data transposed is C-ordered (C, Z, Y, X): channel-first
     # and contiguous. Scores do not depend on the order of the spatial axes as long as both
     # volumes share it; the report gives the file's own shape and spacing.
-    pred_data = _squeeze_extra(load_nifti(pred)).T
-    ref_data = _squeeze_extra(load_nifti(ref)).T
+    pred_data = _squeeze_extra(load_volume(pred)).T
+    ref_data = _squeeze_extra(load_volume(ref)).T
     report = score_arrays(
         pred_data,
         ref_data,
