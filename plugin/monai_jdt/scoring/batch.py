@@ -49,7 +49,8 @@ class CaseFailure:
 
 @dataclass
 class DirectoryResult:
-    """Everything ``score-dir`` found: reports, failures, unpaired files."""
+    """Everything ``score-dir`` found: reports, failures, unpaired files; ``files`` maps each
+    scored case id to its ``(prediction, reference)`` paths."""
 
     reports: list[CaseReport]
     failures: list[CaseFailure]
@@ -57,6 +58,7 @@ class DirectoryResult:
     unpaired_references: list[str]
     worst_q: float = 10.0
     summary: dict[str, Any] = field(init=False)
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reports.sort(key=lambda r: r.case_id or "")
@@ -147,7 +149,8 @@ def score_directory(
                 failures.append(outcome)
             if progress is not None:
                 progress(outcome)
-    return DirectoryResult(reports, failures, unpaired_preds, unpaired_refs, worst_q)
+    files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
+    return DirectoryResult(reports, failures, unpaired_preds, unpaired_refs, worst_q, files=files)
 
 
 def csv_rows(reports: list[CaseReport]) -> Iterator[dict[str, Any]]:

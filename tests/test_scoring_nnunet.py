@@ -1,0 +1,209 @@
+"""Dataset summaries where labels come and go across cases, against an independent numpy
+implementation of nnU-Net v2's evaluation rules (written here from its published behaviour:
+per-label boolean masks, NaN Dice / IoU for a label absent from both volumes, an ignore label
+removing reference voxels from every count, NaN-skipping means over cases, and a foreground
+mean over the labels other than 0), and the ``--summary-format nnunet`` layout."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_jdt.scoring import ScoringOptions, score_directory
+from monai_jdt.scoring.nnunet import NNUNET_METRICS, dumps_nnunet, nnunet_summary
+
+SHAPE = (12, 10, 8)
+AFFINE = np.diag([0.9, 1.2, 2.0, 1.0])
+
+# ---------------------------------------------------------------------------------------------
+# the independent reference: nnU-Net's rules on boolean masks, float64
+
+
+def ref_counts(
+    pred: np.ndarray, ref: np.ndarray, label: int, ignore: int | None
+) -> tuple[int, int, int, int]:
+    """``(TP, FP, FN, TN)`` of one label over the voxels whose reference is not ``ignore``."""
+    use = np.ones(ref.shape, bool) if ignore is None else ref != ignore
+    p, r = (pred == label) & use, (ref == label) & use
+    return (
+        int(np.sum(p & r)),
+        int(np.sum(p & ~r)),
+        int(np.sum(~p & r)),
+        int(np.sum(~p & ~r & use)),
+    )
+
+
+def ref_case(
+    pred: np.ndarray, ref: np.ndarray, labels: list[int], ignore: int | None, empty: str
+) -> dict[str, dict[str, float]]:
+    out = {}
+    for label in labels:
+        tp, fp, fn, tn = ref_counts(pred, ref, label, ignore)
+        absent = tp + fp + fn == 0
+        fill = 1.0 if empty == "one" else math.nan
+        out[str(label)] = {
+            "Dice": fill if absent else 2 * tp / (2 * tp + fp + fn),
+            "IoU": fill if absent else tp / (tp + fp + fn),
+            "TP": tp,
+            "FP": fp,
+            "FN": fn,
+            "TN": tn,
+            "n_pred": tp + fp,
+            "n_ref": tp + fn,
+        }
+    return out
+
+
+def ref_label_set(
+    cases: dict[str, tuple[np.ndarray, np.ndarray]],
+    requested: list[int] | None,
+    include_background: bool,
+    ignore: int | None,
+) -> list[int]:
+    """The requested labels, else every label in any volume of any case (0 only with the
+    background; never the ignore label)."""
+    if requested is not None:
+        return sorted(requested)
+    present = set()
+    for pred, ref in cases.values():
+        present |= {int(v) for v in np.unique(pred)} | {int(v) for v in np.unique(ref)}
+    return sorted(
+        v for v in present if (include_background or v != 0) and (ignore is None or v != ignore)
+    )
+
+
+def ref_summary(
+    cases: dict[str, tuple[np.ndarray, np.ndarray]],
+    labels: list[int],
+    ignore: int | None = None,
+    empty: str = "nan",
+) -> dict:  # type: ignore[type-arg]
+    per_case = [
+        {"metrics": ref_case(pred, ref, labels, ignore, empty)}
+        for _, (pred, ref) in sorted(cases.items())
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN: NaN
+        mean = {
+            str(k): {
+                m: float(np.nanmean([c["metrics"][str(k)][m] for c in per_case]))
+                for m in NNUNET_METRICS
+            }
+            for k in labels
+        }
+        foreground = {
+            m: float(np.mean([mean[str(k)][m] for k in labels if k != 0])) for m in NNUNET_METRICS
+        }
+    return {"metric_per_case": per_case, "mean": mean, "foreground_mean": foreground}
+
+
+# ---------------------------------------------------------------------------------------------
+# the data: 6 cases where labels 1..4 come and go
+
+
+def make_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(15)
+    cases = {}
+    # which labels each case's (prediction, reference) holds
+    layout = [
+        ({1, 2, 3}, {1, 2, 3}),
+        ({1, 2}, {1, 3}),  # 2 only predicted, 3 only in the reference
+        ({1, 4}, {1}),  # 4 only predicted
+        ({2}, {2, 4}),  # 4 only in the reference
+        ({1, 2, 3, 4}, {1, 2, 3, 4}),
+        (set(), {3}),  # nothing predicted
+    ]
+    for i, (in_pred, in_ref) in enumerate(layout):
+        pred = np.zeros(SHAPE, np.uint8)
+        ref = np.zeros(SHAPE, np.uint8)
+        for label in range(1, 5):
+            corner = rng.integers(0, 5, size=3)
+            size = rng.integers(3, 6, size=3)
+            box = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
+            if label in in_ref:
+                ref[box] = label
+            if label in in_pred:
+                moved = tuple(slice(b.start + 1, b.stop + 1) for b in box)
+                pred[moved] = label
+        cases[f"case_{i:03d}"] = (pred, ref)
+    return cases
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:  # type: ignore[type-arg]
+    root = tmp_path_factory.mktemp("nnunet")
+    cases = make_cases()
+    preds, refs = root / "preds", root / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    for case, (pred, ref) in cases.items():
+        nib.save(nib.Nifti1Image(pred, AFFINE), preds / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(ref, AFFINE), refs / f"{case}.nii.gz")
+    return preds, refs, cases
+
+
+def compare(ours: object, expected: object, path: str, mismatches: list[str]) -> int:
+    """Compare two JSON-like values field by field (NaN equals NaN, floats to 1e-12);
+    returns the number of leaf fields compared and appends the paths that differ."""
+    if isinstance(expected, dict):
+        assert isinstance(ours, dict) and set(ours) == set(expected), path
+        return sum(compare(ours[k], expected[k], f"{path}.{k}", mismatches) for k in expected)
+    if isinstance(expected, list):
+        assert isinstance(ours, list) and len(ours) == len(expected), path
+        return sum(
+            compare(a, b, f"{path}[{i}]", mismatches)
+            for i, (a, b) in enumerate(zip(ours, expected, strict=True))
+        )
+    if isinstance(expected, float) and math.isnan(expected):
+        same = isinstance(ours, float) and math.isnan(ours)
+    elif isinstance(expected, int) and not isinstance(expected, bool):
+        same = type(ours) is int and ours == expected
+    else:
+        same = ours == pytest.approx(expected, rel=1e-12, abs=0)
+    if not same:
+        mismatches.append(f"{path}: {ours!r} != {expected!r}")
+    return 1
+
+
+def check_layout(result, cases, labels, ignore=None, empty="nan") -> int:  # type: ignore[no-untyped-def]
+    ours = nnunet_summary(result.reports, result.files)
+    expected = ref_summary(cases, labels, ignore, empty)
+    for entry in ours["metric_per_case"]:  # files: compared on their own
+        entry.pop("prediction_file")
+        entry.pop("reference_file")
+    mismatches: list[str] = []
+    fields = compare(ours, expected, "summary", mismatches)
+    assert mismatches == [], mismatches
+    return fields
+
+
+def test_nnunet_layout_with_requested_labels(folders) -> None:  # type: ignore[no-untyped-def]
+    preds, refs, cases = folders
+    options = ScoringOptions(labels={1: None, 2: None, 3: None, 4: None})
+    result = score_directory(preds, refs, options, workers=2)
+    fields = check_layout(result, cases, [1, 2, 3, 4])
+    assert fields == 6 * 4 * 8 + 4 * 8 + 8
+    ours = nnunet_summary(result.reports, result.files)
+    first = ours["metric_per_case"][0]
+    assert first["prediction_file"] == str(preds / "case_000.nii.gz")
+    assert first["reference_file"] == str(refs / "case_000.nii.gz")
+
+
+def test_dumps_like_nnunet(folders) -> None:  # type: ignore[no-untyped-def]
+    preds, refs, _ = folders
+    options = ScoringOptions(labels={1: None, 2: None, 3: None, 4: None, 5: None})
+    result = score_directory(preds, refs, options, workers=2)
+    text = dumps_nnunet(nnunet_summary(result.reports, result.files))
+    loaded = json.loads(text)
+    assert list(loaded) == ["foreground_mean", "mean", "metric_per_case"]  # keys sorted
+    assert math.isnan(loaded["mean"]["5"]["Dice"])  # label 5 is in no case: NaN, as nnU-Net
+    assert math.isnan(loaded["foreground_mean"]["Dice"])
+    assert loaded["mean"]["5"]["TP"] == 0.0 and isinstance(loaded["mean"]["1"]["TP"], float)
+    assert isinstance(loaded["metric_per_case"][0]["metrics"]["1"]["TP"], int)
+    assert "NaN" in text and "null" not in text
