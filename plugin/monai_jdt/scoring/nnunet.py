@@ -82,7 +82,8 @@ def nnunet_summary(
     """
     ordered = sorted(reports, key=lambda r: r.case_id or "")
     labels: list[int] | None = None
-    per_case = []
+    per_case: list[dict[str, Any]] = []
+    case_metrics: list[dict[str, dict[str, float | int]]] = []
     for report in ordered:
         missing = {"dice", "jaccard"} - set(report.options.metrics)
         if missing:
@@ -99,20 +100,22 @@ def nnunet_summary(
                 f"case {report.case_id!r} reports labels {case_labels}, the first case "
                 f"{labels}: the nnU-Net summary needs one label set for every case."
             )
-        if report.case_id not in files:
+        if report.case_id is None or report.case_id not in files:
             raise InvalidOptionError(f"case {report.case_id!r}: no files given for it.")
         prediction, reference = files[report.case_id]
+        metrics = {str(row.label): _case_metrics(row) for row in rows}
         per_case.append(
             {
                 "prediction_file": str(prediction),
                 "reference_file": str(reference),
-                "metrics": {str(row.label): _case_metrics(row) for row in rows},
+                "metrics": metrics,
             }
         )
+        case_metrics.append(metrics)
     labels = labels or []
     means = {
         str(label): {
-            metric: _nan_mean([case["metrics"][str(label)][metric] for case in per_case])
+            metric: _nan_mean([float(case[str(label)][metric]) for case in case_metrics])
             for metric in NNUNET_METRICS
         }
         for label in labels
