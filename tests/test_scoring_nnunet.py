@@ -207,3 +207,86 @@ def test_dumps_like_nnunet(folders) -> None:  # type: ignore[no-untyped-def]
     assert loaded["mean"]["5"]["TP"] == 0.0 and isinstance(loaded["mean"]["1"]["TP"], float)
     assert isinstance(loaded["metric_per_case"][0]["metrics"]["1"]["TP"], int)
     assert "NaN" in text and "null" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# one label set per dataset (labels come and go), our own summary against the reference
+
+
+@pytest.mark.parametrize("empty", ["nan", "one"])
+def test_labels_that_come_and_go(folders, empty: str) -> None:  # type: ignore[no-untyped-def]
+    preds, refs, cases = folders
+    options = ScoringOptions(empty=empty)
+    result = score_directory(preds, refs, options, workers=2)
+    labels = ref_label_set(cases, None, False, None)
+    assert labels == [1, 2, 3, 4]
+    assert all([row.label for row in r.labels] == labels for r in result.reports)
+    check_layout(result, cases, labels, empty=empty)
+    expected = ref_summary(cases, labels, empty=empty)
+    summary = result.summary
+    for entry in summary["labels"]:
+        per_case = [c["metrics"][str(entry["label"])] for c in expected["metric_per_case"]]
+        dice = [c["Dice"] for c in per_case if not math.isnan(c["Dice"])]
+        assert entry["cases"] == len(cases)
+        assert entry["dice"]["n"] == len(dice)
+        assert entry["dice"]["mean"] == pytest.approx(np.mean(dice), rel=1e-12)
+        for ours, theirs in [("tp", "TP"), ("fp", "FP"), ("fn", "FN"), ("tn", "TN")]:
+            values = [c[theirs] for c in per_case]
+            assert entry[ours]["mean"] == pytest.approx(np.mean(values), rel=1e-12)
+            assert entry[ours]["n"] == len(cases)
+            assert entry[ours]["min"] == min(values) and entry[ours]["max"] == max(values)
+        refs_ml = [c["n_ref"] * 0.9 * 1.2 * 2.0 / 1000 for c in per_case]
+        assert entry["reference_ml"]["mean"] == pytest.approx(np.mean(refs_ml), rel=1e-6)
+    fg = np.mean([e["dice"]["mean"] for e in summary["labels"]])
+    assert summary["foreground_mean"]["dice"]["mean"] == pytest.approx(fg, rel=1e-12)
+    assert summary["background"] is None
+    if empty == "one":  # label 4 is absent from both volumes of 3 cases: 1.0 there
+        label4 = summary["labels"][3]
+        assert label4["dice"]["n"] == len(cases)
+        assert label4["dice"]["max"] == 1.0
+
+
+def test_requested_labels_and_predicted_extras(folders) -> None:  # type: ignore[no-untyped-def]
+    """--labels 1,2,3: label 4, predicted in 2 cases, is reported in every case (its Dice 0
+    where only the reference has it), flagged unrequested, and kept out of the means."""
+    preds, refs, cases = folders
+    options = ScoringOptions(labels={1: "a", 2: "b", 3: "c"})
+    result = score_directory(preds, refs, options, workers=2)
+    assert not result.failures
+    for report in result.reports:
+        assert [(r.label, r.requested) for r in report.labels] == [
+            (1, True),
+            (2, True),
+            (3, True),
+            (4, False),
+        ]
+        assert report.options.labels == {1: "a", 2: "b", 3: "c"}
+    check_layout(result, cases, [1, 2, 3])  # the nnU-Net layout: the requested labels only
+    expected = ref_summary(cases, [4])["metric_per_case"]
+    dice4 = [c["metrics"]["4"]["Dice"] for c in expected]
+    label4 = result.summary["labels"][3]
+    assert label4["requested"] is False and label4["cases"] == len(cases)
+    assert label4["dice"]["n"] == sum(not math.isnan(d) for d in dice4) == 3
+    assert label4["dice"]["mean"] == pytest.approx(np.nanmean(dice4), rel=1e-12)
+    assert result.summary["foreground_mean"]["dice"]["labels"] == 3
+
+
+def test_background_is_reported_apart(folders) -> None:  # type: ignore[no-untyped-def]
+    preds, refs, cases = folders
+    for options in (
+        ScoringOptions(include_background=True),
+        ScoringOptions(labels={0: None, 1: None, 2: None, 3: None, 4: None}),
+    ):
+        result = score_directory(preds, refs, options, workers=2)
+        labels = ref_label_set(cases, None, True, None)
+        assert labels == [0, 1, 2, 3, 4]
+        check_layout(result, cases, labels)
+        expected = ref_summary(cases, labels)
+        summary = result.summary
+        assert summary["foreground_mean"]["dice"]["labels"] == 4
+        assert summary["foreground_mean"]["dice"]["mean"] == pytest.approx(
+            expected["foreground_mean"]["Dice"], rel=1e-12
+        )
+        assert summary["background"]["dice"] == pytest.approx(
+            expected["mean"]["0"]["Dice"], rel=1e-12
+        )

@@ -11,6 +11,7 @@ still scored.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from monai_jdt.scoring.errors import InvalidOptionError, ScoringError
 from monai_jdt.scoring.files import VOLUME_SUFFIXES, case_id_from_path, score_files
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport
-from monai_jdt.scoring.summary import summarize
+from monai_jdt.scoring.summary import dataset_labels, summarize, with_label_set
 
 __all__ = [
     "CaseFailure",
@@ -122,12 +123,60 @@ def score_directory(
 ) -> DirectoryResult:
     """Score every paired case of two folders with ``workers`` threads (default: CPU count).
 
-    ``progress`` is called once per finished case (from the calling thread).
+    The dataset is scored on one label set (``summary.dataset_labels``): every case gets a row
+    for each of its labels, absent-from-both rows following ``options.empty``. Cases that lack
+    a label which may be in their reference (requested labels, probability maps) are scored a
+    second time on the whole set. ``progress`` is called once per case of the first pass
+    (from the calling thread).
     """
     pairs, unpaired_preds, unpaired_refs = pair_cases(predictions, references)
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers < 1:
         raise InvalidOptionError(f"workers must be >= 1, got {workers}.")
+    paths = {case: (pred, ref) for case, pred, ref in pairs}
+    outcomes = _score_pairs(pairs, options, workers, progress)
+    reports = [o for o in outcomes if isinstance(o, CaseReport)]
+    failures = [o for o in outcomes if isinstance(o, CaseFailure)]
+    labels, unrequested = dataset_labels(reports, options)
+    complete: list[CaseReport] = []
+    again: list[CaseReport] = []
+    for report in reports:
+        filled = with_label_set(report, labels, options)
+        if filled is None:
+            again.append(report)
+        else:
+            complete.append(filled)
+    if again:
+        wider = dataclasses.replace(
+            options, labels={label: options.label_name(label) for label in labels}
+        )
+        redo = [(r.case_id or "", *paths[r.case_id or ""]) for r in again]
+        notes = {r.case_id: r.notes for r in again}
+        for outcome in _score_pairs(redo, wider, workers, None):
+            if isinstance(outcome, CaseFailure):
+                failures.append(outcome)
+                continue
+            rows = tuple(
+                dataclasses.replace(row, requested=row.label not in unrequested)
+                for row in outcome.labels
+            )
+            complete.append(
+                dataclasses.replace(
+                    outcome, labels=rows, options=options, notes=notes[outcome.case_id]
+                )
+            )
+    files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
+    return DirectoryResult(complete, failures, unpaired_preds, unpaired_refs, worst_q, files=files)
+
+
+def _score_pairs(
+    pairs: list[tuple[str, Path, Path]],
+    options: ScoringOptions,
+    workers: int,
+    progress: Callable[[CaseReport | CaseFailure], None] | None,
+) -> list[CaseReport | CaseFailure]:
+    """Score ``(case, prediction, reference)`` triples in ``workers`` threads; bad input
+    becomes a ``CaseFailure``."""
 
     def one(case: str, pred: Path, ref: Path) -> CaseReport | CaseFailure:
         try:
@@ -137,20 +186,15 @@ def score_directory(
         except OSError as err:
             return CaseFailure(case, "unreadable", f"{case}: {err.strerror or err}")
 
-    reports: list[CaseReport] = []
-    failures: list[CaseFailure] = []
+    outcomes: list[CaseReport | CaseFailure] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(one, *pair) for pair in pairs]
         for future in as_completed(futures):
             outcome = future.result()
-            if isinstance(outcome, CaseReport):
-                reports.append(outcome)
-            else:
-                failures.append(outcome)
+            outcomes.append(outcome)
             if progress is not None:
                 progress(outcome)
-    files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
-    return DirectoryResult(reports, failures, unpaired_preds, unpaired_refs, worst_q, files=files)
+    return outcomes
 
 
 def csv_rows(reports: list[CaseReport]) -> Iterator[dict[str, Any]]:
