@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_jdt.scoring import ScoringOptions, score_directory
+from monai_jdt.scoring import ScoringOptions, confusion_matrix, score_directory
 from monai_jdt.scoring.nnunet import NNUNET_METRICS, dumps_nnunet, nnunet_summary
 
 SHAPE = (12, 10, 8)
@@ -290,3 +290,15 @@ def test_background_is_reported_apart(folders) -> None:  # type: ignore[no-untyp
         assert summary["background"]["dice"] == pytest.approx(
             expected["mean"]["0"]["Dice"], rel=1e-12
         )
+
+
+def test_confusion_without_a_reference_label() -> None:
+    """The ignore label's reference voxels leave every count (nnU-Net's ignore mask)."""
+    rng = np.random.default_rng(3)
+    pred = rng.integers(0, 5, size=4000).astype(np.uint8)
+    ref = rng.integers(0, 5, size=4000).astype(np.uint8)
+    matrix = confusion_matrix(pred, ref).without_reference_label(4)
+    assert matrix.voxels == int(np.sum(ref != 4))
+    for label in (0, 1, 2, 3):
+        assert matrix.counts(label) == ref_counts(pred, ref, label, 4)
+    assert confusion_matrix(pred, ref).without_reference_label(None).voxels == 4000

@@ -80,6 +80,23 @@ class ConfusionMatrix:
         """Label ids with at least one predicted voxel."""
         return {int(x) for x in self.labels[self.matrix.sum(1) > 0]}
 
+    def without_reference_label(self, label: int | None) -> ConfusionMatrix:
+        """The matrix of the voxels whose reference is not ``label`` (nnU-Net's ignore label):
+        column ``label`` is dropped, and ``voxels`` shrinks by its sum. Every count of every
+        other label then leaves those voxels out (``tn`` included; a prediction of ``label``
+        elsewhere is simply not label ``k``). ``self`` when ``label`` is None or absent."""
+        hit = np.flatnonzero(self.labels == label) if label is not None else np.zeros(0, int)
+        if hit.size == 0:
+            return self
+        k = int(hit[0])
+        matrix = self.matrix.copy()
+        removed = int(matrix[:, k].sum())
+        matrix[:, k] = 0
+        present = (matrix.sum(0) + matrix.sum(1)) > 0
+        return ConfusionMatrix(
+            self.labels[present], matrix[np.ix_(present, present)], self.voxels - removed
+        )
+
 
 class ConfusionAccumulator:
     """Accumulates the confusion matrix over chunks of two label volumes (numpy, CPU).
