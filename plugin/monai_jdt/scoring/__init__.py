@@ -13,7 +13,6 @@ See docs/scoring.md for the JSON schema and which path runs where.
 """
 
 from monai_jdt.scoring.arrays import score_arrays
-from monai_jdt.scoring.batch import CaseFailure, DirectoryResult, pair_cases, score_directory
 from monai_jdt.scoring.confusion import ConfusionMatrix, confusion_matrix
 from monai_jdt.scoring.errors import (
     AffineMismatchError,
@@ -31,6 +30,7 @@ from monai_jdt.scoring.errors import (
     VolumeTooLargeError,
 )
 from monai_jdt.scoring.files import case_id_from_path, score_files
+from monai_jdt.scoring.folders import CaseFailure, DirectoryResult, pair_cases, score_directory
 from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti
 from monai_jdt.scoring.options import METRICS, ScoringOptions, parse_labels
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport, LabelScore

@@ -80,6 +80,10 @@ class ConfusionMatrix:
         """Label ids with at least one predicted voxel."""
         return {int(x) for x in self.labels[self.matrix.sum(1) > 0]}
 
+    def present_in_reference(self) -> set[int]:
+        """Label ids with at least one reference voxel."""
+        return {int(x) for x in self.labels[self.matrix.sum(0) > 0]}
+
     def without_reference_label(self, label: int | None) -> ConfusionMatrix:
         """The matrix of the voxels whose reference is not ``label`` (nnU-Net's ignore label):
         column ``label`` is dropped, and ``voxels`` shrinks by its sum. Every count of every

@@ -72,7 +72,7 @@ def _check_affines(pred: VolumeInfo, ref: VolumeInfo, tolerance: float) -> None:
         raise AffineMismatchError(
             f"the affines of {Path(pred.path).name} and {Path(ref.path).name} differ by up to "
             f"{difference:.4g} (tolerance {tolerance:g}): the volumes are not on the same grid. "
-            "Resample the prediction onto the reference, or use --ignore-affine / --affine-tol."
+            "Resample the prediction onto the reference, or loosen or skip the affine check."
         )
 
 

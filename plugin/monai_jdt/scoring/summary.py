@@ -12,9 +12,11 @@ nnU-Net does: a label absent from both volumes of a case gets a row with zero co
 ratios follow ``empty``, so a per-label mean is over every case where the label is in either
 volume (and over every case with ``empty="one"``).
 
-The fine-grained family (Wang et al., NeurIPS 2023), for Jaccard (mIoU) and Dice,
-from the per-(case, label) counts ``tp, fp, fn`` ``[N, L]`` with ``active[i, j]`` = label j is
-present in case i's reference, through ``monai_jdt.counts.aggregate_scores``:
+The fine-grained family (Wang et al., "Revisiting Evaluation Metrics for Semantic Segmentation:
+Optimization and Evaluation of Fine-grained Intersection over Union", NeurIPS 2023), for
+Jaccard (mIoU) and Dice, from the per-(case, label) counts ``tp, fp, fn`` ``[N, L]`` with
+``active[i, j]`` = label j is present in case i's reference, through
+``monai_jdt.counts.aggregate_scores``:
 
 * ``D`` (dataset): pool the counts of all cases, one ratio per label, mean over labels;
 * ``I`` (image): ratio per (case, label), mean over the case's active labels, then over cases;
@@ -29,15 +31,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from monai_jdt.counts import Aggregation, SoftCounts, aggregate_scores, masked_mean, tversky_index
 from monai_jdt.scoring.errors import InvalidOptionError
 from monai_jdt.scoring.options import ScoringOptions
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport, label_scores
+
+if TYPE_CHECKING:  # torch and the counts are imported where the fine-grained scores need them
+    import torch
+
+    from monai_jdt.counts import SoftCounts
 
 __all__ = ["dataset_labels", "fine_grained_scores", "summarize", "with_label_set", "worst_mean"]
 
@@ -76,7 +81,7 @@ def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
 
 def worst_mean(scores: torch.Tensor, keep: torch.Tensor, q: float) -> float:
     """Mean of the lowest ``ceil(q/100 * n)`` (at least one) of ``scores[keep]``; NaN if none."""
-    values = torch.sort(scores[keep.to(torch.bool)]).values
+    values = scores[keep.bool()].sort().values
     if values.numel() == 0:
         return math.nan
     k = max(1, math.ceil(q / 100.0 * values.numel()))
@@ -87,6 +92,8 @@ def fine_grained_scores(
     counts: SoftCounts, active: torch.Tensor, alpha: float, beta: float, q: float
 ) -> dict[str, float | None]:
     """``D``, ``I``, ``C``, ``I_worst``, ``C_worst`` of ``[N, L]`` counts (see the module doc)."""
+    from monai_jdt.counts import Aggregation, aggregate_scores, masked_mean, tversky_index
+
     levels: tuple[tuple[str, Aggregation], ...] = (("D", "batch"), ("I", "image"), ("C", "class"))
     result = {
         key: _finite(float(aggregate_scores(counts, active, level, alpha, beta)))
@@ -142,10 +149,10 @@ def with_label_set(
     counted = (
         math.prod(report.shape) if first is None else int(first.tp + first.fp + first.fn + first.tn)
     )
-    zeros = torch.zeros(len(missing), dtype=torch.float64)
+    zeros = np.zeros(len(missing), dtype=np.float64)
     added = label_scores(
         missing,
-        SoftCounts(zeros, zeros, zeros),
+        (zeros, zeros, zeros),
         counted,
         [True] * len(missing),
         options,
@@ -216,6 +223,10 @@ def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str,
 
 
 def _fine_grained(reports: Sequence[CaseReport], labels: list[int], q: float) -> dict[str, Any]:
+    import torch
+
+    from monai_jdt.counts import SoftCounts
+
     index = {label: j for j, label in enumerate(labels)}
     shape = (len(reports), len(labels))
     tp, fp, fn = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))

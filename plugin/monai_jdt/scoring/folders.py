@@ -1,34 +1,39 @@
-"""Scoring of a folder of predictions against a folder of references.
+"""Folders of cases: a folder of predictions scored against a folder of references.
 
 Files pair by case id, the file name without its ending (``.nii.gz``, ``.nii``, ``.nrrd``,
 ``.mha``...; the same name in both folders, as nnU-Net does, whatever the formats). Cases are
 scored by a pool of threads: the label-map path spends most of its time inflating gzip in C
 without the GIL, so threads keep every core busy without the start-up cost of processes. A
 case with bad input becomes a ``CaseFailure`` (its error code and message); the others are
-still scored.
+still scored, and the CSV gives it a row with its error code.
+
+``FolderOptions`` holds the options of a folder run besides the per-case ``ScoringOptions``
+(one definition each, from which ``monai-jdt score-dir`` derives its flags).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TextIO
+
+from pydantic import Field
 
 from monai_jdt.scoring.errors import InvalidOptionError, ScoringError
 from monai_jdt.scoring.files import VOLUME_SUFFIXES, case_id_from_path, score_files
-from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
+from monai_jdt.scoring.options import DEFAULT_OPTIONS, Exposure, OptionsModel, ScoringOptions
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport
 from monai_jdt.scoring.summary import dataset_labels, summarize, with_label_set
 
 __all__ = [
     "CaseFailure",
     "DirectoryResult",
+    "FolderOptions",
     "csv_rows",
     "pair_cases",
     "score_directory",
@@ -36,13 +41,32 @@ __all__ = [
 ]
 
 
+class FolderOptions(OptionsModel):
+    """How a folder of cases is run (besides how each case is scored).
+
+    Raises:
+        InvalidOptionError: a bad value (``.option`` names it).
+    """
+
+    workers: Annotated[int | None, Field(ge=1), Exposure(form=False, metavar="N")] = Field(
+        default=None, description="Cases scored at once. Default: the number of CPUs."
+    )
+    worst_q: Annotated[
+        float, Field(gt=0, le=100, allow_inf_nan=False), Exposure(form=False, metavar="PCT")
+    ] = Field(
+        default=10.0, description="Percentage of worst cases for the worst-case means, in (0, 100]."
+    )
+
+
 @dataclass(frozen=True)
 class CaseFailure:
-    """A case that could not be scored."""
+    """A case that could not be scored: its error's code and message, and the options that
+    bear on it (``ScoringError.options``, for the front end to name)."""
 
     case_id: str
     code: str
     message: str
+    options: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, str]:
         return {"case_id": self.case_id, "code": self.code, "message": self.message}
@@ -81,6 +105,11 @@ class DirectoryResult:
 
 
 def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
+    if folder.is_file():
+        raise InvalidOptionError(
+            f"the {role} folder {str(folder)!r} is a file, not a folder; "
+            "use `monai-jdt score PRED REF` for one case."
+        )
     if not folder.is_dir():
         raise InvalidOptionError(f"the {role} folder {str(folder)!r} does not exist.")
     files: dict[str, Path] = {}
@@ -128,11 +157,14 @@ def score_directory(
     a label which may be in their reference (requested labels, probability maps) are scored a
     second time on the whole set. ``progress`` is called once per case of the first pass
     (from the calling thread).
+
+    Raises:
+        InvalidOptionError: a bad ``workers`` / ``worst_q`` (checked before anything is read),
+            a folder that is missing or a file, or a case with two files in one folder.
     """
+    run = FolderOptions(workers=workers, worst_q=worst_q)
     pairs, unpaired_preds, unpaired_refs = pair_cases(predictions, references)
-    workers = workers if workers is not None else (os.cpu_count() or 1)
-    if workers < 1:
-        raise InvalidOptionError(f"workers must be >= 1, got {workers}.")
+    workers = run.workers if run.workers is not None else (os.cpu_count() or 1)
     paths = {case: (pred, ref) for case, pred, ref in pairs}
     outcomes = _score_pairs(pairs, options, workers, progress)
     reports = [o for o in outcomes if isinstance(o, CaseReport)]
@@ -147,9 +179,7 @@ def score_directory(
         else:
             complete.append(filled)
     if again:
-        wider = dataclasses.replace(
-            options, labels={label: options.label_name(label) for label in labels}
-        )
+        wider = options.replace(labels={label: options.label_name(label) for label in labels})
         redo = [(r.case_id or "", *paths[r.case_id or ""]) for r in again]
         notes = {r.case_id: r.notes for r in again}
         for outcome in _score_pairs(redo, wider, workers, None):
@@ -166,7 +196,9 @@ def score_directory(
                 )
             )
     files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
-    return DirectoryResult(complete, failures, unpaired_preds, unpaired_refs, worst_q, files=files)
+    return DirectoryResult(
+        complete, failures, unpaired_preds, unpaired_refs, run.worst_q, files=files
+    )
 
 
 def _score_pairs(
@@ -182,7 +214,7 @@ def _score_pairs(
         try:
             return score_files(pred, ref, options, case_id=case)
         except ScoringError as err:
-            return CaseFailure(case, err.code, err.message)
+            return CaseFailure(case, err.code, err.message, err.options)
         except OSError as err:
             return CaseFailure(case, "unreadable", f"{case}: {err.strerror or err}")
 
@@ -197,21 +229,28 @@ def _score_pairs(
     return outcomes
 
 
-def csv_rows(reports: list[CaseReport]) -> Iterator[dict[str, Any]]:
-    """One flat row per (case, label): the label's JSON fields, ``reasons`` joined by ``; ``."""
+def csv_rows(
+    reports: Sequence[CaseReport], failures: Sequence[CaseFailure] = ()
+) -> Iterator[dict[str, Any]]:
+    """One flat row per (case, label): ``case_id``, the label's JSON fields, ``reasons`` joined
+    by ``; ``, and an empty ``error``; then one row per failed case with its ``error`` code
+    (and its message in ``reasons``), so a reader of the CSV alone sees every case."""
     for report in reports:
         for row in report.labels:
             flat = {"case_id": report.case_id, **row.to_dict()}
             flat["reasons"] = "; ".join(f"{k}: {v}" for k, v in row.reasons.items())
-            yield flat
+            yield {**flat, "error": None}
+    for failure in failures:
+        yield {"case_id": failure.case_id, "reasons": failure.message, "error": failure.code}
 
 
-def write_csv(reports: list[CaseReport], stream: io.TextIOBase) -> None:
-    """Write ``csv_rows`` (nulls as empty cells) with a header line."""
-    rows = list(csv_rows(reports))
-    if not rows:
-        stream.write("case_id,label,name\n")
-        return
-    writer = csv.DictWriter(stream, fieldnames=list(rows[0]), lineterminator="\n")
+def write_csv(
+    reports: Sequence[CaseReport], stream: TextIO, failures: Sequence[CaseFailure] = ()
+) -> None:
+    """Write ``csv_rows`` (nulls and missing fields as empty cells) with a header line: the
+    fields of every row, in order of first appearance."""
+    rows = list(csv_rows(reports, failures))
+    fields = list(dict.fromkeys(["case_id", "label", "name", *(k for r in rows for k in r)]))
+    writer = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows(rows)
