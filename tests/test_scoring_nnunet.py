@@ -15,7 +15,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_jdt.scoring import ScoringOptions, confusion_matrix, score_directory
+from monai_jdt.cli import main
+from monai_jdt.scoring import (
+    InvalidOptionError,
+    ScoringOptions,
+    confusion_matrix,
+    score_arrays,
+    score_directory,
+)
 from monai_jdt.scoring.nnunet import NNUNET_METRICS, dumps_nnunet, nnunet_summary
 
 SHAPE = (12, 10, 8)
@@ -302,3 +309,76 @@ def test_confusion_without_a_reference_label() -> None:
     for label in (0, 1, 2, 3):
         assert matrix.counts(label) == ref_counts(pred, ref, label, 4)
     assert confusion_matrix(pred, ref).without_reference_label(None).voxels == 4000
+
+
+# ---------------------------------------------------------------------------------------------
+# --ignore-label, and score-dir --summary-format nnunet
+
+
+@pytest.fixture(scope="module")
+def ignored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:  # type: ignore[type-arg]
+    """The cases with an unannotated slab (label 9) in each reference, some predicted voxels
+    inside it, and a prediction of 9 elsewhere in one case."""
+    root = tmp_path_factory.mktemp("ignore")
+    preds, refs = root / "preds", root / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    cases = {}
+    for i, (case, (pred, ref)) in enumerate(make_cases().items()):
+        ref = ref.copy()
+        ref[:, :, i % 3 : i % 3 + 2] = 9
+        pred = pred.copy()
+        if i == 2:
+            pred[0:2, 0:2, 6:8] = 9
+        cases[case] = (pred, ref)
+        nib.save(nib.Nifti1Image(pred, AFFINE), preds / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(ref, AFFINE), refs / f"{case}.nii.gz")
+    return preds, refs, cases
+
+
+def test_ignore_label_matches_nnunet(ignored) -> None:  # type: ignore[no-untyped-def]
+    preds, refs, cases = ignored
+    result = score_directory(preds, refs, ScoringOptions(ignore_label=9), workers=2)
+    labels = ref_label_set(cases, None, False, 9)
+    assert labels == [1, 2, 3, 4]  # 9 is never scored
+    fields = check_layout(result, cases, labels, ignore=9)
+    assert fields == 6 * 4 * 8 + 4 * 8 + 8
+    for report in result.reports:  # every count leaves the ignored voxels out
+        _, ref = cases[report.case_id]
+        for row in report.labels:
+            assert row.tp + row.fp + row.fn + row.tn == int(np.sum(ref != 9))
+    # with the requested labels (cases scored a second time for label 9's extras: none)
+    options = ScoringOptions(labels={1: None, 2: None, 3: None}, ignore_label=9)
+    result = score_directory(preds, refs, options, workers=2)
+    check_layout(result, cases, [1, 2, 3], ignore=9)
+    assert all(4 in [r.label for r in rep.labels] for rep in result.reports)
+
+
+def test_ignore_label_refusals() -> None:
+    with pytest.raises(InvalidOptionError, match="ignore_label 2 is also in labels"):
+        ScoringOptions(labels={1: None, 2: None}, ignore_label=2)
+    probs = np.full((2, 4, 4), 0.5, np.float32)
+    with pytest.raises(InvalidOptionError, match="label maps") as info:
+        score_arrays(probs, np.zeros((4, 4), np.uint8), ScoringOptions(ignore_label=3))
+    assert info.value.option == "ignore_label"
+
+
+def test_cli_writes_nnunet_summary(folders, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    preds, refs, cases = folders
+    out = tmp_path / "summary.json"
+    args = ["score-dir", str(preds), str(refs), "--no-progress", "--workers", "2"]
+    assert main([*args, "--summary-format", "nnunet", "-o", str(out)]) == 0
+    loaded = json.loads(out.read_text())
+    expected = ref_summary(cases, [1, 2, 3, 4])
+    for entry in loaded["metric_per_case"]:
+        assert Path(entry.pop("prediction_file")).parent == preds
+        assert Path(entry.pop("reference_file")).parent == refs
+    mismatches: list[str] = []
+    assert compare(loaded, expected, "cli", mismatches) == 6 * 4 * 8 + 4 * 8 + 8
+    assert mismatches == []
+    capsys.readouterr()
+    assert main([*args, "--summary-format", "nnunet", "--metrics", "dice"]) == 2
+    assert "add dice and jaccard" in capsys.readouterr().err
+    assert main([*args, "--summary-format", "nnunet", "--json", "--ignore-label", "4"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    assert list(loaded["mean"]) == ["1", "2", "3"]

@@ -38,11 +38,11 @@ def select_labels(
     Without ``options.labels``: every label in ``present`` (either volume). With it: the
     asked labels, plus the labels in ``predicted`` that were not asked for (flagged
     ``requested=False`` and named in a note) unless ``only_requested``. Label 0 only with
-    ``include_background`` or when asked for explicitly.
+    ``include_background`` or when asked for explicitly; never ``ignore_label``.
     """
 
     def keep(label: int) -> bool:
-        return options.include_background or label != 0
+        return (options.include_background or label != 0) and label != options.ignore_label
 
     if options.labels is None:
         labels = sorted(label for label in set(present) if keep(label))
@@ -93,7 +93,9 @@ def report_from_confusion(
     started: float,
     notes: Sequence[str] = (),
 ) -> CaseReport:
-    """The report of a label-map case from its confusion matrix."""
+    """The report of a label-map case from its confusion matrix, without the voxels whose
+    reference is ``options.ignore_label``."""
+    matrix = matrix.without_reference_label(options.ignore_label)
     predicted = matrix.present_in_prediction()
     warnings = label_warnings(predicted, matrix.present_in_reference(), options)
     labels, requested, label_notes = select_labels(
@@ -208,6 +210,11 @@ def _score_probabilities(
     case_id: str | None,
     started: float,
 ) -> CaseReport:
+    if options.ignore_label is not None:
+        raise InvalidOptionError(
+            "ignore_label applies to label maps; this prediction is a probability map.",
+            option="ignore_label",
+        )
     check_probabilities(pred, "prediction")
     soft_reference = ref.ndim == pred.ndim
     if soft_reference:

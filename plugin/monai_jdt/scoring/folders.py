@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, Literal, TextIO
 
 from pydantic import Field
 
@@ -55,6 +55,12 @@ class FolderOptions(OptionsModel):
         float, Field(gt=0, le=100, allow_inf_nan=False), Exposure(form=False, metavar="PCT")
     ] = Field(
         default=10.0, description="Percentage of worst cases for the worst-case means, in (0, 100]."
+    )
+    summary_format: Annotated[Literal["monai-jdt", "nnunet"], Exposure(form=False)] = Field(
+        default="monai-jdt",
+        description="Layout of the JSON written (-o, --json): monai-jdt (this project's report) "
+        "or nnunet (nnU-Net v2's summary.json: metric_per_case, mean, foreground_mean; needs "
+        "the metrics dice and jaccard).",
     )
 
 

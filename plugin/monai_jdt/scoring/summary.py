@@ -145,6 +145,8 @@ def with_label_set(
         return report
     if report.kind != "labels" or options.labels is not None:
         return None
+    if not report.labels and options.ignore_label is not None:
+        return None  # the voxels counted (the ignored ones left out) are known only by a row
     first = report.labels[0] if report.labels else None
     counted = (
         math.prod(report.shape) if first is None else int(first.tp + first.fp + first.fn + first.tn)
