@@ -112,3 +112,9 @@ class UnsupportedDataTypeError(ScoringError):
 
     code = "unsupported_dtype"
     http_status = 415
+
+
+class LabelIdTooLargeError(ScoringError):
+    """A label volume holds an id of 2**63 or more (ids are signed 64-bit in the reports)."""
+
+    code = "label_id_too_large"
