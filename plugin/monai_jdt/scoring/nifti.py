@@ -56,7 +56,7 @@ MAX_TRAILER_BYTES = 1 << 16
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_BYTES = 1 << 16  # compressed bytes per step: a small unconsumed tail to copy per call
-_SKIP_BYTES = 1 << 20  # inflated bytes per step when skipping (discarded)
+_SKIP_BYTES = 1 << 18  # inflated bytes per step when skipping (discarded)
 # deflate emits at most 258 bytes per 2 bits of input, so a gzip stream of n bytes inflates to
 # at most ~1032 n bytes; the slack covers the headers of small streams
 _DEFLATE_MAX_RATIO = 1032

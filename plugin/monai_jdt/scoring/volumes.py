@@ -125,10 +125,10 @@ def _near_whole(chunk: np.ndarray | torch.Tensor) -> tuple[bool, bool]:
         return bool(near.all()), False
     if bool((chunk == np.rint(chunk)).all()):
         return True, True
-    wide = np.asarray(chunk, dtype=np.float64)
-    rounded = np.rint(wide)
-    near = np.abs(wide - rounded) <= WHOLE_TOLERANCE * np.maximum(np.abs(rounded), 1.0)
-    return bool(near.all()), False
+    values = np.asarray(chunk, dtype=np.float64)
+    nearest = np.rint(values)
+    close = np.abs(values - nearest) <= WHOLE_TOLERANCE * np.maximum(np.abs(nearest), 1.0)
+    return bool(close.all()), False
 
 
 def _float_stats(volume: np.ndarray | torch.Tensor, name: str) -> tuple[float, float, bool, bool]:
