@@ -34,6 +34,8 @@ from monai_jdt.scoring.volumes import (
 if TYPE_CHECKING:
     import torch
 
+    from monai_jdt.counts import SoftCounts
+
 __all__ = ["check_spacing", "report_from_confusion", "score_arrays", "select_labels"]
 
 
@@ -88,6 +90,19 @@ def _check_voxels(shape: Sequence[int], options: ScoringOptions) -> None:
         )
 
 
+def _confusion_counts(matrix: ConfusionMatrix, labels: Sequence[int]) -> SoftCounts:
+    """``(tp, fp, fn)``, each ``[L]`` float64, of ``labels``, in the form ``label_scores``
+    takes (torch is imported here only)."""
+    import torch
+
+    from monai_jdt.counts import SoftCounts
+
+    tp, fp, fn = (torch.zeros(len(labels), dtype=torch.float64) for _ in range(3))
+    for i, label in enumerate(labels):
+        tp[i], fp[i], fn[i], _ = matrix.counts(label)
+    return SoftCounts(tp, fp, fn)
+
+
 def report_from_confusion(
     matrix: ConfusionMatrix,
     options: ScoringOptions,
@@ -100,20 +115,12 @@ def report_from_confusion(
     notes: Sequence[str] = (),
 ) -> CaseReport:
     """The report of a label-map case from its confusion matrix."""
-    import torch
-
-    from monai_jdt.counts import SoftCounts
-
     labels, requested, label_notes = select_labels(
         (int(x) for x in matrix.labels), matrix.present_in_prediction(), options
     )
-    tp, fp, fn = (torch.zeros(len(labels), dtype=torch.float64) for _ in range(3))
-    for i, label in enumerate(labels):
-        tp[i], fp[i], fn[i], _ = matrix.counts(label)
+    counts = _confusion_counts(matrix, labels)
     voxel_ml = None if spacing is None else float(np.prod(spacing)) / 1000.0
-    rows = label_scores(
-        labels, SoftCounts(tp, fp, fn), matrix.voxels, requested, options, voxel_ml, True
-    )
+    rows = label_scores(labels, counts, matrix.voxels, requested, options, voxel_ml, True)
     return CaseReport(
         case_id=case_id,
         kind="labels",

@@ -98,7 +98,7 @@ def _check_affines(pred: NiftiInfo, ref: NiftiInfo, tolerance: float) -> None:
         if info.affine_problem is not None:
             raise CorruptFileError(
                 f"{Path(info.path).name}: {info.affine_problem}, so the voxel grids cannot be "
-                "compared; fix the header, or skip the check with --ignore-affine."
+                "compared; fix the header, or skip the affine check."
             )
     difference = float(np.abs(pred.affine - ref.affine).max())
     if not difference <= tolerance:
