@@ -3,9 +3,11 @@
 Integer label maps (the common case) take the streaming path: both files are inflated in
 two threads, chunk by chunk, while the calling thread adds each pair of chunks to one
 confusion matrix. Memory stays a few MB whatever the volume size and the time is that of the
-slower inflate (``isal`` releases the GIL). Everything else (float or rescaled data,
-probability maps with a channel axis, a CUDA device asked for, a file that is not NIfTI) is
-loaded whole and scored by ``score_arrays``.
+slower inflate (``isal`` releases the GIL). Small files (at most ``INLINE_VOXELS`` voxels) are
+inflated in the calling thread instead: for them the hand-off between threads costs more than
+the parallel inflate saves. Everything else (float or rescaled data, probability maps with a
+channel axis, a CUDA device asked for, a file that is not NIfTI) is loaded whole and scored by
+``score_arrays``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import numpy as np
 
 from monai_jdt.scoring.arrays import report_from_confusion, score_arrays
 from monai_jdt.scoring.confusion import ConfusionAccumulator, ConfusionMatrix
-from monai_jdt.scoring.errors import AffineMismatchError, ShapeMismatchError
+from monai_jdt.scoring.errors import AffineMismatchError, CorruptFileError, ShapeMismatchError
 from monai_jdt.scoring.nifti import NiftiInfo, iter_voxel_chunks
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
 from monai_jdt.scoring.report import CaseReport
 from monai_jdt.scoring.sitk_formats import SITK_SUFFIXES, VolumeInfo, inspect_volume, load_volume
 
 __all__ = [
+    "INLINE_VOXELS",
     "NIFTI_SUFFIXES",
     "STREAM_CHUNK_VOXELS",
     "VOLUME_SUFFIXES",
@@ -41,6 +44,9 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: every file ending scored (and paired by ``score-dir``)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 STREAM_CHUNK_VOXELS = 1 << 20
+#: label maps of at most this many voxels are inflated in the calling thread (measured in
+#: benchmarks/README.md: below it two inflate threads are slower than one)
+INLINE_VOXELS = 1 << 22
 _QUEUE_DEPTH = 4
 _END = object()
 
@@ -66,7 +72,39 @@ def _layout(info: VolumeInfo) -> tuple[tuple[int, ...], int | None]:
     return info.spatial_shape, (extra[0] if extra else None)
 
 
+def _check_layouts(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> tuple[int, ...]:
+    """The common spatial shape; a channel axis only on float (or rescaled) data that is not
+    read as labels, and on the reference only as a soft reference of the prediction's shape."""
+    (pred_spatial, pred_channels), (ref_spatial, ref_channels) = _layout(pred), _layout(ref)
+    if pred_spatial != ref_spatial or ref_channels not in (None, pred_channels):
+        raise ShapeMismatchError(
+            f"shapes differ: prediction {Path(pred.path).name} has shape {pred.shape}, reference "
+            f"{Path(ref.path).name} has shape {ref.shape}."
+        )
+    for info, channels in ((pred, pred_channels), (ref, ref_channels)):
+        if channels is None:
+            continue
+        if info.dtype.kind in "biu" and not info.scaled:
+            raise ShapeMismatchError(
+                f"{Path(info.path).name}: integer data of shape {info.shape}, with an axis of "
+                f"{channels} after the spatial ones; a label map is (X, Y, Z), and a channel "
+                "axis (X, Y, Z, C) holds float probabilities."
+            )
+        if options.kind == "labels":
+            raise ShapeMismatchError(
+                f"{Path(info.path).name}: shape {info.shape} has a channel axis, but the volumes "
+                "are to be read as label maps (kind labels), which are (X, Y, Z)."
+            )
+    return ref_spatial
+
+
 def _check_affines(pred: VolumeInfo, ref: VolumeInfo, tolerance: float) -> None:
+    for info in (pred, ref):
+        if info.affine_problem is not None:
+            raise CorruptFileError(
+                f"{Path(info.path).name}: {info.affine_problem}, so the voxel grids cannot be "
+                "compared; fix the header, or skip the affine check."
+            )
     difference = float(np.abs(pred.affine - ref.affine).max())
     if not difference <= tolerance:
         raise AffineMismatchError(
@@ -127,13 +165,32 @@ def _chunk_pairs(
             thread.join()
 
 
+def _inline_pairs(
+    pred: NiftiInfo, ref: NiftiInfo, chunk_voxels: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The chunk pairs of ``_chunk_pairs``, inflated in the calling thread."""
+    pred_chunks, ref_chunks = (
+        iter_voxel_chunks(pred, chunk_voxels),
+        iter_voxel_chunks(ref, chunk_voxels),
+    )
+    yield from zip(pred_chunks, ref_chunks, strict=True)
+
+
 def stream_confusion(
-    pred: NiftiInfo, ref: NiftiInfo, chunk_voxels: int = STREAM_CHUNK_VOXELS
+    pred: NiftiInfo,
+    ref: NiftiInfo,
+    chunk_voxels: int = STREAM_CHUNK_VOXELS,
+    *,
+    threads: bool | None = None,
 ) -> ConfusionMatrix:
-    """Confusion matrix of two inspected integer label files of the same voxel count, inflated
-    in two threads and counted chunk by chunk (bounded memory)."""
+    """Confusion matrix of two inspected integer label files of the same voxel count, counted
+    chunk by chunk (bounded memory), inflated in two threads (``threads=True``), in the calling
+    thread (``False``), or, by default, in threads above ``INLINE_VOXELS`` voxels."""
+    if threads is None:
+        threads = pred.voxels > INLINE_VOXELS
     accumulator = ConfusionAccumulator()
-    for p, r in _chunk_pairs(pred, ref, chunk_voxels):
+    pairs = _chunk_pairs if threads else _inline_pairs
+    for p, r in pairs(pred, ref, chunk_voxels):
         accumulator.update(p, r)
     return accumulator.result()
 
@@ -151,7 +208,10 @@ def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> b
         options.kind != "probabilities"
         and integer_labels(pred)
         and integer_labels(ref)
-        and resolve_device(options.device, prefer_cuda=False).type == "cpu"
+        and (
+            options.device in ("auto", "cpu")
+            or resolve_device(options.device, prefer_cuda=False).type == "cpu"
+        )
     )
 
 
@@ -178,12 +238,7 @@ def score_files(
     started = time.perf_counter()
     pred = inspect_volume(prediction, options.max_voxels)
     ref = inspect_volume(reference, options.max_voxels)
-    (pred_spatial, _), (ref_spatial, _) = _layout(pred), _layout(ref)
-    if pred_spatial != ref_spatial:
-        raise ShapeMismatchError(
-            f"shapes differ: prediction {Path(pred.path).name} has shape {pred.shape}, reference "
-            f"{Path(ref.path).name} has shape {ref.shape}."
-        )
+    ref_spatial = _check_layouts(pred, ref, options)
     if not options.ignore_affine:
         _check_affines(pred, ref, options.affine_tol)
     case_id = case_id if case_id is not None else case_id_from_path(prediction)

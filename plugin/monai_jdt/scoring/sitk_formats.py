@@ -88,6 +88,9 @@ class ImageInfo:
         spacing: voxel size in mm along the (up to 3) spatial axes, or None when it is not
             positive and finite.
         components: values per voxel (1 for scalar images).
+        affine_problem: why the header gives no valid affine (a spacing that is not positive
+            and finite, a non-finite origin or direction), or None; as ``NiftiInfo``'s, it only
+            matters when the affines are compared.
     """
 
     path: str
@@ -97,6 +100,7 @@ class ImageInfo:
     affine: np.ndarray
     spacing: tuple[float, ...] | None
     components: int
+    affine_problem: str | None = None
 
     @property
     def scaled(self) -> bool:
@@ -253,6 +257,11 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
     affine, spacing = _geometry(
         reader.GetDirection(), reader.GetOrigin(), reader.GetSpacing(), len(size)
     )
+    problem = None
+    if spacing is None:
+        problem = f"the header's spacing {tuple(reader.GetSpacing())} is not positive and finite"
+    elif not np.isfinite(affine).all():
+        problem = "the header's origin or direction is not finite"
     return ImageInfo(
         path=str(path),
         shape=shape,
@@ -261,6 +270,7 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
         affine=affine,
         spacing=spacing,
         components=components,
+        affine_problem=problem,
     )
 
 
