@@ -242,3 +242,12 @@ def test_missing_simpleitk_names_the_extra(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import fails as if not installed
     with pytest.raises(NotNiftiError, match=r"monai-jdt\[formats\]"):
         inspect_image(path)
+
+
+def test_zero_spacing_is_refused_on_the_header(tmp_path: Path) -> None:
+    path = write(tmp_path / "z.mha", np.zeros(SHAPE_XYZ, np.uint8), compress=False)
+    text = path.read_bytes()
+    spacing = text[text.index(b"ElementSpacing") :].split(b"\n", 1)[0]
+    path.write_bytes(text.replace(spacing, b"ElementSpacing = 0.8 0 2.5"))
+    with pytest.raises(CorruptFileError, match=r"spacing \(0\.8, 0\.0, 2\.5\)"):
+        inspect_image(path)

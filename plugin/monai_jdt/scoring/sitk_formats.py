@@ -88,9 +88,9 @@ class ImageInfo:
         spacing: voxel size in mm along the (up to 3) spatial axes, or None when it is not
             positive and finite.
         components: values per voxel (1 for scalar images).
-        affine_problem: why the header gives no valid affine (a spacing that is not positive
-            and finite, a non-finite origin or direction), or None; as ``NiftiInfo``'s, it only
-            matters when the affines are compared.
+        affine_problem: why the header gives no valid affine (a non-finite origin or
+            direction), or None; as ``NiftiInfo``'s, it only matters when the affines are
+            compared.
     """
 
     path: str
@@ -207,7 +207,8 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
         NotNiftiError: missing file, SimpleITK not installed, or a file its reader cannot
             read as its format (the ending decides: ``.nrrd``/``.nhdr`` NRRD, ``.mha``/``.mhd``
             MetaImage).
-        CorruptFileError: an empty shape, or less data on disk than the header declares.
+        CorruptFileError: an empty shape, a spacing that is not positive and finite, or less
+            data on disk than the header declares.
         UnsupportedDataTypeError: complex or other non-numeric pixel types.
         VolumeTooLargeError: more voxels than ``max_voxels``.
     """
@@ -257,11 +258,13 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
     affine, spacing = _geometry(
         reader.GetDirection(), reader.GetOrigin(), reader.GetSpacing(), len(size)
     )
-    problem = None
-    if spacing is None:
-        problem = f"the header's spacing {tuple(reader.GetSpacing())} is not positive and finite"
-    elif not np.isfinite(affine).all():
-        problem = "the header's origin or direction is not finite"
+    if spacing is None:  # ITK refuses to build such an image: say so before reading
+        raise CorruptFileError(
+            f"{name}: the header's spacing {tuple(reader.GetSpacing())} is not positive and "
+            "finite; the image cannot be read."
+        )
+    finite = bool(np.isfinite(affine).all())
+    problem = None if finite else "the header's origin or direction is not finite"
     return ImageInfo(
         path=str(path),
         shape=shape,
