@@ -34,6 +34,7 @@ __all__ = [
     "CaseFailure",
     "DirectoryResult",
     "FolderOptions",
+    "complete_label_set",
     "csv_rows",
     "pair_cases",
     "score_directory",
@@ -158,9 +159,9 @@ def score_directory(
 ) -> DirectoryResult:
     """Score every paired case of two folders with ``workers`` threads (default: CPU count).
 
-    The dataset is scored on one label set (``summary.dataset_labels``): every case gets a row
-    for each of its labels, absent-from-both rows following ``options.empty``. Cases that lack
-    a label which may be in their reference (requested labels, probability maps) are scored a
+    The dataset is scored on one label set (``complete_label_set``): every case gets a row for
+    each of its labels, absent-from-both rows following ``options.empty``; cases that lack a
+    label which may be in their reference (requested labels, probability maps) are scored a
     second time on the whole set. ``progress`` is called once per case of the first pass
     (from the calling thread).
 
@@ -173,38 +174,61 @@ def score_directory(
     workers = run.workers if run.workers is not None else (os.cpu_count() or 1)
     paths = {case: (pred, ref) for case, pred, ref in pairs}
     outcomes = _score_pairs(pairs, options, workers, progress)
-    reports = [o for o in outcomes if isinstance(o, CaseReport)]
-    failures = [o for o in outcomes if isinstance(o, CaseFailure)]
+
+    def rescore(cases: Sequence[str], wider: ScoringOptions) -> list[CaseReport | CaseFailure]:
+        return _score_pairs([(c, *paths[c]) for c in cases], wider, workers, None)
+
+    reports, failures = complete_label_set(
+        [o for o in outcomes if isinstance(o, CaseReport)], options, rescore
+    )
+    failures += [o for o in outcomes if isinstance(o, CaseFailure)]
+    files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
+    return DirectoryResult(
+        reports, failures, unpaired_preds, unpaired_refs, run.worst_q, files=files
+    )
+
+
+def complete_label_set(
+    reports: Sequence[CaseReport],
+    options: ScoringOptions,
+    rescore: Callable[[Sequence[str], ScoringOptions], list[CaseReport | CaseFailure]],
+) -> tuple[list[CaseReport], list[CaseFailure]]:
+    """The reports of a dataset on one label set (``summary.dataset_labels``), and the cases
+    that failed on it.
+
+    Every report gets a row for each label of the set, absent-from-both rows following
+    ``options.empty`` (``summary.with_label_set``). Cases that lack a label which may be in
+    their reference (requested labels, probability maps) are handed to ``rescore(case ids,
+    options on the whole set)``; their new reports keep ``options`` and their first notes, and
+    flag the labels not asked for ``requested=False``. For every front end that scores a
+    dataset (``score_directory``, the service's dataset jobs).
+    """
     labels, unrequested = dataset_labels(reports, options)
     complete: list[CaseReport] = []
-    again: list[CaseReport] = []
+    again: dict[str, CaseReport] = {}
     for report in reports:
         filled = with_label_set(report, labels, options)
         if filled is None:
-            again.append(report)
+            again[report.case_id or ""] = report
         else:
             complete.append(filled)
-    if again:
-        wider = options.replace(labels={label: options.label_name(label) for label in labels})
-        redo = [(r.case_id or "", *paths[r.case_id or ""]) for r in again]
-        notes = {r.case_id: r.notes for r in again}
-        for outcome in _score_pairs(redo, wider, workers, None):
-            if isinstance(outcome, CaseFailure):
-                failures.append(outcome)
-                continue
-            rows = tuple(
-                dataclasses.replace(row, requested=row.label not in unrequested)
-                for row in outcome.labels
-            )
-            complete.append(
-                dataclasses.replace(
-                    outcome, labels=rows, options=options, notes=notes[outcome.case_id]
-                )
-            )
-    files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
-    return DirectoryResult(
-        complete, failures, unpaired_preds, unpaired_refs, run.worst_q, files=files
-    )
+    failures: list[CaseFailure] = []
+    if not again:
+        return complete, failures
+    wider = options.replace(labels={label: options.label_name(label) for label in labels})
+    for outcome in rescore(list(again), wider):
+        if isinstance(outcome, CaseFailure):
+            failures.append(outcome)
+            continue
+        rows = tuple(
+            dataclasses.replace(row, requested=row.label not in unrequested)
+            for row in outcome.labels
+        )
+        first = again[outcome.case_id or ""]
+        complete.append(
+            dataclasses.replace(outcome, labels=rows, options=options, notes=first.notes)
+        )
+    return complete, failures
 
 
 def _score_pairs(
