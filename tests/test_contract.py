@@ -394,3 +394,14 @@ def test_http_case_id_defaults_to_null(client: TestClient) -> None:
     pred, ref = organ_pair((10, 10, 8), 2, seed=8)
     assert _post(client, pred, ref).json()["case_id"] is None
     assert _post(client, pred, ref, case_id="c-9").json()["case_id"] == "c-9"
+
+
+def test_scoring_package_names_resolve_lazily() -> None:
+    import monai_jdt.scoring as package
+
+    assert set(package._MODULES) == set(package.__all__)
+    for name in package.__all__:
+        value = getattr(package, name)
+        assert getattr(value, "__name__", name) == name or not callable(value)
+    with pytest.raises(AttributeError):
+        package.no_such_name  # noqa: B018

@@ -504,10 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # never a traceback for the user
         if os.environ.get("MONAI_JDT_DEBUG"):
             traceback.print_exc()
-        name = type(err).__name__
-        if name == "OutOfMemoryError":
+        torch = sys.modules.get("torch")  # loaded only if the case needed it
+        if torch is not None and isinstance(err, torch.OutOfMemoryError):
             _error(f"the device ran out of memory ({err}); try --device cpu")
             return EXIT_FAILED_CASES
+        name = type(err).__name__
         _error(f"internal error: {name}: {err} (set MONAI_JDT_DEBUG=1 for the traceback)")
         return EXIT_INTERNAL
 

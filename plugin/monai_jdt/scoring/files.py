@@ -26,7 +26,7 @@ from monai_jdt.scoring.arrays import report_from_confusion, score_arrays
 from monai_jdt.scoring.confusion import ConfusionAccumulator, ConfusionMatrix
 from monai_jdt.scoring.errors import AffineMismatchError, CorruptFileError, ShapeMismatchError
 from monai_jdt.scoring.nifti import NiftiInfo, iter_voxel_chunks
-from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
+from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, device_type
 from monai_jdt.scoring.report import CaseReport
 from monai_jdt.scoring.sitk_formats import SITK_SUFFIXES, VolumeInfo, inspect_volume, load_volume
 
@@ -208,10 +208,7 @@ def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> b
         options.kind != "probabilities"
         and integer_labels(pred)
         and integer_labels(ref)
-        and (
-            options.device in ("auto", "cpu")
-            or resolve_device(options.device, prefer_cuda=False).type == "cpu"
-        )
+        and device_type(options.device, prefer_cuda=False) == "cpu"
     )
 
 
