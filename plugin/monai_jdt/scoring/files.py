@@ -228,9 +228,12 @@ def score_files(
     label map (or probabilities of the prediction's shape). Volumes in mL use the reference's
     voxel spacing. ``case_id`` defaults to the prediction's file name without extension.
 
-    Raises the ``ScoringError`` subclasses of ``inspect_volume`` and ``score_arrays``, plus
-    ``ShapeMismatchError`` and ``AffineMismatchError`` from the headers, before any data is
-    inflated.
+    Raises:
+        ScoringError: the subclasses of ``inspect_volume`` and ``score_arrays``, plus, from the
+            headers before any data is inflated: ``ShapeMismatchError`` (spatial shapes
+            differ, integer data with an axis after the spatial ones, a channel axis with
+            ``kind="labels"``), ``AffineMismatchError`` and ``CorruptFileError`` (a header
+            without a valid affine, unless ``ignore_affine``).
     """
     started = time.perf_counter()
     pred = inspect_volume(prediction, options.max_voxels)

@@ -210,7 +210,11 @@ class _Stream:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def skip(self, n: int) -> int:
-        """Discard ``n`` bytes (memory stays flat); the number actually skipped."""
+        """Discard ``n`` bytes (memory stays flat); the number actually skipped (a raw file is
+        seeked, its size having been checked against the header)."""
+        if self._inflater is None:
+            self._handle.seek(n, io.SEEK_CUR)
+            return n
         got = 0
         while got < n:
             part = self.read(min(n - got, _SKIP_BYTES))
