@@ -382,3 +382,32 @@ def test_cli_writes_nnunet_summary(folders, tmp_path: Path, capsys) -> None:  # 
     assert main([*args, "--summary-format", "nnunet", "--json", "--ignore-label", "4"]) == 0
     loaded = json.loads(capsys.readouterr().out)
     assert list(loaded["mean"]) == ["1", "2", "3"]
+
+
+def test_service_form_field_ignore_label(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from service_testing import nifti_bytes
+
+    from jdt_service import Settings, create_app
+
+    pred, ref = make_cases()["case_004"]
+    ref = ref.copy()
+    ref[:, :, :3] = 7
+    settings = Settings(upload_dir=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        files = {
+            "prediction": ("p.nii.gz", nifti_bytes(pred), "application/gzip"),
+            "reference": ("r.nii.gz", nifti_bytes(ref), "application/gzip"),
+        }
+        answer = client.post("/v1/scores", files=files, data={"ignore_label": "7"})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["options"]["ignore_label"] == 7
+        rows = {row["label"]: row for row in body["labels"]}
+        assert 7 not in rows
+        for label, row in rows.items():
+            tp, fp, fn, tn = ref_counts(pred, ref, label, 7)
+            assert (row["tp"], row["fp"], row["fn"], row["tn"]) == (tp, fp, fn, tn)
+        answer = client.post("/v1/scores", files=files, data={"ignore_label": "7", "labels": "1,7"})
+        assert answer.status_code == 422
+        assert answer.json()["detail"]["code"] == "invalid_option"
