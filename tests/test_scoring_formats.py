@@ -251,3 +251,31 @@ def test_zero_spacing_is_refused_on_the_header(tmp_path: Path) -> None:
     path.write_bytes(text.replace(spacing, b"ElementSpacing = 0.8 0 2.5"))
     with pytest.raises(CorruptFileError, match=r"spacing \(0\.8, 0\.0, 2\.5\)"):
         inspect_image(path)
+
+
+def test_service_scores_nrrd_and_mha_uploads(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from jdt_service import Settings, create_app
+
+    pred, ref = pair
+    p_nrrd = write(tmp_path / "p.nrrd", pred.astype(np.uint8))
+    p_mha = write(tmp_path / "p.mha", pred.astype(np.uint8), compress=False)
+    r = write(tmp_path / "r.nii.gz", ref.astype(np.uint8))
+    expected = score_files(p_nrrd, r, ScoringOptions(device="cpu"), case_id="c").to_dict()
+    with TestClient(create_app(Settings(upload_dir=tmp_path / "uploads"))) as client:
+        for upload in (p_nrrd, p_mha):
+            files = {  # the client's file names are not used: the content decides
+                "prediction": ("upload.bin", upload.read_bytes(), "application/octet-stream"),
+                "reference": ("upload.bin", r.read_bytes(), "application/octet-stream"),
+            }
+            answer = client.post("/v1/scores", files=files, data={"case_id": "c"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["labels"] == expected["labels"]
+        junk = {
+            "prediction": ("x", b"NRRD0004\nnot really\n", "application/octet-stream"),
+            "reference": ("y", r.read_bytes(), "application/octet-stream"),
+        }
+        answer = client.post("/v1/scores", files=junk)
+        assert answer.status_code == 422  # starts as NRRD, then a broken header
+        assert answer.json()["detail"]["code"] == "corrupt_file"
