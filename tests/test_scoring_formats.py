@@ -279,3 +279,29 @@ def test_service_scores_nrrd_and_mha_uploads(tmp_path: Path, pair) -> None:  # t
         answer = client.post("/v1/scores", files=junk)
         assert answer.status_code == 422  # starts as NRRD, then a broken header
         assert answer.json()["detail"]["code"] == "corrupt_file"
+
+
+def test_headers_cannot_point_at_other_files(tmp_path: Path) -> None:
+    """A header names its data file: it must be one plain name next to a detached header
+    (``.nhdr`` / ``.mhd``), never a path, and never under a single-file ending."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(256)) * 8)
+    data = np.zeros((4, 4, 4), np.uint8)
+    detached = write(tmp_path / "d.mhd", data, compress=False)
+    text = detached.read_text()
+    for target in (str(secret), "../secret.bin", "LIST"):
+        header = tmp_path / "evil.mhd"
+        header.write_text(text.replace("ElementDataFile = d.raw", f"ElementDataFile = {target}"))
+        with pytest.raises(CorruptFileError, match="not one file next to the header"):
+            inspect_image(header)
+    nrrd = write(tmp_path / "n.nrrd", data, compress=False)
+    head = nrrd.read_bytes().split(b"\n\n", 1)[0]
+    evil = tmp_path / "evil.nrrd"
+    evil.write_bytes(
+        head.replace(b"encoding: raw", b"encoding: raw\ndata file: secret.bin") + b"\n\n"
+    )
+    with pytest.raises(CorruptFileError, match=r"a \.nrrd file holds its own data"):
+        inspect_image(evil)
+    attached = tmp_path / "evil.nhdr"
+    attached.write_bytes(evil.read_bytes().replace(b"data file: secret.bin", b"data file: d.raw"))
+    np.testing.assert_array_equal(load_image(inspect_image(attached)), data)  # next to it: read

@@ -145,16 +145,14 @@ def _sitk(name: str) -> Any:
     return SimpleITK
 
 
-def _dtypes(sitk: Any) -> dict[int, tuple[np.dtype, bool]]:
-    """``{SimpleITK pixel id: (component dtype, is a vector type)}`` of the scorable types."""
+def _dtypes(sitk: Any) -> dict[int, np.dtype]:
+    """``{SimpleITK pixel id: component dtype}`` of the scorable (scalar and vector) types."""
     names = ("UInt8", "Int8", "UInt16", "Int16", "UInt32", "Int32", "UInt64", "Int64")
-    table: dict[int, tuple[np.dtype, bool]] = {}
-    for name, dtype in [(n, np.dtype(n.lower())) for n in names] + [
-        ("Float32", np.dtype(np.float32)),
-        ("Float64", np.dtype(np.float64)),
-    ]:
-        table[getattr(sitk, f"sitk{name}")] = (dtype, False)
-        table[getattr(sitk, f"sitkVector{name}")] = (dtype, True)
+    table: dict[int, np.dtype] = {}
+    for name in (*names, "Float32", "Float64"):
+        dtype = np.dtype(name.lower())
+        table[getattr(sitk, f"sitk{name}")] = dtype
+        table[getattr(sitk, f"sitkVector{name}")] = dtype
     return table
 
 
@@ -170,34 +168,64 @@ def _looks_like(text: str, suffix: str) -> bool:
     return re.search(r"^NDims\s*=", text, re.MULTILINE) is not None
 
 
-def _payload_bound(path: Path, text: str, suffix: str) -> tuple[int, int] | None:
-    """``(bytes on disk holding the data, most bytes each can decode to)`` when the header
-    ``text`` says how the data is stored (raw or gzip, in this file or one other), else None
-    (then no bound is checked)."""
+@dataclass(frozen=True)
+class _Storage:
+    """Where and how a header says its data is stored."""
+
+    data_file: str | None  # a separate data file, None when the data follows the header
+    header_bytes: int | None  # the header's length when the data follows it (None: unknown)
+    ratio: int | None  # most bytes one stored byte decodes to (None: no bound known)
+
+
+def _storage(text: str, suffix: str) -> _Storage:
+    """Read the data location and encoding from the header ``text``."""
     if _IMAGE_IO[suffix] == "NrrdImageIO":
         head, blank, _ = text.partition("\n\n")
         found = re.search(r"^encoding:\s*(\S+)", head, re.MULTILINE)
         encoding = found.group(1).lower() if found else "raw"
         ratio = {"raw": 1, "gzip": _DEFLATE_MAX_RATIO, "gz": _DEFLATE_MAX_RATIO}.get(encoding)
         data = re.search(r"^data ?file:\s*(.+?)\s*$", head, re.MULTILINE)
-        data_name = None if data is None else data.group(1)
-        header_bytes = len(head) + len(blank) if data_name is None and blank else None
-    else:
-        compressed = re.search(r"^CompressedData\s*=\s*True", text, re.MULTILINE | re.IGNORECASE)
-        ratio = _DEFLATE_MAX_RATIO if compressed else 1
-        data = re.search(r"^ElementDataFile\s*=\s*(.+?)[ \t]*\r?\n", text, re.MULTILINE)
-        data_name = None if data is None else data.group(1)
-        local = data is not None and data.group(1).upper() == "LOCAL"
-        header_bytes = data.end() if data is not None and local else None
-        data_name = None if header_bytes is not None else data_name
-    if ratio is None:
-        return None
-    if data_name is None:
-        return None if header_bytes is None else (path.stat().st_size - header_bytes, ratio)
-    if " " in data_name or "%" in data_name or data_name.upper() == "LIST":
-        return None  # a list or a pattern of slice files
-    data_path = path.parent / data_name
-    return (data_path.stat().st_size if data_path.is_file() else 0), ratio
+        if data is not None:
+            return _Storage(data.group(1), None, ratio)
+        return _Storage(None, len(head) + len(blank) if blank else None, ratio)
+    compressed = re.search(r"^CompressedData\s*=\s*True", text, re.MULTILINE | re.IGNORECASE)
+    ratio = _DEFLATE_MAX_RATIO if compressed else 1
+    data = re.search(r"^ElementDataFile\s*=\s*(.+?)[ \t]*\r?\n", text, re.MULTILINE)
+    if data is None or data.group(1).upper() != "LOCAL":
+        return _Storage(None if data is None else data.group(1), None, ratio)
+    return _Storage(None, data.end(), ratio)
+
+
+def _check_storage(file: Path, storage: _Storage, suffix: str) -> int | None:
+    """The bytes on disk that hold the data (None when unknown); refuses a data file that is
+    not a plain name next to the header (a header must not make us read other files), and a
+    detached header under a single-file ending."""
+    name = file.name
+    if storage.data_file is None:
+        header = storage.header_bytes
+        return None if header is None else file.stat().st_size - header
+    detached = {".nrrd": ".nhdr", ".mha": ".mhd"}.get(suffix)
+    if detached is not None:
+        raise CorruptFileError(
+            f"{name}: the header points to a separate data file ({storage.data_file!r}); a "
+            f"{suffix} file holds its own data (a detached header ends in {detached})."
+        )
+    data_name = storage.data_file
+    if (
+        data_name.upper() == "LIST"
+        or any(c in data_name for c in " %/\\")
+        or data_name
+        in (
+            ".",
+            "..",
+        )
+    ):
+        raise CorruptFileError(
+            f"{name}: the data file {data_name!r} is not one file next to the header (lists, "
+            "patterns and paths are not read)."
+        )
+    data_path = file.parent / data_name
+    return data_path.stat().st_size if data_path.is_file() else 0
 
 
 def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -> ImageInfo:
@@ -207,8 +235,9 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
         NotNiftiError: missing file, SimpleITK not installed, or a file its reader cannot
             read as its format (the ending decides: ``.nrrd``/``.nhdr`` NRRD, ``.mha``/``.mhd``
             MetaImage).
-        CorruptFileError: an empty shape, a spacing that is not positive and finite, or less
-            data on disk than the header declares.
+        CorruptFileError: an empty shape, a spacing that is not positive and finite, less
+            data on disk than the header declares, or a data file that is not one plain name
+            next to a ``.nhdr`` / ``.mhd`` header (``.nrrd`` / ``.mha`` hold their data).
         UnsupportedDataTypeError: complex or other non-numeric pixel types.
         VolumeTooLargeError: more voxels than ``max_voxels``.
     """
@@ -239,7 +268,7 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
             "scored; "
             "expected integer labels or float probabilities."
         )
-    dtype, _ = pixel
+    dtype = pixel
     components = int(reader.GetNumberOfComponents())
     shape = size + ((components,) if components > 1 else ())
     if not size or any(s <= 0 for s in size):
@@ -249,11 +278,13 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
         raise VolumeTooLargeError(
             f"{name}: {voxels} voxels (shape {shape}), above the limit of {max_voxels}."
         )
-    bound = _payload_bound(file, text, suffix)
-    if bound is not None and bound[0] * bound[1] < voxels * dtype.itemsize:
+    storage = _storage(text, suffix)
+    stored = _check_storage(file, storage, suffix)
+    ratio = storage.ratio
+    if stored is not None and ratio is not None and stored * ratio < voxels * dtype.itemsize:
         raise CorruptFileError(
             f"{name}: truncated: the header declares {voxels * dtype.itemsize} bytes of data, "
-            f"the file holds {bound[0]} bytes" + (" (compressed)." if bound[1] > 1 else ".")
+            f"the file holds {stored} bytes" + (" (compressed)." if ratio > 1 else ".")
         )
     affine, spacing = _geometry(
         reader.GetDirection(), reader.GetOrigin(), reader.GetSpacing(), len(size)
