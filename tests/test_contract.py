@@ -405,3 +405,25 @@ def test_scoring_package_names_resolve_lazily() -> None:
         assert getattr(value, "__name__", name) == name or not callable(value)
     with pytest.raises(AttributeError):
         package.no_such_name  # noqa: B018
+
+
+def test_score_dir_json_is_laid_out_by_the_dataset_model(tmp_path: Path) -> None:
+    from monai_jdt.scoring.report import DatasetReport
+
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    for i in range(2):
+        pred, ref = organ_pair((10, 10, 8), 2, seed=20 + i)
+        write_nifti(preds / f"c{i}.nii.gz", pred)
+        write_nifti(refs / f"c{i}.nii.gz", ref)
+    (preds / "broken.nii.gz").write_bytes(b"xx")
+    write_nifti(refs / "broken.nii.gz", ref)
+    write_nifti(refs / "alone.nii.gz", ref)
+    data = score_directory(preds, refs).to_dict()
+    jsonschema.validate(data, DatasetReport.model_json_schema())
+    case_schema = json.loads(SCHEMA_FILE.read_text())
+    for case in data["cases"]:
+        jsonschema.validate(case, case_schema)
+    assert data["failures"][0]["code"] == "not_nifti"
+    assert data["unpaired"] == {"predictions": [], "references": ["alone.nii.gz"]}

@@ -27,7 +27,7 @@ from pydantic import Field
 from monai_jdt.scoring.errors import InvalidOptionError, ScoringError
 from monai_jdt.scoring.files import VOLUME_SUFFIXES, case_id_from_path, score_files
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, Exposure, OptionsModel, ScoringOptions
-from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport
+from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport, DatasetReport
 from monai_jdt.scoring.summary import dataset_labels, summarize, with_label_set
 
 __all__ = [
@@ -98,17 +98,21 @@ class DirectoryResult:
         self.summary = summarize(self.reports, self.worst_q)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: the summary, every case report, the failures and the unpaired files."""
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "summary": self.summary,
-            "cases": [report.to_dict() for report in self.reports],
-            "failures": [failure.to_dict() for failure in self.failures],
-            "unpaired": {
-                "predictions": self.unpaired_predictions,
-                "references": self.unpaired_references,
-            },
-        }
+        """JSON-safe: the summary, every case report, the failures and the unpaired files,
+        laid out by ``DatasetReport``."""
+        report = DatasetReport.model_validate(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "summary": self.summary,
+                "cases": [report.to_dict() for report in self.reports],
+                "failures": [failure.to_dict() for failure in self.failures],
+                "unpaired": {
+                    "predictions": self.unpaired_predictions,
+                    "references": self.unpaired_references,
+                },
+            }
+        )
+        return report.model_dump(mode="json", exclude_unset=True)
 
 
 def _nifti_files(folder: Path, role: str) -> dict[str, Path]:

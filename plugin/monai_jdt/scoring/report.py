@@ -33,10 +33,13 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEMA_VERSION",
     "CaseReport",
+    "DatasetReport",
+    "FailureRow",
     "LabelRow",
     "LabelScore",
     "ReportOptions",
     "ScoreReport",
+    "UnpairedFiles",
     "label_scores",
     "label_warnings",
     "metric_weights",
@@ -125,6 +128,39 @@ class ScoreReport(BaseModel):
         "passed as a label map); also printed on stderr by the command line."
     )
     seconds: float = Field(description="Wall time of the scoring, loading included.")
+
+
+class FailureRow(BaseModel):
+    """A case of a dataset that could not be scored."""
+
+    model_config = _STRICT
+
+    case_id: str
+    code: str = Field(description="The error's stable code, e.g. not_nifti.")
+    message: str = Field(description="What was wrong, for a person.")
+
+
+class UnpairedFiles(BaseModel):
+    """Files of a dataset without a partner of the same case id."""
+
+    model_config = _STRICT
+
+    predictions: list[str]
+    references: list[str]
+
+
+class DatasetReport(BaseModel):
+    """The report of a dataset: ``DirectoryResult.to_dict()``, ``monai-jdt score-dir -o``."""
+
+    model_config = _STRICT
+
+    schema_version: str = Field(
+        description="Version of this layout.", json_schema_extra={"const": SCHEMA_VERSION}
+    )
+    summary: dict[str, Any] = Field(description="The dataset summary (see docs/scoring.md).")
+    cases: list[ScoreReport] = Field(description="Every scored case, sorted by case id.")
+    failures: list[FailureRow] = Field(description="Every case that failed, sorted by case id.")
+    unpaired: UnpairedFiles
 
 
 def report_json_schema() -> dict[str, Any]:
