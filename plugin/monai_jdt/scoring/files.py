@@ -168,12 +168,11 @@ def _chunk_pairs(
 def _inline_pairs(
     pred: NiftiInfo, ref: NiftiInfo, chunk_voxels: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The chunk pairs of ``_chunk_pairs``, inflated in the calling thread."""
-    pred_chunks, ref_chunks = (
-        iter_voxel_chunks(pred, chunk_voxels),
-        iter_voxel_chunks(ref, chunk_voxels),
+    """The chunk pairs of ``_chunk_pairs``, inflated in the calling thread (``strict``: both
+    streams are read to their end, so the second file's CRC is checked too)."""
+    yield from zip(
+        iter_voxel_chunks(pred, chunk_voxels), iter_voxel_chunks(ref, chunk_voxels), strict=True
     )
-    yield from zip(pred_chunks, ref_chunks, strict=True)
 
 
 def stream_confusion(

@@ -63,6 +63,7 @@ MAX_LABEL_ID = 2**63 - 1
 #: relative distance to the nearest integer below which a float counts as that integer label
 WHOLE_TOLERANCE = 1e-6
 _CHECK_CHUNK = 1 << 22  # voxels per validation step: bounds the temporaries
+_TOLERANCE_SLICE = 1 << 18  # voxels per float64 step of the whole-number tolerance test
 
 
 def is_tensor(value: object) -> TypeIs[torch.Tensor]:
@@ -113,22 +114,31 @@ def _flat_chunks(volume: np.ndarray | torch.Tensor) -> Iterator[np.ndarray | tor
         yield flat[start : start + _CHECK_CHUNK]
 
 
+def _close_to_whole(part: np.ndarray | torch.Tensor) -> bool:
+    """Every value of ``part`` is whole within ``WHOLE_TOLERANCE`` (evaluated in float64)."""
+    if is_tensor(part):
+        wide = part.double()
+        rounded = wide.round()
+        return bool(((wide - rounded).abs() <= WHOLE_TOLERANCE * rounded.abs().clamp_min(1)).all())
+    values = np.asarray(part, dtype=np.float64)
+    nearest = np.rint(values)
+    return bool(
+        (np.abs(values - nearest) <= WHOLE_TOLERANCE * np.maximum(np.abs(nearest), 1)).all()
+    )
+
+
 def _near_whole(chunk: np.ndarray | torch.Tensor) -> tuple[bool, bool]:
     """``(every value is whole within WHOLE_TOLERANCE, every value is exactly whole)`` of a
-    finite float chunk; the tolerance is evaluated in float64 whatever the dtype."""
-    if is_tensor(chunk):
-        if bool((chunk == chunk.round()).all()):
-            return True, True
-        wide = chunk.double()
-        rounded = wide.round()
-        near = (wide - rounded).abs() <= WHOLE_TOLERANCE * rounded.abs().clamp_min(1.0)
-        return bool(near.all()), False
-    if bool((chunk == np.rint(chunk)).all()):
+    finite float chunk. The tolerance is tested over slices of ``_TOLERANCE_SLICE`` voxels
+    (small float64 temporaries; a probability map fails on its first slice)."""
+    exact = chunk == (chunk.round() if is_tensor(chunk) else np.rint(chunk))
+    if bool(exact.all()):
         return True, True
-    values = np.asarray(chunk, dtype=np.float64)
-    nearest = np.rint(values)
-    close = np.abs(values - nearest) <= WHOLE_TOLERANCE * np.maximum(np.abs(nearest), 1.0)
-    return bool(close.all()), False
+    whole = all(
+        _close_to_whole(chunk[start : start + _TOLERANCE_SLICE])
+        for start in range(0, chunk.shape[0], _TOLERANCE_SLICE)
+    )
+    return whole, False
 
 
 def _float_stats(volume: np.ndarray | torch.Tensor, name: str) -> tuple[float, float, bool, bool]:
