@@ -178,7 +178,10 @@ def test_openapi_200_schema_is_the_published_one(client: TestClient) -> None:
     ok = spec["paths"]["/v1/scores"]["post"]["responses"]["200"]["content"]["application/json"]
     ref = ok["schema"]["$ref"].rsplit("/", 1)[-1]
     published = json.loads(SCHEMA_FILE.read_text())
-    assert set(spec["components"]["schemas"][ref]["properties"]) == set(published["properties"])
+    served = spec["components"]["schemas"][ref]
+    # the report, plus the page's opt-in ``overlays`` member (only with ``overlays=true``)
+    assert set(served["properties"]) == set(published["properties"]) | {"overlays"}
+    assert "overlays" not in served.get("required", [])
 
 
 # ---------------------------------------------------------------- layers

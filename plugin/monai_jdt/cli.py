@@ -348,8 +348,12 @@ def _print_summary(result: dict[str, Any], stream: TextIO) -> None:
 
 
 def _write_json(data: dict[str, Any], path: str) -> None:
+    _write_text(json.dumps(data, indent=2, allow_nan=False), path)
+
+
+def _write_text(text: str, path: str) -> None:
     try:
-        Path(path).write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        Path(path).write_text(text + "\n")
     except OSError as err:
         raise _CliError(f"cannot write {path}: {err.strerror or err}") from err
 
@@ -414,6 +418,10 @@ def _run_score_dir(args: argparse.Namespace) -> int:
     from monai_jdt.scoring import pair_cases, score_directory
 
     options, run = _options(args), _folder_options(args)  # checked before anything is printed
+    if run.summary_format == "nnunet" and not {"dice", "jaccard"} <= set(options.metrics):
+        raise _CliError(
+            "--summary-format nnunet writes Dice and IoU: add dice and jaccard to --metrics."
+        )
     pairs, unpaired_preds, unpaired_refs = pair_cases(args.predictions, args.references)
     for role, names, folder in (
         ("predictions without a reference", unpaired_preds, args.predictions),
@@ -427,7 +435,7 @@ def _run_score_dir(args: argparse.Namespace) -> int:
     if not pairs:
         raise _CliError(
             f"no case of {args.predictions} has a reference of the same file name in "
-            f"{args.references} (files must end in .nii or .nii.gz)."
+            f"{args.references} (files must end in .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd)."
         )
     result = score_directory(
         args.predictions,
@@ -438,12 +446,18 @@ def _run_score_dir(args: argparse.Namespace) -> int:
         progress=_Progress(len(pairs), not args.no_progress),
     )
     data = result.to_dict()
+    if run.summary_format == "nnunet":
+        from monai_jdt.scoring.nnunet import dumps_nnunet, nnunet_summary
+
+        text = dumps_nnunet(nnunet_summary(result.reports, result.files))
+    else:
+        text = json.dumps(data, indent=2, allow_nan=False)
     if args.output:
-        _write_json(data, args.output)
+        _write_text(text, args.output)
     if args.csv:
         _write_csv(result.reports, args.csv, result.failures)
     if args.json:
-        sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+        sys.stdout.write(text + "\n")
     else:
         _print_summary(data, sys.stdout)
     for report in result.reports:

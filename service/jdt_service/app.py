@@ -35,10 +35,10 @@ __all__ = ["create_app"]
 logger = logging.getLogger("jdt_service")
 
 DESCRIPTION = """\
-Score segmentation volumes: upload a prediction and a reference (NIfTI, `.nii` or `.nii.gz`)
-and get Dice, Jaccard, precision, recall (and Tversky) per label, computed by
-`monai_jdt.scoring` on the server's device. The report is the same JSON that
-`monai-jdt score --json` prints.
+Score segmentation volumes: upload a prediction and a reference (NIfTI, `.nii` or `.nii.gz`;
+NRRD or single-file MetaImage with the `formats` extra) and get Dice, Jaccard, precision,
+recall (and Tversky) per label, computed by `monai_jdt.scoring` on the server's device. The
+report is the same JSON that `monai-jdt score --json` prints.
 
 Every error answers `{"detail": {"code": ..., "message": ...}}`. When API keys are
 configured, `/v1/*` needs `Authorization: Bearer KEY`; `/healthz`, `/readyz` and `/metrics`

@@ -69,8 +69,8 @@ def form_schema() -> dict[str, Any]:
         name: {
             "type": "string",
             "format": "binary",
-            "description": f"The {name} volume: NIfTI-1/2, .nii or .nii.gz; a label map or a "
-            "probability map.",
+            "description": f"The {name} volume: NIfTI-1/2, .nii or .nii.gz (or NRRD / single-file "
+            "MetaImage with the formats extra); a label map or a probability map.",
         }
         for name in FILE_FIELDS
     }

@@ -1,4 +1,4 @@
-"""The memory a scoring job will take, estimated from the two NIfTI headers alone.
+"""The memory a scoring job will take, estimated from the two volume headers alone.
 
 This is the one place that knows what :func:`monai_jdt.scoring.score_files` allocates, so
 that the scoring pool can admit a job by its memory before any of it is allocated:
@@ -12,7 +12,8 @@ that the scoring pool can admit a job by its memory before any of it is allocate
   bytes); scaling (``scl_slope`` / ``scl_inter``) makes a working float array and one
   temporary (``2 x 8 N``, counted in float64 so the estimate holds whichever float width the
   core uses); float16 is widened to float32 (``4 N``); a float volume read as labels is cast
-  to an integer map (at most ``8 N``).
+  to an integer map (at most ``8 N``); an NRRD / MetaImage volume is decoded by SimpleITK
+  and copied into numpy, so its stored dtype counts twice (``2 N b``).
 
 On top comes a constant for the chunk temporaries (the confusion codes, the soft-count
 chunks in float64). The estimate is an upper bound of what the core allocates on the host
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from monai_jdt.scoring import ScoringOptions
 from monai_jdt.scoring.files import _QUEUE_DEPTH, STREAM_CHUNK_VOXELS, _streamable
-from monai_jdt.scoring.nifti import NiftiInfo
+from monai_jdt.scoring.sitk_formats import ImageInfo, VolumeInfo
 
 __all__ = ["CHUNK_OVERHEAD_BYTES", "job_bytes", "volume_bytes"]
 
@@ -32,10 +33,12 @@ CHUNK_OVERHEAD_BYTES = 64 * 1024 * 1024
 _WORK_FLOAT = 8  # bytes of the float a scaled volume is converted to (float64 at most)
 
 
-def volume_bytes(info: NiftiInfo) -> int:
+def volume_bytes(info: VolumeInfo) -> int:
     """Host bytes of one volume loaded whole: stored array, scaling, widening, label cast."""
     n = info.voxels
     total = n * info.dtype.itemsize
+    if isinstance(info, ImageInfo):
+        total *= 2  # SimpleITK's image and the numpy copy are both alive for a moment
     if info.scaled:
         total += 2 * _WORK_FLOAT * n
     elif info.dtype.kind == "f" and info.dtype.itemsize < 4:
@@ -45,7 +48,7 @@ def volume_bytes(info: NiftiInfo) -> int:
     return total
 
 
-def job_bytes(prediction: NiftiInfo, reference: NiftiInfo, options: ScoringOptions) -> int:
+def job_bytes(prediction: VolumeInfo, reference: VolumeInfo, options: ScoringOptions) -> int:
     """Upper bound of the host memory of ``score_files(prediction, reference, options)``."""
     if _streamable(prediction, reference, options):
         in_flight = 2 * (_QUEUE_DEPTH + 2) * STREAM_CHUNK_VOXELS

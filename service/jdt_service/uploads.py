@@ -10,12 +10,15 @@ request's work directory, never whole into memory; each is refused with 413 as s
 ``max_file_bytes``. Text fields (the scoring options) are small and kept in memory, up to
 ``MAX_FIELD_BYTES`` each. Unknown or repeated fields are refused (422) as soon as their part
 header arrives. Client file names are never used (nor logged): the files are named after the
-field, with ``.nii.gz`` when the content starts with the gzip magic and ``.nii`` otherwise.
+field, with ``.nii.gz`` when the content starts with the gzip magic, ``.nrrd`` with the NRRD
+magic, ``.mha`` for a MetaImage header with its data attached (these two need the ``formats``
+extra), and ``.nii`` otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
@@ -43,6 +46,12 @@ MAX_FIELD_BYTES = 64 * 1024
 #: bytes allowed after the final boundary (clients send none or a line break)
 MAX_EPILOGUE_BYTES = 4096
 _GZIP_MAGIC = b"\x1f\x8b"
+_NRRD_MAGIC = b"NRRD000"
+#: a single-file MetaImage: its ``NDims`` key and its data in the same file
+_METAIMAGE = (
+    re.compile(rb"^NDims\s*=", re.M),
+    re.compile(rb"^ElementDataFile\s*=\s*LOCAL\b", re.M),
+)
 #: allowance for part headers and boundaries on top of the file and field limits
 _ENVELOPE_BYTES = 1024 * 1024
 
@@ -181,10 +190,19 @@ def _boundary(content_type: str | None) -> bytes:
 
 
 def _name_by_content(path: Path) -> Path:
-    """Rename an upload to ``.nii.gz`` or ``.nii`` after its first bytes (gzip magic or not)."""
+    """Rename an upload after its first bytes: ``.nii.gz`` (gzip magic), ``.nrrd`` (NRRD magic),
+    ``.mha`` (a MetaImage header with its data attached), else ``.nii``."""
     with open(path, "rb") as f:
-        head = f.read(2)
-    target = path.with_suffix(".nii.gz" if head == _GZIP_MAGIC else ".nii")
+        head = f.read(4096)
+    if head.startswith(_GZIP_MAGIC):
+        suffix = ".nii.gz"
+    elif head.startswith(_NRRD_MAGIC):
+        suffix = ".nrrd"
+    elif all(pattern.search(head) for pattern in _METAIMAGE):
+        suffix = ".mha"
+    else:
+        suffix = ".nii"
+    target = path.with_suffix(suffix)
     path.rename(target)
     return target
 

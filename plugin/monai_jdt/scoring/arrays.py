@@ -1,15 +1,18 @@
-"""Scoring of volumes already in memory (numpy arrays or torch tensors)."""
+"""Scoring of volumes already in memory (numpy arrays or torch tensors).
+
+torch is imported only where tensors or probability maps are scored: label maps on the CPU
+are counted with numpy alone.
+"""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from monai_jdt.counts import SoftCounts
 from monai_jdt.scoring.confusion import ConfusionMatrix, confusion_matrix, confusion_matrix_torch
 from monai_jdt.scoring.errors import (
     InvalidOptionError,
@@ -18,14 +21,20 @@ from monai_jdt.scoring.errors import (
 )
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
 from monai_jdt.scoring.report import CaseReport, label_scores, label_warnings
-from monai_jdt.scoring.soft import soft_case_counts
 from monai_jdt.scoring.volumes import (
     as_volume,
     check_probabilities,
     decide_kind,
+    is_floating,
+    is_tensor,
     label_map,
     torch_compatible,
 )
+
+if TYPE_CHECKING:
+    import torch
+
+    from monai_jdt.counts import SoftCounts
 
 __all__ = ["check_spacing", "report_from_confusion", "score_arrays", "select_labels"]
 
@@ -38,11 +47,11 @@ def select_labels(
     Without ``options.labels``: every label in ``present`` (either volume). With it: the
     asked labels, plus the labels in ``predicted`` that were not asked for (flagged
     ``requested=False`` and named in a note) unless ``only_requested``. Label 0 only with
-    ``include_background`` or when asked for explicitly.
+    ``include_background`` or when asked for explicitly; never ``ignore_label``.
     """
 
     def keep(label: int) -> bool:
-        return options.include_background or label != 0
+        return (options.include_background or label != 0) and label != options.ignore_label
 
     if options.labels is None:
         labels = sorted(label for label in set(present) if keep(label))
@@ -82,6 +91,19 @@ def _check_voxels(shape: Sequence[int], options: ScoringOptions) -> None:
         )
 
 
+def _confusion_counts(matrix: ConfusionMatrix, labels: Sequence[int]) -> SoftCounts:
+    """``(tp, fp, fn)``, each ``[L]`` float64, of ``labels``, in the form ``label_scores``
+    takes (torch is imported here only)."""
+    import torch
+
+    from monai_jdt.counts import SoftCounts
+
+    tp, fp, fn = (torch.zeros(len(labels), dtype=torch.float64) for _ in range(3))
+    for i, label in enumerate(labels):
+        tp[i], fp[i], fn[i], _ = matrix.counts(label)
+    return SoftCounts(tp, fp, fn)
+
+
 def report_from_confusion(
     matrix: ConfusionMatrix,
     options: ScoringOptions,
@@ -93,19 +115,17 @@ def report_from_confusion(
     started: float,
     notes: Sequence[str] = (),
 ) -> CaseReport:
-    """The report of a label-map case from its confusion matrix."""
+    """The report of a label-map case from its confusion matrix, without the voxels whose
+    reference is ``options.ignore_label``."""
+    matrix = matrix.without_reference_label(options.ignore_label)
     predicted = matrix.present_in_prediction()
     warnings = label_warnings(predicted, matrix.present_in_reference(), options)
     labels, requested, label_notes = select_labels(
         (int(x) for x in matrix.labels), predicted, options
     )
-    tp, fp, fn = (torch.zeros(len(labels), dtype=torch.float64) for _ in range(3))
-    for i, label in enumerate(labels):
-        tp[i], fp[i], fn[i], _ = matrix.counts(label)
+    counts = _confusion_counts(matrix, labels)
     voxel_ml = None if spacing is None else float(np.prod(spacing)) / 1000.0
-    rows = label_scores(
-        labels, SoftCounts(tp, fp, fn), matrix.voxels, requested, options, voxel_ml, True
-    )
+    rows = label_scores(labels, counts, matrix.voxels, requested, options, voxel_ml, True)
     return CaseReport(
         case_id=case_id,
         kind="labels",
@@ -152,8 +172,9 @@ def score_arrays(
     ref = as_volume(reference, "reference")
     kind = decide_kind(pred, ref, options.kind)
     # channel-first: one axis more than a label-map reference, or a 4-D soft pair [C, X, Y, Z]
+    # (an integer reference is a label map, always)
     channel_first = kind == "probabilities" and (
-        pred.ndim == ref.ndim + 1 or pred.ndim == ref.ndim == 4
+        pred.ndim == ref.ndim + 1 or (pred.ndim == ref.ndim == 4 and is_floating(ref))
     )
     spatial = tuple(pred.shape[1:] if channel_first else pred.shape)
     ref_spatial = tuple(ref.shape[1:] if channel_first and ref.ndim == pred.ndim else ref.shape)
@@ -168,7 +189,7 @@ def score_arrays(
     spacing_mm = check_spacing(spacing, len(spatial))
     if kind == "labels":
         p, r = label_map(pred, "prediction"), label_map(ref, "reference")
-        on_cuda = isinstance(p, torch.Tensor) or isinstance(r, torch.Tensor)
+        on_cuda = is_tensor(p) or is_tensor(r)
         device = resolve_device(options.device, prefer_cuda=on_cuda)
         if device.type == "cuda":
             matrix = confusion_matrix_torch(_on_device(p, device), _on_device(r, device))
@@ -189,13 +210,15 @@ def score_arrays(
 
 
 def _on_device(volume: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    import torch
+
     if isinstance(volume, np.ndarray):
         volume = torch.from_numpy(torch_compatible(np.ascontiguousarray(volume)))
     return volume.to(device)
 
 
 def _cpu(volume: np.ndarray | torch.Tensor) -> np.ndarray:
-    return volume.cpu().numpy() if isinstance(volume, torch.Tensor) else volume
+    return volume.cpu().numpy() if is_tensor(volume) else volume
 
 
 def _score_probabilities(
@@ -208,8 +231,19 @@ def _score_probabilities(
     case_id: str | None,
     started: float,
 ) -> CaseReport:
+    if options.ignore_label is not None:
+        raise InvalidOptionError(
+            "ignore_label applies to label maps; this prediction is a probability map.",
+            option="ignore_label",
+        )
+
+    import torch
+
+    from monai_jdt.counts import SoftCounts
+    from monai_jdt.scoring.soft import soft_case_counts
+
     check_probabilities(pred, "prediction")
-    soft_reference = ref.ndim == pred.ndim
+    soft_reference = ref.ndim == pred.ndim and is_floating(ref)
     if soft_reference:
         check_probabilities(ref, "reference")
         reference = ref

@@ -19,18 +19,25 @@ with ``L``. Two paths give identical integer counts:
   background skip it altogether; the 256 x 256 pair histogram is folded back to single codes
   once, at the end. Labels < 256 give 16-bit codes ``P*256 + R``;
   larger ids are first mapped to ``0..L-1`` (sort-based, the rare path).
-* torch on any device (``confusion_matrix_torch``), used for CUDA tensors.
+* torch on any device (``confusion_matrix_torch``), used for CUDA tensors (torch is imported
+  there only, so counting label maps on the CPU never loads it).
+
+Label ids are below 2**63 (``MAX_LABEL_ID``): the matrix's labels are int64.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from monai_jdt.scoring.errors import NegativeLabelError, NonIntegerLabelsError, TooManyLabelsError
+from monai_jdt.scoring.volumes import check_max_label
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CHUNK_VOXELS",
@@ -83,6 +90,23 @@ class ConfusionMatrix:
     def present_in_reference(self) -> set[int]:
         """Label ids with at least one reference voxel."""
         return {int(x) for x in self.labels[self.matrix.sum(0) > 0]}
+
+    def without_reference_label(self, label: int | None) -> ConfusionMatrix:
+        """The matrix of the voxels whose reference is not ``label`` (nnU-Net's ignore label):
+        column ``label`` is dropped, and ``voxels`` shrinks by its sum. Every count of every
+        other label then leaves those voxels out (``tn`` included; a prediction of ``label``
+        elsewhere is simply not label ``k``). ``self`` when ``label`` is None or absent."""
+        hit = np.flatnonzero(self.labels == label) if label is not None else np.zeros(0, int)
+        if hit.size == 0:
+            return self
+        k = int(hit[0])
+        matrix = self.matrix.copy()
+        removed = int(matrix[:, k].sum())
+        matrix[:, k] = 0
+        present = (matrix.sum(0) + matrix.sum(1)) > 0
+        return ConfusionMatrix(
+            self.labels[present], matrix[np.ix_(present, present)], self.voxels - removed
+        )
 
 
 class ConfusionAccumulator:
@@ -157,7 +181,8 @@ class ConfusionAccumulator:
 
 
 def _checked_max(chunk: np.ndarray, name: str) -> int:
-    """Largest value of an integer chunk; refuses negative values and non-integer dtypes."""
+    """Largest value of an integer chunk; refuses negative values, ids above
+    ``MAX_LABEL_ID`` and non-integer dtypes."""
     if chunk.dtype == np.bool_:
         return int(chunk.any())
     if not np.issubdtype(chunk.dtype, np.integer):
@@ -171,7 +196,9 @@ def _checked_max(chunk: np.ndarray, name: str) -> int:
                 f"the {name} label volume holds negative values (minimum {low}); "
                 "label ids must be >= 0."
             )
-    return int(chunk.max())
+    high = int(chunk.max())
+    check_max_label(high, name)
+    return high
 
 
 def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -256,6 +283,8 @@ def confusion_matrix_torch(
     Gives the same integer counts as ``confusion_matrix``. Only the ``[L, L]`` result leaves
     the device.
     """
+    import torch
+
     if prediction.shape != reference.shape:
         raise ValueError(f"shapes differ: {tuple(prediction.shape)} and {tuple(reference.shape)}.")
     flat_p, flat_r = prediction.reshape(-1), reference.reshape(-1)

@@ -123,3 +123,9 @@ class UnsupportedDataTypeError(ScoringError):
     """The file stores a data type the scoring core cannot score (complex, RGB, unknown code)."""
 
     code = "unsupported_dtype"
+
+
+class LabelIdTooLargeError(ScoringError):
+    """A label volume holds an id of 2**63 or more (ids are signed 64-bit in the reports)."""
+
+    code = "label_id_too_large"

@@ -1,10 +1,12 @@
-"""Scoring of two NIfTI files.
+"""Scoring of two volume files: NIfTI, or NRRD / MetaImage through SimpleITK (any pairing).
 
 Integer label maps (the common case) take the streaming path: both files are inflated in
 two threads, chunk by chunk, while the calling thread adds each pair of chunks to one
 confusion matrix. Memory stays a few MB whatever the volume size and the time is that of the
-slower inflate (``isal`` releases the GIL). Everything else (float or rescaled data,
-probability maps with a channel axis, a CUDA device asked for) is loaded whole and scored by
+slower inflate (``isal`` releases the GIL). Small files (at most ``INLINE_VOXELS`` voxels) are
+inflated in the calling thread instead: for them the hand-off between threads costs more than
+the parallel inflate saves. Everything else (float or rescaled data, probability maps with a
+channel axis, a CUDA device asked for, a file that is not NIfTI) is loaded whole and scored by
 ``score_arrays``.
 """
 
@@ -22,35 +24,43 @@ import numpy as np
 
 from monai_jdt.scoring.arrays import report_from_confusion, score_arrays
 from monai_jdt.scoring.confusion import ConfusionAccumulator, ConfusionMatrix
-from monai_jdt.scoring.errors import AffineMismatchError, ShapeMismatchError
-from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti, iter_voxel_chunks, load_nifti
+from monai_jdt.scoring.errors import AffineMismatchError, CorruptFileError, ShapeMismatchError
+from monai_jdt.scoring.nifti import NiftiInfo, iter_voxel_chunks
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, device_type
 from monai_jdt.scoring.report import CaseReport
+from monai_jdt.scoring.sitk_formats import SITK_SUFFIXES, VolumeInfo, inspect_volume, load_volume
 
 __all__ = [
+    "INLINE_VOXELS",
     "NIFTI_SUFFIXES",
     "STREAM_CHUNK_VOXELS",
+    "VOLUME_SUFFIXES",
     "case_id_from_path",
     "score_files",
     "stream_confusion",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+#: every file ending scored (and paired by ``score-dir``)
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
 STREAM_CHUNK_VOXELS = 1 << 20
+#: label maps of at most this many voxels are inflated in the calling thread (measured in
+#: benchmarks/README.md: below it two inflate threads are slower than one)
+INLINE_VOXELS = 1 << 22
 _QUEUE_DEPTH = 4
 _END = object()
 
 
 def case_id_from_path(path: str | os.PathLike[str]) -> str:
-    """The case id of a file: its name without ``.nii.gz`` / ``.nii``."""
+    """The case id of a file: its name without its ending (``VOLUME_SUFFIXES``)."""
     name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
+    for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def _layout(info: NiftiInfo) -> tuple[tuple[int, ...], int | None]:
+def _layout(info: VolumeInfo) -> tuple[tuple[int, ...], int | None]:
     """``(spatial shape, number of channels or None)``: axes after the third that are not 1
     are a channel axis (NIfTI stores vectors along axis 5, some tools along axis 4)."""
     extra = [s for s in info.shape[3:] if s != 1]
@@ -62,7 +72,39 @@ def _layout(info: NiftiInfo) -> tuple[tuple[int, ...], int | None]:
     return info.spatial_shape, (extra[0] if extra else None)
 
 
-def _check_affines(pred: NiftiInfo, ref: NiftiInfo, tolerance: float) -> None:
+def _check_layouts(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> tuple[int, ...]:
+    """The common spatial shape; a channel axis only on float (or rescaled) data that is not
+    read as labels, and on the reference only as a soft reference of the prediction's shape."""
+    (pred_spatial, pred_channels), (ref_spatial, ref_channels) = _layout(pred), _layout(ref)
+    if pred_spatial != ref_spatial or ref_channels not in (None, pred_channels):
+        raise ShapeMismatchError(
+            f"shapes differ: prediction {Path(pred.path).name} has shape {pred.shape}, reference "
+            f"{Path(ref.path).name} has shape {ref.shape}."
+        )
+    for info, channels in ((pred, pred_channels), (ref, ref_channels)):
+        if channels is None:
+            continue
+        if info.dtype.kind in "biu" and not info.scaled:
+            raise ShapeMismatchError(
+                f"{Path(info.path).name}: integer data of shape {info.shape}, with an axis of "
+                f"{channels} after the spatial ones; a label map is (X, Y, Z), and a channel "
+                "axis (X, Y, Z, C) holds float probabilities."
+            )
+        if options.kind == "labels":
+            raise ShapeMismatchError(
+                f"{Path(info.path).name}: shape {info.shape} has a channel axis, but the volumes "
+                "are to be read as label maps (kind labels), which are (X, Y, Z)."
+            )
+    return ref_spatial
+
+
+def _check_affines(pred: VolumeInfo, ref: VolumeInfo, tolerance: float) -> None:
+    for info in (pred, ref):
+        if info.affine_problem is not None:
+            raise CorruptFileError(
+                f"{Path(info.path).name}: {info.affine_problem}, so the voxel grids cannot be "
+                "compared; fix the header, or skip the affine check."
+            )
     difference = float(np.abs(pred.affine - ref.affine).max())
     if not difference <= tolerance:
         raise AffineMismatchError(
@@ -123,20 +165,43 @@ def _chunk_pairs(
             thread.join()
 
 
+def _inline_pairs(
+    pred: NiftiInfo, ref: NiftiInfo, chunk_voxels: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The chunk pairs of ``_chunk_pairs``, inflated in the calling thread (``strict``: both
+    streams are read to their end, so the second file's CRC is checked too)."""
+    yield from zip(
+        iter_voxel_chunks(pred, chunk_voxels), iter_voxel_chunks(ref, chunk_voxels), strict=True
+    )
+
+
 def stream_confusion(
-    pred: NiftiInfo, ref: NiftiInfo, chunk_voxels: int = STREAM_CHUNK_VOXELS
+    pred: NiftiInfo,
+    ref: NiftiInfo,
+    chunk_voxels: int = STREAM_CHUNK_VOXELS,
+    *,
+    threads: bool | None = None,
 ) -> ConfusionMatrix:
-    """Confusion matrix of two inspected integer label files of the same voxel count, inflated
-    in two threads and counted chunk by chunk (bounded memory)."""
+    """Confusion matrix of two inspected integer label files of the same voxel count, counted
+    chunk by chunk (bounded memory), inflated in two threads (``threads=True``), in the calling
+    thread (``False``), or, by default, in threads above ``INLINE_VOXELS`` voxels."""
+    if threads is None:
+        threads = pred.voxels > INLINE_VOXELS
     accumulator = ConfusionAccumulator()
-    for p, r in _chunk_pairs(pred, ref, chunk_voxels):
+    pairs = _chunk_pairs if threads else _inline_pairs
+    for p, r in pairs(pred, ref, chunk_voxels):
         accumulator.update(p, r)
     return accumulator.result()
 
 
-def _streamable(pred: NiftiInfo, ref: NiftiInfo, options: ScoringOptions) -> bool:
-    def integer_labels(info: NiftiInfo) -> bool:
-        return info.dtype.kind in "biu" and not info.scaled and _layout(info)[1] is None
+def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> bool:
+    def integer_labels(info: VolumeInfo) -> bool:
+        return (
+            isinstance(info, NiftiInfo)
+            and info.dtype.kind in "biu"
+            and not info.scaled
+            and _layout(info)[1] is None
+        )
 
     return (
         options.kind != "probabilities"
@@ -153,31 +218,32 @@ def score_files(
     *,
     case_id: str | None = None,
 ) -> CaseReport:
-    """Score a prediction NIfTI file against a reference NIfTI file (``.nii`` / ``.nii.gz``).
+    """Score a prediction file against a reference file: NIfTI (``.nii`` / ``.nii.gz``), or
+    NRRD / MetaImage (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, with the ``formats`` extra), in
+    any pairing (both headers give RAS affines, see ``sitk_formats``).
 
     The prediction is a label map, a float map for one label, or probabilities with a channel
     axis after the spatial ones (``(X, Y, Z, C)`` or ``(X, Y, Z, 1, C)``); the reference is a
     label map (or probabilities of the prediction's shape). Volumes in mL use the reference's
     voxel spacing. ``case_id`` defaults to the prediction's file name without extension.
 
-    Raises the ``ScoringError`` subclasses of ``inspect_nifti`` and ``score_arrays``, plus
-    ``ShapeMismatchError`` and ``AffineMismatchError`` from the headers, before any data is
-    inflated.
+    Raises:
+        ScoringError: the subclasses of ``inspect_volume`` and ``score_arrays``, plus, from the
+            headers before any data is inflated: ``ShapeMismatchError`` (spatial shapes
+            differ, integer data with an axis after the spatial ones, a channel axis with
+            ``kind="labels"``), ``AffineMismatchError`` and ``CorruptFileError`` (a header
+            without a valid affine, unless ``ignore_affine``).
     """
     started = time.perf_counter()
-    pred = inspect_nifti(prediction, options.max_voxels)
-    ref = inspect_nifti(reference, options.max_voxels)
-    (pred_spatial, _), (ref_spatial, _) = _layout(pred), _layout(ref)
-    if pred_spatial != ref_spatial:
-        raise ShapeMismatchError(
-            f"shapes differ: prediction {Path(pred.path).name} has shape {pred.shape}, reference "
-            f"{Path(ref.path).name} has shape {ref.shape}."
-        )
+    pred = inspect_volume(prediction, options.max_voxels)
+    ref = inspect_volume(reference, options.max_voxels)
+    ref_spatial = _check_layouts(pred, ref, options)
     if not options.ignore_affine:
         _check_affines(pred, ref, options.affine_tol)
     case_id = case_id if case_id is not None else case_id_from_path(prediction)
     spacing = ref.spacing or pred.spacing
     if _streamable(pred, ref, options):
+        assert isinstance(pred, NiftiInfo) and isinstance(ref, NiftiInfo)
         matrix = stream_confusion(pred, ref)
         return report_from_confusion(
             matrix,
@@ -191,8 +257,8 @@ def score_files(
     # Fortran-ordered (X, Y, Z[, C]) data transposed is C-ordered (C, Z, Y, X): channel-first
     # and contiguous. Scores do not depend on the order of the spatial axes as long as both
     # volumes share it; the report gives the file's own shape and spacing.
-    pred_data = _squeeze_extra(load_nifti(pred)).T
-    ref_data = _squeeze_extra(load_nifti(ref)).T
+    pred_data = _squeeze_extra(load_volume(pred)).T
+    ref_data = _squeeze_extra(load_volume(ref)).T
     report = score_arrays(
         pred_data,
         ref_data,

@@ -1,10 +1,11 @@
 """Folders of cases: a folder of predictions scored against a folder of references.
 
-Files pair by case id, the file name without ``.nii.gz`` / ``.nii`` (the same name in both
-folders, as nnU-Net does). Cases are scored by a pool of threads: the label-map path spends
-most of its time inflating gzip in C without the GIL, so threads keep every core busy without
-the start-up cost of processes. A case with bad input becomes a ``CaseFailure`` (its error code
-and message); the others are still scored, and the CSV gives it a row with its error code.
+Files pair by case id, the file name without its ending (``.nii.gz``, ``.nii``, ``.nrrd``,
+``.mha``...; the same name in both folders, as nnU-Net does, whatever the formats). Cases are
+scored by a pool of threads: the label-map path spends most of its time inflating gzip in C
+without the GIL, so threads keep every core busy without the start-up cost of processes. A
+case with bad input becomes a ``CaseFailure`` (its error code and message); the others are
+still scored, and the CSV gives it a row with its error code.
 
 ``FolderOptions`` holds the options of a folder run besides the per-case ``ScoringOptions``
 (one definition each, from which ``monai-jdt score-dir`` derives its flags).
@@ -13,25 +14,27 @@ and message); the others are still scored, and the CSV gives it a row with its e
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, Literal, TextIO
 
 from pydantic import Field
 
 from monai_jdt.scoring.errors import InvalidOptionError, ScoringError
-from monai_jdt.scoring.files import NIFTI_SUFFIXES, case_id_from_path, score_files
+from monai_jdt.scoring.files import VOLUME_SUFFIXES, case_id_from_path, score_files
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, Exposure, OptionsModel, ScoringOptions
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport, DatasetReport
-from monai_jdt.scoring.summary import summarize
+from monai_jdt.scoring.summary import dataset_labels, summarize, with_label_set
 
 __all__ = [
     "CaseFailure",
     "DirectoryResult",
     "FolderOptions",
+    "complete_label_set",
     "csv_rows",
     "pair_cases",
     "score_directory",
@@ -54,6 +57,12 @@ class FolderOptions(OptionsModel):
     ] = Field(
         default=10.0, description="Percentage of worst cases for the worst-case means, in (0, 100]."
     )
+    summary_format: Annotated[Literal["monai-jdt", "nnunet"], Exposure(form=False)] = Field(
+        default="monai-jdt",
+        description="Layout of the JSON written (-o, --json): monai-jdt (this project's report) "
+        "or nnunet (nnU-Net v2's summary.json: metric_per_case, mean, foreground_mean; needs "
+        "the metrics dice and jaccard).",
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +81,8 @@ class CaseFailure:
 
 @dataclass
 class DirectoryResult:
-    """Everything ``score-dir`` found: reports, failures, unpaired files."""
+    """Everything ``score-dir`` found: reports, failures, unpaired files; ``files`` maps each
+    scored case id to its ``(prediction, reference)`` paths."""
 
     reports: list[CaseReport]
     failures: list[CaseFailure]
@@ -80,6 +90,7 @@ class DirectoryResult:
     unpaired_references: list[str]
     worst_q: float = 10.0
     summary: dict[str, Any] = field(init=False)
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reports.sort(key=lambda r: r.case_id or "")
@@ -114,7 +125,7 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         raise InvalidOptionError(f"the {role} folder {str(folder)!r} does not exist.")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.name.endswith(NIFTI_SUFFIXES):
+        if path.name.startswith(".") or not path.name.endswith(VOLUME_SUFFIXES):
             continue
         case = case_id_from_path(path)
         if case in files:
@@ -152,7 +163,11 @@ def score_directory(
 ) -> DirectoryResult:
     """Score every paired case of two folders with ``workers`` threads (default: CPU count).
 
-    ``progress`` is called once per finished case (from the calling thread).
+    The dataset is scored on one label set (``complete_label_set``): every case gets a row for
+    each of its labels, absent-from-both rows following ``options.empty``; cases that lack a
+    label which may be in their reference (requested labels, probability maps) are scored a
+    second time on the whole set. ``progress`` is called once per case of the first pass
+    (from the calling thread).
 
     Raises:
         InvalidOptionError: a bad ``workers`` / ``worst_q`` (checked before anything is read),
@@ -161,6 +176,73 @@ def score_directory(
     run = FolderOptions(workers=workers, worst_q=worst_q)
     pairs, unpaired_preds, unpaired_refs = pair_cases(predictions, references)
     workers = run.workers if run.workers is not None else (os.cpu_count() or 1)
+    paths = {case: (pred, ref) for case, pred, ref in pairs}
+    outcomes = _score_pairs(pairs, options, workers, progress)
+
+    def rescore(cases: Sequence[str], wider: ScoringOptions) -> list[CaseReport | CaseFailure]:
+        return _score_pairs([(c, *paths[c]) for c in cases], wider, workers, None)
+
+    reports, failures = complete_label_set(
+        [o for o in outcomes if isinstance(o, CaseReport)], options, rescore
+    )
+    failures += [o for o in outcomes if isinstance(o, CaseFailure)]
+    files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
+    return DirectoryResult(
+        reports, failures, unpaired_preds, unpaired_refs, run.worst_q, files=files
+    )
+
+
+def complete_label_set(
+    reports: Sequence[CaseReport],
+    options: ScoringOptions,
+    rescore: Callable[[Sequence[str], ScoringOptions], list[CaseReport | CaseFailure]],
+) -> tuple[list[CaseReport], list[CaseFailure]]:
+    """The reports of a dataset on one label set (``summary.dataset_labels``), and the cases
+    that failed on it.
+
+    Every report gets a row for each label of the set, absent-from-both rows following
+    ``options.empty`` (``summary.with_label_set``). Cases that lack a label which may be in
+    their reference (requested labels, probability maps) are handed to ``rescore(case ids,
+    options on the whole set)``; their new reports keep ``options`` and their first notes, and
+    flag the labels not asked for ``requested=False``. For every front end that scores a
+    dataset (``score_directory``, the service's dataset jobs).
+    """
+    labels, unrequested = dataset_labels(reports, options)
+    complete: list[CaseReport] = []
+    again: dict[str, CaseReport] = {}
+    for report in reports:
+        filled = with_label_set(report, labels, options)
+        if filled is None:
+            again[report.case_id or ""] = report
+        else:
+            complete.append(filled)
+    failures: list[CaseFailure] = []
+    if not again:
+        return complete, failures
+    wider = options.replace(labels={label: options.label_name(label) for label in labels})
+    for outcome in rescore(list(again), wider):
+        if isinstance(outcome, CaseFailure):
+            failures.append(outcome)
+            continue
+        rows = tuple(
+            dataclasses.replace(row, requested=row.label not in unrequested)
+            for row in outcome.labels
+        )
+        first = again[outcome.case_id or ""]
+        complete.append(
+            dataclasses.replace(outcome, labels=rows, options=options, notes=first.notes)
+        )
+    return complete, failures
+
+
+def _score_pairs(
+    pairs: list[tuple[str, Path, Path]],
+    options: ScoringOptions,
+    workers: int,
+    progress: Callable[[CaseReport | CaseFailure], None] | None,
+) -> list[CaseReport | CaseFailure]:
+    """Score ``(case, prediction, reference)`` triples in ``workers`` threads; bad input
+    becomes a ``CaseFailure``."""
 
     def one(case: str, pred: Path, ref: Path) -> CaseReport | CaseFailure:
         try:
@@ -170,19 +252,15 @@ def score_directory(
         except OSError as err:
             return CaseFailure(case, "unreadable", f"{case}: {err.strerror or err}")
 
-    reports: list[CaseReport] = []
-    failures: list[CaseFailure] = []
+    outcomes: list[CaseReport | CaseFailure] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(one, *pair) for pair in pairs]
         for future in as_completed(futures):
             outcome = future.result()
-            if isinstance(outcome, CaseReport):
-                reports.append(outcome)
-            else:
-                failures.append(outcome)
+            outcomes.append(outcome)
             if progress is not None:
                 progress(outcome)
-    return DirectoryResult(reports, failures, unpaired_preds, unpaired_refs, run.worst_q)
+    return outcomes
 
 
 def csv_rows(

@@ -1,11 +1,17 @@
 """NIfTI files: header inspection before any decompression, then fast streaming of the data.
 
-``inspect_nifti`` reads (and for ``.nii.gz`` inflates) only the first few hundred bytes, so a
-file that is not NIfTI, declares an empty shape, or holds more voxels than allowed is refused
-before its data is decompressed. ``iter_voxel_chunks`` then inflates the data chunk by chunk
-(with ``isal``, a dependency, ~3-4x faster than ``zlib``, the fallback where isal is
-missing), and ``load_nifti`` fills one preallocated array. Single-file NIfTI-1 (``n+1``) and
-NIfTI-2 (``n+2``), either byte order, raw or gzip-compressed (also multi-member gzip) are read.
+``inspect_nifti`` reads (and for ``.nii.gz`` inflates) only the header and its extensions, so
+a file that is not NIfTI, declares an empty shape, a data offset inside the header, or more
+voxels than allowed is refused before its data is decompressed. ``iter_voxel_chunks`` then
+inflates the data chunk by chunk (with ``isal``, a dependency, ~3-4x faster than ``zlib``, the
+fallback where isal is missing), and ``load_nifti`` fills one preallocated array. Single-file
+NIfTI-1 (``n+1``) and NIfTI-2 (``n+2``), either byte order, raw or gzip-compressed (also
+multi-member gzip, and gzip followed by NUL padding, as ``gzip`` reads them) are read.
+
+Hostile files are bounded: the data must start within ``MAX_DATA_OFFSET`` bytes (header plus
+extensions), the gzip stream may hold at most ``MAX_TRAILER_BYTES`` after the voxel block, and a
+header declaring more data than its gzip stream can inflate to (deflate expands at most
+``_DEFLATE_MAX_RATIO`` times) is refused before any allocation.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,11 +37,36 @@ from monai_jdt.scoring.errors import (
     VolumeTooLargeError,
 )
 
-__all__ = ["NiftiInfo", "inspect_nifti", "iter_voxel_chunks", "load_nifti", "zlib_backend"]
+__all__ = [
+    "MAX_DATA_OFFSET",
+    "MAX_TRAILER_BYTES",
+    "NiftiInfo",
+    "inspect_nifti",
+    "iter_voxel_chunks",
+    "load_nifti",
+    "zlib_backend",
+]
+
+#: the data must start within this many bytes: the header and its extensions (a few kB in
+#: practice); a larger ``vox_offset`` is refused rather than inflated and skipped
+MAX_DATA_OFFSET = 4 << 20
+#: inflated bytes allowed after the voxel block of a ``.nii.gz`` (a NIfTI has nothing there);
+#: more is refused instead of being inflated for the CRC check
+MAX_TRAILER_BYTES = 1 << 16
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _READ_BYTES = 1 << 16  # compressed bytes per step: a small unconsumed tail to copy per call
-_UNIT_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+_SKIP_BYTES = 1 << 18  # inflated bytes per step when skipping (discarded)
+# deflate emits at most 258 bytes per 2 bits of input, so a gzip stream of n bytes inflates to
+# at most ~1032 n bytes; the slack covers the headers of small streams
+_DEFLATE_MAX_RATIO = 1032
+_DEFLATE_SLACK = 1 << 16
+# header size, bytes up to the end of the 4 extension-flag bytes, magic and its position
+_HEADERS = {
+    348: (nib.Nifti1Header, 352, 344, b"n+1\x00", 1),
+    540: (nib.Nifti2Header, 544, 4, b"n+2\x00", 2),
+}
+_UNIT_TO_MM = {1: 1000.0, 2: 1.0, 3: 1e-3}  # NIFTI_UNITS_METER, _MM, _MICRON
 
 
 def _import_fast_zlib() -> ModuleType | None:
@@ -68,13 +99,17 @@ class NiftiInfo:
         shape: the data shape as stored, e.g. ``(X, Y, Z)`` or ``(X, Y, Z, C)``.
         dtype: the stored dtype, with its byte order.
         voxels: ``prod(shape)``.
-        affine: ``[4, 4]`` voxel-to-world matrix (sform, else qform), in mm.
+        affine: ``[4, 4]`` voxel-to-world matrix (sform, else qform), in mm; NaN when the
+            header gives none that is valid (then ``affine_problem`` says why).
         spacing: voxel size in mm along the (up to 3) spatial axes, or None when the header
             gives none that is positive and finite.
         is_gzip: the file is gzip-compressed.
         offset: where the data starts in the (inflated) stream, in bytes.
-        slope, inter: the scaling ``value = stored * slope + inter`` (1 and 0 when none).
+        slope, inter: the scaling ``value = stored * slope + inter`` (1 and 0 when none; as
+            in nibabel and the NIfTI standard, a zero or non-finite slope means none).
         version: 1 or 2.
+        affine_problem: why the header has no valid affine (e.g. an invalid quaternion), or
+            None. Only matters when the affines are compared.
     """
 
     path: str
@@ -88,6 +123,7 @@ class NiftiInfo:
     slope: float
     inter: float
     version: int
+    affine_problem: str | None = None
 
     @property
     def scaled(self) -> bool:
@@ -109,60 +145,112 @@ def _name(path: str | os.PathLike[str]) -> str:
     return Path(path).name
 
 
-def _byte_source(handle: io.BufferedReader, is_gzip: bool, name: str) -> Callable[[int], bytes]:
-    """A ``read(n)`` over the inflated stream: at most ``n`` bytes, b"" at the end."""
-    if not is_gzip:
-        return handle.read
-    backend = zlib_backend()
-    inflater = backend.decompressobj(31)
+class _Stream:
+    """The bytes of a file in order, inflated when it is gzip-compressed.
 
-    def read(n: int) -> bytes:
-        nonlocal inflater
+    Several gzip members are read one after the other; NUL bytes between or after members are
+    skipped (as ``gzip`` and nibabel do).
+    """
+
+    def __init__(self, handle: io.BufferedReader, is_gzip: bool, name: str) -> None:
+        self._handle, self._name = handle, name
+        self._backend = zlib_backend() if is_gzip else None
+        self._inflater = self._backend.decompressobj(31) if self._backend is not None else None
+
+    def _next_member(self) -> bytes:
+        """The compressed bytes after a finished member, NUL padding skipped; b"" at the end."""
+        assert self._inflater is not None
+        data = self._inflater.unused_data
         while True:
-            if inflater.eof:  # end of a gzip member: another one may follow
-                data = inflater.unused_data or handle.read(_READ_BYTES)
+            data = data.lstrip(b"\x00")
+            if data:
+                return data
+            data = self._handle.read(_READ_BYTES)
+            if not data:
+                return b""
+
+    def read(self, n: int) -> bytes:
+        """At most ``n`` bytes (at least one unless at the end), b"" at the end.
+
+        Raises:
+            CorruptFileError: the gzip stream is corrupt or ends inside a member.
+        """
+        if self._backend is None or self._inflater is None:
+            return self._handle.read(n)
+        while True:
+            if self._inflater.eof:  # end of a gzip member: another one may follow
+                data = self._next_member()
                 if not data:
                     return b""
-                inflater = backend.decompressobj(31)
+                self._inflater = self._backend.decompressobj(31)
             else:
-                data = inflater.unconsumed_tail or handle.read(_READ_BYTES)
+                data = self._inflater.unconsumed_tail or self._handle.read(_READ_BYTES)
                 if not data:
                     raise CorruptFileError(
-                        f"{name}: the gzip stream ends early; the file is truncated."
+                        f"{self._name}: the gzip stream ends early; the file is truncated."
                     )
             try:
-                out = inflater.decompress(data, n)
+                out = self._inflater.decompress(data, n)
             except _INFLATE_ERRORS as err:
-                raise CorruptFileError(f"{name}: the gzip stream is corrupt ({err}).") from err
+                raise CorruptFileError(
+                    f"{self._name}: the gzip stream is corrupt ({err})."
+                ) from err
             if out:
                 return out
 
-    return read
+    def read_exactly(self, n: int) -> bytes:
+        """``n`` bytes, or fewer when the stream ends first."""
+        parts, got = [], 0
+        while got < n:
+            part = self.read(n - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def skip(self, n: int) -> int:
+        """Discard ``n`` bytes (memory stays flat); the number actually skipped (a raw file is
+        seeked, its size having been checked against the header)."""
+        if self._inflater is None:
+            self._handle.seek(n, io.SEEK_CUR)
+            return n
+        got = 0
+        while got < n:
+            part = self.read(min(n - got, _SKIP_BYTES))
+            if not part:
+                break
+            got += len(part)
+        return got
+
+    def finish(self, allowed: int) -> None:
+        """Read to the end, so that the gzip CRCs are checked, allowing ``allowed`` bytes.
+
+        Raises:
+            CorruptFileError: more than ``allowed`` bytes remain (or the stream is corrupt).
+        """
+        left = allowed
+        while part := self.read(min(left + 1, _READ_BYTES)):
+            left -= len(part)
+            if left < 0:
+                raise CorruptFileError(
+                    f"{self._name}: the gzip stream goes on after the voxel data (more than "
+                    f"{allowed} bytes); a NIfTI file ends with its data."
+                )
 
 
-def _read_exactly(read: Callable[[int], bytes], n: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        part = read(n - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
-
-
-def _parse_header(block: bytes, name: str) -> nib.Nifti1Header:
+def _parse_header(block: bytes, name: str) -> tuple[nib.Nifti1Header, int]:
+    """The header in ``block`` and the offset of the first byte after its extension flag."""
     if len(block) < 4:
         raise NotNiftiError(f"{name}: not a NIfTI file (only {len(block)} bytes).")
-    sizes = {struct.unpack("<i", block[:4])[0], struct.unpack(">i", block[:4])[0]}
-    if 348 in sizes:
-        header_class, size, magic_at, magic = nib.Nifti1Header, 348, 344, b"n+1\x00"
-    elif 540 in sizes:
-        header_class, size, magic_at, magic = nib.Nifti2Header, 540, 4, b"n+2\x00"
-    else:
+    endian, size = "<", struct.unpack("<i", block[:4])[0]
+    if size not in _HEADERS:
+        endian, size = ">", struct.unpack(">i", block[:4])[0]
+    if size not in _HEADERS:
         raise NotNiftiError(
             f"{name}: not a NIfTI file (no NIfTI-1/NIfTI-2 header; expected a .nii or .nii.gz)."
         )
+    header_class, end, magic_at, magic, _ = _HEADERS[size]
     if len(block) < size:
         raise CorruptFileError(f"{name}: the NIfTI header is truncated ({len(block)} bytes).")
     found = block[magic_at : magic_at + 4]
@@ -172,16 +260,100 @@ def _parse_header(block: bytes, name: str) -> nib.Nifti1Header:
         )
     if found != magic:
         raise NotNiftiError(f"{name}: not a NIfTI file (magic {found!r}, expected {magic!r}).")
-    return header_class(binaryblock=block[:size], check=False)
+    # the byte order comes from sizeof_hdr (unambiguous); nibabel would guess it from dim[0]
+    return header_class(binaryblock=block[:size], endianness=endian, check=False), end
+
+
+def _shape(header: nib.Nifti1Header, name: str) -> tuple[int, ...]:
+    """``dim[1..dim[0]]``; refuses ``dim[0]`` outside 1..7 and dimensions below 1."""
+    dims = [int(d) for d in header["dim"]]
+    if not 1 <= dims[0] <= 7:
+        raise CorruptFileError(
+            f"{name}: the header's dim[0] (number of dimensions) is {dims[0]}; expected 1 to 7."
+        )
+    shape = tuple(dims[1 : dims[0] + 1])
+    if any(s < 1 for s in shape):
+        raise CorruptFileError(
+            f"{name}: the header declares the shape {shape}; every dimension must be >= 1."
+        )
+    return shape
+
+
+def _data_offset(header: nib.Nifti1Header, header_end: int, name: str) -> int:
+    """``vox_offset`` as a byte count: whole, after the header, at most ``MAX_DATA_OFFSET``."""
+    raw = float(header["vox_offset"])
+    if not (math.isfinite(raw) and raw == math.floor(raw)):
+        raise CorruptFileError(
+            f"{name}: the header's vox_offset is {raw!r}; expected a whole number of bytes."
+        )
+    if raw < header_end:
+        raise CorruptFileError(
+            f"{name}: the header's vox_offset is {raw:.0f}, inside the header (the data of a "
+            f"single-file NIfTI-{_version(header)} starts at byte {header_end} or later)."
+        )
+    if raw > MAX_DATA_OFFSET:
+        raise CorruptFileError(
+            f"{name}: the header's vox_offset is {raw:.0f}: the data would start after more "
+            f"than {MAX_DATA_OFFSET} bytes of header and extensions."
+        )
+    return int(raw)
+
+
+def _version(header: nib.Nifti1Header) -> int:
+    return 2 if isinstance(header, nib.Nifti2Header) else 1
+
+
+def _check_extensions(extensions: bytes, endian: str, name: str) -> None:
+    """The extensions (``esize``, ``ecode``, content) must end at or before the data.
+
+    ``extensions`` holds the bytes from the end of the extension flag to ``vox_offset``; like
+    nibabel, an extension is read while at least 16 bytes remain.
+    """
+    position = 0
+    while len(extensions) - position >= 16:
+        esize = struct.unpack(endian + "i", extensions[position : position + 4])[0]
+        if esize < 8 or position + esize > len(extensions):
+            raise CorruptFileError(
+                f"{name}: a header extension at byte {position} declares {esize} bytes; the "
+                f"extensions must end at or before vox_offset ({len(extensions)} bytes left)."
+            )
+        position += esize
+
+
+def _scaling(header: nib.Nifti1Header, name: str) -> tuple[float, float]:
+    """``(slope, inter)`` as nibabel reads them: no scaling for a zero or non-finite slope."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if slope == 0 or not math.isfinite(slope):
+        return 1.0, 0.0
+    if not math.isfinite(inter):
+        raise CorruptFileError(
+            f"{name}: the header's scl_inter is {inter!r} with scl_slope {slope!r}; a scaled "
+            "file needs a finite intercept."
+        )
+    return slope, inter
+
+
+def _affine(header: nib.Nifti1Header) -> tuple[np.ndarray, str | None]:
+    """The sform (else qform) affine, or NaNs and the reason when the header has none valid."""
+    try:
+        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    except Exception as err:  # nibabel raises ValueError and others for invalid quaternions
+        return np.full((4, 4), np.nan), f"the header's affine is invalid ({err})"
+    if not np.isfinite(affine).all():
+        return affine, "the header's affine holds NaN or infinite values"
+    return affine, None
 
 
 def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -> NiftiInfo:
-    """Read a NIfTI header only (no data is inflated).
+    """Read a NIfTI header (and walk its extensions); no voxel data is inflated.
 
     Raises:
         NotNiftiError: missing file, not NIfTI (wrong size/magic, a .hdr/.img pair).
-        CorruptFileError: a truncated header, a corrupt gzip start, an uncompressed file shorter
-            than its data block, an empty or negative shape.
+        CorruptFileError: a truncated header, a corrupt gzip start, an uncompressed file
+            shorter than its data block (or a gzip stream too short to inflate to it), an
+            empty or negative shape, ``dim[0]`` outside 1..7, a ``vox_offset`` that is not
+            a whole number, lies inside the header or its extensions, or beyond
+            ``MAX_DATA_OFFSET``, extensions that overrun the data, a non-finite ``scl_inter``.
         UnsupportedDataTypeError: complex, RGB or unknown data types.
         VolumeTooLargeError: more voxels than ``max_voxels``.
     """
@@ -195,12 +367,15 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
     with handle:
         is_gzip = handle.read(2) == _GZIP_MAGIC
         handle.seek(0)
-        block = _read_exactly(_byte_source(handle, is_gzip, name), 544)
+        stream = _Stream(handle, is_gzip, name)
+        block = stream.read_exactly(544)
+        header, header_end = _parse_header(block, name)
+        shape = _shape(header, name)
+        offset = _data_offset(header, header_end, name)
+        if block[header_end - 4 : header_end - 3] not in (b"", b"\x00"):  # extensions follow
+            rest = stream.read_exactly(offset - len(block)) if offset > len(block) else b""
+            _check_extensions((block + rest)[header_end:offset], header.endianness, name)
         file_size = os.fstat(handle.fileno()).st_size
-    header = _parse_header(block, name)
-    shape = tuple(int(s) for s in header.get_data_shape())
-    if not shape or any(s <= 0 for s in shape):
-        raise CorruptFileError(f"{name}: the header declares an empty shape {shape}.")
     try:
         dtype = header.get_data_dtype()
     except Exception as err:  # nibabel raises several types for unknown codes
@@ -215,17 +390,21 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         raise VolumeTooLargeError(
             f"{name}: {voxels} voxels (shape {shape}), above the limit of {max_voxels}."
         )
-    offset = int(header.get_data_offset())
-    if not is_gzip and file_size < offset + voxels * dtype.itemsize:
+    needed = offset + voxels * dtype.itemsize
+    if not is_gzip and file_size < needed:
         raise CorruptFileError(
-            f"{name}: truncated: the header declares {offset + voxels * dtype.itemsize} bytes, "
-            f"the file has {file_size}."
+            f"{name}: truncated: the header declares {needed} bytes, the file has {file_size}."
         )
-    slope, inter = header.get_slope_inter()
-    unit = _UNIT_TO_MM.get(header.get_xyzt_units()[0], 1.0)
-    zooms = tuple(float(z) * unit for z in header.get_zooms()[: min(3, len(shape))])
+    if is_gzip and needed > file_size * _DEFLATE_MAX_RATIO + _DEFLATE_SLACK:
+        raise CorruptFileError(
+            f"{name}: truncated: the header declares {needed} bytes, more than a gzip stream "
+            f"of {file_size} bytes can hold."
+        )
+    slope, inter = _scaling(header, name)
+    unit = _UNIT_TO_MM.get(int(header["xyzt_units"]) % 8, 1.0)
+    zooms = tuple(float(z) * unit for z in header["pixdim"][1 : 1 + min(3, len(shape))])
     spacing = zooms if all(math.isfinite(z) and z > 0 for z in zooms) else None
-    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    affine, affine_problem = _affine(header)
     return NiftiInfo(
         path=str(path),
         shape=shape,
@@ -235,9 +414,10 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         spacing=spacing,
         is_gzip=is_gzip,
         offset=offset,
-        slope=1.0 if slope is None else float(slope),
-        inter=0.0 if inter is None else float(inter),
-        version=2 if isinstance(header, nib.Nifti2Header) else 1,
+        slope=slope,
+        inter=inter,
+        version=_version(header),
+        affine_problem=affine_problem,
     )
 
 
@@ -245,38 +425,45 @@ def iter_voxel_chunks(info: NiftiInfo, chunk_voxels: int) -> Iterator[np.ndarray
     """The stored voxels, in file order (x fastest), as 1-D arrays of ``chunk_voxels`` voxels
     (the last one shorter) of the stored dtype; scaling is *not* applied.
 
-    Raises ``CorruptFileError`` when the data ends early or the gzip stream is corrupt (its
-    CRC is checked after the last chunk).
+    Raises:
+        CorruptFileError: the data ends early, the gzip stream is corrupt (its CRC is checked
+            after the last chunk) or goes on for more than ``MAX_TRAILER_BYTES`` after the
+            data.
     """
     name = _name(info.path)
     with open(info.path, "rb") as handle:
-        read = _byte_source(handle, info.is_gzip, name)
-        skipped = len(_read_exactly(read, info.offset)) if info.offset else 0
-        if skipped < info.offset:
+        stream = _Stream(handle, info.is_gzip, name)
+        if stream.skip(info.offset) < info.offset:
             raise CorruptFileError(f"{name}: truncated before its data starts.")
         remaining = info.voxels
         while remaining:
             n = min(chunk_voxels, remaining)
-            data = _read_exactly(read, n * info.dtype.itemsize)  # usually one piece, no copy
+            data = stream.read_exactly(n * info.dtype.itemsize)  # usually one piece, no copy
             if len(data) < n * info.dtype.itemsize:
                 missing = remaining * info.dtype.itemsize - len(data)
                 raise CorruptFileError(f"{name}: truncated: the data ends {missing} bytes early.")
             remaining -= n
             yield np.frombuffer(data, dtype=info.dtype)
-        if info.is_gzip:  # read to the end of the stream, so that its CRC is checked
-            while read(_READ_BYTES):
-                pass
+        if info.is_gzip:
+            stream.finish(MAX_TRAILER_BYTES)
 
 
 def load_nifti(info: NiftiInfo) -> np.ndarray:
     """The whole data array of an inspected file, shape ``info.shape`` (Fortran order), in
-    native byte order, with the header scaling applied (as float32) when there is one."""
-    flat = np.empty(info.voxels, dtype=info.dtype.newbyteorder("="))
+    native byte order. With a header scaling the values are nibabel's,
+    ``stored * slope + inter`` in float64 (so integer ids above 2**24 stay apart).
+
+    Raises:
+        CorruptFileError: as ``iter_voxel_chunks``.
+    """
+    dtype = np.dtype(np.float64) if info.scaled else info.dtype.newbyteorder("=")
+    flat = np.empty(info.voxels, dtype=dtype)
     start = 0
     for chunk in iter_voxel_chunks(info, 1 << 22):
-        flat[start : start + chunk.size] = chunk
+        part = flat[start : start + chunk.size]
+        part[...] = chunk
+        if info.scaled:
+            part *= info.slope
+            part += info.inter
         start += chunk.size
-    data = flat.reshape(info.shape, order="F")
-    if info.scaled:
-        data = data.astype(np.float32) * np.float32(info.slope) + np.float32(info.inter)
-    return data
+    return flat.reshape(info.shape, order="F")

@@ -316,11 +316,26 @@ class ScoringOptions(OptionsModel):
         description="Report only the labels given in labels: labels found in the prediction "
         "but not asked for are left out instead of reported with requested false.",
     )
+    ignore_label: Annotated[int | None, Field(ge=0), Exposure(metavar="N")] = Field(
+        default=None,
+        description="nnU-Net's ignore label (partially annotated references): voxels where the "
+        "reference has this label are left out of every count of the case (tp, fp, fn, tn, "
+        "so predicted volumes and voxels too); the label itself is not scored. Label maps only.",
+    )
 
     @model_validator(mode="after")
     def _tversky_weights(self) -> ScoringOptions:
         if self.tversky_alpha == 0 and self.tversky_beta == 0 and "tversky" in self.metrics:
             raise ValueError("tversky_alpha and tversky_beta cannot both be 0.")
+        return self
+
+    @model_validator(mode="after")
+    def _ignored_not_scored(self) -> ScoringOptions:
+        if self.ignore_label is not None and self.ignore_label in (self.labels or {}):
+            raise ValueError(
+                f"ignore_label {self.ignore_label} is also in labels; an ignored label is not "
+                "scored."
+            )
         return self
 
     def label_name(self, label: int) -> str | None:

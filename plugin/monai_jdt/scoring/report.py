@@ -48,7 +48,7 @@ __all__ = [
 
 #: version of the JSON layout of ``CaseReport.to_dict`` and of the dataset summary: the minor
 #: number grows when fields are added, the major one when a field changes meaning or disappears
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 _ABSENT = "label absent from both prediction and reference"
 _DENOMINATOR_REASONS = {

@@ -2,7 +2,15 @@
 
 Per label and metric: mean / median / std (population, ddof=0) / min / max over the cases where
 the metric is defined, and ``n``, the number of those cases (undefined values are skipped,
-never counted as 0 or 1). The foreground mean of a metric is the mean of its per-label means.
+never counted as 0 or 1); the same statistics of the counts (tp, fp, fn, tn) and volumes. The
+foreground mean of a metric is the mean of its per-label means over the requested labels other
+than 0; label 0, when scored, is reported apart (``background``).
+
+In a dataset the label set is decided once (``dataset_labels``: the requested labels, or every
+label present in any case) and every case is scored on all of it (``with_label_set``), as
+nnU-Net does: a label absent from both volumes of a case gets a row with zero counts whose
+ratios follow ``empty``, so a per-label mean is over every case where the label is in either
+volume (and over every case with ``empty="one"``).
 
 The fine-grained family (Wang et al., "Revisiting Evaluation Metrics for Semantic Segmentation:
 Optimization and Evaluation of Fine-grained Intersection over Union", NeurIPS 2023), for
@@ -20,6 +28,7 @@ Jaccard (mIoU) and Dice, from the per-(case, label) counts ``tp, fp, fn`` ``[N, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,14 +36,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monai_jdt.scoring.errors import InvalidOptionError
-from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport
+from monai_jdt.scoring.options import ScoringOptions
+from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport, label_scores
 
 if TYPE_CHECKING:  # torch and the counts are imported where the fine-grained scores need them
     import torch
 
     from monai_jdt.counts import SoftCounts
 
-__all__ = ["fine_grained_scores", "summarize", "worst_mean"]
+__all__ = ["dataset_labels", "fine_grained_scores", "summarize", "with_label_set", "worst_mean"]
+
+#: the counts and volumes of a label row summarised like the ratios
+COUNT_FIELDS: tuple[str, ...] = (
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "predicted_voxels",
+    "reference_voxels",
+    "predicted_ml",
+    "reference_ml",
+)
 
 _FINE_GRAINED = {"jaccard": (1.0, 1.0), "dice": (0.5, 0.5)}
 
@@ -89,6 +111,60 @@ def fine_grained_scores(
     return result
 
 
+def dataset_labels(
+    reports: Sequence[CaseReport], options: ScoringOptions
+) -> tuple[list[int], set[int]]:
+    """The label set of a dataset, decided once from its case reports: ``(labels, unrequested)``.
+
+    With ``options.labels``: the requested labels, plus every label a prediction holds without
+    being asked for (``unrequested``; reported, flagged ``requested=False``, in every case).
+    Without: every label reported by any case (each case reports the labels present in either
+    of its volumes).
+    """
+    seen = {row.label for report in reports for row in report.labels}
+    if options.labels is None:
+        return sorted(seen), set()
+    unrequested = seen - set(options.labels)
+    return sorted(set(options.labels) | unrequested), unrequested
+
+
+def with_label_set(
+    report: CaseReport, labels: Sequence[int], options: ScoringOptions
+) -> CaseReport | None:
+    """``report`` with a row for every label of ``labels``, or None when the case must be
+    scored again on them.
+
+    A label-map case scored without ``options.labels`` reports every label present in either
+    of its volumes, so a label it lacks is absent from both: its row has ``tp = fp = fn = 0``
+    and ``tn`` = the voxels counted (``label_scores``, ratios under ``options.empty``). Other
+    cases (requested labels, probability maps) cannot tell, and are scored again.
+    """
+    have = {row.label for row in report.labels}
+    missing = [label for label in labels if label not in have]
+    if not missing:
+        return report
+    if report.kind != "labels" or options.labels is not None:
+        return None
+    if not report.labels and options.ignore_label is not None:
+        return None  # the voxels counted (the ignored ones left out) are known only by a row
+    first = report.labels[0] if report.labels else None
+    counted = (
+        math.prod(report.shape) if first is None else int(first.tp + first.fp + first.fn + first.tn)
+    )
+    zeros = np.zeros(len(missing), dtype=np.float64)
+    added = label_scores(
+        missing,
+        (zeros, zeros, zeros),
+        counted,
+        [True] * len(missing),
+        options,
+        report.voxel_ml,
+        True,
+    )
+    rows = sorted((*report.labels, *added), key=lambda row: row.label)
+    return dataclasses.replace(report, labels=tuple(rows))
+
+
 def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str, Any]:
     """The dataset summary of ``reports`` as a JSON-safe dict (see docs/scoring.md).
 
@@ -118,21 +194,32 @@ def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str,
             entry[metric] = _stats(
                 [r.metrics[metric] for r in rows[label] if r.metrics.get(metric) is not None]
             )
+        for key in COUNT_FIELDS:
+            values = [getattr(r, key) for r in rows[label]]
+            entry[key] = _stats([float(v) for v in values if v is not None])
         per_label.append(entry)
     scored = [label for label in sorted(rows) if requested[label]]
     foreground = {}
     for metric in metrics:
-        means = [e[metric]["mean"] for e in per_label if e["requested"] and e[metric]["n"]]
+        means = [
+            e[metric]["mean"]
+            for e in per_label
+            if e["requested"] and e["label"] != 0 and e[metric]["n"]
+        ]
         foreground[metric] = {
             "mean": float(np.mean(means)) if means else None,
             "labels": len(means),
         }
+    background = next((e for e in per_label if e["label"] == 0), None)
     return {
         "schema_version": SCHEMA_VERSION,
         "cases": len(reports),
         "metrics": metrics,
         "labels": per_label,
         "foreground_mean": foreground,
+        "background": None
+        if background is None
+        else {metric: background[metric]["mean"] for metric in metrics},
         "fine_grained": _fine_grained(reports, scored, worst_q),
     }
 

@@ -52,7 +52,7 @@ from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
 from monai_jdt.scoring import CaseReport, ScoringOptions
-from monai_jdt.scoring.nifti import inspect_nifti
+from monai_jdt.scoring.sitk_formats import inspect_volume
 
 __all__ = ["router"]
 
@@ -131,8 +131,8 @@ def _score_job(
 def _estimate(prediction: Path, reference: Path, options: ScoringOptions) -> int:
     """The job's memory from the two headers (the header errors are the scoring core's)."""
     return job_bytes(
-        inspect_nifti(prediction, options.max_voxels),
-        inspect_nifti(reference, options.max_voxels),
+        inspect_volume(prediction, options.max_voxels),
+        inspect_volume(reference, options.max_voxels),
         options,
     )
 

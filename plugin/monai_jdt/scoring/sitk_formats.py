@@ -1,0 +1,368 @@
+"""NRRD and MetaImage files (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) through SimpleITK, and the
+one entry point that reads any supported volume file (these or NIfTI).
+
+SimpleITK is the optional extra ``formats`` (``pip install 'monai-jdt[formats]'``); it is
+imported on first use, so NIfTI scoring never needs it.
+
+Header first, as for NIfTI: ``inspect_image`` reads only the header (SimpleITK's
+``ReadImageInformation``), so a file that is not of its format, declares an empty shape, a
+data type that cannot be scored, more voxels than ``max_voxels``, or more data than the file
+can hold (a raw payload shorter than the declared data, or a gzip payload that would have to
+inflate more than deflate's 1032:1 limit) is refused before any voxel buffer is allocated.
+
+Geometry. ITK (and so NRRD and MetaImage) places voxel index ``i`` (x fastest) at the
+physical point ``p = o + D diag(s) i`` in LPS coordinates (x to the patient's Left, y
+Posterior, z Superior), with ``o`` the origin, ``D`` the direction cosines (columns are the
+axes) and ``s`` the spacing in mm. NIfTI, and nibabel's affines, use RAS (x Right, y
+Anterior). The voxel-to-world affine reported here is the RAS one, the same matrix that the
+NIfTI header of the same image holds (ITK writes NIfTI this way)::
+
+    A = diag(-1, -1, 1, 1) @ [[D diag(s), o], [0, 1]]
+
+so a prediction in ``.nrrd`` and a reference in ``.nii.gz`` pass the affine check exactly when
+they lie on the same grid. 2-D images get ``z`` spacing 1 and origin 0.
+
+Data layout: the reported shape is in NIfTI order, ``(X, Y, Z)`` plus a last channel axis
+``C`` for vector images (``(X, Y, Z, C)``), and ``load_image`` returns the voxels in that
+shape (a Fortran-ordered view of SimpleITK's C-ordered ``(Z, Y, X[, C])`` array), as
+``load_nifti`` does. Values are checked by the scoring core like NIfTI's (fractional or NaN
+label maps are refused with the same errors).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from monai_jdt.scoring.errors import (
+    CorruptFileError,
+    NotNiftiError,
+    UnsupportedDataTypeError,
+    VolumeTooLargeError,
+)
+from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti, load_nifti
+
+__all__ = [
+    "LPS_TO_RAS",
+    "SITK_SUFFIXES",
+    "ImageInfo",
+    "VolumeInfo",
+    "inspect_image",
+    "inspect_volume",
+    "is_sitk_path",
+    "load_image",
+    "load_volume",
+]
+
+#: file endings read through SimpleITK, with the ITK reader each must be read with
+_IMAGE_IO = {
+    ".nrrd": "NrrdImageIO",
+    ".nhdr": "NrrdImageIO",
+    ".mha": "MetaImageIO",
+    ".mhd": "MetaImageIO",
+}
+SITK_SUFFIXES: tuple[str, ...] = tuple(_IMAGE_IO)
+#: ``diag(-1, -1, 1, 1)``: LPS world coordinates (ITK) to RAS (NIfTI, nibabel) and back
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: deflate cannot inflate more than ~1032 bytes per compressed byte
+_DEFLATE_MAX_RATIO = 1032
+_HEADER_PROBE = 1 << 16  # bytes read to find the encoding and data file lines
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an NRRD / MetaImage header declares (the fields ``NiftiInfo`` shares).
+
+    Attributes:
+        path: the file (the header file for ``.nhdr`` / ``.mhd``).
+        shape: ``(X, Y[, Z[, T]])``, plus ``C`` last for vector (multi-component) images.
+        dtype: the component dtype (native byte order).
+        voxels: ``prod(shape)``.
+        affine: ``[4, 4]`` RAS voxel-to-world matrix in mm (see the module doc).
+        spacing: voxel size in mm along the (up to 3) spatial axes, or None when it is not
+            positive and finite.
+        components: values per voxel (1 for scalar images).
+        affine_problem: why the header gives no valid affine (a non-finite origin or
+            direction), or None; as ``NiftiInfo``'s, it only matters when the affines are
+            compared.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    voxels: int
+    affine: np.ndarray
+    spacing: tuple[float, ...] | None
+    components: int
+    affine_problem: str | None = None
+
+    @property
+    def scaled(self) -> bool:
+        """Always False: these formats store values unscaled."""
+        return False
+
+    @property
+    def data_bytes(self) -> int:
+        """Size of the decoded data in bytes."""
+        return self.voxels * self.dtype.itemsize
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The first (up to) three axes."""
+        return self.shape[:3]
+
+
+#: the header of any supported volume file
+VolumeInfo: TypeAlias = "NiftiInfo | ImageInfo"
+
+
+def is_sitk_path(path: str | os.PathLike[str]) -> bool:
+    """True when the file name ends with one of ``SITK_SUFFIXES`` (lower case, as the NIfTI
+    endings are matched)."""
+    return Path(path).name.endswith(SITK_SUFFIXES)
+
+
+def _suffix(path: str | os.PathLike[str]) -> str:
+    name = Path(path).name
+    return next(s for s in SITK_SUFFIXES if name.endswith(s))
+
+
+def _sitk(name: str) -> Any:
+    """The SimpleITK module, or a clear error naming the extra to install."""
+    try:
+        import SimpleITK
+    except ImportError as err:
+        raise NotNiftiError(
+            f"{name}: reading NRRD / MetaImage files needs SimpleITK; install it with "
+            "pip install 'monai-jdt[formats]' (or convert the file to .nii.gz)."
+        ) from err
+    return SimpleITK
+
+
+def _dtypes(sitk: Any) -> dict[int, np.dtype]:
+    """``{SimpleITK pixel id: component dtype}`` of the scorable (scalar and vector) types."""
+    names = ("UInt8", "Int8", "UInt16", "Int16", "UInt32", "Int32", "UInt64", "Int64")
+    table: dict[int, np.dtype] = {}
+    for name in (*names, "Float32", "Float64"):
+        dtype = np.dtype(name.lower())
+        table[getattr(sitk, f"sitk{name}")] = dtype
+        table[getattr(sitk, f"sitkVector{name}")] = dtype
+    return table
+
+
+def _header_text(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return handle.read(_HEADER_PROBE).decode("latin-1")
+
+
+def _looks_like(text: str, suffix: str) -> bool:
+    """True when the file starts as its format does (NRRD magic, MetaImage ``NDims`` key)."""
+    if _IMAGE_IO[suffix] == "NrrdImageIO":
+        return text.startswith("NRRD000")
+    return re.search(r"^NDims\s*=", text, re.MULTILINE) is not None
+
+
+@dataclass(frozen=True)
+class _Storage:
+    """Where and how a header says its data is stored."""
+
+    data_file: str | None  # a separate data file, None when the data follows the header
+    header_bytes: int | None  # the header's length when the data follows it (None: unknown)
+    ratio: int | None  # most bytes one stored byte decodes to (None: no bound known)
+
+
+def _storage(text: str, suffix: str) -> _Storage:
+    """Read the data location and encoding from the header ``text``."""
+    if _IMAGE_IO[suffix] == "NrrdImageIO":
+        head, blank, _ = text.partition("\n\n")
+        found = re.search(r"^encoding:\s*(\S+)", head, re.MULTILINE)
+        encoding = found.group(1).lower() if found else "raw"
+        ratio = {"raw": 1, "gzip": _DEFLATE_MAX_RATIO, "gz": _DEFLATE_MAX_RATIO}.get(encoding)
+        data = re.search(r"^data ?file:\s*(.+?)\s*$", head, re.MULTILINE)
+        if data is not None:
+            return _Storage(data.group(1), None, ratio)
+        return _Storage(None, len(head) + len(blank) if blank else None, ratio)
+    compressed = re.search(r"^CompressedData\s*=\s*True", text, re.MULTILINE | re.IGNORECASE)
+    ratio = _DEFLATE_MAX_RATIO if compressed else 1
+    data = re.search(r"^ElementDataFile\s*=\s*(.+?)[ \t]*\r?\n", text, re.MULTILINE)
+    if data is None or data.group(1).upper() != "LOCAL":
+        return _Storage(None if data is None else data.group(1), None, ratio)
+    return _Storage(None, data.end(), ratio)
+
+
+def _check_storage(file: Path, storage: _Storage, suffix: str) -> int | None:
+    """The bytes on disk that hold the data (None when unknown); refuses a data file that is
+    not a plain name next to the header (a header must not make us read other files), and a
+    detached header under a single-file ending."""
+    name = file.name
+    if storage.data_file is None:
+        header = storage.header_bytes
+        return None if header is None else file.stat().st_size - header
+    detached = {".nrrd": ".nhdr", ".mha": ".mhd"}.get(suffix)
+    if detached is not None:
+        raise CorruptFileError(
+            f"{name}: the header points to a separate data file ({storage.data_file!r}); a "
+            f"{suffix} file holds its own data (a detached header ends in {detached})."
+        )
+    data_name = storage.data_file
+    if (
+        data_name.upper() == "LIST"
+        or any(c in data_name for c in " %/\\")
+        or data_name
+        in (
+            ".",
+            "..",
+        )
+    ):
+        raise CorruptFileError(
+            f"{name}: the data file {data_name!r} is not one file next to the header (lists, "
+            "patterns and paths are not read)."
+        )
+    data_path = file.parent / data_name
+    return data_path.stat().st_size if data_path.is_file() else 0
+
+
+def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -> ImageInfo:
+    """Read an NRRD / MetaImage header only (no voxel buffer is allocated).
+
+    Raises:
+        NotNiftiError: missing file, SimpleITK not installed, or a file its reader cannot
+            read as its format (the ending decides: ``.nrrd``/``.nhdr`` NRRD, ``.mha``/``.mhd``
+            MetaImage).
+        CorruptFileError: an empty shape, a spacing that is not positive and finite, less
+            data on disk than the header declares, or a data file that is not one plain name
+            next to a ``.nhdr`` / ``.mhd`` header (``.nrrd`` / ``.mha`` hold their data).
+        UnsupportedDataTypeError: complex or other non-numeric pixel types.
+        VolumeTooLargeError: more voxels than ``max_voxels``.
+    """
+    file = Path(path)
+    name = file.name
+    if not file.is_file():
+        raise NotNiftiError(f"{name}: no such file.")
+    suffix = _suffix(file)
+    sitk = _sitk(name)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_IMAGE_IO[suffix])
+    reader.SetFileName(str(file))
+    kind = "NRRD" if _IMAGE_IO[suffix] == "NrrdImageIO" else "MetaImage"
+    text = _header_text(file)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        if _looks_like(text, suffix):
+            raise CorruptFileError(
+                f"{name}: the {kind} header cannot be read ({_first_line(err)})."
+            ) from err
+        raise NotNiftiError(f"{name}: not a {kind} file ({_first_line(err)}).") from err
+    size = tuple(int(s) for s in reader.GetSize())
+    pixel = _dtypes(sitk).get(reader.GetPixelID())
+    if pixel is None:
+        raise UnsupportedDataTypeError(
+            f"{name}: pixel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())!r} cannot be "
+            "scored; "
+            "expected integer labels or float probabilities."
+        )
+    dtype = pixel
+    components = int(reader.GetNumberOfComponents())
+    shape = size + ((components,) if components > 1 else ())
+    if not size or any(s <= 0 for s in size):
+        raise CorruptFileError(f"{name}: the header declares an empty shape {size}.")
+    voxels = math.prod(shape)
+    if max_voxels is not None and voxels > max_voxels:
+        raise VolumeTooLargeError(
+            f"{name}: {voxels} voxels (shape {shape}), above the limit of {max_voxels}."
+        )
+    storage = _storage(text, suffix)
+    stored = _check_storage(file, storage, suffix)
+    ratio = storage.ratio
+    if stored is not None and ratio is not None and stored * ratio < voxels * dtype.itemsize:
+        raise CorruptFileError(
+            f"{name}: truncated: the header declares {voxels * dtype.itemsize} bytes of data, "
+            f"the file holds {stored} bytes" + (" (compressed)." if ratio > 1 else ".")
+        )
+    affine, spacing = _geometry(
+        reader.GetDirection(), reader.GetOrigin(), reader.GetSpacing(), len(size)
+    )
+    if spacing is None:  # ITK refuses to build such an image: say so before reading
+        raise CorruptFileError(
+            f"{name}: the header's spacing {tuple(reader.GetSpacing())} is not positive and "
+            "finite; the image cannot be read."
+        )
+    finite = bool(np.isfinite(affine).all())
+    problem = None if finite else "the header's origin or direction is not finite"
+    return ImageInfo(
+        path=str(path),
+        shape=shape,
+        dtype=dtype,
+        voxels=voxels,
+        affine=affine,
+        spacing=spacing,
+        components=components,
+        affine_problem=problem,
+    )
+
+
+def _geometry(
+    direction: tuple[float, ...], origin: tuple[float, ...], spacing: tuple[float, ...], ndim: int
+) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """The RAS affine ``diag(-1, -1, 1, 1) @ [[D diag(s), o], [0, 1]]`` of the first (up to)
+    three axes, and the spacing of those axes (None unless all are positive and finite)."""
+    n = min(ndim, 3)
+    cosines = np.asarray(direction, dtype=np.float64).reshape(ndim, ndim)[:n, :n]
+    steps = np.asarray(spacing[:n], dtype=np.float64)
+    lps = np.eye(4)
+    lps[:n, :n] = cosines * steps  # column j: axis j's direction times its spacing
+    lps[:n, 3] = np.asarray(origin[:n], dtype=np.float64)
+    spatial = tuple(float(s) for s in steps)
+    valid = all(math.isfinite(s) and s > 0 for s in spatial)
+    return LPS_TO_RAS @ lps, spatial if valid else None
+
+
+def _first_line(err: BaseException) -> str:
+    """The last informative line of an ITK exception (they are long and multi-line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def load_image(info: ImageInfo) -> np.ndarray:
+    """The voxels of an inspected file, shape ``info.shape`` (NIfTI axis order), native byte
+    order.
+
+    Raises ``CorruptFileError`` when the data cannot be read (truncated, corrupt stream).
+    """
+    name = Path(info.path).name
+    sitk = _sitk(name)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_IMAGE_IO[_suffix(info.path)])
+    reader.SetFileName(str(info.path))
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise CorruptFileError(f"{name}: the data cannot be read ({_first_line(err)}).") from err
+    array = sitk.GetArrayFromImage(image)  # (..., Z, Y, X[, C]), C order: a copy we own
+    del image
+    if info.components > 1:
+        axes = (*reversed(range(array.ndim - 1)), array.ndim - 1)
+        return np.transpose(array, axes)  # (X, Y, Z, C)
+    return array.T
+
+
+def inspect_volume(path: str | os.PathLike[str], max_voxels: int | None = None) -> VolumeInfo:
+    """The header of any supported volume file: NRRD / MetaImage by their endings (through
+    SimpleITK), NIfTI otherwise; the errors of ``inspect_image`` / ``inspect_nifti``."""
+    if is_sitk_path(path):
+        return inspect_image(path, max_voxels)
+    return inspect_nifti(path, max_voxels)
+
+
+def load_volume(info: VolumeInfo) -> np.ndarray:
+    """The data of a header from ``inspect_volume``, shape ``info.shape`` (NIfTI order)."""
+    if isinstance(info, ImageInfo):
+        return load_image(info)
+    return load_nifti(info)

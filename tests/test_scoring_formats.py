@@ -1,0 +1,307 @@
+"""NRRD / MetaImage files written by SimpleITK: headers and data agree with the NIfTI path (and
+with nibabel) on the same image, scores agree across formats, and every header check refuses
+what NIfTI refuses, with the same error classes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scoring_testdata import numpy_scores, organ_pair
+
+from monai_jdt.scoring import (
+    AffineMismatchError,
+    CaseReport,
+    CorruptFileError,
+    NonFiniteValuesError,
+    NonIntegerLabelsError,
+    NotNiftiError,
+    ScoringOptions,
+    UnsupportedDataTypeError,
+    VolumeTooLargeError,
+    inspect_nifti,
+    score_directory,
+    score_files,
+)
+from monai_jdt.scoring.nifti import load_nifti
+from monai_jdt.scoring.sitk_formats import inspect_image, load_image
+
+SHAPE_XYZ = (18, 14, 10)
+SPACING = (0.8, 1.1, 2.5)
+ORIGIN = (-12.5, 30.25, 7.0)
+# an oblique, right-handed set of axes (columns), so every entry of the affine is exercised
+_C, _S = np.cos(0.3), np.sin(0.3)
+DIRECTION = np.array([[_C, -_S, 0.0], [_S, _C, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
+    [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
+)
+FORMATS = [(".nrrd", False), (".nrrd", True), (".mha", False), (".mha", True), (".mhd", False)]
+
+
+def write(path: Path, xyz: np.ndarray, compress: bool = True, vector: bool = False) -> Path:
+    """Write an ``(X, Y, Z[, C])`` array with SimpleITK (which stores ``(Z, Y, X[, C])``)."""
+    array = np.transpose(xyz, (2, 1, 0, 3)) if vector else xyz.T
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=vector)
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION.flatten().tolist())
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    return organ_pair(SHAPE_XYZ, 4, seed=5)
+
+
+@pytest.mark.parametrize(("suffix", "compress"), FORMATS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32])
+def test_header_and_data_agree_with_nifti(
+    tmp_path: Path, pair, suffix: str, compress: bool, dtype: type
+) -> None:  # type: ignore[no-untyped-def]
+    _, ref = pair
+    data = ref.astype(dtype)
+    image = inspect_image(write(tmp_path / f"c{suffix}", data, compress))
+    nifti = inspect_nifti(write(tmp_path / "c.nii.gz", data))
+    assert image.shape == nifti.shape == SHAPE_XYZ
+    assert image.dtype == nifti.dtype.newbyteorder("=") == np.dtype(dtype)
+    assert image.spacing == pytest.approx(nifti.spacing, rel=1e-6)
+    assert image.spacing == pytest.approx(SPACING, rel=1e-12)
+    # NIfTI stores its affine in float32: the two agree to its precision
+    np.testing.assert_allclose(image.affine, nifti.affine, atol=1e-5)
+    loaded = load_image(image)
+    assert loaded.shape == SHAPE_XYZ
+    np.testing.assert_array_equal(loaded, load_nifti(nifti))
+    np.testing.assert_array_equal(loaded, data)
+
+
+def test_affine_is_the_ras_matrix_of_the_lps_geometry(tmp_path: Path) -> None:
+    """By hand: A = diag(-1, -1, 1, 1) [[D diag(s), o], [0, 1]]; checked against SimpleITK's
+    own index-to-point mapping and against nibabel reading the NIfTI ITK writes."""
+    path = write(tmp_path / "g.nrrd", np.zeros(SHAPE_XYZ, np.uint8))
+    info = inspect_image(path)
+    expected = np.eye(4)
+    expected[:3, :3] = DIRECTION * np.asarray(SPACING)
+    expected[:3, 3] = ORIGIN
+    expected = np.diag([-1.0, -1.0, 1.0, 1.0]) @ expected
+    np.testing.assert_allclose(info.affine, expected, atol=1e-12)
+    image = sitk.ReadImage(str(path))
+    for index in [(0, 0, 0), (17, 0, 0), (3, 13, 9), (17, 13, 9)]:
+        lps = np.asarray(image.TransformIndexToPhysicalPoint(index))
+        ras = info.affine @ np.array([*index, 1.0])
+        np.testing.assert_allclose(ras[:3], lps * [-1, -1, 1], atol=1e-9)
+    nifti = write(tmp_path / "g.nii.gz", np.zeros(SHAPE_XYZ, np.uint8))
+    np.testing.assert_allclose(nib.load(nifti).affine, info.affine, atol=1e-5)
+
+
+def test_voxel_order_is_nifti_order(tmp_path: Path) -> None:
+    data = np.zeros(SHAPE_XYZ, np.uint8)
+    data[17, 2, 9] = 3
+    data[0, 13, 1] = 1
+    info = inspect_image(write(tmp_path / "v.mha", data))
+    loaded = load_image(info)
+    assert loaded[17, 2, 9] == 3 and loaded[0, 13, 1] == 1 and int(loaded.sum()) == 4
+    assert sitk.ReadImage(str(info.path)).GetPixel(17, 2, 9) == 3  # ITK indexes (x, y, z)
+
+
+def test_vector_image_is_a_channel_axis(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    _, ref = pair
+    probs = np.stack([ref == k for k in range(5)], axis=-1).astype(np.float32) * 0.9
+    probs[..., 0] += 0.1
+    p = write(tmp_path / "probs.nrrd", probs, vector=True)
+    info = inspect_image(p)
+    assert info.shape == (*SHAPE_XYZ, 5) and info.components == 5
+    np.testing.assert_array_equal(load_image(info), probs)
+    report = score_files(p, write(tmp_path / "ref.nii.gz", ref.astype(np.uint8)))
+    assert report.kind == "probabilities" and [r.label for r in report.labels] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("suffix", "compress"), FORMATS)
+def test_scores_agree_across_formats(tmp_path: Path, pair, suffix: str, compress: bool) -> None:  # type: ignore[no-untyped-def]
+    pred, ref = pair
+    p = write(tmp_path / f"case_001{suffix}", pred.astype(np.uint8), compress)
+    r = write(tmp_path / "case_001.nii.gz", ref.astype(np.int16))
+    options = ScoringOptions(metrics=("dice", "jaccard", "precision", "recall"))
+    report = score_files(p, r, options)
+    assert report.case_id == "case_001"
+    assert report.shape == SHAPE_XYZ and report.spacing == pytest.approx(SPACING, rel=1e-6)
+    nifti = score_files(write(tmp_path / "p.nii.gz", pred.astype(np.uint8)), r, options)
+    assert [row.to_dict() for row in report.labels] == [row.to_dict() for row in nifti.labels]
+    for row in report.labels:
+        expected = numpy_scores(pred, ref, row.label)
+        for metric in ("dice", "jaccard", "precision", "recall"):
+            assert row.metrics[metric] == pytest.approx(expected[metric], rel=1e-12)
+
+
+def test_directory_pairs_by_case_id_across_formats(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    pred, ref = pair
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    for i, suffix in enumerate([".nrrd", ".mha", ".mhd", ".nii.gz"]):
+        write(preds / f"case_00{i}{suffix}", pred.astype(np.uint8))
+        write(refs / f"case_00{i}{'.nii.gz' if i % 2 == 0 else '.nrrd'}", ref.astype(np.uint8))
+    (preds / "notes.txt").write_text("ignored")
+    result = score_directory(preds, refs, workers=2)
+    assert [r.case_id for r in result.reports] == ["case_000", "case_001", "case_002", "case_003"]
+    assert not result.failures and not result.unpaired_predictions
+
+    def exact(report: CaseReport) -> list[dict[str, object]]:  # mL: float32 NIfTI spacing
+        return [{k: v for k, v in row.to_dict().items() if "_ml" not in k} for row in report.labels]
+
+    first = exact(result.reports[0])
+    assert len(first) == 4
+    for report in result.reports[1:]:  # the same numbers whatever the formats
+        assert exact(report) == first
+        for a, b in zip(report.labels, result.reports[0].labels, strict=True):
+            assert a.reference_ml == pytest.approx(b.reference_ml, rel=1e-6)
+
+
+def test_shifted_grid_is_an_affine_mismatch(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    pred, ref = pair
+    p = write(tmp_path / "p.nrrd", pred.astype(np.uint8))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(ref.astype(np.uint8).T))
+    image.SetSpacing(SPACING)
+    image.SetOrigin((ORIGIN[0] + 0.5, ORIGIN[1], ORIGIN[2]))
+    image.SetDirection(DIRECTION.flatten().tolist())
+    sitk.WriteImage(image, str(tmp_path / "r.nii.gz"))
+    with pytest.raises(AffineMismatchError, match=r"0\.5"):
+        score_files(p, tmp_path / "r.nii.gz")
+
+
+def test_fractional_and_nan_label_maps_are_refused(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    _, ref = pair
+    r = write(tmp_path / "r.nii.gz", ref.astype(np.uint8))
+    nan = ref.astype(np.float32)
+    nan[1, 1, 1] = np.nan
+    with pytest.raises(NonFiniteValuesError):
+        score_files(write(tmp_path / "nan.nrrd", nan), r, ScoringOptions(kind="labels"))
+    half = ref.astype(np.float32) + 0.5
+    with pytest.raises(NonIntegerLabelsError):
+        score_files(write(tmp_path / "half.mha", half), r, ScoringOptions(kind="labels"))
+
+
+def test_not_readable_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.nrrd"
+    junk.write_bytes(b"hello, this is not an image\n" * 10)
+    meta = tmp_path / "junk.mha"
+    meta.write_bytes(b"\x00\x01binary junk" * 10)
+    for path in (junk, meta, tmp_path / "missing.mha"):
+        with pytest.raises(NotNiftiError, match=path.name):
+            inspect_image(path)
+    nifti = write(tmp_path / "x.nii.gz", np.zeros((3, 3, 3), np.uint8))
+    renamed = tmp_path / "x.nrrd"
+    renamed.write_bytes(nifti.read_bytes())  # the ending decides the reader
+    with pytest.raises(NotNiftiError, match="not a NRRD file"):
+        inspect_image(renamed)
+
+
+def test_complex_pixels_are_refused(tmp_path: Path) -> None:
+    # NRRD keeps the complex type (MetaImage has none: it stores two float channels)
+    image = sitk.GetImageFromArray(np.zeros((3, 3, 3), np.complex64))
+    sitk.WriteImage(image, str(tmp_path / "c.nrrd"))
+    with pytest.raises(UnsupportedDataTypeError, match="complex"):
+        inspect_image(tmp_path / "c.nrrd")
+
+
+@pytest.mark.parametrize(("suffix", "compress"), FORMATS)
+def test_truncated_data_is_refused_before_reading(
+    tmp_path: Path, suffix: str, compress: bool
+) -> None:
+    noisy = np.random.default_rng(0).integers(0, 4, size=SHAPE_XYZ).astype(np.uint16)
+    path = write(tmp_path / f"n{suffix}", noisy, compress)
+    data_file = tmp_path / "n.raw" if suffix == ".mhd" else path
+    whole = data_file.read_bytes()
+    data_file.write_bytes(whole[: len(whole) - 200])
+    with pytest.raises(CorruptFileError, match=r"n\.m|n\.nrrd"):
+        load_image(inspect_image(path))
+
+
+def test_huge_declared_size_is_refused_before_allocation(tmp_path: Path) -> None:
+    small = np.zeros((4, 5, 6), np.uint8)
+    for compress in (False, True):
+        path = write(tmp_path / "h.nrrd", small, compress)
+        text = path.read_bytes().replace(b"sizes: 4 5 6", b"sizes: 40000 50000 60000")
+        path.write_bytes(text)
+        with pytest.raises(VolumeTooLargeError, match="120000000000000 voxels"):
+            inspect_image(path, max_voxels=10**8)
+        # without a limit, the header still cannot be backed by the bytes of the file
+        with pytest.raises(CorruptFileError, match="truncated"):
+            inspect_image(path)
+    meta = write(tmp_path / "h.mha", small, compress=False)
+    meta.write_bytes(meta.read_bytes().replace(b"DimSize = 4 5 6", b"DimSize = 4000 5000 6000"))
+    with pytest.raises(CorruptFileError, match="truncated"):
+        inspect_image(meta)
+
+
+def test_missing_simpleitk_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "x.nrrd", np.zeros((3, 3, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import fails as if not installed
+    with pytest.raises(NotNiftiError, match=r"monai-jdt\[formats\]"):
+        inspect_image(path)
+
+
+def test_zero_spacing_is_refused_on_the_header(tmp_path: Path) -> None:
+    path = write(tmp_path / "z.mha", np.zeros(SHAPE_XYZ, np.uint8), compress=False)
+    text = path.read_bytes()
+    spacing = text[text.index(b"ElementSpacing") :].split(b"\n", 1)[0]
+    path.write_bytes(text.replace(spacing, b"ElementSpacing = 0.8 0 2.5"))
+    with pytest.raises(CorruptFileError, match=r"spacing \(0\.8, 0\.0, 2\.5\)"):
+        inspect_image(path)
+
+
+def test_service_scores_nrrd_and_mha_uploads(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from jdt_service import Settings, create_app
+
+    pred, ref = pair
+    p_nrrd = write(tmp_path / "p.nrrd", pred.astype(np.uint8))
+    p_mha = write(tmp_path / "p.mha", pred.astype(np.uint8), compress=False)
+    r = write(tmp_path / "r.nii.gz", ref.astype(np.uint8))
+    expected = score_files(p_nrrd, r, ScoringOptions(device="cpu"), case_id="c").to_dict()
+    with TestClient(create_app(Settings(upload_dir=tmp_path / "uploads"))) as client:
+        for upload in (p_nrrd, p_mha):
+            files = {  # the client's file names are not used: the content decides
+                "prediction": ("upload.bin", upload.read_bytes(), "application/octet-stream"),
+                "reference": ("upload.bin", r.read_bytes(), "application/octet-stream"),
+            }
+            answer = client.post("/v1/scores", files=files, data={"case_id": "c"})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["labels"] == expected["labels"]
+        junk = {
+            "prediction": ("x", b"NRRD0004\nnot really\n", "application/octet-stream"),
+            "reference": ("y", r.read_bytes(), "application/octet-stream"),
+        }
+        answer = client.post("/v1/scores", files=junk)
+        assert answer.status_code == 422  # starts as NRRD, then a broken header
+        assert answer.json()["detail"]["code"] == "corrupt_file"
+
+
+def test_headers_cannot_point_at_other_files(tmp_path: Path) -> None:
+    """A header names its data file: it must be one plain name next to a detached header
+    (``.nhdr`` / ``.mhd``), never a path, and never under a single-file ending."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(256)) * 8)
+    data = np.zeros((4, 4, 4), np.uint8)
+    detached = write(tmp_path / "d.mhd", data, compress=False)
+    text = detached.read_text()
+    for target in (str(secret), "../secret.bin", "LIST"):
+        header = tmp_path / "evil.mhd"
+        header.write_text(text.replace("ElementDataFile = d.raw", f"ElementDataFile = {target}"))
+        with pytest.raises(CorruptFileError, match="not one file next to the header"):
+            inspect_image(header)
+    nrrd = write(tmp_path / "n.nrrd", data, compress=False)
+    head = nrrd.read_bytes().split(b"\n\n", 1)[0]
+    evil = tmp_path / "evil.nrrd"
+    evil.write_bytes(
+        head.replace(b"encoding: raw", b"encoding: raw\ndata file: secret.bin") + b"\n\n"
+    )
+    with pytest.raises(CorruptFileError, match=r"a \.nrrd file holds its own data"):
+        inspect_image(evil)
+    attached = tmp_path / "evil.nhdr"
+    attached.write_bytes(evil.read_bytes().replace(b"data file: secret.bin", b"data file: d.raw"))
+    np.testing.assert_array_equal(load_image(inspect_image(attached)), data)  # next to it: read
