@@ -413,3 +413,82 @@ def test_region_of_labels_absent_from_both_is_empty() -> None:
     pred = ref = blobs((10, 10, 10), 1, 16)
     score = boundary_scores(pred, ref, [], BoundaryOptions(), regions={"X": (4, 5)})[0]
     assert score.key == "X" and score.missing == "both empty"
+
+
+# --- the torch path (the code that runs on CUDA, here on CPU tensors) ---------------------------
+
+
+def torch_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    pred, ref = blobs((18, 20, 15), 3, seed), blobs((18, 20, 15), 3, seed + 100)
+    pred[1:3, 1:3, 1:3] = 2  # a spurious part far from label 2's reference: beyond the lattice
+    ref[15:17, 17:19, 12:14] = 3
+    return pred, ref
+
+
+@pytest.mark.parametrize("surface", ["voxel", "surfel"])
+@pytest.mark.parametrize("mode", ["directed", "pooled"])
+def test_torch_path_equals_numpy_path(surface: str, mode: str) -> None:
+    from monai_jdt.scoring.boundary_torch import boundary_scores_torch
+
+    pred, ref = torch_pair(17)
+    pred[pred == 1] = 0  # label 1: prediction empty
+    spacing = (0.8, 1.1, 1.7)
+    options = BoundaryOptions(
+        metrics=ALL, surface=surface, percentile_mode=mode, nsd_tolerance=1.5, boundary_width=2.0
+    )
+    regions = {"WT": (1, 2, 3), "TC": (2, 3)}
+    expected = boundary_scores(pred, ref, [1, 2, 3, 4], options, spacing=spacing, regions=regions)
+    got = boundary_scores_torch(
+        torch.from_numpy(pred),
+        torch.from_numpy(ref),
+        [1, 2, 3, 4],
+        options,
+        spacing=spacing,
+        regions=regions,
+    )
+    assert [s.missing for s in got] == ["prediction empty", None, None, "both empty", None, None]
+    for a, b in zip(got, expected, strict=True):
+        assert (a.key, a.reasons, a.surface_points) == (b.key, b.reasons, b.surface_points)
+        assert a.values.keys() == b.values.keys()
+        for metric, value in b.values.items():
+            assert a.values[metric] == (None if value is None else pytest.approx(value, rel=1e-5))
+
+
+def test_torch_far_points_use_the_brute_force_minimum() -> None:
+    from monai_jdt.scoring.boundary_torch import boundary_scores_torch
+
+    pred, ref = np.zeros((40, 30, 20), np.int64), np.zeros((40, 30, 20), np.int64)
+    pred[2:6, 3:7, 2:5] = 1
+    ref[30:37, 20:26, 12:18] = 1
+    options = BoundaryOptions(metrics=DISTANCES, nsd_tolerance=2.0)
+    spacing = (0.9, 1.2, 2.0)
+    got = boundary_scores_torch(
+        torch.from_numpy(pred), torch.from_numpy(ref), [1], options, spacing=spacing
+    )[0]
+    expected = brute_force(pred == 1, ref == 1, spacing, "voxel", "directed", 2.0)
+    assert got.values == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("surface", ["voxel", "surfel"])
+def test_cuda_boundary_scores_equal_the_cpu_path(surface: str) -> None:
+    from monai_jdt.scoring.boundary_torch import boundary_scores_torch
+
+    pred, ref = torch_pair(18)
+    spacing = (0.8, 1.1, 1.7)
+    options = BoundaryOptions(metrics=ALL, surface=surface, nsd_tolerance=1.5)
+    expected = boundary_scores(
+        pred, ref, [1, 2, 3], options, spacing=spacing, regions={"A": (2, 3)}
+    )
+    got = boundary_scores_torch(
+        torch.from_numpy(pred).cuda(),
+        torch.from_numpy(ref).cuda(),
+        [1, 2, 3],
+        options,
+        spacing=spacing,
+        regions={"A": (2, 3)},
+    )
+    for a, b in zip(got, expected, strict=True):
+        assert (a.key, a.missing, a.surface_points) == (b.key, b.missing, b.surface_points)
+        assert a.values == pytest.approx(b.values, rel=1e-4)

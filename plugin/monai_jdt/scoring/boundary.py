@@ -371,7 +371,7 @@ def label_boxes(volume: np.ndarray, labels: Sequence[int]) -> dict[int, Box]:
     return boxes
 
 
-def _union(boxes: Sequence[Box]) -> Box | None:
+def union_box(boxes: Sequence[Box]) -> Box | None:
     if not boxes:
         return None
     return tuple(
@@ -492,7 +492,20 @@ def nearest_distances(
     return out
 
 
-def _bands(
+def work_layout(
+    box: Box, spacing: tuple[float, ...]
+) -> tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]:
+    """The working grid of a structure: ``(shape, where the box sits in it, the box in the
+    volume)``. A margin of the lattice offsets' reach + 2 voxels of background around the box
+    keeps every offset of every surface point inside the grid (flat indices never wrap)."""
+    _, _, reach = lattice_offsets(spacing)
+    margin = tuple(r + 2 for r in reach)
+    shape = tuple(b - a + 2 * m for (a, b), m in zip(box, margin, strict=True))
+    inner = tuple(slice(m, m + b - a) for (a, b), m in zip(box, margin, strict=True))
+    return shape, inner, tuple(slice(a, b) for a, b in box)
+
+
+def band_iou(
     pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], width: float
 ) -> float | None:
     """Boundary IoU of two masks with a False ring: bands = border | (inner EDT <= width)."""
@@ -517,11 +530,7 @@ def _structure_scores(
     width: float,
 ) -> BoundaryScore:
     """One label or region whose union box ``box`` is non-empty."""
-    _, _, reach = lattice_offsets(spacing)
-    margin = tuple(r + 2 for r in reach)
-    shape = tuple(b - a + 2 * m for (a, b), m in zip(box, margin, strict=True))
-    inner = tuple(slice(m, m + b - a) for (a, b), m in zip(box, margin, strict=True))
-    source = tuple(slice(a, b) for a, b in box)
+    shape, inner, source = work_layout(box, spacing)
     masks = []
     for volume in (prediction, reference):
         work = np.zeros(shape, dtype=bool)
@@ -531,7 +540,9 @@ def _structure_scores(
     tolerance = options.tolerance(key)
     if pred_empty or ref_empty:
         return empty_scores(key, pred_empty, ref_empty, options, tolerance)
-    biou = _bands(masks[0], masks[1], spacing, width) if "boundary_iou" in options.metrics else 0
+    biou = (
+        band_iou(masks[0], masks[1], spacing, width) if "boundary_iou" in options.metrics else None
+    )
     weights: list[np.ndarray | None]
     if options.surface == "voxel":
         grids = [_borders(m) for m in masks]
@@ -612,7 +623,7 @@ def boundary_scores(
     scores = []
     for key, members in items:
         found = [b[m] for b in boxes for m in members if m in b]
-        box = _union(found)
+        box = union_box(found)
         if box is None:
             scores.append(empty_scores(key, True, True, options, options.tolerance(key)))
         else:
