@@ -492,3 +492,13 @@ def test_cuda_boundary_scores_equal_the_cpu_path(surface: str) -> None:
     for a, b in zip(got, expected, strict=True):
         assert (a.key, a.missing, a.surface_points) == (b.key, b.missing, b.surface_points)
         assert a.values == pytest.approx(b.values, rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(7,), (9, 8), (12, 11, 10), (6, 5, 4, 3)])
+def test_borders_slab_by_slab_equal_scipy_erosion(shape: tuple[int, ...]) -> None:
+    from monai_jdt.scoring.boundary import _borders
+
+    mask = np.pad(np.random.default_rng(19).random(shape) < 0.7, 1)
+    expected = mask & ~ndimage.binary_erosion(mask)
+    for slab_voxels in (1, 7, 100, 1 << 21):  # one row per slab, a few, all at once
+        np.testing.assert_array_equal(_borders(mask.copy(), slab_voxels), expected)

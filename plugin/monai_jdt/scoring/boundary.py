@@ -420,18 +420,33 @@ def surfel_table(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _borders(mask: np.ndarray) -> np.ndarray:
+def _borders(mask: np.ndarray, slab_voxels: int = 1 << 21) -> np.ndarray:
     """Border voxels of ``mask`` (which has a ring of False around it), in place: a voxel is
-    interior when its 2*ndim face neighbours are all in the mask."""
-    core = tuple(slice(1, -1) for _ in range(mask.ndim))
-    inner = mask[core].copy()
-    for axis in range(mask.ndim):
-        for lo, hi in ((0, -2), (2, None)):
-            shifted = list(core)
-            shifted[axis] = slice(lo, hi)
-            inner &= mask[tuple(shifted)]
-    np.logical_not(inner, out=inner)
-    mask[core] &= inner
+    interior when its 2*ndim face neighbours are all in the mask.
+
+    Works through slabs of about ``slab_voxels`` along the first axis, each eroded from a copy
+    of its original rows plus one on either side, so the extra memory is one slab.
+    """
+    if mask.ndim == 1:
+        inner = mask[1:-1] & mask[:-2] & mask[2:]
+        mask[1:-1] &= ~inner
+        return mask
+    rows = max(1, slab_voxels // max(1, math.prod(mask.shape[1:])))
+    core = tuple(slice(1, -1) for _ in range(mask.ndim - 1))
+    above = mask[0].copy()  # the original row above the slab
+    for start in range(1, mask.shape[0] - 1, rows):
+        stop = min(start + rows, mask.shape[0] - 1)
+        block = np.concatenate([above[None], mask[start : stop + 1]])  # rows start-1 .. stop
+        above = mask[stop - 1].copy()
+        inner = block[(slice(1, -1), *core)] & block[(slice(0, -2), *core)]
+        inner &= block[(slice(2, None), *core)]
+        for axis in range(1, mask.ndim):
+            for lo, hi in ((0, -2), (2, None)):
+                shifted = [slice(1, -1), *core]
+                shifted[axis] = slice(lo, hi)
+                inner &= block[tuple(shifted)]
+        np.logical_not(inner, out=inner)
+        mask[(slice(start, stop), *core)] &= inner
     return mask
 
 
