@@ -181,7 +181,7 @@ def run_case(name: str, args: argparse.Namespace) -> None:
     t_surfel, surfel = best_time(lambda: ours(pred, ref, labels, "surfel"), args.repeat)
     rows.append(("monai-jdt (voxel)", t_ours, voxel, None))
     rows.append(("monai-jdt (surfel)", t_surfel, surfel, None))
-    if args.device != "cpu":
+    if args.device:
         import torch
 
         fn = ours_torch(args.device)
@@ -189,7 +189,8 @@ def run_case(name: str, args: argparse.Namespace) -> None:
 
         def synced() -> list[tuple]:
             out = fn(pred, ref, labels)
-            torch.cuda.synchronize()
+            if torch.device(args.device).type == "cuda":
+                torch.cuda.synchronize()
             return out
 
         t_gpu, on_gpu = best_time(synced, args.repeat)
@@ -234,7 +235,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="six,liver,fourteen")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--device", default="cpu", help="also time the torch path here (cuda)")
+    parser.add_argument("--device", help="also time the torch path on this device (cuda, cpu)")
     parser.add_argument("--skip", default="", help="baselines to leave out: MONAI,surface,medpy")
     parser.add_argument("--all", action="store_true", help="run every baseline on every case")
     args = parser.parse_args()

@@ -502,3 +502,17 @@ def test_borders_slab_by_slab_equal_scipy_erosion(shape: tuple[int, ...]) -> Non
     expected = mask & ~ndimage.binary_erosion(mask)
     for slab_voxels in (1, 7, 100, 1 << 21):  # one row per slab, a few, all at once
         np.testing.assert_array_equal(_borders(mask.copy(), slab_voxels), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64, np.bool_])
+def test_region_mask_equals_isin_for_every_dtype(dtype: type) -> None:
+    from monai_jdt.scoring.regions import region_mask
+
+    volume = np.random.default_rng(20).integers(0, 6, (5, 6, 7)).astype(dtype)
+    for members in ((1,), (1, 3), (0, 2, 5, 300)):
+        expected = np.isin(volume, members)
+        np.testing.assert_array_equal(region_mask(volume, members), expected)
+        out = np.zeros((7, 8, 9), dtype=bool)
+        region_mask(volume, members, out=out[1:-1, 1:-1, 1:-1])
+        np.testing.assert_array_equal(out[1:-1, 1:-1, 1:-1], expected)
+        assert out.sum() == expected.sum()

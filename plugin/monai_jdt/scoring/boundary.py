@@ -90,6 +90,8 @@ DEFAULT_NSD_TOLERANCE = 1.0
 BOUNDARY_WIDTH_FRACTION = 0.02
 #: lattice offsets tried per surface point before the KD-tree (about 4 voxels of radius in 3-D)
 _SEARCH_OFFSETS = 256
+#: gathered cells per step of the lattice search (bounds its temporaries to a few MB)
+_GATHER_ELEMENTS = 1 << 17
 
 _ABSENT = "label absent from both prediction and reference"
 
@@ -420,7 +422,7 @@ def surfel_table(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _borders(mask: np.ndarray, slab_voxels: int = 1 << 21) -> np.ndarray:
+def _borders(mask: np.ndarray, slab_voxels: int = 1 << 18) -> np.ndarray:
     """Border voxels of ``mask`` (which has a ring of False around it), in place: a voxel is
     interior when its 2*ndim face neighbours are all in the mask.
 
@@ -489,6 +491,7 @@ def nearest_distances(
     start, size = 0, 1
     while start < lengths.size and todo.size:
         # a block of offsets at once (1, 2, 4, ... of them): the first hit of each point
+        size = min(size, max(1, _GATHER_ELEMENTS // todo.size))
         steps = flat_offsets[start : start + size]
         hits = flat_target[todo[:, None] + steps[None, :]]
         first = hits.argmax(axis=1)
@@ -511,10 +514,11 @@ def work_layout(
     box: Box, spacing: tuple[float, ...]
 ) -> tuple[tuple[int, ...], tuple[slice, ...], tuple[slice, ...]]:
     """The working grid of a structure: ``(shape, where the box sits in it, the box in the
-    volume)``. A margin of the lattice offsets' reach + 2 voxels of background around the box
-    keeps every offset of every surface point inside the grid (flat indices never wrap)."""
+    volume)``. A margin of the lattice offsets' reach + 1 voxels of background around the box
+    keeps every offset of every surface point (voxel or cell) inside the grid, so flat indices
+    never wrap."""
     _, _, reach = lattice_offsets(spacing)
-    margin = tuple(r + 2 for r in reach)
+    margin = tuple(r + 1 for r in reach)
     shape = tuple(b - a + 2 * m for (a, b), m in zip(box, margin, strict=True))
     inner = tuple(slice(m, m + b - a) for (a, b), m in zip(box, margin, strict=True))
     return shape, inner, tuple(slice(a, b) for a, b in box)
@@ -549,7 +553,7 @@ def _structure_scores(
     masks = []
     for volume in (prediction, reference):
         work = np.zeros(shape, dtype=bool)
-        work[inner] = region_mask(volume[source], members)
+        region_mask(volume[source], members, out=work[inner])
         masks.append(work)
     pred_empty, ref_empty = (not m[inner].any() for m in masks)
     tolerance = options.tolerance(key)

@@ -112,19 +112,24 @@ def region_counts(matrix: ConfusionMatrix, members: tuple[int, ...]) -> tuple[in
     return tp, fp, fn, matrix.voxels - tp - fp - fn
 
 
-def region_mask(volume: np.ndarray, members: tuple[int, ...]) -> np.ndarray:
-    """Boolean mask of the voxels of ``volume`` (integer labels) whose label is in ``members``.
+def region_mask(
+    volume: np.ndarray, members: tuple[int, ...], out: np.ndarray | None = None
+) -> np.ndarray:
+    """Boolean mask of the voxels of ``volume`` (integer labels) whose label is in ``members``,
+    written into ``out`` (a bool array of ``volume``'s shape, e.g. a view) when given.
 
     A single label is one comparison; several use a lookup table indexed by the label (one
-    gather per voxel) when the largest member is small, else ``np.isin``.
+    gather per voxel) for 8/16-bit volumes, else ``np.isin``.
     """
-    if len(members) == 1:
-        return np.asarray(volume == members[0])
+    if out is None:
+        out = np.empty(volume.shape, dtype=bool)
     if volume.dtype == np.bool_:
         volume = volume.view(np.uint8)
-    high = max(members)
-    if volume.dtype.kind == "u" and high < 1 << 16 and volume.dtype.itemsize <= 2:
-        table = np.zeros(max(high + 1, 1 << (8 * volume.dtype.itemsize)), dtype=bool)
-        table[list(members)] = True
-        return table[volume]
-    return np.isin(volume, np.asarray(members))
+    if len(members) == 1:
+        return np.equal(volume, members[0], out=out)
+    if volume.dtype.kind == "u" and volume.dtype.itemsize <= 2:
+        table = np.zeros(1 << (8 * volume.dtype.itemsize), dtype=bool)
+        table[[m for m in members if m < table.size]] = True
+        return np.take(table, volume, out=out)
+    out[...] = np.isin(volume, np.asarray(members))
+    return out
