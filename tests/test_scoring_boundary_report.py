@@ -145,3 +145,48 @@ def test_summary_charges_missing_distance_and_counts_missed_structures() -> None
         [score_arrays(pred, ref, options.replace(missing_distance=50.0), spacing=SPACING)]
     )
     assert charged["labels"][0]["assd"]["mean"] == 50.0
+
+
+def test_service_form_fields_ask_for_boundary_metrics_and_regions(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from service_testing import nifti_bytes
+
+    from jdt_service import Settings, create_app
+
+    pred, ref = pair(7)
+    (tmp_path / "up").mkdir()
+    with TestClient(create_app(Settings(device="cpu", temp_dir=tmp_path / "up"))) as client:
+        answer = client.post(
+            "/v1/scores",
+            files={
+                "prediction": ("p.nii.gz", nifti_bytes(pred), "application/octet-stream"),
+                "reference": ("r.nii.gz", nifti_bytes(ref), "application/octet-stream"),
+            },
+            data={
+                "metrics": "dice,hd95,nsd",
+                "regions": "WT=1,2,3",
+                "nsd_tolerance": "2",
+                "surface": "surfel",
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["labels"]
+        assert rows[-1]["region"] == "WT" and rows[-1]["nsd_tolerance"] == 2.0
+        options = ScoringOptions(
+            metrics=("dice", "hd95", "nsd"),
+            regions={"WT": (1, 2, 3)},
+            nsd_tolerance=2.0,
+            surface="surfel",
+        )
+        expected = score_arrays(pred, ref, options).to_dict()["labels"]
+        assert [r.get("hd95") for r in rows] == pytest.approx([r.get("hd95") for r in expected])
+        bad = client.post(
+            "/v1/scores",
+            files={
+                "prediction": ("p.nii.gz", nifti_bytes(pred), "application/octet-stream"),
+                "reference": ("r.nii.gz", nifti_bytes(ref), "application/octet-stream"),
+            },
+            data={"regions": "WT=1,x"},
+        )
+        assert bad.status_code == 422 and "regions" in bad.text
