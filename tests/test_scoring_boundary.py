@@ -516,3 +516,17 @@ def test_region_mask_equals_isin_for_every_dtype(dtype: type) -> None:
         region_mask(volume, members, out=out[1:-1, 1:-1, 1:-1])
         np.testing.assert_array_equal(out[1:-1, 1:-1, 1:-1], expected)
         assert out.sum() == expected.sum()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int64])
+def test_label_boxes_of_many_labels_equal_their_masks_boxes(dtype: type) -> None:
+    from monai_jdt.scoring.boundary import label_boxes
+
+    volume = blobs((30, 24, 20), 7, 21, density=0.003).astype(dtype)
+    volume[volume == 5] = 0  # one label absent
+    boxes = label_boxes(volume, list(range(1, 9)))  # one find_objects pass
+    assert sorted(boxes) == [1, 2, 3, 4, 6, 7]
+    for label, box in boxes.items():
+        where = np.argwhere(volume == label)
+        assert box == tuple(zip(where.min(0).tolist(), (where.max(0) + 1).tolist(), strict=True))
+        assert label_boxes(volume, [label]) == {label: box}  # one comparison per label
