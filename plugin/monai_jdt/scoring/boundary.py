@@ -374,7 +374,7 @@ def label_boxes(volume: np.ndarray, labels: Sequence[int]) -> dict[int, Box]:
         from scipy import ndimage
 
         found = ndimage.find_objects(crop, max_label=wanted[-1])
-        local = {
+        local: dict[int, Box | None] = {
             label: tuple((int(s.start), int(s.stop)) for s in found[label - 1])
             for label in wanted
             if found[label - 1] is not None
