@@ -190,3 +190,21 @@ def test_service_form_fields_ask_for_boundary_metrics_and_regions(tmp_path: Path
             data={"regions": "WT=1,x"},
         )
         assert bad.status_code == 422 and "regions" in bad.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_score_arrays_boundary_metrics_equal_the_cpu_report() -> None:
+    import torch
+
+    pred, ref = pair(9)
+    options = ScoringOptions(metrics=("dice", "hd95", "assd", "nsd"), regions={"WT": (1, 2, 3)})
+    cpu = score_arrays(pred, ref, options.replace(device="cpu"), spacing=SPACING)
+    gpu = score_arrays(
+        torch.from_numpy(pred).cuda(), torch.from_numpy(ref).cuda(), options, spacing=SPACING
+    )
+    assert gpu.device.startswith("cuda")
+    for a, b in zip(gpu.labels, cpu.labels, strict=True):
+        assert (a.label, a.region, a.reasons, a.tp) == (b.label, b.region, b.reasons, b.tp)
+        for metric, value in b.metrics.items():
+            assert a.metrics[metric] == (None if value is None else pytest.approx(value, rel=1e-4))
