@@ -96,6 +96,18 @@ def test_score_files_reads_whole_volumes_for_boundary_metrics(tmp_path: Path) ->
     )
 
 
+def test_without_spacing_distances_are_in_voxels_and_a_note_says_so() -> None:
+    pred, ref = pair(11)
+    options = ScoringOptions(metrics=("hd",))
+    report = score_arrays(pred, ref, options)
+    assert any("in voxels" in note for note in report.notes)
+    expected = brute_force(pred == 2, ref == 2, (1.0, 1.0, 1.0), "voxel", "directed", 1.0)
+    assert report.label(2).metrics["hd"] == pytest.approx(expected["hd"])
+    assert not any(
+        "in voxels" in n for n in score_arrays(pred, ref, options, spacing=SPACING).notes
+    )
+
+
 def test_boundary_metrics_of_probability_maps_are_refused() -> None:
     probs = np.full((2, 6, 6, 6), 0.5)
     with pytest.raises(InvalidOptionError, match="need label maps") as err:

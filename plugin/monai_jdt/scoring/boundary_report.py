@@ -158,7 +158,10 @@ def with_boundary(
         ):
             named = dataclasses.replace(row, label=None, name=None, region=name, members=members)
             rows.append(_merged(named, score, nsd))
-    return dataclasses.replace(report, labels=tuple(rows))
+    notes = report.notes
+    if report.spacing is None and wants_boundary(options):
+        notes += ("no voxel spacing given: boundary distances are in voxels (1 mm per voxel)",)
+    return dataclasses.replace(report, labels=tuple(rows), notes=notes)
 
 
 def penalized(row: LabelScore, metric: str, report: CaseReport) -> float | None:
