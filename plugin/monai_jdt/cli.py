@@ -289,7 +289,7 @@ def _print_case(report: dict[str, Any], stream: TextIO) -> None:
         mark = "" if row["requested"] else "*"
         rows.append(
             [
-                f"{row['label']}{mark}",
+                f"{row.get('region') or row['label']}{mark}",
                 row["name"] or "",
                 *(_fmt(row[m]) for m in metrics),
                 _fmt(row["reference_voxels"], 1),
@@ -299,7 +299,9 @@ def _print_case(report: dict[str, Any], stream: TextIO) -> None:
             ]
         )
         notes += [
-            f"label {row['label']}: {m} undefined: {why}" for m, why in row["reasons"].items()
+            f"{'region ' + row['region'] if row.get('region') else 'label ' + str(row['label'])}: "
+            f"{m} undefined: {why}"
+            for m, why in row["reasons"].items()
         ]
     if rows:
         _table(header, rows, stream)
@@ -321,9 +323,10 @@ def _print_summary(result: dict[str, Any], stream: TextIO) -> None:
         + ["dice_std"] * ("dice" in metrics)
     )
     rows = []
-    for entry in summary["labels"]:
-        mark = "" if entry["requested"] else "*"
-        cells = [f"{entry['label']}{mark}", entry["name"] or "", str(entry["cases"])]
+    for entry in summary["labels"] + summary.get("regions", []):
+        mark = "" if entry.get("requested", True) else "*"
+        key = entry.get("region", entry.get("label"))
+        cells = [f"{key}{mark}", entry.get("name") or "", str(entry["cases"])]
         cells += [f"{_fmt(entry[m]['mean'])} (n={entry[m]['n']})" for m in metrics]
         if "dice" in metrics:
             cells.append(_fmt(entry["dice"]["std"]))

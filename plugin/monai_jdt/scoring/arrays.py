@@ -6,6 +6,7 @@ are counted with numpy alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from monai_jdt.scoring.boundary_report import check_kind, with_boundary
 from monai_jdt.scoring.confusion import ConfusionMatrix, confusion_matrix, confusion_matrix_torch
 from monai_jdt.scoring.errors import (
     InvalidOptionError,
@@ -192,10 +194,12 @@ def score_arrays(
         on_cuda = is_tensor(p) or is_tensor(r)
         device = resolve_device(options.device, prefer_cuda=on_cuda)
         if device.type == "cuda":
-            matrix = confusion_matrix_torch(_on_device(p, device), _on_device(r, device))
+            p, r = _on_device(p, device), _on_device(r, device)
+            matrix = confusion_matrix_torch(p, r)
         else:
-            matrix = confusion_matrix(_cpu(p), _cpu(r))
-        return report_from_confusion(
+            p, r = _cpu(p), _cpu(r)
+            matrix = confusion_matrix(p, r)
+        report = report_from_confusion(
             matrix,
             options,
             shape=spatial,
@@ -204,6 +208,10 @@ def score_arrays(
             case_id=case_id,
             started=started,
         )
+        # boundary metrics and regions (only when asked for): monai_jdt.scoring.boundary_report
+        report = with_boundary(report, p, r, matrix)
+        return dataclasses.replace(report, seconds=time.perf_counter() - started)
+    check_kind(kind, options)
     return _score_probabilities(
         pred, ref, channel_first, options, spatial, spacing_mm, case_id, started
     )

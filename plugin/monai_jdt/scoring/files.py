@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_jdt.scoring.arrays import report_from_confusion, score_arrays
+from monai_jdt.scoring.boundary_report import needs_arrays, with_boundary
 from monai_jdt.scoring.confusion import ConfusionAccumulator, ConfusionMatrix
 from monai_jdt.scoring.errors import AffineMismatchError, CorruptFileError, ShapeMismatchError
 from monai_jdt.scoring.nifti import NiftiInfo, iter_voxel_chunks
@@ -208,6 +209,7 @@ def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> b
         and integer_labels(pred)
         and integer_labels(ref)
         and device_type(options.device, prefer_cuda=False) == "cpu"
+        and not needs_arrays(options)  # boundary metrics need the whole volumes
     )
 
 
@@ -245,7 +247,7 @@ def score_files(
     if _streamable(pred, ref, options):
         assert isinstance(pred, NiftiInfo) and isinstance(ref, NiftiInfo)
         matrix = stream_confusion(pred, ref)
-        return report_from_confusion(
+        report = report_from_confusion(
             matrix,
             options,
             shape=ref_spatial,
@@ -254,6 +256,8 @@ def score_files(
             case_id=case_id,
             started=started,
         )
+        # regions' counts come from the matrix (boundary metrics never stream: needs_arrays)
+        return with_boundary(report, None, None, matrix)
     # Fortran-ordered (X, Y, Z[, C]) data transposed is C-ordered (C, Z, Y, X): channel-first
     # and contiguous. Scores do not depend on the order of the spatial axes as long as both
     # volumes share it; the report gives the file's own shape and spacing.

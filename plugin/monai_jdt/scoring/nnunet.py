@@ -91,8 +91,8 @@ def nnunet_summary(
                 f"the nnU-Net summary needs the metrics dice and jaccard; {sorted(missing)} "
                 "were not scored (add them to --metrics)."
             )
-        rows = [row for row in report.labels if row.requested]
-        case_labels = [row.label for row in rows]
+        rows = [row for row in report.labels if row.requested and row.label is not None]
+        case_labels = [int(row.label) for row in rows if row.label is not None]
         if labels is None:
             labels = case_labels
         elif case_labels != labels:

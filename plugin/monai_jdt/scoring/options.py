@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BOUNDARY_METRICS",
     "DEFAULT_METRICS",
     "DEFAULT_OPTIONS",
     "INPUT_KINDS",
@@ -62,6 +63,8 @@ __all__ = [
 #: every per-label ratio the scoring core knows, in report order
 METRICS: tuple[str, ...] = ("dice", "jaccard", "precision", "recall", "tversky")
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "jaccard", "precision", "recall")
+#: boundary metrics (monai_jdt.scoring.boundary, which this list must match), in mm or [0, 1]
+BOUNDARY_METRICS: tuple[str, ...] = ("hd", "hd95", "assd", "masd", "nsd", "boundary_iou")
 #: how a volume is read: decided from its dtype and values, or forced
 INPUT_KINDS: tuple[str, ...] = ("auto", "labels", "probabilities")
 #: a label map with more distinct labels than this gets a warning in its report (an intensity
@@ -175,16 +178,41 @@ def _metrics_from_text(value: object) -> object:
 
 
 def _known_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [m for m in metrics if m not in METRICS]
+    known = METRICS + BOUNDARY_METRICS
+    unknown = [m for m in metrics if m not in known]
     if unknown or not metrics:
         raise ValueError(
-            f"metrics must be a non-empty subset of {', '.join(METRICS)}, got {metrics!r}."
+            f"metrics must be a non-empty subset of {', '.join(known)}, got {metrics!r}."
         )
-    return tuple(m for m in METRICS if m in metrics)
+    return tuple(m for m in known if m in metrics)
 
 
 def _mapping_to_dict(value: object) -> object:
     return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value
+
+
+def _tolerances_from_text(value: object) -> object:
+    from monai_jdt.scoring.boundary import parse_tolerances
+
+    return parse_tolerances(value) if isinstance(value, str) else _mapping_to_dict(value)
+
+
+def _checked_tolerances(value: float | dict[int | str, float]) -> float | dict[int | str, float]:
+    from monai_jdt.scoring.boundary import BoundaryOptions
+
+    return BoundaryOptions(nsd_tolerance=value).nsd_tolerance  # type: ignore[return-value]
+
+
+def _regions_from_text(value: object) -> object:
+    from monai_jdt.scoring.regions import parse_regions
+
+    return parse_regions(value) if isinstance(value, str) else value
+
+
+def _checked_regions(value: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    from monai_jdt.scoring.regions import check_regions
+
+    return check_regions(value)
 
 
 _Tversky = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -321,6 +349,58 @@ class ScoringOptions(OptionsModel):
         description="nnU-Net's ignore label (partially annotated references): voxels where the "
         "reference has this label are left out of every count of the case (tp, fp, fn, tn, "
         "so predicted volumes and voxels too); the label itself is not scored. Label maps only.",
+    )
+
+    # --- boundary metrics and regions (monai_jdt.scoring.boundary / regions) ---
+    percentile: Annotated[
+        float, Field(ge=0, le=100, allow_inf_nan=False), Exposure(metavar="P")
+    ] = Field(default=95.0, description="The percentile of hd95 (95: the 95th percentile).")
+    percentile_mode: Literal["directed", "pooled"] = Field(
+        default="directed",
+        description="hd95 as the larger of the two directed percentiles (directed: MONAI, "
+        "surface-distance) or the percentile of both directions' distances together (pooled: "
+        "medpy).",
+    )
+    nsd_tolerance: Annotated[
+        float | dict[int | str, float],
+        BeforeValidator(_tolerances_from_text),
+        AfterValidator(_checked_tolerances),
+        Exposure(metavar="MM", example="1=2,2=3"),
+    ] = Field(
+        default=1.0,
+        description="NSD tolerance in mm: one number, or per label id / region name "
+        "('1=2,2=3,WT=2'; the others get 1 mm).",
+    )
+    boundary_width: Annotated[
+        float | None, Field(ge=0, allow_inf_nan=False), Exposure(metavar="MM")
+    ] = Field(
+        default=None,
+        description="Band width of boundary_iou in mm. Default: 2% of the volume diagonal "
+        "(Cheng et al. 2021).",
+    )
+    surface: Literal["voxel", "surfel"] = Field(
+        default="voxel",
+        description="Surface of the boundary metrics: voxel (border voxels, distances between "
+        "voxel centres: MONAI, medpy) or surfel (marching-cubes surface elements weighted by "
+        "area: DeepMind's surface-distance).",
+    )
+    regions: Annotated[
+        dict[str, tuple[int, ...]] | None,
+        BeforeValidator(_mapping_to_dict),
+        BeforeValidator(_regions_from_text),
+        AfterValidator(lambda v: None if v is None else _checked_regions(v)),
+        Exposure(metavar="SPEC", example="WT=1,2,3;TC=2,3;ET=3"),
+    ] = Field(
+        default=None,
+        description="Label groups scored like labels, each the union of its labels in both "
+        "volumes: 'WT=1,2,3;TC=2,3;ET=3'. Reported as rows with region set.",
+    )
+    missing_distance: Annotated[
+        float | None, Field(ge=0, allow_inf_nan=False), Exposure(metavar="MM")
+    ] = Field(
+        default=None,
+        description="Distance (mm) the summary charges a structure present in only one volume "
+        "(its distances are null in the case report). Default: the volume's diagonal.",
     )
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from monai_jdt.scoring.errors import TooManyLabelsError
-from monai_jdt.scoring.options import LABEL_WARNING_THRESHOLD, ScoringOptions, exposure
+from monai_jdt.scoring.options import LABEL_WARNING_THRESHOLD, METRICS, ScoringOptions, exposure
 
 if TYPE_CHECKING:
     from monai_jdt.counts import SoftCounts
@@ -83,7 +83,7 @@ class LabelRow(BaseModel):
 
     model_config = _STRICT
 
-    label: int = Field(description="The label id.")
+    label: int | None = Field(description="The label id (null for a region row).")
     name: str | None = Field(description="Its name from labels, or null.")
     requested: bool = Field(description="False for a label predicted but not asked for.")
     dice: float | None = Field(default=None, description="2 tp / (2 tp + fp + fn).")
@@ -100,6 +100,29 @@ class LabelRow(BaseModel):
     predicted_ml: float | None = Field(description="tp + fp in mL (null without spacing).")
     reference_ml: float | None = Field(description="tp + fn in mL (null without spacing).")
     reasons: dict[str, str] = Field(description="Why each null metric is undefined.")
+    hd: float | None = Field(default=None, description="Hausdorff distance in mm (max).")
+    hd95: float | None = Field(
+        default=None, description="The options.percentile-th percentile Hausdorff distance (mm)."
+    )
+    assd: float | None = Field(
+        default=None, description="Average symmetric surface distance (mm), over both surfaces."
+    )
+    masd: float | None = Field(
+        default=None, description="Mean of the two directed average surface distances (mm)."
+    )
+    nsd: float | None = Field(
+        default=None, description="Normalized surface distance (surface Dice) at nsd_tolerance."
+    )
+    boundary_iou: float | None = Field(
+        default=None, description="Boundary IoU (Cheng et al. 2021), band boundary_width mm."
+    )
+    nsd_tolerance: float | None = Field(
+        default=None, description="The NSD tolerance used for this row (mm)."
+    )
+    region: str | None = Field(
+        default=None, description="The region's name, for a region row (a union of labels)."
+    )
+    members: list[int] | None = Field(default=None, description="A region's label ids.")
 
 
 class ScoreReport(BaseModel):
@@ -207,7 +230,7 @@ class LabelScore:
     mL are None when the voxel spacing is unknown.
     """
 
-    label: int
+    label: int | None  # None for a region row
     name: str | None
     requested: bool
     metrics: dict[str, float | None]
@@ -220,6 +243,11 @@ class LabelScore:
     reference_voxels: float
     predicted_ml: float | None
     reference_ml: float | None
+    #: set for a region row: its name and label ids
+    region: str | None = None
+    members: tuple[int, ...] | None = None
+    #: the NSD tolerance (mm) of the row, when nsd was asked for
+    nsd_tolerance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON row of this label (``LabelRow``; see docs/scoring.md for the fields)."""
@@ -241,6 +269,12 @@ class LabelScore:
                 "predicted_ml": self.predicted_ml,
                 "reference_ml": self.reference_ml,
                 "reasons": dict(self.reasons),
+                **({} if self.nsd_tolerance is None else {"nsd_tolerance": self.nsd_tolerance}),
+                **(
+                    {}
+                    if self.region is None
+                    else {"region": self.region, "members": list(self.members or ())}
+                ),
             }
         )
 
@@ -313,7 +347,7 @@ def label_scores(
     tp, fp, fn = (np.asarray(c, dtype=np.float64) for c in counts)
     absent = (tp + fp + fn) == 0
     values: dict[str, np.ndarray] = {}
-    for metric in options.metrics:
+    for metric in (m for m in options.metrics if m in METRICS):  # the overlap ratios
         alpha, beta = metric_weights(metric, options)
         index = _tversky_index(tp, fp, fn, alpha, beta)
         values[metric] = np.where(absent, 1.0, index) if options.empty == "one" else index

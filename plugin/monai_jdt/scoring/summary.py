@@ -121,7 +121,7 @@ def dataset_labels(
     Without: every label reported by any case (each case reports the labels present in either
     of its volumes).
     """
-    seen = {row.label for report in reports for row in report.labels}
+    seen = {row.label for report in reports for row in report.labels if row.label is not None}
     if options.labels is None:
         return sorted(seen), set()
     unrequested = seen - set(options.labels)
@@ -139,7 +139,7 @@ def with_label_set(
     and ``tn`` = the voxels counted (``label_scores``, ratios under ``options.empty``). Other
     cases (requested labels, probability maps) cannot tell, and are scored again.
     """
-    have = {row.label for row in report.labels}
+    have = {row.label for row in report.labels if row.label is not None}  # not region rows
     missing = [label for label in labels if label not in have]
     if not missing:
         return report
@@ -161,8 +161,12 @@ def with_label_set(
         report.voxel_ml,
         True,
     )
-    rows = sorted((*report.labels, *added), key=lambda row: row.label)
-    return dataclasses.replace(report, labels=tuple(rows))
+    labels_first = sorted(
+        (row for row in (*report.labels, *added) if row.label is not None),
+        key=lambda row: int(row.label or 0),
+    )
+    regions = [row for row in report.labels if row.label is None]
+    return dataclasses.replace(report, labels=(*labels_first, *regions))
 
 
 def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str, Any]:
@@ -175,29 +179,26 @@ def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str,
         raise InvalidOptionError(f"worst_q must be a percentage in (0, 100], got {worst_q!r}.")
     metrics: list[str] = list(reports[0].options.metrics) if reports else []
     rows: dict[int, list[Any]] = {}
+    regions: dict[str, list[Any]] = {}
     names: dict[int, str | None] = {}
     requested: dict[int, bool] = {}
     for report in reports:
         for row in report.labels:
-            rows.setdefault(row.label, []).append(row)
+            if row.label is None:  # a region row (monai_jdt.scoring.regions)
+                regions.setdefault(str(row.region), []).append((row, report))
+                continue
+            rows.setdefault(row.label, []).append((row, report))
             names[row.label] = names.get(row.label) or row.name
             requested[row.label] = requested.get(row.label, False) or row.requested
-    per_label = []
-    for label in sorted(rows):
-        entry: dict[str, Any] = {
+    per_label = [
+        {
             "label": label,
             "name": names[label],
             "requested": requested[label],
-            "cases": len(rows[label]),
+            **_structure_stats(rows[label], metrics),
         }
-        for metric in metrics:
-            entry[metric] = _stats(
-                [r.metrics[metric] for r in rows[label] if r.metrics.get(metric) is not None]
-            )
-        for key in COUNT_FIELDS:
-            values = [getattr(r, key) for r in rows[label]]
-            entry[key] = _stats([float(v) for v in values if v is not None])
-        per_label.append(entry)
+        for label in sorted(rows)
+    ]
     scored = [label for label in sorted(rows) if requested[label]]
     foreground = {}
     for metric in metrics:
@@ -216,12 +217,40 @@ def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str,
         "cases": len(reports),
         "metrics": metrics,
         "labels": per_label,
+        **(
+            {
+                "regions": [
+                    {"region": name, **_structure_stats(pairs, metrics)}
+                    for name, pairs in regions.items()
+                ]
+            }
+            if regions
+            else {}
+        ),
         "foreground_mean": foreground,
         "background": None
         if background is None
         else {metric: background[metric]["mean"] for metric in metrics},
         "fine_grained": _fine_grained(reports, scored, worst_q),
     }
+
+
+def _structure_stats(pairs: Sequence[tuple[Any, CaseReport]], metrics: list[str]) -> dict[str, Any]:
+    """Case count and statistics of each metric over one label's or region's rows; with
+    boundary metrics, a structure present in one volume only is charged ``missing_distance``
+    and counted as missed / spurious (``monai_jdt.scoring.boundary_report``)."""
+    from monai_jdt.scoring.boundary_report import missing_counts, penalized, wants_boundary
+
+    entry: dict[str, Any] = {"cases": len(pairs)}
+    for metric in metrics:
+        values = [penalized(row, metric, report) for row, report in pairs]
+        entry[metric] = _stats([v for v in values if v is not None])
+    for key in COUNT_FIELDS:
+        counts = [getattr(row, key, None) for row, _ in pairs]
+        entry[key] = _stats([float(v) for v in counts if v is not None])
+    if pairs and wants_boundary(pairs[0][1].options):
+        entry.update(missing_counts([row for row, _ in pairs]))
+    return entry
 
 
 def _fine_grained(reports: Sequence[CaseReport], labels: list[int], q: float) -> dict[str, Any]:
@@ -234,7 +263,7 @@ def _fine_grained(reports: Sequence[CaseReport], labels: list[int], q: float) ->
     tp, fp, fn = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
     for i, report in enumerate(reports):
         for row in report.labels:
-            j = index.get(row.label)
+            j = None if row.label is None else index.get(row.label)
             if j is not None:
                 tp[i, j], fp[i, j], fn[i, j] = row.tp, row.fp, row.fn
     counts = SoftCounts(tp, fp, fn)
