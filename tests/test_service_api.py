@@ -793,3 +793,21 @@ def test_unhandled_error_logs_a_path_relative_to_its_package(tmp_path: Path, pai
     where = line.split(" at ", 1)[1]
     assert where.startswith("test_service_api.py:"), line
     assert str(Path(__file__).parent) not in line
+
+
+def test_boundary_metrics_above_the_voxel_limit_are_413(tmp_path: Path, pair) -> None:
+    pred, ref = pair
+    voxels = math.prod(SHAPE)
+    files = files_for(nifti_bytes(pred), nifti_bytes(ref))
+    with make_client(tmp_path, max_boundary_voxels=voxels - 1) as c:
+        r = c.post("/v1/scores", files=files, data={"metrics": "dice,hd95"})
+        assert r.status_code == 413, r.text
+        assert r.json()["detail"]["code"] == "boundary_too_large"
+        assert str(voxels) in r.json()["detail"]["message"]
+        # overlap metrics are not limited by it, and at the limit boundary metrics run
+        assert c.post("/v1/scores", files=files, data={"metrics": "dice"}).status_code == 200
+    with make_client(tmp_path, max_boundary_voxels=voxels) as c:
+        r = c.post("/v1/scores", files=files, data={"metrics": "dice,hd95"})
+        assert r.status_code == 200, r.text
+        assert all("hd95" in row for row in r.json()["labels"])
+    assert leftovers(tmp_path) == []

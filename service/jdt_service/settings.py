@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="json (one object per line) or text (key=value)."
     )
+    max_boundary_voxels: int = Field(
+        default=512 * 512 * 256,
+        ge=1,
+        description="Largest volume, in voxels, on which boundary metrics (hd, hd95, assd, "
+        "masd, nsd, boundary_iou) are computed (413 past it; overlap metrics are not limited "
+        "by it).",
+    )
     max_job_bytes: int = Field(
         default=4 * GiB,
         ge=MiB,

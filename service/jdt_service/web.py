@@ -30,7 +30,7 @@ from fastapi.templating import Jinja2Templates
 
 from jdt_service.errors import ApiError
 from monai_jdt import __version__
-from monai_jdt.scoring.options import DEFAULT_METRICS, METRICS
+from monai_jdt.scoring.options import BOUNDARY_METRICS, DEFAULT_METRICS, METRICS
 
 __all__ = ["DOCS_ASSETS", "OPENAPI_URL", "PAGE_ASSETS", "router"]
 
@@ -94,7 +94,7 @@ async def pair_page(request: Request) -> HTMLResponse:
             "root": request.scope.get("root_path", ""),
             "version": __version__,
             "auth_required": bool(request.app.state.settings.api_keys),
-            "metrics": METRICS,
+            "metrics": METRICS + BOUNDARY_METRICS,
             "default_metrics": DEFAULT_METRICS,
             "views": _VIEWS,
         },

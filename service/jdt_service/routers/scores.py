@@ -52,6 +52,8 @@ from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
 from monai_jdt.scoring import CaseReport, ScoringOptions
+from monai_jdt.scoring.boundary_report import wants_boundary
+from monai_jdt.scoring.options import BOUNDARY_METRICS
 from monai_jdt.scoring.sitk_formats import inspect_volume
 
 __all__ = ["router"]
@@ -62,7 +64,12 @@ _HTTP_CODES: dict[int, list[str]] = {
     400: ["malformed_multipart", "client_disconnected"],
     401: ["unauthorized (API keys are configured and the bearer key is missing or wrong)"],
     408: ["upload_too_slow (the body arrived slower than the minimum upload rate)"],
-    413: ["upload_too_large", "field_too_large", "job_too_large (memory estimate)"],
+    413: [
+        "upload_too_large",
+        "field_too_large",
+        "job_too_large (memory estimate)",
+        "boundary_too_large (boundary metrics above JDT_MAX_BOUNDARY_VOXELS)",
+    ],
     415: ["unsupported_media_type (the body is not multipart/form-data)"],
     422: ["missing_field", "unknown_option", "duplicate_field", "invalid_option"],
     500: ["internal_error (a bug in the service; please report it with the request id)"],
@@ -128,13 +135,29 @@ def _score_job(
     return _JobResult(report, started - submitted, ended - started, fallback)
 
 
-def _estimate(prediction: Path, reference: Path, options: ScoringOptions) -> int:
-    """The job's memory from the two headers (the header errors are the scoring core's)."""
-    return job_bytes(
+def _estimate(
+    prediction: Path, reference: Path, options: ScoringOptions, max_boundary_voxels: int
+) -> int:
+    """The job's memory from the two headers (the header errors are the scoring core's).
+
+    Raises:
+        ApiError: 413 ``boundary_too_large`` when boundary metrics are asked for on a volume
+            of more than ``max_boundary_voxels`` voxels.
+    """
+    infos = (
         inspect_volume(prediction, options.max_voxels),
         inspect_volume(reference, options.max_voxels),
-        options,
     )
+    voxels = max(info.voxels for info in infos)
+    if wants_boundary(options) and voxels > max_boundary_voxels:
+        raise ApiError(
+            413,
+            "boundary_too_large",
+            f"boundary metrics ({', '.join(m for m in options.metrics if m in BOUNDARY_METRICS)})"
+            f" are limited to volumes of {max_boundary_voxels} voxels on this server; these "
+            f"have {voxels}: ask for overlap metrics only, or score them with the command line",
+        )
+    return job_bytes(*infos, options)
 
 
 async def _score(
@@ -167,7 +190,9 @@ async def _score(
         form.fields, device=settings.device, max_voxels=settings.max_voxels
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
-    memory_bytes = await asyncio.to_thread(_estimate, prediction, reference, options)
+    memory_bytes = await asyncio.to_thread(
+        _estimate, prediction, reference, options, settings.max_boundary_voxels
+    )
     state.job_bytes = memory_bytes
     submitted = time.perf_counter()
 
