@@ -453,7 +453,7 @@ def test_every_control_is_labelled_reachable_by_keyboard_and_readable(offline, s
     )
     assert unlabelled == []
     reached = []
-    for _ in range(40)  # every control of the pair form, the metric boxes included:
+    for _ in range(40):  # every control of the pair form, the metric boxes included
         page.keyboard.press("Tab")
         reached.append(page.evaluate("() => document.activeElement.id"))
     for control in ("api-key", "prediction", "reference", "image", "labels", "score-button"):
