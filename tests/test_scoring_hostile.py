@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from monai_jdt.scoring import (
     CorruptFileError,
     NonIntegerLabelsError,
+    ProbabilityRangeError,
     ScoringError,
     ScoringOptions,
     ShapeMismatchError,
@@ -203,6 +204,24 @@ def test_scaled_values_far_from_whole_are_not_labels(tmp_path: Path, suffix: str
     assert np.any(nibabel_values(path) % 1 == 0.5)
     with pytest.raises(NonIntegerLabelsError):
         score_files(path, path, ScoringOptions(kind="labels"))
+
+
+def test_whole_number_rule_at_its_boundary() -> None:
+    reference = np.zeros(300_000, dtype=np.uint8)
+    reference[-10:] = 2
+    for offset, whole in ((5e-7, True), (-9e-7, True), (2e-6, False)):
+        prediction = np.zeros(300_000)  # the odd values sit beyond the first 2**18 voxels
+        prediction[-10:] = 2 * (1 + offset)  # relative distance `offset` from the label 2
+        prediction[-20:-10] = offset / 2  # absolute distance offset / 2 from 0
+        labels = ScoringOptions(kind="labels")
+        if whole:
+            assert reported_dice(score_arrays(prediction, reference, labels)) == {2: 1.0}
+            assert score_arrays(prediction, reference).kind == "labels"
+        else:
+            with pytest.raises(NonIntegerLabelsError):
+                score_arrays(prediction, reference, labels)
+            with pytest.raises(ProbabilityRangeError):  # auto: read as probabilities
+                score_arrays(prediction, reference)
 
 
 @pytest.mark.parametrize("slope", [math.nan, math.inf, 0.0])
