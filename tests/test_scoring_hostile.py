@@ -153,6 +153,23 @@ def test_extensions_are_skipped_and_an_offset_inside_them_is_refused(
         score_files(inside, inside)
 
 
+def test_several_extensions_and_broken_ones(tmp_path: Path, suffix: str) -> None:
+    data = labels_volume(16)
+    image = nib.Nifti1Image(data, np.eye(4), dtype=data.dtype)
+    for content in (b"a" * 100, b"b" * 300, b"c" * 5000):  # across the first 544 bytes
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(0, content))
+    raw = bytes(image.to_bytes())
+    path = write(tmp_path / f"three{suffix}", raw)
+    assert np.array_equal(nibabel_values(path), data)
+    assert np.array_equal(load_nifti(inspect_nifti(path)), data)
+    zero = write(tmp_path / f"zero{suffix}", edit(raw, 352, "<i", 0))  # esize 0
+    with pytest.raises(CorruptFileError, match="extension"):
+        inspect_nifti(zero)
+    cut = write(tmp_path / f"cut{suffix}", raw[:3000])  # ends inside the third extension
+    with pytest.raises(CorruptFileError, match="truncated"):
+        inspect_nifti(cut)
+
+
 # -- 2, 3. scaling ----------------------------------------------------------------------------
 
 
