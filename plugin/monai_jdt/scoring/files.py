@@ -197,7 +197,10 @@ def _streamable(pred: NiftiInfo, ref: NiftiInfo, options: ScoringOptions) -> boo
         options.kind != "probabilities"
         and integer_labels(pred)
         and integer_labels(ref)
-        and resolve_device(options.device, prefer_cuda=False).type == "cpu"
+        and (
+            options.device in ("auto", "cpu")
+            or resolve_device(options.device, prefer_cuda=False).type == "cpu"
+        )
     )
 
 
