@@ -3,9 +3,10 @@
 For each size, writes a label-map pair (``bench_scoring.make_pair``, 13 organs) as ``.nii.gz``
 and times ``score_files`` with both files inflated in the calling thread ("inline") and in
 two inflate threads ("threads"), by setting ``monai_jdt.scoring.files.INLINE_VOXELS`` above
-or below the volume. Reports the median and the best of ``--repeat`` wall times of each, the
-best CPU time (all threads), and what the default (the shipped ``INLINE_VOXELS``) picks. Run
-with the machine idle: ``python benchmarks/bench_inline.py`` (``--sizes 64,128``: quick).
+or below the volume, the two modes alternating. Reports the median and the best of
+``--repeat`` wall times of each, the best CPU time (all threads), and what the default (the
+shipped ``INLINE_VOXELS``) picks. Run with the machine idle:
+``python benchmarks/bench_inline.py`` (``--sizes 64,128`` for a quick run).
 """
 
 from __future__ import annotations
@@ -28,19 +29,22 @@ import monai_jdt.scoring.files as files
 from monai_jdt.scoring import score_files
 
 
-def timings(
-    pred: Path, ref: Path, inline_voxels: int, repeat: int
-) -> tuple[list[float], list[float]]:
-    """Wall times and CPU times (all threads of the process) of ``repeat`` calls."""
-    files.INLINE_VOXELS = inline_voxels
-    score_files(pred, ref)  # warm-up: page cache, imports
-    walls, cpus = [], []
-    for _ in range(repeat):
-        start, cpu = time.perf_counter(), time.process_time()
+def timings(pred: Path, ref: Path, repeat: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Wall times and CPU times (all threads of the process) of ``repeat`` calls per mode, the
+    two modes alternating so that both see the same load."""
+    voxels = {"inline": 1 << 62, "threads": 0}  # INLINE_VOXELS forcing each mode
+    results: dict[str, tuple[list[float], list[float]]] = {mode: ([], []) for mode in voxels}
+    for mode in voxels:  # warm-up: page cache, imports
+        files.INLINE_VOXELS = voxels[mode]
         score_files(pred, ref)
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
-    return walls, cpus
+    for _ in range(repeat):
+        for mode, walls_cpus in results.items():
+            files.INLINE_VOXELS = voxels[mode]
+            start, cpu = time.perf_counter(), time.process_time()
+            score_files(pred, ref)
+            walls_cpus[0].append(time.perf_counter() - start)
+            walls_cpus[1].append(time.process_time() - cpu)
+    return results
 
 
 def cell(walls: list[float], cpus: list[float]) -> str:
@@ -64,8 +68,8 @@ def main() -> None:
             paths = [Path(tmp) / f"{name}{edge}.nii.gz" for name in ("p", "r")]
             for path, data in zip(paths, (pred, ref), strict=True):
                 nib.save(nib.Nifti1Image(data, np.eye(4)), path)
-            inline = timings(*paths, inline_voxels=edge**3, repeat=args.repeat)
-            threads = timings(*paths, inline_voxels=0, repeat=args.repeat)
+            measured = timings(*paths, repeat=args.repeat)
+            inline, threads = measured["inline"], measured["threads"]
             picked = "inline" if edge**3 <= shipped else "threads"
             print(f"{shape!s:>15} {cell(*inline):>28} {cell(*threads):>28}  {picked}")
     files.INLINE_VOXELS = shipped

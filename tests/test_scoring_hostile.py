@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from monai_jdt.scoring import (
     CorruptFileError,
     NonIntegerLabelsError,
+    ProbabilityRangeError,
     ScoringError,
     ScoringOptions,
     ShapeMismatchError,
@@ -152,6 +153,23 @@ def test_extensions_are_skipped_and_an_offset_inside_them_is_refused(
         score_files(inside, inside)
 
 
+def test_several_extensions_and_broken_ones(tmp_path: Path, suffix: str) -> None:
+    data = labels_volume(16)
+    image = nib.Nifti1Image(data, np.eye(4), dtype=data.dtype)
+    for content in (b"a" * 100, b"b" * 300, b"c" * 5000):  # across the first 544 bytes
+        image.header.extensions.append(nib.nifti1.Nifti1Extension(0, content))
+    raw = bytes(image.to_bytes())
+    path = write(tmp_path / f"three{suffix}", raw)
+    assert np.array_equal(nibabel_values(path), data)
+    assert np.array_equal(load_nifti(inspect_nifti(path)), data)
+    zero = write(tmp_path / f"zero{suffix}", edit(raw, 352, "<i", 0))  # esize 0
+    with pytest.raises(CorruptFileError, match="extension"):
+        inspect_nifti(zero)
+    cut = write(tmp_path / f"cut{suffix}", raw[:3000])  # ends inside the third extension
+    with pytest.raises(CorruptFileError, match="truncated"):
+        inspect_nifti(cut)
+
+
 # -- 2, 3. scaling ----------------------------------------------------------------------------
 
 
@@ -203,6 +221,24 @@ def test_scaled_values_far_from_whole_are_not_labels(tmp_path: Path, suffix: str
     assert np.any(nibabel_values(path) % 1 == 0.5)
     with pytest.raises(NonIntegerLabelsError):
         score_files(path, path, ScoringOptions(kind="labels"))
+
+
+def test_whole_number_rule_at_its_boundary() -> None:
+    reference = np.zeros(300_000, dtype=np.uint8)
+    reference[-10:] = 2
+    for offset, whole in ((5e-7, True), (-9e-7, True), (2e-6, False)):
+        prediction = np.zeros(300_000)  # the odd values sit beyond the first 2**18 voxels
+        prediction[-10:] = 2 * (1 + offset)  # relative distance `offset` from the label 2
+        prediction[-20:-10] = offset / 2  # absolute distance offset / 2 from 0
+        labels = ScoringOptions(kind="labels")
+        if whole:
+            assert reported_dice(score_arrays(prediction, reference, labels)) == {2: 1.0}
+            assert score_arrays(prediction, reference).kind == "labels"
+        else:
+            with pytest.raises(NonIntegerLabelsError):
+                score_arrays(prediction, reference, labels)
+            with pytest.raises(ProbabilityRangeError):  # auto: read as probabilities
+                score_arrays(prediction, reference)
 
 
 @pytest.mark.parametrize("slope", [math.nan, math.inf, 0.0])

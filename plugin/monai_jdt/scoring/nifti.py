@@ -303,20 +303,32 @@ def _version(header: nib.Nifti1Header) -> int:
     return 2 if isinstance(header, nib.Nifti2Header) else 1
 
 
-def _check_extensions(extensions: bytes, endian: str, name: str) -> None:
+def _check_extensions(read: bytes, stream: _Stream, size: int, endian: str, name: str) -> None:
     """The extensions (``esize``, ``ecode``, content) must end at or before the data.
 
-    ``extensions`` holds the bytes from the end of the extension flag to ``vox_offset``; like
+    They take the ``size`` bytes from the end of the extension flag to ``vox_offset``, of which
+    ``read`` were already read; the rest is skipped as it is walked (memory stays flat). Like
     nibabel, an extension is read while at least 16 bytes remain.
+
+    Raises:
+        CorruptFileError: an ``esize`` below 8 or past ``vox_offset``, or a truncated file.
     """
-    position = 0
-    while len(extensions) - position >= 16:
-        esize = struct.unpack(endian + "i", extensions[position : position + 4])[0]
-        if esize < 8 or position + esize > len(extensions):
+    position, buffered = 0, read[:size]
+    while size - position >= 16:
+        if len(buffered) < 8:
+            buffered += stream.read_exactly(8 - len(buffered))
+            if len(buffered) < 8:
+                raise CorruptFileError(f"{name}: truncated inside its header extensions.")
+        esize = struct.unpack(endian + "i", buffered[:4])[0]
+        if esize < 8 or position + esize > size:
             raise CorruptFileError(
                 f"{name}: a header extension at byte {position} declares {esize} bytes; the "
-                f"extensions must end at or before vox_offset ({len(extensions)} bytes left)."
+                f"extensions must end at or before vox_offset ({size - position} bytes left)."
             )
+        missing = max(0, esize - len(buffered))
+        buffered = buffered[esize:]
+        if missing and stream.skip(missing) < missing:
+            raise CorruptFileError(f"{name}: truncated inside its header extensions.")
         position += esize
 
 
@@ -373,8 +385,8 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         shape = _shape(header, name)
         offset = _data_offset(header, header_end, name)
         if block[header_end - 4 : header_end - 3] not in (b"", b"\x00"):  # extensions follow
-            rest = stream.read_exactly(offset - len(block)) if offset > len(block) else b""
-            _check_extensions((block + rest)[header_end:offset], header.endianness, name)
+            size = offset - header_end
+            _check_extensions(block[header_end:], stream, size, header.endianness, name)
         file_size = os.fstat(handle.fileno()).st_size
     try:
         dtype = header.get_data_dtype()
