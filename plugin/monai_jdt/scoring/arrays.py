@@ -36,7 +36,6 @@ from monai_jdt.scoring.volumes import (
 if TYPE_CHECKING:
     import torch
 
-    from monai_jdt.counts import SoftCounts
 
 __all__ = ["check_spacing", "report_from_confusion", "score_arrays", "select_labels"]
 
@@ -93,17 +92,13 @@ def _check_voxels(shape: Sequence[int], options: ScoringOptions) -> None:
         )
 
 
-def _confusion_counts(matrix: ConfusionMatrix, labels: Sequence[int]) -> SoftCounts:
+def _confusion_counts(
+    matrix: ConfusionMatrix, labels: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(tp, fp, fn)``, each ``[L]`` float64, of ``labels``, in the form ``label_scores``
-    takes (torch is imported here only)."""
-    import torch
-
-    from monai_jdt.counts import SoftCounts
-
-    tp, fp, fn = (torch.zeros(len(labels), dtype=torch.float64) for _ in range(3))
-    for i, label in enumerate(labels):
-        tp[i], fp[i], fn[i], _ = matrix.counts(label)
-    return SoftCounts(tp, fp, fn)
+    takes."""
+    counts = np.array([matrix.counts(label)[:3] for label in labels], np.float64).reshape(-1, 3)
+    return counts[:, 0], counts[:, 1], counts[:, 2]
 
 
 def report_from_confusion(
