@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Set up .venv with monai-jdt and its extras, from this checkout's own files.
 # A CPU build of torch is installed first when the venv has no torch, so pip does not pull a
-# multi-GB CUDA build; a torch you installed yourself (e.g. a CUDA build) is kept.
+# multi-GB CUDA build; a torch you installed yourself (e.g. a CUDA build) is kept. Where the
+# torch wheel is found:
+#   1. JDT_TORCH_INDEX when set (an extra pip index URL);
+#   2. else pip's own configured sources, when they hold the spec without asking an index
+#      (a local wheel folder, as on machines with find-links set up);
+#   3. else PyTorch's CPU wheel index (below). If it does not answer, pip falls back to its
+#      default index, which on Linux x86-64 serves the multi-GB CUDA build: this script then
+#      says so.
 #   JDT_TORCH_SPEC   what to install when no torch is present (default: torch==2.13.0)
-#   JDT_TORCH_INDEX  an extra pip index URL for that install (e.g. PyTorch's CPU wheel index)
+#   JDT_TORCH_INDEX  an extra pip index URL for that install
 #   JDT_EXTRAS       extras to install (default: dev)
 #   JDT_VENV         where the venv lives (default: .venv)
 set -euo pipefail
@@ -12,10 +19,20 @@ venv=${JDT_VENV:-.venv}
 python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+torch_spec=${JDT_TORCH_SPEC:-torch==2.13.0}
+cpu_index=https://download.pytorch.org/whl/cpu
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  echo "bootstrap: installing a CPU torch (${JDT_TORCH_SPEC:-torch==2.13.0})" >&2
-  "${pip[@]}" install ${JDT_TORCH_INDEX:+--extra-index-url "$JDT_TORCH_INDEX"} \
-    "${JDT_TORCH_SPEC:-torch==2.13.0}"
+  index=${JDT_TORCH_INDEX:-}
+  if [ -z "$index" ] && ! "${pip[@]}" install --dry-run --no-deps --no-index "$torch_spec" \
+    >/dev/null 2>&1; then
+    index=$cpu_index
+  fi
+  echo "bootstrap: installing torch ($torch_spec${index:+, extra index $index})" >&2
+  "${pip[@]}" install ${index:+--extra-index-url "$index"} "$torch_spec"
+  if "$venv/bin/python" -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
+    echo "bootstrap: note: the torch installed is a CUDA build (the CPU index did not serve" \
+      "$torch_spec); set JDT_TORCH_INDEX to a CPU wheel index to avoid it" >&2
+  fi
 fi
 "${pip[@]}" install -e ".[${JDT_EXTRAS:-dev}]"
 echo "bootstrap: ready ($("$venv/bin/python" -c 'import torch, monai, monai_jdt; print("torch", torch.__version__, "monai", monai.__version__, "monai-jdt", monai_jdt.__version__)'))" >&2
