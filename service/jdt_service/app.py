@@ -18,7 +18,7 @@ from jdt_service.errors import install_error_handlers
 from jdt_service.limits import ScoringPool
 from jdt_service.logs import RequestLogMiddleware, configure_logging
 from jdt_service.metrics import ServiceMetrics
-from jdt_service.routers import health, info, metrics, scores
+from jdt_service.routers import health, info, jobs, metrics, scores
 from jdt_service.settings import Settings
 from monai_jdt import __version__
 
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1_auth = [Depends(require_api_key)]
     app.include_router(info.router, dependencies=v1_auth)
     app.include_router(scores.router, dependencies=v1_auth)
+    app.include_router(jobs.router)  # /v1/jobs, /v1/reference-sets and the job runner
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

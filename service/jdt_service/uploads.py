@@ -40,8 +40,15 @@ class UploadedForm:
 class _FormWriter:
     """Callbacks for :class:`MultipartParser`: route each part to a file or a text field."""
 
-    def __init__(self, workdir: Path, max_file_bytes: int, text_fields: Collection[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        max_file_bytes: int,
+        text_fields: Collection[str],
+        file_fields: Collection[str] = FILE_FIELDS,
+    ) -> None:
         self.workdir = workdir
+        self.file_fields = file_fields
         self.max_file_bytes = max_file_bytes
         self.text_fields = text_fields
         self.form = UploadedForm()
@@ -95,12 +102,12 @@ class _FormWriter:
         if name in self.form.fields or name in self.form.files:
             raise ApiError(422, "duplicate_field", f"form field {name!r} was sent twice")
         self._name = name
-        if name in FILE_FIELDS:
+        if name in self.file_fields:
             path = self.workdir / f"{name}.upload"
             self._file = open(path, "xb")  # noqa: SIM115 (closed in _part_end / close)
             self.form.files[name] = path
         elif name not in self.text_fields:
-            known = ", ".join([*FILE_FIELDS, *sorted(self.text_fields)])
+            known = ", ".join([*self.file_fields, *sorted(self.text_fields)])
             raise ApiError(422, "unknown_option", f"unknown form field {name!r}; known: {known}")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -168,11 +175,14 @@ async def receive_form(
     workdir: Path,
     max_file_bytes: int,
     text_fields: Collection[str],
+    file_fields: Collection[str] = FILE_FIELDS,
+    required_files: Collection[str] = FILE_FIELDS,
 ) -> UploadedForm:
     """Parse the body from ``chunks`` into ``workdir``; raise :class:`ApiError` on bad input.
 
     A declared ``Content-Length`` above what two files and the fields can take is refused
-    before any byte is read.
+    before any byte is read. ``file_fields`` other than the two NIfTI fields (the archives of
+    ``POST /v1/jobs``) keep their ``.upload`` name.
     """
     boundary = _boundary(content_type)
     limit = 2 * max_file_bytes + len(text_fields) * MAX_FIELD_BYTES + _ENVELOPE_BYTES
@@ -183,7 +193,7 @@ async def receive_form(
             f"the request body ({content_length} bytes) is larger than the limit of "
             f"{limit} bytes (two files of at most {max_file_bytes} bytes)",
         )
-    writer = _FormWriter(workdir, max_file_bytes, text_fields)
+    writer = _FormWriter(workdir, max_file_bytes, text_fields, file_fields)
     parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in chunks:
@@ -200,13 +210,16 @@ async def receive_form(
             400, "malformed_multipart", "the multipart body ended before its last boundary"
         )
     form = writer.form
-    missing = [name for name in FILE_FIELDS if name not in form.files]
+    missing = [name for name in required_files if name not in form.files]
     if missing:
         raise ApiError(
             422,
             "missing_field",
-            f"missing file field(s): {', '.join(missing)}; send both 'prediction' and "
-            "'reference' as files",
+            f"missing file field(s): {', '.join(missing)}; send "
+            f"{' and '.join(repr(n) for n in required_files)} as files",
         )
-    form.files = {name: _name_by_content(path) for name, path in form.files.items()}
+    form.files = {
+        name: _name_by_content(path) if name in FILE_FIELDS else path
+        for name, path in form.files.items()
+    }
     return form
