@@ -4,6 +4,7 @@ on one PostgreSQL never run the same job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,10 +74,8 @@ class Server:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # leftover workers, if any
-        except ProcessLookupError:
-            pass
 
 
 def status(server: Server, job_id: str) -> dict[str, Any]:

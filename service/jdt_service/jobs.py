@@ -31,6 +31,7 @@ from sqlalchemy import and_, or_, select, update
 from jdt_service.db import CaseResult, Database, Job, ReferenceCase, utcnow
 from jdt_service.errors import ApiError
 from jdt_service.forms import OPTION_FIELDS, options_from_form
+from jdt_service.schemas import ErrorResponse
 from jdt_service.settings import Settings
 from monai_jdt.scoring import (
     METRICS,
@@ -59,7 +60,51 @@ __all__ = [
 
 #: the scoring options a job takes: those of ``POST /v1/scores`` but the case id
 JOB_OPTION_FIELDS = {name: spec for name, spec in OPTION_FIELDS.items() if name != "case_id"}
+JOB_OPTION_SCHEMAS = {name: spec for name, (spec, _) in JOB_OPTION_FIELDS.items()}
 _HASH_CHUNK = 1024 * 1024
+
+
+#: error statuses of the job and reference-set endpoints, for OpenAPI
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "malformed_multipart, client_disconnected",
+        401: "unauthorized",
+        403: "forbidden (an admin key is needed)",
+        404: "not_found (also another team's job)",
+        409: "job_not_done, reference_set_in_use",
+        413: "upload_too_large, archive_too_large, archive_too_many_members",
+        415: "unsupported_media_type, not_nifti",
+        422: "validation_error, missing_field, unknown_option, invalid_option, no_cases, "
+        "archive_invalid, archive_unsafe_member, archive_nested, archive_duplicate_case, "
+        "archive_bad_case_id, archive_empty, and the scoring core's header errors",
+    }.items()
+}
+
+
+def multipart_body(
+    files: Mapping[str, str], fields: Mapping[str, Mapping[str, Any]], required: list[str]
+) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a multipart form with archive ``files`` and text fields."""
+    properties: dict[str, Any] = {
+        name: {"type": "string", "format": "binary", "description": text}
+        for name, text in files.items()
+    }
+    properties.update({name: dict(spec) for name, spec in fields.items()})
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": properties,
+                    "required": required,
+                    "additionalProperties": False,
+                },
+                "encoding": {name: {"contentType": "application/octet-stream"} for name in files},
+            }
+        },
+    }
 
 
 def new_id() -> str:

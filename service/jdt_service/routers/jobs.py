@@ -25,11 +25,14 @@ from jdt_service.auth import AnyCaller
 from jdt_service.db import Database, Job, open_database, utcnow
 from jdt_service.errors import ApiError
 from jdt_service.jobs import (
+    ERROR_RESPONSES,
     JOB_OPTION_FIELDS,
+    JOB_OPTION_SCHEMAS,
     cases_csv,
     grand_challenge_metrics,
     job_options,
     job_result,
+    multipart_body,
     new_id,
     remove_folder,
 )
@@ -60,7 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(lifespan=lifespan)
-jobs_router = APIRouter(tags=["jobs"])
+jobs_router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 
 _JOB_FIELDS = {"reference_set", *JOB_OPTION_FIELDS}
 FINISHED = ("done", "failed", "cancelled")
@@ -119,10 +122,26 @@ async def _unpack(archive: Path, folder: Path, field: str, settings: Settings) -
     archive.unlink()
 
 
+_ARCHIVE = "a .zip or .tar.gz of .nii / .nii.gz files, paired by case id (the file name)"
+_JOB_BODY = multipart_body(
+    {
+        "predictions": f"The predictions: {_ARCHIVE}.",
+        "references": f"Ad-hoc references: {_ARCHIVE}.",
+    },
+    {
+        "reference_set": {"type": "string", "description": "The id of a stored reference set."},
+        **JOB_OPTION_SCHEMAS,
+    },
+    ["predictions"],
+)
+
+
 @jobs_router.post(
     "/v1/jobs",
     status_code=202,
     summary="Submit predictions (an archive) against a reference set or uploaded references",
+    openapi_extra={"requestBody": _JOB_BODY},
+    responses=ERROR_RESPONSES,
 )
 async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
     settings: Settings = request.app.state.settings

@@ -23,10 +23,13 @@ from jdt_service.auth import AdminCaller, AnyCaller
 from jdt_service.db import Database, Job, ReferenceCase, ReferenceSet
 from jdt_service.errors import ApiError
 from jdt_service.jobs import (
+    ERROR_RESPONSES,
     JOB_OPTION_FIELDS,
+    JOB_OPTION_SCHEMAS,
     content_hash,
     job_options,
     leaderboard,
+    multipart_body,
     new_id,
     reference_cases,
     remove_folder,
@@ -36,7 +39,7 @@ from jdt_service.uploads import receive_form
 
 __all__ = ["router"]
 
-router = APIRouter(tags=["reference sets"])
+router = APIRouter(tags=["reference sets"], responses=ERROR_RESPONSES)
 
 _SET_FIELDS = {"name", "folder", *JOB_OPTION_FIELDS}
 MAX_NAME = 200
@@ -98,10 +101,25 @@ def _server_folder(settings: Settings, relative: str) -> Path:
     return resolved
 
 
+_SET_BODY = multipart_body(
+    {"references": "The references: a .zip or .tar.gz of .nii / .nii.gz files."},
+    {
+        "name": {"type": "string", "maxLength": 200, "description": "A name for people."},
+        "folder": {
+            "type": "string",
+            "description": "Instead of an archive: a folder relative to JDT_REFERENCE_ROOT.",
+        },
+        **JOB_OPTION_SCHEMAS,
+    },
+    ["name"],
+)
+
+
 @router.post(
     "/v1/reference-sets",
     status_code=201,
     summary="Create a reference set from an archive or a server-side folder (admin)",
+    openapi_extra={"requestBody": _SET_BODY},
 )
 async def create_reference_set(request: Request, caller: AdminCaller) -> JSONResponse:
     settings: Settings = request.app.state.settings
