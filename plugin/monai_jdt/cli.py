@@ -15,6 +15,7 @@ service (FastAPI).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -186,6 +187,12 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
         help="percentage of worst cases for the worst-case means (default: 10)",
     )
     score_dir.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    score_dir.add_argument(
+        "--dask",
+        metavar="ADDR",
+        help="score the cases on a Dask cluster: its scheduler (tcp://host:8786), or 'local' "
+        "for a LocalCluster of --workers processes",
+    )
     score_dir.set_defaults(handler=_run_score_dir)
 
     _add_serve(subparsers, with_serve)
@@ -388,6 +395,10 @@ def _run_score_dir(args: argparse.Namespace) -> int:
             f"no case of {args.predictions} has a reference of the same file name in "
             f"{args.references} (files must end in .nii or .nii.gz)."
         )
+    if args.dask:
+        from monai_jdt.scoring.cluster import score_directory_dask
+
+        score_directory = functools.partial(score_directory_dask, address=args.dask)
     result = score_directory(
         args.predictions,
         args.references,

@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 
 from jdt_service.db import CaseResult, Database, Job, utcnow
 from jdt_service.jobs import job_options, job_result, remove_folder
-from jdt_service.jobs_worker import score_case
+from jdt_service.jobs_worker import score_job_case
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringError
 
@@ -78,10 +78,10 @@ class JobRunner:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._client is not None:
+        if self._client is not None:  # a Dask executor: closing the client cancels its tasks
             self._client.close()
+        elif self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _pool(self) -> Executor:
         if self._executor is None:
@@ -140,7 +140,7 @@ class JobRunner:
         for case, pred_name, ref_name in job.cases:
             if case not in done:
                 future = pool.submit(
-                    score_case, case, predictions / pred_name, references / ref_name, options
+                    score_job_case, case, predictions / pred_name, references / ref_name, options
                 )
                 pending[future] = case
         held = True

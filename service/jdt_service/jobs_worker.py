@@ -8,19 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from monai_jdt.scoring import ScoringError, ScoringOptions, score_files
+from monai_jdt.scoring import CaseReport, ScoringOptions
+from monai_jdt.scoring.cluster import score_case
 
-__all__ = ["score_case"]
+__all__ = ["score_job_case"]
 
 
-def score_case(
+def score_job_case(
     case_id: str, prediction: Path, reference: Path, options: ScoringOptions
 ) -> dict[str, Any]:
     """``{"report": CaseReport.to_dict()}``, or ``{"code", "message"}`` for a case that fails
-    as ``score-dir`` records it (a :class:`ScoringError`, or ``unreadable`` for an OS error)."""
-    try:
-        return {"report": score_files(prediction, reference, options, case_id=case_id).to_dict()}
-    except ScoringError as err:
-        return {"code": err.code, "message": err.message}
-    except OSError as err:
-        return {"code": "unreadable", "message": f"{case_id}: {err.strerror or err}"}
+    (see :func:`monai_jdt.scoring.cluster.score_case`): what a ``case_results`` row stores."""
+    outcome = score_case(case_id, prediction, reference, options)
+    if isinstance(outcome, CaseReport):
+        return {"report": outcome.to_dict()}
+    return {"code": outcome.code, "message": outcome.message}
