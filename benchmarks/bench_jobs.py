@@ -1,0 +1,142 @@
+"""Evaluation jobs against ``score-dir``: the cost of the database and the runner.
+
+Writes ``--cases`` label-map pairs (``--size``, ``--labels`` labels as random blocks with 10 %
+of the voxels changed in the prediction) as ``.nii.gz``, then times, best of ``--repeat``:
+
+  score-dir   ``score_directory(..., workers=W)`` in this process (threads);
+  job         a real service (``uvicorn jdt_service.app:create_app --factory`` on 127.0.0.1,
+              ``JDT_JOB_WORKERS=W``, SQLite) with the references as a server-side reference
+              set: from ``POST /v1/jobs`` (the predictions zip already in memory; upload and
+              unpacking included) until ``GET /v1/jobs/{id}`` says ``done``, polled every 50 ms.
+
+The per-case overhead is ``(job - score-dir) / cases``. Run:
+``python benchmarks/bench_jobs.py --cases 100 --size 256,256,256 --labels 6`` (the issue's
+size; the default is smaller).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+
+from monai_jdt.scoring import score_directory
+
+
+def write_cases(folder: Path, cases: int, shape: tuple[int, ...], labels: int) -> None:
+    rng = np.random.default_rng(0)
+    (folder / "preds").mkdir(parents=True)
+    (folder / "refs").mkdir(parents=True)
+    block = tuple(max(1, s // 4) for s in shape)
+    coarse = rng.integers(
+        0, labels, size=tuple(-(-s // b) for s, b in zip(shape, block, strict=True))
+    )
+    ref = np.kron(coarse, np.ones(block, dtype=np.uint8))[tuple(slice(0, s) for s in shape)]
+    ref = ref.astype(np.uint8)
+    for i in range(cases):
+        pred = ref.copy()
+        flip = rng.random(shape) < 0.1
+        pred[flip] = rng.integers(0, labels, size=int(flip.sum()), dtype=np.uint8)
+        for name, array in (("preds", pred), ("refs", ref)):
+            nib.save(nib.Nifti1Image(array, np.eye(4)), folder / name / f"case_{i:03d}.nii.gz")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def time_job(base: Path, workers: int, repeat: int) -> list[float]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
+    env.update(
+        JDT_DEVICE="cpu",
+        JDT_DATA_DIR=str(base / "data"),
+        JDT_REFERENCE_ROOT=str(base),
+        JDT_JOB_WORKERS=str(workers),
+        JDT_LOG_LEVEL="warning",
+        JDT_MAX_UPLOAD_BYTES=str(8 << 30),
+    )
+    cmd = [sys.executable, "-m", "uvicorn", "jdt_service.app:create_app", "--factory"]
+    server = subprocess.Popen(
+        [*cmd, "--port", str(port), "--log-level", "warning"], env=env, start_new_session=True
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        made = httpx.post(
+            url + "/v1/reference-sets",
+            files={"name": (None, "bench"), "folder": (None, "refs")},
+            timeout=600,
+        )
+        made.raise_for_status()
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+            for path in sorted((base / "preds").iterdir()):
+                archive.write(path, path.name)
+        body = buf.getvalue()
+        times = []
+        for _ in range(repeat + 1):  # the first run also starts the worker processes
+            start = time.perf_counter()
+            job = httpx.post(
+                url + "/v1/jobs",
+                data={"reference_set": made.json()["id"]},
+                files={"predictions": ("p.zip", body, "application/zip")},
+                timeout=600,
+            )
+            job.raise_for_status()
+            while httpx.get(url + job.headers["location"], timeout=60).json()["status"] != "done":
+                time.sleep(0.05)
+            times.append(time.perf_counter() - start)
+        return times[1:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--size", default="128,128,128")
+    parser.add_argument("--labels", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    shape = tuple(int(s) for s in args.size.split(","))
+    with tempfile.TemporaryDirectory(prefix="jdt-bench-jobs-") as tmp:
+        base = Path(tmp)
+        write_cases(base, args.cases, shape, args.labels)
+        direct = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            score_directory(base / "preds", base / "refs", workers=args.workers)
+            direct.append(time.perf_counter() - start)
+        job = time_job(base, args.workers, args.repeat)
+    best_direct, best_job = min(direct), min(job)
+    print(f"{args.cases} cases of {shape}, {args.labels} labels, {args.workers} workers")
+    print(f"score-dir --workers {args.workers}: {best_direct:.2f} s")
+    print(f"job (submit -> done):     {best_job:.2f} s  ({best_job / best_direct:.2f}x)")
+    print(f"overhead per case:        {(best_job - best_direct) / args.cases * 1000:.1f} ms")
+    print(f"load average: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
