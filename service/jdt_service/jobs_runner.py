@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from jdt_service.db import CaseResult, Database, Job, utcnow
-from jdt_service.jobs import job_options, job_result, remove_folder
+from jdt_service.jobs import claim_job, job_options, job_result, remove_folder
 from jdt_service.jobs_worker import score_job_case
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringError
@@ -89,8 +89,6 @@ class JobRunner:
         return self._executor
 
     def _loop(self) -> None:
-        from jdt_service.jobs import claim_job
-
         while not self._stop.is_set():
             try:
                 job = claim_job(self.db, self.worker, self.settings.job_lease)
