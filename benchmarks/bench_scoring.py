@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from monai_jdt.scoring import ScoringOptions, score_arrays, score_files
-from monai_jdt.scoring.batch import score_directory
+from monai_jdt.scoring.folders import score_directory
 from monai_jdt.scoring.nifti import zlib_backend
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

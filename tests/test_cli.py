@@ -143,13 +143,6 @@ def test_score_dir_without_pairs(tmp_path: Path, capsys) -> None:  # type: ignor
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_serve_without_the_service_extra(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setitem(sys.modules, "jdt_service.server", None)  # import fails
-    assert main(["serve"]) == 2
-    err = capsys.readouterr().err
-    assert "install monai-jdt[service]" in err and err.count("\n") == 1
-
-
 def test_subprocess_score_imports_no_fastapi(case) -> None:  # type: ignore[no-untyped-def]
     p, r, pred, ref = case
     code = (

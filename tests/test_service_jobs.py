@@ -31,7 +31,7 @@ from jdt_service.db import AuditEntry, Job, open_database, utcnow
 from jdt_service.jobs import case_report_from_dict, claim_job
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringOptions, score_directory, score_files
-from monai_jdt.scoring.batch import write_csv
+from monai_jdt.scoring.folders import write_csv
 
 ADMIN = {"Authorization": "Bearer adm"}
 TEAM_A = {"Authorization": "Bearer ka"}
@@ -228,7 +228,7 @@ def test_job_report_is_the_score_dir_report(client: TestClient, tmp_path: Path) 
     assert [f["code"] for f in report["failures"]] == ["not_nifti"]
 
     stream = io.StringIO()
-    write_csv(expected.reports, stream)
+    write_csv(expected.reports, stream, expected.failures)
     assert client.get(f"/v1/jobs/{job['id']}/cases.csv", headers=TEAM_A).text == stream.getvalue()
 
     gc = client.get(f"/v1/jobs/{job['id']}/metrics.json", headers=TEAM_A).json()

@@ -9,7 +9,9 @@
 Errors are one line on stderr and a non-zero exit status, never a traceback: 2 for bad options
 or input, 1 when some cases of ``score-dir`` failed, 3 for an unexpected internal error (set
 ``MONAI_JDT_DEBUG=1`` to see its traceback). ``score`` and ``score-dir`` never import the
-service (FastAPI).
+service (FastAPI), and ``serve`` finds it through the entry point group ``monai_jdt.commands``
+(never by name). The flags of ``score`` / ``score-dir`` are derived from the option models
+(``ScoringOptions``, ``FolderOptions``): one definition each.
 """
 
 from __future__ import annotations
@@ -19,22 +21,32 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TextIO, get_args, get_origin
 
 from monai_jdt import __version__
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+__all__ = ["COMMANDS_GROUP", "build_parser", "command_module", "main"]
 
 EXIT_OK, EXIT_FAILED_CASES, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+#: entry point group of commands that live in other packages (``serve``: the service)
+COMMANDS_GROUP = "monai_jdt.commands"
+_COMMANDS = ("score", "score-dir", "serve")
 _SERVICE_HINT = (
     "monai-jdt serve needs the service extra: install monai-jdt[service] "
-    "(pip install 'monai-jdt[service]')"
+    "(from the checkout: pip install '.[service]')"
 )
+#: the extra each command of ``monai_jdt.commands`` needs
+_EXTRAS = {"serve": "service"}
 
 
 class _CliError(Exception):
@@ -55,79 +67,118 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_model_flags(group: Any, model: type[BaseModel]) -> None:
+    """One flag per field of ``model`` exposed to the command line: ``--field-name``, with the
+    field's help text, default and choices. Flags left out stay ``None`` (the model's default
+    applies); booleans are switches."""
+    from monai_jdt.scoring.options import exposure
+
+    for name, info in model.model_fields.items():
+        shown = exposure(info)
+        if not shown.cli:
+            continue
+        text = (info.description or "").replace("%", "%%")
+        if info.annotation is bool:
+            group.add_argument(_flag(name), action="store_true", default=None, help=text)
+            continue
+        default = info.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        if default is not None:
+            text += f" (default: {default})"
+        choices = get_args(info.annotation) if get_origin(info.annotation) is Literal else None
+        group.add_argument(
+            _flag(name),
+            default=None,
+            type=_number_type(info.annotation),
+            choices=choices,
+            metavar=shown.metavar,
+            help=text,
+        )
+
+
+def _number_type(annotation: Any) -> type[int] | type[float] | None:
+    """``int`` / ``float`` for a numeric field (optional or not), so that argparse refuses
+    text that is not a number as a usage error; None for the others (validated as text)."""
+    kinds = {annotation, *get_args(annotation)} - {type(None)}
+    for kind in (int, float):
+        if kind in kinds:
+            return kind
+    return None
+
+
+def _model_values(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The flags of ``model`` that were given, as text (or True for switches)."""
+    return {
+        name: getattr(args, name)
+        for name in model.model_fields
+        if getattr(args, name, None) is not None
+    }
+
+
 def _add_scoring_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("scoring")
-    group.add_argument(
-        "--labels",
-        metavar="SPEC",
-        help="labels to score, with optional names: '1=liver,2=spleen' or '1,2' "
-        "(default: every label present in either volume)",
-    )
-    group.add_argument(
-        "--include-background", action="store_true", help="also score label 0 (background)"
-    )
-    group.add_argument(
-        "--empty",
-        choices=("nan", "one"),
-        default="nan",
-        help="score of a label absent from both volumes: nan (reported as null, skipped by "
-        "means; default) or one (1.0)",
-    )
-    group.add_argument(
-        "--metrics",
-        metavar="LIST",
-        default="dice,jaccard,precision,recall",
-        help="comma-separated ratios among dice, jaccard, precision, recall, tversky "
-        "(default: %(default)s); counts and volumes are always reported",
-    )
-    group.add_argument(
-        "--tversky-alpha",
-        type=float,
-        default=0.5,
-        metavar="A",
-        help="Tversky weight of false positives (default: 0.5)",
-    )
-    group.add_argument(
-        "--tversky-beta",
-        type=float,
-        default=0.5,
-        metavar="B",
-        help="Tversky weight of false negatives (default: 0.5)",
-    )
-    group.add_argument(
-        "--kind",
-        choices=("auto", "labels", "probabilities"),
-        default="auto",
-        help="read the prediction as a label map or a probability map (default: from the data)",
-    )
-    group.add_argument(
-        "--device",
-        default="auto",
-        metavar="{auto,cpu,cuda,cuda:N}",
-        help="where to count: auto (CUDA for probability maps when available, CPU for label "
-        "maps), cpu, cuda or cuda:N (default: auto)",
-    )
-    group.add_argument(
-        "--ignore-affine", action="store_true", help="do not compare the two files' affines"
-    )
-    group.add_argument(
-        "--affine-tol",
-        type=float,
-        default=1e-4,
-        metavar="MM",
-        help="largest affine difference accepted (default: 1e-4)",
-    )
-    group.add_argument(
-        "--max-voxels",
-        type=int,
-        default=None,
-        metavar="N",
-        help="refuse volumes with more voxels (checked on the header, before decompression)",
-    )
+    from monai_jdt.scoring.options import ScoringOptions
+
+    _add_model_flags(parser.add_argument_group("scoring"), ScoringOptions)
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
     out.add_argument("-o", "--output", metavar="FILE", help="write the JSON report to FILE")
-    out.add_argument("--csv", metavar="FILE", help="write one CSV row per case and label to FILE")
+    out.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="write one CSV row per case and label to FILE (and one per failed case, with its "
+        "error code)",
+    )
+
+
+def _missing_extra(extra: str) -> list[str]:
+    """The distributions that the ``extra`` of monai-jdt requires and that are not installed."""
+    from importlib import metadata
+
+    try:
+        requirements = metadata.requires("monai-jdt") or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement)
+        marker = requirement.partition(";")[2].replace("'", '"').replace(" ", "")
+        if name is None or f'extra=="{extra}"' not in marker or name[0] == "monai-jdt":
+            continue
+        try:
+            metadata.distribution(name[0])
+        except metadata.PackageNotFoundError:
+            missing.append(name[0])
+    return missing
+
+
+def command_module(name: str) -> ModuleType:
+    """The module of a command registered in the entry point group ``monai_jdt.commands``
+    (``serve`` -> ``jdt_service.server``): it has ``add_arguments(parser)`` and ``run(args)``.
+
+    Raises:
+        _CliError: the command's extra is not installed (the only case that says "install
+            monai-jdt[service]"), or no such command is registered. Any other ImportError of
+            the command's module propagates as itself.
+    """
+    from importlib import metadata
+
+    found = list(metadata.entry_points(group=COMMANDS_GROUP, name=name))
+    missing = _missing_extra(_EXTRAS.get(name, name))
+    if missing:
+        raise _CliError(f"{_SERVICE_HINT}; missing: {', '.join(missing)}")
+    if not found:
+        raise _CliError(
+            f"no {name!r} command is registered in the entry point group {COMMANDS_GROUP!r}: "
+            "reinstall monai-jdt (pip install -e '.[service]')"
+        )
+    module = found[0].load()
+    assert isinstance(module, ModuleType), f"{found[0].value} is not a module"
+    return module
 
 
 def _add_serve(subparsers: Any, with_options: bool) -> None:
@@ -136,15 +187,16 @@ def _add_serve(subparsers: Any, with_options: bool) -> None:
         # listed in `monai-jdt --help` without importing the service
         subparsers.add_parser("serve", help=help_text, add_help=False)
         return
-    from jdt_service.server import add_arguments, run
-
+    server = command_module("serve")
     serve = subparsers.add_parser("serve", help=help_text, description=help_text)
-    add_arguments(serve)
-    serve.set_defaults(handler=run)
+    server.add_arguments(serve)
+    serve.set_defaults(handler=server.run)
 
 
-def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
-    """The argument parser; ``with_serve`` imports the service to add ``serve``'s options."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Every command is listed; the options are added for ``command``
+    only (None: ``score`` and ``score-dir``), so ``--version`` and ``--help`` import nothing
+    heavy, and only ``serve`` imports the service (found through its entry point)."""
     parser = _Parser(
         prog="monai-jdt",
         description="Score segmentations (Dice, Jaccard, precision, recall, Tversky) and serve "
@@ -160,7 +212,8 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     )
     score.add_argument("prediction", help="predicted label map or probability map (.nii/.nii.gz)")
     score.add_argument("reference", help="reference label map (.nii/.nii.gz)")
-    _add_scoring_options(score)
+    if command in (None, "score"):
+        _add_scoring_options(score)
     score.set_defaults(handler=_run_score)
 
     score_dir = subparsers.add_parser(
@@ -171,31 +224,23 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
     )
     score_dir.add_argument("predictions", help="folder of predictions")
     score_dir.add_argument("references", help="folder of references")
-    _add_scoring_options(score_dir)
-    score_dir.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="cases scored at once (default: the number of CPUs)",
-    )
-    score_dir.add_argument(
-        "--worst-q",
-        type=float,
-        default=10.0,
-        metavar="PCT",
-        help="percentage of worst cases for the worst-case means (default: 10)",
-    )
-    score_dir.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    score_dir.add_argument(
-        "--dask",
-        metavar="ADDR",
-        help="score the cases on a Dask cluster: its scheduler (tcp://host:8786), or 'local' "
-        "for a LocalCluster of --workers processes",
-    )
+    if command in (None, "score-dir"):
+        from monai_jdt.scoring.folders import FolderOptions
+
+        _add_scoring_options(score_dir)
+        _add_model_flags(score_dir.add_argument_group("folders"), FolderOptions)
+        score_dir.add_argument(
+            "--no-progress", action="store_true", help="no progress bar on stderr"
+        )
+        score_dir.add_argument(
+            "--dask",
+            metavar="ADDR",
+            help="score the cases on a Dask cluster: its scheduler (tcp://host:8786), or "
+            "'local' for a LocalCluster of --workers processes",
+        )
     score_dir.set_defaults(handler=_run_score_dir)
 
-    _add_serve(subparsers, with_serve)
+    _add_serve(subparsers, command == "serve")
     return parser
 
 
@@ -203,22 +248,16 @@ def build_parser(with_serve: bool = False) -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from monai_jdt.scoring import ScoringOptions, parse_labels
+    """The ``ScoringOptions`` of the flags given (``InvalidOptionError`` when bad)."""
+    from monai_jdt.scoring.options import ScoringOptions
 
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    return ScoringOptions(
-        labels=parse_labels(args.labels) if args.labels is not None else None,
-        include_background=args.include_background,
-        empty=args.empty,
-        metrics=metrics,
-        tversky_alpha=args.tversky_alpha,
-        tversky_beta=args.tversky_beta,
-        affine_tol=args.affine_tol,
-        ignore_affine=args.ignore_affine,
-        device=args.device,
-        max_voxels=args.max_voxels,
-        kind=args.kind,
-    )
+    return ScoringOptions.from_text(_model_values(args, ScoringOptions))
+
+
+def _folder_options(args: argparse.Namespace) -> Any:
+    from monai_jdt.scoring.folders import FolderOptions
+
+    return FolderOptions.from_text(_model_values(args, FolderOptions))
 
 
 # --------------------------------------------------------------------------- output
@@ -322,12 +361,12 @@ def _write_json(data: dict[str, Any], path: str) -> None:
         raise _CliError(f"cannot write {path}: {err.strerror or err}") from err
 
 
-def _write_csv(reports: list[Any], path: str) -> None:
-    from monai_jdt.scoring.batch import write_csv
+def _write_csv(reports: list[Any], path: str, failures: Sequence[Any] = ()) -> None:
+    from monai_jdt.scoring.folders import write_csv
 
     try:
         with open(path, "w", newline="") as stream:
-            write_csv(reports, stream)
+            write_csv(reports, stream, failures)
     except OSError as err:
         raise _CliError(f"cannot write {path}: {err.strerror or err}") from err
 
@@ -365,6 +404,8 @@ def _run_score(args: argparse.Namespace) -> int:
 
     report = score_files(args.prediction, args.reference, _options(args))
     data = report.to_dict()
+    for warning in report.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
     if args.output:
         _write_json(data, args.output)
     if args.csv:
@@ -379,7 +420,7 @@ def _run_score(args: argparse.Namespace) -> int:
 def _run_score_dir(args: argparse.Namespace) -> int:
     from monai_jdt.scoring import pair_cases, score_directory
 
-    options = _options(args)
+    options, run = _options(args), _folder_options(args)  # checked before anything is printed
     pairs, unpaired_preds, unpaired_refs = pair_cases(args.predictions, args.references)
     for role, names, folder in (
         ("predictions without a reference", unpaired_preds, args.predictions),
@@ -403,25 +444,35 @@ def _run_score_dir(args: argparse.Namespace) -> int:
         args.predictions,
         args.references,
         options,
-        workers=args.workers,
-        worst_q=args.worst_q,
+        workers=run.workers,
+        worst_q=run.worst_q,
         progress=_Progress(len(pairs), not args.no_progress),
     )
     data = result.to_dict()
     if args.output:
         _write_json(data, args.output)
     if args.csv:
-        _write_csv(result.reports, args.csv)
+        _write_csv(result.reports, args.csv, result.failures)
     if args.json:
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
     else:
         _print_summary(data, sys.stdout)
+    for report in result.reports:
+        for warning in report.warnings:
+            sys.stderr.write(f"warning: case {report.case_id}: {warning}\n")
     for failure in result.failures:
-        sys.stderr.write(f"error: case {failure.case_id}: [{failure.code}] {failure.message}\n")
+        message = _with_flags(failure.message, failure.options)
+        sys.stderr.write(f"error: case {failure.case_id}: [{failure.code}] {message}\n")
     return EXIT_FAILED_CASES if result.failures else EXIT_OK
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _with_flags(message: str, options: Sequence[str]) -> str:
+    """``message`` with the flags of the options that bear on it (``ScoringError.options``)."""
+    flags = [_flag(name) for name in options if name != "case_id"]
+    return f"{message} (see {', '.join(flags)})" if flags else message
 
 
 def _error(message: str) -> None:
@@ -431,23 +482,15 @@ def _error(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    wants_serve = bool(argv) and argv[0] == "serve"
-    if wants_serve:
-        try:
-            parser = build_parser(with_serve=True)
-        except ImportError:
-            _error(_SERVICE_HINT)
-            return EXIT_BAD_INPUT
-    else:
-        parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    command = argv[0] if argv and argv[0] in _COMMANDS else ""
     from monai_jdt.scoring.errors import ScoringError
 
     try:
+        args = build_parser(command).parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return int(handler(args))
     except ScoringError as err:
-        _error(f"[{err.code}] {err.message}")
+        _error(f"[{err.code}] {_with_flags(err.message, err.options)}")
         return EXIT_BAD_INPUT
     except _CliError as err:
         _error(str(err))
@@ -458,10 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # never a traceback for the user
         if os.environ.get("MONAI_JDT_DEBUG"):
             traceback.print_exc()
-        name = type(err).__name__
-        if name == "OutOfMemoryError":
+        torch = sys.modules.get("torch")  # loaded only if the case needed it
+        if torch is not None and isinstance(err, torch.OutOfMemoryError):
             _error(f"the device ran out of memory ({err}); try --device cpu")
             return EXIT_FAILED_CASES
+        name = type(err).__name__
         _error(f"internal error: {name}: {err} (set MONAI_JDT_DEBUG=1 for the traceback)")
         return EXIT_INTERNAL
 

@@ -1,119 +1,66 @@
 """The scoring options as multipart form fields: their OpenAPI schema and their parsing.
 
-Each option of :class:`monai_jdt.scoring.ScoringOptions` that a client may choose has one
-text field here; the device and the voxel limit come from the server's settings instead.
-Values are converted from text (booleans, numbers, comma lists); ranges and names are checked
-by ``ScoringOptions`` itself, so the rules live in one place.
+Every field of :class:`monai_jdt.scoring.ScoringOptions` exposed to forms (``Exposure.form``)
+is one text field, named as the option, described by the option's own help text, default and
+bounds; the device and the voxel limit come from the server's settings instead. Parsing and
+validation are ``ScoringOptions.from_text``: the rules live in the model only. ``case_id`` is
+the one field that is not a scoring option.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from jdt_service.uploads import FILE_FIELDS
-from monai_jdt.scoring import ScoringOptions, parse_labels
+from monai_jdt.scoring import ScoringOptions
 from monai_jdt.scoring.errors import InvalidOptionError
-from monai_jdt.scoring.options import DEFAULT_METRICS, INPUT_KINDS, METRICS
+from monai_jdt.scoring.options import exposure
 
-__all__ = ["OPTION_FIELDS", "form_schema", "options_from_form"]
+__all__ = ["MAX_CASE_ID", "OPTION_FIELDS", "form_schema", "options_from_form"]
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
 MAX_CASE_ID = 256
-
-
-def _boolean(name: str, text: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidOptionError(f"form field {name!r}: expected true or false, got {text!r}.")
-
-
-def _number(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidOptionError(f"form field {name!r}: expected a number, got {text!r}.") from None
-    if not math.isfinite(value):
-        raise InvalidOptionError(f"form field {name!r}: expected a finite number, got {text!r}.")
-    return value
-
-
-def _metrics(name: str, text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def _labels(name: str, text: str) -> dict[int, str | None]:
-    return parse_labels(text)
-
-
-def _text(name: str, text: str) -> str:
-    return text.strip()
-
-
-_BOOL = {"type": "boolean", "default": False}
-_NUM = {"type": "number", "minimum": 0}
-
-#: form field -> (OpenAPI schema, converter from text). ``case_id`` is not a scoring option.
-OPTION_FIELDS: dict[str, tuple[dict[str, Any], Callable[[str, str], Any]]] = {
-    "labels": (
-        {
-            "type": "string",
-            "description": "Labels to score, with optional names: '1=liver,2=spleen' or '1,2'. "
-            "Default: every label present in either volume.",
-            "example": "1=liver,2=spleen",
-        },
-        _labels,
-    ),
-    "include_background": ({**_BOOL, "description": "Also score label 0."}, _boolean),
-    "empty": (
-        {
-            "type": "string",
-            "enum": ["nan", "one"],
-            "default": "nan",
-            "description": "Score of a label absent from both volumes: nan (null in the "
-            "report, skipped by means) or one (1.0).",
-        },
-        _text,
-    ),
-    "metrics": (
-        {
-            "type": "string",
-            "default": ",".join(DEFAULT_METRICS),
-            "description": f"Comma-separated subset of {', '.join(METRICS)}.",
-        },
-        _metrics,
-    ),
-    "tversky_alpha": ({**_NUM, "default": 0.5, "description": "Tversky weight of FP."}, _number),
-    "tversky_beta": ({**_NUM, "default": 0.5, "description": "Tversky weight of FN."}, _number),
-    "affine_tol": (
-        {**_NUM, "default": 1e-4, "description": "Largest affine difference allowed (mm)."},
-        _number,
-    ),
-    "ignore_affine": ({**_BOOL, "description": "Skip the affine comparison."}, _boolean),
-    "kind": (
-        {
-            "type": "string",
-            "enum": list(INPUT_KINDS),
-            "default": "auto",
-            "description": "How the volumes are read: auto (by dtype and values), labels or "
-            "probabilities.",
-        },
-        _text,
-    ),
-    "case_id": (
-        {
-            "type": "string",
-            "maxLength": MAX_CASE_ID,
-            "description": "An identifier echoed in the report.",
-        },
-        _text,
-    ),
+_CASE_ID = {
+    "type": "string",
+    "maxLength": MAX_CASE_ID,
+    "description": "An identifier echoed in the report (default: null).",
 }
+
+
+def _text_schema(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The form field's schema from the option's JSON Schema: scalars keep their type and
+    bounds; lists and mappings are sent as text in their documented syntax."""
+    kinds = [s for s in spec.get("anyOf", [spec]) if s.get("type") != "null"]
+    scalar = kinds[0] if len(kinds) == 1 else {}
+    field: dict[str, Any] = {"type": "string"}
+    if scalar.get("type") in ("boolean", "number", "integer", "string"):
+        field = {k: v for k, v in scalar.items() if k not in ("title",)}
+    if "enum" in spec:
+        field["enum"] = spec["enum"]
+    default = spec.get("default")
+    if isinstance(default, list):
+        default = ",".join(map(str, default))
+    if default is not None:
+        field["default"] = default
+    field["description"] = spec.get("description", "")
+    info = ScoringOptions.model_fields[name]
+    if exposure(info).example is not None:
+        field["example"] = exposure(info).example
+    return field
+
+
+def _option_fields() -> dict[str, dict[str, Any]]:
+    properties = ScoringOptions.model_json_schema()["properties"]
+    fields = {
+        name: _text_schema(name, properties[name])
+        for name, info in ScoringOptions.model_fields.items()
+        if exposure(info).form
+    }
+    return {**fields, "case_id": _CASE_ID}
+
+
+#: form field -> its OpenAPI schema: the options exposed to forms, then ``case_id``
+OPTION_FIELDS: dict[str, dict[str, Any]] = _option_fields()
 
 
 def form_schema() -> dict[str, Any]:
@@ -127,14 +74,13 @@ def form_schema() -> dict[str, Any]:
         }
         for name in FILE_FIELDS
     }
-    properties = {**files, **{name: spec for name, (spec, _) in OPTION_FIELDS.items()}}
     return {
         "required": True,
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": properties,
+                    "properties": {**files, **OPTION_FIELDS},
                     "required": list(FILE_FIELDS),
                     "additionalProperties": False,
                 },
@@ -149,17 +95,18 @@ def form_schema() -> dict[str, Any]:
 def options_from_form(
     fields: Mapping[str, str], *, device: str, max_voxels: int
 ) -> tuple[ScoringOptions, str | None]:
-    """The scoring options and case id from the text fields (``InvalidOptionError`` if bad).
+    """The scoring options and case id (None when not given) from the text fields.
 
     Empty fields count as not given.
+
+    Raises:
+        InvalidOptionError: a bad value (``.option`` names the field) or a case id too long.
     """
-    values: dict[str, Any] = {}
-    for name, text in fields.items():
-        if not text.strip():
-            continue
-        _, convert = OPTION_FIELDS[name]
-        values[name] = convert(name, text)
+    values = {name: text.strip() for name, text in fields.items() if text.strip()}
     case_id = values.pop("case_id", None)
     if case_id is not None and len(case_id) > MAX_CASE_ID:
-        raise InvalidOptionError(f"form field 'case_id' is longer than {MAX_CASE_ID} characters.")
-    return ScoringOptions(**values, device=device, max_voxels=max_voxels), case_id
+        raise InvalidOptionError(
+            f"form field 'case_id' is longer than {MAX_CASE_ID} characters.", option="case_id"
+        )
+    options = ScoringOptions.from_text({**values, "device": device, "max_voxels": max_voxels})
+    return options, case_id

@@ -43,7 +43,7 @@ from monai_jdt.scoring import (
     inspect_nifti,
     pair_cases,
 )
-from monai_jdt.scoring.batch import write_csv
+from monai_jdt.scoring.folders import write_csv
 
 __all__ = [
     "JOB_OPTION_FIELDS",
@@ -60,7 +60,6 @@ __all__ = [
 
 #: the scoring options a job takes: those of ``POST /v1/scores`` but the case id
 JOB_OPTION_FIELDS = {name: spec for name, spec in OPTION_FIELDS.items() if name != "case_id"}
-JOB_OPTION_SCHEMAS = {name: spec for name, (spec, _) in JOB_OPTION_FIELDS.items()}
 _HASH_CHUNK = 1024 * 1024
 
 
@@ -201,7 +200,7 @@ def _label_from_dict(row: Mapping[str, Any], metrics: tuple[str, ...]) -> LabelS
         label=int(row["label"]),
         name=row["name"],
         requested=bool(row["requested"]),
-        metrics={metric: row[metric] for metric in metrics},
+        metrics={metric: row.get(metric) for metric in metrics},
         reasons=dict(row["reasons"]),
         tp=row["tp"],
         fp=row["fp"],
@@ -229,6 +228,7 @@ def case_report_from_dict(data: Mapping[str, Any], options: ScoringOptions) -> C
         options=options,
         notes=tuple(data["notes"]),
         seconds=float(data["seconds"]),
+        warnings=tuple(data.get("warnings", ())),
     )
 
 
@@ -252,7 +252,7 @@ def job_result(db: Database, job: Job, settings: Settings) -> DirectoryResult:
 def cases_csv(result: DirectoryResult) -> str:
     """``score-dir --csv``'s text: one row per case and label."""
     stream = io.StringIO()
-    write_csv(result.reports, stream)
+    write_csv(result.reports, stream, result.failures)
     return stream.getvalue()
 
 

@@ -1,10 +1,16 @@
-"""Response bodies of the endpoints (pydantic models, for validation-free docs in OpenAPI)."""
+"""Response bodies of the endpoints (pydantic models, for validation-free docs in OpenAPI).
+
+The score report is the scoring core's own definition (``monai_jdt.scoring.report``: the
+layout ``CaseReport.to_dict()`` fills and docs/report.schema.json publishes), re-exported here.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from monai_jdt.scoring.report import LabelRow, ReportOptions, ScoreReport
 
 __all__ = [
     "ErrorDetail",
@@ -67,61 +73,3 @@ class Info(BaseModel):
     gpu: GpuInfo | None = Field(description="The GPU in use, when scoring runs on CUDA.")
     auth_required: bool
     limits: Limits
-
-
-class ReportOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    include_background: bool
-    empty: Literal["nan", "one"]
-    metrics: list[str]
-    tversky_alpha: float
-    tversky_beta: float
-    labels: dict[str, str | None] | None = Field(description="Requested labels: id -> name.")
-
-
-class LabelRow(BaseModel):
-    """One label of one case. Only the metrics asked for are present; ``null`` = undefined."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    label: int
-    name: str | None
-    requested: bool = Field(description="False for a label predicted but not asked for.")
-    dice: float | None = None
-    jaccard: float | None = None
-    precision: float | None = None
-    recall: float | None = None
-    tversky: float | None = None
-    tp: float
-    fp: float
-    fn: float
-    tn: float
-    predicted_voxels: float
-    reference_voxels: float
-    predicted_ml: float | None
-    reference_ml: float | None
-    reasons: dict[str, str] = Field(description="Why each null metric is undefined.")
-
-
-class ScoreReport(BaseModel):
-    """``monai_jdt.scoring.CaseReport.to_dict()``: the JSON of ``monai-jdt score --json``.
-
-    Extra fields are forbidden so that the documented schema and the core's report cannot
-    drift apart unnoticed (tests validate real reports against it).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: str
-    case_id: str | None
-    kind: Literal["labels", "probabilities"]
-    device: str = Field(description="Where the counting ran, e.g. cpu or cuda:0.")
-    shape: list[int]
-    voxels: int
-    spacing_mm: list[float] | None
-    voxel_volume_ml: float | None
-    options: ReportOptions
-    labels: list[LabelRow]
-    notes: list[str]
-    seconds: float

@@ -17,7 +17,7 @@ from monai_jdt.scoring.errors import (
     VolumeTooLargeError,
 )
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
-from monai_jdt.scoring.report import CaseReport, label_scores
+from monai_jdt.scoring.report import CaseReport, label_scores, label_warnings
 from monai_jdt.scoring.soft import soft_case_counts
 from monai_jdt.scoring.volumes import (
     as_volume,
@@ -37,8 +37,8 @@ def select_labels(
 
     Without ``options.labels``: every label in ``present`` (either volume). With it: the
     asked labels, plus the labels in ``predicted`` that were not asked for (flagged
-    ``requested=False`` and named in a note). Label 0 only with ``include_background`` or when
-    asked for explicitly.
+    ``requested=False`` and named in a note) unless ``only_requested``. Label 0 only with
+    ``include_background`` or when asked for explicitly.
     """
 
     def keep(label: int) -> bool:
@@ -48,7 +48,8 @@ def select_labels(
         labels = sorted(label for label in set(present) if keep(label))
         return labels, [True] * len(labels), []
     asked = set(options.labels)
-    extra = sorted(label for label in set(predicted) - asked if keep(label))
+    extra = [] if options.only_requested else sorted(set(predicted) - asked)
+    extra = [label for label in extra if keep(label)]
     labels = sorted(asked | set(extra))
     notes = []
     if extra:
@@ -93,8 +94,10 @@ def report_from_confusion(
     notes: Sequence[str] = (),
 ) -> CaseReport:
     """The report of a label-map case from its confusion matrix."""
+    predicted = matrix.present_in_prediction()
+    warnings = label_warnings(predicted, matrix.present_in_reference(), options)
     labels, requested, label_notes = select_labels(
-        (int(x) for x in matrix.labels), matrix.present_in_prediction(), options
+        (int(x) for x in matrix.labels), predicted, options
     )
     tp, fp, fn = (torch.zeros(len(labels), dtype=torch.float64) for _ in range(3))
     for i, label in enumerate(labels):
@@ -113,6 +116,7 @@ def report_from_confusion(
         options=options,
         notes=tuple(notes) + tuple(label_notes),
         seconds=time.perf_counter() - started,
+        warnings=tuple(warnings),
     )
 
 

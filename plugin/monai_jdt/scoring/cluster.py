@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from monai_jdt.scoring.batch import CaseFailure, DirectoryResult, pair_cases
 from monai_jdt.scoring.errors import ScoringError
 from monai_jdt.scoring.files import score_files
+from monai_jdt.scoring.folders import CaseFailure, DirectoryResult, pair_cases
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
 from monai_jdt.scoring.report import CaseReport
 
@@ -35,7 +35,7 @@ def score_case(
     try:
         return score_files(prediction, reference, options, case_id=case_id)
     except ScoringError as err:
-        return CaseFailure(case_id, err.code, err.message)
+        return CaseFailure(case_id, err.code, err.message, err.options)
     except OSError as err:
         return CaseFailure(case_id, "unreadable", f"{case_id}: {err.strerror or err}")
 

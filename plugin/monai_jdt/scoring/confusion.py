@@ -80,6 +80,10 @@ class ConfusionMatrix:
         """Label ids with at least one predicted voxel."""
         return {int(x) for x in self.labels[self.matrix.sum(1) > 0]}
 
+    def present_in_reference(self) -> set[int]:
+        """Label ids with at least one reference voxel."""
+        return {int(x) for x in self.labels[self.matrix.sum(0) > 0]}
+
 
 class ConfusionAccumulator:
     """Accumulates the confusion matrix over chunks of two label volumes (numpy, CPU).

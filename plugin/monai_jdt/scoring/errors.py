@@ -2,7 +2,10 @@
 
 Each carries a stable machine-readable ``code`` (used as ``detail.code`` by the service and
 printed by the command line) and a message a person can act on (which file or argument, what
-was expected, what arrived). ``http_status`` is the status the service answers with.
+was expected, what arrived). The core knows nothing of its front ends: the HTTP status of each
+code lives in the service (``jdt_service.errors``), and an error names the scoring options that
+bear on it in ``options`` (field names of ``ScoringOptions``), which each front end spells its
+own way (``--affine-tol`` on the command line, the form field ``affine_tol`` over HTTP).
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ class ScoringError(ValueError):
     """Base class: bad input to the scoring core. ``str(err)`` is the message for a person."""
 
     code: str = "invalid_input"
-    http_status: int = 422
+    #: the options (``ScoringOptions`` field names) a user may change to get past this error
+    options: tuple[str, ...] = ()
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, options: tuple[str, ...] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if options is not None:
+            self.options = options
 
     def to_detail(self) -> dict[str, str]:
         """The JSON error body's ``detail``: ``{"code": ..., "message": ...}``."""
@@ -44,12 +50,16 @@ class InvalidOptionError(ScoringError):
 
     code = "invalid_option"
 
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message, options=None if option is None else (option,))
+        #: the option with the bad value (a ``ScoringOptions`` field name), when known
+        self.option = option
+
 
 class NotNiftiError(ScoringError):
     """The file is not NIfTI-1/NIfTI-2 (wrong magic, wrong header size, not gzip nor raw)."""
 
     code = "not_nifti"
-    http_status = 415
 
 
 class CorruptFileError(ScoringError):
@@ -68,6 +78,7 @@ class AffineMismatchError(ScoringError):
     """Prediction and reference affines differ beyond the tolerance."""
 
     code = "affine_mismatch"
+    options = ("ignore_affine", "affine_tol")
 
 
 class NonIntegerLabelsError(ScoringError):
@@ -98,17 +109,17 @@ class VolumeTooLargeError(ScoringError):
     """The volume (as declared by its header) exceeds the configured voxel limit."""
 
     code = "volume_too_large"
-    http_status = 413
+    options = ("max_voxels",)
 
 
 class TooManyLabelsError(ScoringError):
     """A label volume holds more distinct labels than a confusion matrix is kept for."""
 
     code = "too_many_labels"
+    options = ("max_labels",)
 
 
 class UnsupportedDataTypeError(ScoringError):
     """The file stores a data type the scoring core cannot score (complex, RGB, unknown code)."""
 
     code = "unsupported_dtype"
-    http_status = 415

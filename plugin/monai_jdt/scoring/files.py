@@ -24,7 +24,7 @@ from monai_jdt.scoring.arrays import report_from_confusion, score_arrays
 from monai_jdt.scoring.confusion import ConfusionAccumulator, ConfusionMatrix
 from monai_jdt.scoring.errors import AffineMismatchError, ShapeMismatchError
 from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti, iter_voxel_chunks, load_nifti
-from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
+from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, device_type
 from monai_jdt.scoring.report import CaseReport
 
 __all__ = [
@@ -68,7 +68,7 @@ def _check_affines(pred: NiftiInfo, ref: NiftiInfo, tolerance: float) -> None:
         raise AffineMismatchError(
             f"the affines of {Path(pred.path).name} and {Path(ref.path).name} differ by up to "
             f"{difference:.4g} (tolerance {tolerance:g}): the volumes are not on the same grid. "
-            "Resample the prediction onto the reference, or use --ignore-affine / --affine-tol."
+            "Resample the prediction onto the reference, or loosen or skip the affine check."
         )
 
 
@@ -142,7 +142,7 @@ def _streamable(pred: NiftiInfo, ref: NiftiInfo, options: ScoringOptions) -> boo
         options.kind != "probabilities"
         and integer_labels(pred)
         and integer_labels(ref)
-        and resolve_device(options.device, prefer_cuda=False).type == "cpu"
+        and device_type(options.device, prefer_cuda=False) == "cpu"
     )
 
 

@@ -1,27 +1,60 @@
-"""Scoring options: what to score, under which convention, and where.
+"""Scoring options, defined once: what to score, under which convention, and where.
 
-``ScoringOptions`` is the one value the command line, the Python API and the service pass
-around; it validates itself on construction, so every later stage can trust it.
+``ScoringOptions`` is a frozen pydantic model. Each field's type, default, bounds and help text
+(its ``description``) are the one definition from which everything else derives:
+
+* the validation (on construction; any failure is an ``InvalidOptionError`` naming the option);
+* the ``monai-jdt score`` / ``score-dir`` flags (``monai_jdt.cli``: ``--snake-case`` of the
+  field name, help, default, choices);
+* the service's multipart form fields, their OpenAPI description and their parsing from text
+  (``jdt_service.forms``);
+* the ``options`` echoed in every report (``monai_jdt.scoring.report``).
+
+Where a field appears is said by an :class:`Exposure` in its ``Annotated`` metadata (default:
+everywhere). Adding an option is one field here plus its line in docs/scoring.md.
+
+Text input (command line, form fields) is validated with :meth:`ScoringOptions.from_text`, which
+converts numbers and booleans from text; Python callers get strict types (``True`` is not a
+number, ``"0.5"`` is not a float).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from typing_extensions import Self
 
 from monai_jdt.scoring.errors import InvalidOptionError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DEFAULT_METRICS",
     "DEFAULT_OPTIONS",
     "INPUT_KINDS",
+    "LABEL_WARNING_THRESHOLD",
     "METRICS",
+    "Exposure",
+    "OptionsModel",
     "ScoringOptions",
+    "device_type",
+    "exposure",
+    "invalid_option",
     "parse_labels",
     "resolve_device",
 ]
@@ -31,159 +64,327 @@ METRICS: tuple[str, ...] = ("dice", "jaccard", "precision", "recall", "tversky")
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "jaccard", "precision", "recall")
 #: how a volume is read: decided from its dtype and values, or forced
 INPUT_KINDS: tuple[str, ...] = ("auto", "labels", "probabilities")
+#: a label map with more distinct labels than this gets a warning in its report (an intensity
+#: image or an instance map passed as a label map?); ``max_labels`` refuses it instead
+LABEL_WARNING_THRESHOLD = 100
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+#: a label name: letters, digits, ``_ - .`` and spaces (no ``,`` ``;`` ``=`` of the list syntax)
+_LABEL_NAME = re.compile(r"^[^\W][\w.\- ]*$")
 
 
 @dataclass(frozen=True)
-class ScoringOptions:
-    """How one case (or a dataset) is scored.
+class Exposure:
+    """Where an option appears besides the Python API.
 
     Attributes:
-        labels: ``{label id: name or None}`` to score; ``None`` scores every label present in
-            either volume. Labels present in the prediction but not listed are still reported
-            (flagged ``"requested": false``), never dropped.
-        include_background: also score label 0.
-        empty: the score of a label absent from both volumes: ``"nan"`` (reported as ``null``
-            with a reason, skipped by means, as MONAI's ``ignore_empty`` and nnU-Net) or
-            ``"one"`` (1.0: nothing to get wrong).
-        metrics: ratios to report, from ``METRICS``; counts and volumes are always reported.
-        tversky_alpha, tversky_beta: weights of false positives / false negatives in the
-            Tversky index ``tp / (tp + alpha*fp + beta*fn)`` (only used for ``"tversky"``).
-        affine_tol: largest absolute difference allowed between the two voxel-to-world affines
-            (in mm for the spatial part) before ``AffineMismatchError``.
-        ignore_affine: skip the affine comparison.
-        device: ``"auto"`` (CUDA for probability maps when available, CPU for label maps,
-            which are bound by decompression and memory bandwidth), ``"cpu"``, ``"cuda"`` or
-            ``"cuda:N"``.
-        max_voxels: refuse volumes with more voxels than this (checked on the header, before
-            any data is decompressed); ``None`` for no limit.
-        kind: ``"auto"`` (integer volumes and whole-valued float volumes are label maps,
-            other float volumes probability maps), ``"labels"`` or ``"probabilities"``.
+        cli: a flag of ``monai-jdt score`` / ``score-dir``.
+        form: a form field of ``POST /v1/scores`` (options the server decides, such as the
+            device and the voxel limit, come from its settings instead).
+        reported: echoed in the report's ``options`` (the options that change a score; input
+            checks and limits are not).
+        metavar: the flag's placeholder in ``--help``.
+        example: an example value for the form field's OpenAPI description.
     """
 
-    labels: Mapping[int, str | None] | None = None
-    include_background: bool = False
-    empty: Literal["nan", "one"] = "nan"
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    tversky_alpha: float = 0.5
-    tversky_beta: float = 0.5
-    affine_tol: float = 1e-4
-    ignore_affine: bool = False
-    device: str = "auto"
-    max_voxels: int | None = None
-    kind: Literal["auto", "labels", "probabilities"] = "auto"
-
-    def __post_init__(self) -> None:
-        if self.labels is not None:
-            if not isinstance(self.labels, Mapping):
-                raise InvalidOptionError(
-                    "labels must be a mapping {id: name} or None, got "
-                    f"{type(self.labels).__name__}."
-                )
-            for key, name in self.labels.items():
-                if isinstance(key, bool) or not isinstance(key, int) or key < 0:
-                    raise InvalidOptionError(
-                        f"labels: ids must be non-negative integers, got {key!r}."
-                    )
-                if name is not None and not isinstance(name, str):
-                    raise InvalidOptionError(
-                        f"labels: the name of label {key} must be a string or None, got {name!r}."
-                    )
-            object.__setattr__(self, "labels", dict(sorted(self.labels.items())))
-        if self.empty not in ("nan", "one"):
-            raise InvalidOptionError(f"empty must be 'nan' or 'one', got {self.empty!r}.")
-        metrics = tuple(self.metrics) if not isinstance(self.metrics, str) else (self.metrics,)
-        unknown = [m for m in metrics if m not in METRICS]
-        if unknown or not metrics:
-            raise InvalidOptionError(
-                f"metrics must be a non-empty subset of {', '.join(METRICS)}, got {metrics!r}."
-            )
-        object.__setattr__(self, "metrics", tuple(m for m in METRICS if m in metrics))
-        for name in ("tversky_alpha", "tversky_beta"):
-            value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < 0:
-                raise InvalidOptionError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if self.tversky_alpha == 0 and self.tversky_beta == 0 and "tversky" in self.metrics:
-            raise InvalidOptionError("tversky_alpha and tversky_beta cannot both be 0.")
-        if not _is_real(self.affine_tol) or not self.affine_tol >= 0:
-            raise InvalidOptionError(
-                f"affine_tol must be a number >= 0 (mm), got {self.affine_tol!r}."
-            )
-        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
-            raise InvalidOptionError(
-                f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}."
-            )
-        if self.max_voxels is not None and (
-            isinstance(self.max_voxels, bool)
-            or not isinstance(self.max_voxels, int)
-            or self.max_voxels < 1
-        ):
-            raise InvalidOptionError(
-                f"max_voxels must be a positive integer or None, got {self.max_voxels!r}."
-            )
-        if self.kind not in INPUT_KINDS:
-            raise InvalidOptionError(
-                f"kind must be one of {', '.join(INPUT_KINDS)}, got {self.kind!r}."
-            )
-
-    def label_name(self, label: int) -> str | None:
-        """The name given to ``label`` in ``labels``, else None."""
-        return None if self.labels is None else self.labels.get(label)
+    cli: bool = True
+    form: bool = True
+    reported: bool = True
+    metavar: str | None = None
+    example: str | None = None
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-#: the defaults, shared as the default argument of the scoring functions
-DEFAULT_OPTIONS = ScoringOptions()
+def exposure(field: FieldInfo) -> Exposure:
+    """The :class:`Exposure` of a model field (the default one when it has none)."""
+    for item in field.metadata:
+        if isinstance(item, Exposure):
+            return item
+    return Exposure()
 
 
 def parse_labels(spec: str) -> dict[int, str | None]:
     """Parse a label list: ``"1=liver,2=spleen"``, ``"1,2"`` or a mix (``"1=liver,3"``).
 
-    Returns ``{id: name or None}``. Raises ``InvalidOptionError`` naming the bad item.
+    Names are letters, digits, ``_``, ``-``, ``.`` and spaces; ids are ASCII digits.
+
+    Returns:
+        ``{id: name or None}``.
+
+    Raises:
+        InvalidOptionError: naming the bad item (not ``ID`` / ``ID=NAME``, an empty or bad
+            name, an id or a name listed twice).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidOptionError(
-            f"labels: expected a list like '1=liver,2=spleen' or '1,2', got {spec!r}."
+            f"labels: expected a list like '1=liver,2=spleen' or '1,2', got {spec!r}.",
+            option="labels",
         )
     labels: dict[int, str | None] = {}
     for item in spec.split(","):
         item = item.strip()
         key, sep, name = item.partition("=")
         key, name = key.strip(), name.strip()
-        if not key.isdigit():
+        if not (key.isascii() and key.isdigit()):
             raise InvalidOptionError(
                 f"labels: {item!r} is not 'ID' or 'ID=NAME' with ID a non-negative integer "
-                f"(in {spec!r})."
+                f"(in {spec!r}).",
+                option="labels",
             )
         if sep and not name:
-            raise InvalidOptionError(f"labels: {item!r} has an empty name (in {spec!r}).")
+            raise InvalidOptionError(
+                f"labels: {item!r} has an empty name (in {spec!r}).", option="labels"
+            )
         label = int(key)
         if label in labels:
-            raise InvalidOptionError(f"labels: label {label} is listed twice (in {spec!r}).")
+            raise InvalidOptionError(
+                f"labels: label {label} is listed twice (in {spec!r}).", option="labels"
+            )
         labels[label] = name or None
-    return labels
+    return _checked_labels(labels)
+
+
+def _checked_labels(labels: dict[int, str | None]) -> dict[int, str | None]:
+    """Sorted by id; names well-formed and distinct (regions group labels, names do not)."""
+    seen: dict[str, int] = {}
+    for label, name in labels.items():
+        if name is None:
+            continue
+        if not _LABEL_NAME.match(name):
+            raise InvalidOptionError(
+                f"labels: the name {name!r} of label {label} may hold only letters, digits, "
+                "'_', '-', '.' and spaces (items are separated by ',', e.g. '1=liver,2=spleen').",
+                option="labels",
+            )
+        if name in seen:
+            raise InvalidOptionError(
+                f"labels: the name {name!r} is given to labels {seen[name]} and {label}; "
+                "names must be distinct.",
+                option="labels",
+            )
+        seen[name] = label
+    return dict(sorted(labels.items()))
+
+
+def _labels_from_text(value: object) -> object:
+    return parse_labels(value) if isinstance(value, str) else value
+
+
+def _metrics_from_text(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _known_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(
+            f"metrics must be a non-empty subset of {', '.join(METRICS)}, got {metrics!r}."
+        )
+    return tuple(m for m in METRICS if m in metrics)
+
+
+def _mapping_to_dict(value: object) -> object:
+    return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value
+
+
+_Tversky = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+LabelSpec = dict[Annotated[int, Field(ge=0)], str | None]
+
+
+_FROM_TEXT: ContextVar[bool] = ContextVar("_FROM_TEXT", default=False)
+
+
+class OptionsModel(BaseModel):
+    """Base of the option models: frozen, no unknown names, ``InvalidOptionError`` on bad values.
+
+    Python callers get strict types (``True`` is not a number, ``"0.5"`` not a float);
+    :meth:`from_text` parses text values (flags, form fields) into numbers and booleans.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            self.__pydantic_validator__.validate_python(
+                data, self_instance=self, strict=not _FROM_TEXT.get()
+            )
+        except ValidationError as err:
+            raise invalid_option(err) from None
+
+    @classmethod
+    def from_text(cls, values: Mapping[str, object]) -> Self:
+        """The options from text values (flags, form fields): numbers and booleans are parsed.
+
+        Raises:
+            InvalidOptionError: naming the first bad option.
+        """
+        token = _FROM_TEXT.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _FROM_TEXT.reset(token)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied, validated again."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**values, **changes})
+
+
+class ScoringOptions(OptionsModel):
+    """How one case (or a dataset) is scored. Construction validates every field.
+
+    Raises:
+        InvalidOptionError: a field has a bad value or an unknown name (``.option`` names it).
+    """
+
+    labels: Annotated[
+        LabelSpec | None,
+        BeforeValidator(_mapping_to_dict),
+        BeforeValidator(_labels_from_text),
+        AfterValidator(lambda v: None if v is None else _checked_labels(v)),
+        Exposure(metavar="SPEC", example="1=liver,2=spleen"),
+    ] = Field(
+        default=None,
+        description="Labels to score, with optional names: '1=liver,2=spleen' or '1,2' "
+        "(names: letters, digits, '_', '-', '.', spaces; distinct). Default: every label "
+        "present in either volume. Labels found in the prediction but not asked for are still "
+        "reported (requested false) unless only_requested is set.",
+    )
+    include_background: bool = Field(default=False, description="Also score label 0 (background).")
+    empty: Literal["nan", "one"] = Field(
+        default="nan",
+        description="Score of a label absent from both volumes: nan (null in the report with a "
+        "reason, skipped by means, as MONAI's ignore_empty and nnU-Net) or one (1.0).",
+    )
+    metrics: Annotated[
+        tuple[str, ...],
+        BeforeValidator(_metrics_from_text),
+        AfterValidator(_known_metrics),
+        Exposure(metavar="LIST"),
+    ] = Field(
+        default=DEFAULT_METRICS,
+        description=f"Comma-separated ratios among {', '.join(METRICS)}; counts and volumes "
+        "are always reported.",
+    )
+    tversky_alpha: Annotated[_Tversky, Exposure(metavar="A")] = Field(
+        default=0.5, description="Tversky weight of false positives: tp / (tp + A fp + B fn)."
+    )
+    tversky_beta: Annotated[_Tversky, Exposure(metavar="B")] = Field(
+        default=0.5, description="Tversky weight of false negatives."
+    )
+    affine_tol: Annotated[
+        float, Field(ge=0, allow_inf_nan=False), Exposure(reported=False, metavar="MM")
+    ] = Field(
+        default=1e-4,
+        description="Largest absolute difference allowed between the two voxel-to-world "
+        "affines (mm for the spatial part) before affine_mismatch.",
+    )
+    ignore_affine: Annotated[bool, Exposure(reported=False)] = Field(
+        default=False, description="Do not compare the two files' affines."
+    )
+    device: Annotated[
+        str,
+        Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$"),
+        Exposure(form=False, reported=False, metavar="{auto,cpu,cuda,cuda:N}"),
+    ] = Field(
+        default="auto",
+        description="Where to count: auto (CUDA for probability maps when available, CPU for "
+        "label maps, which are bound by decompression and memory bandwidth), cpu, cuda or "
+        "cuda:N.",
+    )
+    max_voxels: Annotated[
+        int | None, Field(ge=1), Exposure(form=False, reported=False, metavar="N")
+    ] = Field(
+        default=None,
+        description="Refuse volumes with more voxels (checked on the header, before any data "
+        "is decompressed). Default: no limit.",
+    )
+    kind: Annotated[Literal["auto", "labels", "probabilities"], Exposure(reported=False)] = Field(
+        default="auto",
+        description="How the volumes are read: auto (integer and whole-valued float volumes "
+        "are label maps, other float volumes probability maps), labels or probabilities.",
+    )
+    max_labels: Annotated[int | None, Field(ge=1), Exposure(reported=False, metavar="N")] = Field(
+        default=None,
+        description="Refuse a label map with more distinct labels than this "
+        f"(too_many_labels). Above {LABEL_WARNING_THRESHOLD} labels, or with hundreds of "
+        "labels against a reference of few, a report only gets a warning. Default: no "
+        "limit below the core's 4096.",
+    )
+    only_requested: bool = Field(
+        default=False,
+        description="Report only the labels given in labels: labels found in the prediction "
+        "but not asked for are left out instead of reported with requested false.",
+    )
+
+    @model_validator(mode="after")
+    def _tversky_weights(self) -> ScoringOptions:
+        if self.tversky_alpha == 0 and self.tversky_beta == 0 and "tversky" in self.metrics:
+            raise ValueError("tversky_alpha and tversky_beta cannot both be 0.")
+        return self
+
+    def label_name(self, label: int) -> str | None:
+        """The name given to ``label`` in ``labels``, else None."""
+        return None if self.labels is None else self.labels.get(label)
+
+    def reported(self) -> dict[str, Any]:
+        """The options echoed in a report (JSON-safe: label ids become strings)."""
+        fields = [name for name, info in type(self).model_fields.items() if exposure(info).reported]
+        return self.model_dump(mode="json", include=set(fields))
+
+
+def invalid_option(err: ValidationError) -> InvalidOptionError:
+    """One ``InvalidOptionError`` for pydantic's errors: each bad option, what arrived."""
+    parts, names = [], []
+    for item in err.errors():
+        names.append(str(item["loc"][0]) if item["loc"] else "")
+        name = ".".join(str(part) for part in item["loc"])
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, InvalidOptionError):
+            parts.append(cause.message.rstrip("."))
+        elif cause is not None:  # our validators' messages say what arrived
+            parts.append(str(cause).rstrip("."))
+        elif item["type"] == "extra_forbidden":
+            parts.append(f"{name}: unknown option")
+        else:
+            parts.append(f"{name}: {item['msg'].rstrip('.')}, got {item.get('input')!r}")
+    return InvalidOptionError("; ".join(parts) + ".", option=names[0] if names else None)
+
+
+#: the defaults, shared as the default argument of the scoring functions
+DEFAULT_OPTIONS = ScoringOptions()
+
+
+def device_type(device: str, *, prefer_cuda: bool) -> str:
+    """``"cpu"`` or ``"cuda"``: where ``device`` runs, without importing torch for the CPU."""
+    if device == "cpu" or (device == "auto" and not prefer_cuda):
+        return "cpu"
+    return resolve_device(device, prefer_cuda=prefer_cuda).type
 
 
 def resolve_device(device: str, *, prefer_cuda: bool) -> torch.device:
     """The torch device for ``device`` (``auto`` picks CUDA only when ``prefer_cuda``).
 
-    Raises ``InvalidOptionError`` when CUDA is asked for and not available.
+    torch is imported here, not with the module: label maps on the CPU never need it.
+
+    Raises:
+        InvalidOptionError: CUDA is asked for and not available.
     """
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if prefer_cuda and torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InvalidOptionError(
-                f"device {device!r} asked for, but CUDA is not available here; use cpu or auto."
+                f"device {device!r} asked for, but CUDA is not available here; use cpu or auto.",
+                option="device",
             )
         resolved = torch.device(device)
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise InvalidOptionError(
-                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here."
+                f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here.",
+                option="device",
             )
         return resolved
     return torch.device("cpu")

@@ -4,9 +4,11 @@ Per label and metric: mean / median / std (population, ddof=0) / min / max over 
 the metric is defined, and ``n``, the number of those cases (undefined values are skipped,
 never counted as 0 or 1). The foreground mean of a metric is the mean of its per-label means.
 
-The fine-grained family (Wang et al., NeurIPS 2023; seed 002), for Jaccard (mIoU) and Dice,
-from the per-(case, label) counts ``tp, fp, fn`` ``[N, L]`` with ``active[i, j]`` = label j is
-present in case i's reference, through ``monai_jdt.counts.aggregate_scores``:
+The fine-grained family (Wang et al., "Revisiting Evaluation Metrics for Semantic Segmentation:
+Optimization and Evaluation of Fine-grained Intersection over Union", NeurIPS 2023), for
+Jaccard (mIoU) and Dice, from the per-(case, label) counts ``tp, fp, fn`` ``[N, L]`` with
+``active[i, j]`` = label j is present in case i's reference, through
+``monai_jdt.counts.aggregate_scores``:
 
 * ``D`` (dataset): pool the counts of all cases, one ratio per label, mean over labels;
 * ``I`` (image): ratio per (case, label), mean over the case's active labels, then over cases;
@@ -20,14 +22,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from monai_jdt.counts import Aggregation, SoftCounts, aggregate_scores, masked_mean, tversky_index
 from monai_jdt.scoring.errors import InvalidOptionError
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport
+
+if TYPE_CHECKING:  # torch and the counts are imported where the fine-grained scores need them
+    import torch
+
+    from monai_jdt.counts import SoftCounts
 
 __all__ = ["fine_grained_scores", "summarize", "worst_mean"]
 
@@ -54,7 +59,7 @@ def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
 
 def worst_mean(scores: torch.Tensor, keep: torch.Tensor, q: float) -> float:
     """Mean of the lowest ``ceil(q/100 * n)`` (at least one) of ``scores[keep]``; NaN if none."""
-    values = torch.sort(scores[keep.to(torch.bool)]).values
+    values = scores[keep.bool()].sort().values
     if values.numel() == 0:
         return math.nan
     k = max(1, math.ceil(q / 100.0 * values.numel()))
@@ -65,6 +70,8 @@ def fine_grained_scores(
     counts: SoftCounts, active: torch.Tensor, alpha: float, beta: float, q: float
 ) -> dict[str, float | None]:
     """``D``, ``I``, ``C``, ``I_worst``, ``C_worst`` of ``[N, L]`` counts (see the module doc)."""
+    from monai_jdt.counts import Aggregation, aggregate_scores, masked_mean, tversky_index
+
     levels: tuple[tuple[str, Aggregation], ...] = (("D", "batch"), ("I", "image"), ("C", "class"))
     result = {
         key: _finite(float(aggregate_scores(counts, active, level, alpha, beta)))
@@ -131,6 +138,10 @@ def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str,
 
 
 def _fine_grained(reports: Sequence[CaseReport], labels: list[int], q: float) -> dict[str, Any]:
+    import torch
+
+    from monai_jdt.counts import SoftCounts
+
     index = {label: j for j, label in enumerate(labels)}
     shape = (len(reports), len(labels))
     tp, fp, fn = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))

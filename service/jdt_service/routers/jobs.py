@@ -27,7 +27,6 @@ from jdt_service.errors import ApiError
 from jdt_service.jobs import (
     ERROR_RESPONSES,
     JOB_OPTION_FIELDS,
-    JOB_OPTION_SCHEMAS,
     cases_csv,
     grand_challenge_metrics,
     job_options,
@@ -130,7 +129,7 @@ _JOB_BODY = multipart_body(
     },
     {
         "reference_set": {"type": "string", "description": "The id of a stored reference set."},
-        **JOB_OPTION_SCHEMAS,
+        **JOB_OPTION_FIELDS,
     },
     ["predictions"],
 )

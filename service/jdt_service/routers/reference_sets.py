@@ -25,7 +25,6 @@ from jdt_service.errors import ApiError
 from jdt_service.jobs import (
     ERROR_RESPONSES,
     JOB_OPTION_FIELDS,
-    JOB_OPTION_SCHEMAS,
     content_hash,
     job_options,
     leaderboard,
@@ -109,7 +108,7 @@ _SET_BODY = multipart_body(
             "type": "string",
             "description": "Instead of an archive: a folder relative to JDT_REFERENCE_ROOT.",
         },
-        **JOB_OPTION_SCHEMAS,
+        **JOB_OPTION_FIELDS,
     },
     ["name"],
 )

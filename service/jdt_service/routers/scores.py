@@ -30,14 +30,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from jdt_service.errors import ApiError
+from jdt_service.errors import ApiError, scoring_codes_by_status
 from jdt_service.forms import OPTION_FIELDS, form_schema, options_from_form
 from jdt_service.limits import Admission
 from jdt_service.metrics import ServiceMetrics
 from jdt_service.schemas import ErrorResponse, ScoreReport
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
-from monai_jdt.scoring import CaseReport, ScoringOptions, errors, score_files
+from monai_jdt.scoring import CaseReport, ScoringOptions, score_files
 
 __all__ = ["router"]
 
@@ -60,13 +60,8 @@ _HTTP_CODES: dict[int, list[str]] = {
 def _error_codes_by_status() -> dict[int, list[str]]:
     """The HTTP layer's codes plus every ``ScoringError`` subclass's, by HTTP status."""
     codes = {status: list(names) for status, names in _HTTP_CODES.items()}
-    pending = list(errors.ScoringError.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        codes.setdefault(cls.http_status, [])
-        if cls.code not in codes[cls.http_status]:
-            codes[cls.http_status].append(cls.code)
+    for status, names in scoring_codes_by_status().items():
+        codes.setdefault(status, []).extend(n for n in names if n not in codes[status])
     return dict(sorted(codes.items()))
 
 
@@ -105,14 +100,14 @@ def _score_job(
     started = time.perf_counter()
     fallback = False
     try:
-        report = score_files(prediction, reference, options, case_id=case_id)
+        report = score_files(prediction, reference, options)
     except torch.OutOfMemoryError:
         fallback = True
         metrics.gpu_fallbacks.inc()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        cpu_options = dataclasses.replace(options, device="cpu")
-        report = score_files(prediction, reference, cpu_options, case_id=case_id)
+        report = score_files(prediction, reference, options.replace(device="cpu"))
+    report = dataclasses.replace(report, case_id=case_id)  # null unless the client gave one
     ended = time.perf_counter()
     metrics.scoring_seconds.labels(str(report.device)).observe(ended - started)
     return _JobResult(report, started - submitted, ended - started, fallback)
