@@ -9,7 +9,7 @@ thread only waits and writes to the database:
 * every finished case is one ``case_results`` row, committed with the job's progress and a
   fresh heartbeat in one transaction, and only while this replica still holds the job;
 * a job found cancelled or deleted (the conditional update matches no row) stops at once:
-  its waiting cases are cancelled;
+  its waiting cases are cancelled; at shutdown the job goes back to the queue;
 * at the end the summary is stored, the job is ``done`` and its predictions are deleted
   (unless ``JDT_KEEP_PREDICTIONS``).
 """
@@ -154,8 +154,19 @@ class JobRunner:
         if not held or self._stop.is_set():
             for future in pending:
                 future.cancel()
+            if held:
+                self._release(job.id)
             return
         self._finish(job)
+
+    def _release(self, job_id: str) -> None:
+        """Give a job back to the queue at shutdown: the next replica resumes it at once."""
+        with self.db.session.begin() as session:
+            session.execute(
+                self._held(session, job_id).values(
+                    status="queued", claimed_by=None, heartbeat_at=None
+                )
+            )
 
     def _commit(self, job_id: str, case: str, outcome: dict[str, Any]) -> bool:
         """Store one case and the job's progress in one transaction, if the job is held."""
