@@ -29,6 +29,7 @@ from sqlalchemy import inspect, select, text
 from jdt_service.app import create_app
 from jdt_service.db import AuditEntry, Job, open_database, utcnow
 from jdt_service.jobs import case_report_from_dict, claim_job
+from jdt_service.jobs_runner import JobRunner
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringOptions, score_directory, score_files
 from monai_jdt.scoring.folders import write_csv
@@ -460,3 +461,28 @@ def test_job_options_are_validated_as_for_scores(client: TestClient) -> None:
         headers=TEAM_A,
     )
     assert missing.status_code == 404
+
+
+def test_a_runner_stopping_mid_job_gives_it_back_to_the_queue(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    settings = make_settings(tmp_path, database_url, job_workers=1)
+    db = open_database(settings.data_dir, database_url)
+    runner = JobRunner(db, settings)
+    try:
+        job_row = _job_row("stopping")
+        job_row.cases = [[f"c{i}", "p.nii.gz", "r.nii.gz"] for i in range(3)]
+        with db.session.begin() as session:
+            session.add(job_row)
+        job = claim_job(db, runner.worker, lease_s=60)
+        assert job is not None and job.status == "running"
+        runner._stop.set()  # as stop() does while the job runs
+        runner._run(job)
+        with db.session() as session:
+            after = session.get(Job, "stopping")
+        assert after is not None
+        assert (after.status, after.claimed_by, after.cases_done) == ("queued", None, 0)
+        assert claim_job(db, "next", lease_s=60) is not None  # resumed at once, no lease wait
+    finally:
+        runner.stop()
+        db.dispose()
