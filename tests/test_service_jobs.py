@@ -486,3 +486,14 @@ def test_a_runner_stopping_mid_job_gives_it_back_to_the_queue(
     finally:
         runner.stop()
         db.dispose()
+
+
+def test_retention_keeps_predictions_when_asked(tmp_path: Path) -> None:
+    preds, refs = case_files(2, seed=97)
+    settings = make_settings(tmp_path, None, keep_predictions=True)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+        assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
+    kept = settings.data_dir / "jobs" / job["id"] / "predictions"
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == preds
