@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from jdt_service.db import CaseResult, Database, Job, utcnow
+from jdt_service.db import AuditEntry, CaseResult, Database, Job, utcnow
 from jdt_service.jobs import claim_job, job_options, job_result, remove_folder
 from jdt_service.jobs_worker import score_job_case
 from jdt_service.settings import Settings
@@ -195,6 +195,10 @@ class JobRunner:
 
     def _finish(self, job: Job) -> None:
         summary = job_result(self.db, job, self.settings).summary
+        # every case is stored: the predictions can go before the job is marked done (a crash
+        # in between resumes with no case left to score)
+        if not self.settings.keep_predictions:
+            remove_folder(Path(job.folder) / "predictions")
         with self.db.session.begin() as session:
             held = session.execute(
                 self._held(session, job.id).values(
@@ -202,8 +206,9 @@ class JobRunner:
                 )
             )
             finished = held.rowcount == 1  # type: ignore[attr-defined]
-        if not finished:
-            return
-        if not self.settings.keep_predictions:
-            remove_folder(Path(job.folder) / "predictions")
-        self.db.audit(job.team, "job.done", job_id=job.id, cases=len(job.cases))
+            if finished:  # recorded with the status, so a client that sees done sees it too
+                session.add(
+                    AuditEntry(
+                        team=job.team, action="job.done", job_id=job.id, cases=len(job.cases)
+                    )
+                )

@@ -212,7 +212,7 @@ async def list_jobs(
     request: Request,
     caller: AnyCaller,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> dict[str, Any]:
     db = database(request)
     with db.session() as session:
