@@ -17,6 +17,7 @@ service (FastAPI), and ``serve`` finds it through the entry point group ``monai_
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -231,6 +232,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         score_dir.add_argument(
             "--no-progress", action="store_true", help="no progress bar on stderr"
         )
+        score_dir.add_argument(
+            "--dask",
+            metavar="ADDR",
+            help="score the cases on a Dask cluster: its scheduler (tcp://host:8786), or "
+            "'local' for a LocalCluster of --workers processes",
+        )
     score_dir.set_defaults(handler=_run_score_dir)
 
     _add_serve(subparsers, command == "serve")
@@ -440,6 +447,10 @@ def _run_score_dir(args: argparse.Namespace) -> int:
             f"no case of {args.predictions} has a reference of the same file name in "
             f"{args.references} (files must end in .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd)."
         )
+    if args.dask:
+        from monai_jdt.scoring.cluster import score_directory_dask
+
+        score_directory = functools.partial(score_directory_dask, address=args.dask)
     result = score_directory(
         args.predictions,
         args.references,

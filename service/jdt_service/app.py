@@ -21,7 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from jdt_service.auth import require_api_key
 from jdt_service.errors import install_error_handlers
 from jdt_service.logs import RequestLogMiddleware, configure_logging
-from jdt_service.routers import health, info, metrics, scores, v1  # noqa: F401
+from jdt_service.routers import health, info, jobs, metrics, scores, v1  # noqa: F401
 
 # (info and scores add their routes to v1.router when imported)
 from jdt_service.scoring_pool import ScoringPool
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(web_router)
     app.include_router(v1.router, dependencies=[Depends(require_api_key)])
+    app.include_router(jobs.router)  # /v1/jobs, /v1/reference-sets and the job runner
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -118,8 +118,43 @@ class Settings(BaseSettings):
         ge=1,
         description="Open connections per process; more are answered 503 and closed at once.",
     )
+    # evaluation jobs (reference sets, dataset submissions; see docs/service.md)
+    data_dir: Path = Field(
+        default_factory=lambda: (
+            Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "monai-jdt"
+        ),
+        description="Where jobs, uploaded reference sets and the SQLite database are kept "
+        "(default: $XDG_DATA_HOME/monai-jdt).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db "
+        "(default: SQLite in JDT_DATA_DIR).",
+    )
+    reference_root: Path | None = Field(
+        default=None, description="Server-side folder whose sub-folders may become reference sets."
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated keys that may manage reference sets."
+    )
+    job_workers: int = Field(default=2, ge=1, description="Processes that score job cases.")
+    dask_scheduler: str | None = Field(
+        default=None, description="Dask scheduler address (tcp://host:8786) to score jobs on."
+    )
+    max_cases: int = Field(default=1000, ge=1, description="Most files in one archive.")
+    max_archive_bytes: int = Field(
+        default=64 * 1024 * MiB, ge=1024, description="Largest uncompressed archive, in bytes."
+    )
+    keep_predictions: bool = Field(
+        default=False, description="Keep uploaded predictions once a job is scored (retention)."
+    )
+    job_lease: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a running job is taken over.",
+    )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "admin_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -42,6 +42,8 @@ __all__ = [
 FILE_FIELDS = ("prediction", "reference")
 #: file fields a request may add (the overlay pictures' intensity image)
 OPTIONAL_FILE_FIELDS = ("image",)
+#: the file fields of ``POST /v1/scores``
+SCORE_FILE_FIELDS = (*FILE_FIELDS, *OPTIONAL_FILE_FIELDS)
 MAX_FIELD_BYTES = 64 * 1024
 #: bytes allowed after the final boundary (clients send none or a line break)
 MAX_EPILOGUE_BYTES = 4096
@@ -56,13 +58,11 @@ _METAIMAGE = (
 _ENVELOPE_BYTES = 1024 * 1024
 
 
-def body_limit(max_file_bytes: int, n_text_fields: int) -> int:
-    """The largest body accepted: every file field, every text field, and the envelope."""
-    return (
-        (len(FILE_FIELDS) + len(OPTIONAL_FILE_FIELDS)) * max_file_bytes
-        + n_text_fields * MAX_FIELD_BYTES
-        + _ENVELOPE_BYTES
-    )
+def body_limit(
+    max_file_bytes: int, n_text_fields: int, n_files: int = len(SCORE_FILE_FIELDS)
+) -> int:
+    """The largest body accepted: ``n_files`` files, every text field, and the envelope."""
+    return n_files * max_file_bytes + n_text_fields * MAX_FIELD_BYTES + _ENVELOPE_BYTES
 
 
 @dataclass
@@ -77,8 +77,15 @@ class UploadedForm:
 class _FormWriter:
     """Callbacks for :class:`MultipartParser`: route each part to a file or a text field."""
 
-    def __init__(self, workdir: Path, max_file_bytes: int, text_fields: Collection[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        max_file_bytes: int,
+        text_fields: Collection[str],
+        file_fields: Collection[str],
+    ) -> None:
         self.workdir = workdir
+        self.file_fields = file_fields
         self.max_file_bytes = max_file_bytes
         self.text_fields = text_fields
         self.form = UploadedForm()
@@ -132,12 +139,12 @@ class _FormWriter:
         if name in self.form.fields or name in self.form.files:
             raise ApiError(422, "duplicate_field", f"form field {name!r} was sent twice")
         self._name = name
-        if name in FILE_FIELDS or name in OPTIONAL_FILE_FIELDS:
+        if name in self.file_fields:
             path = self.workdir / f"{name}.upload"
             self._file = open(path, "xb")  # noqa: SIM115 (closed in _part_end / close)
             self.form.files[name] = path
         elif name not in self.text_fields:
-            known = ", ".join([*FILE_FIELDS, *OPTIONAL_FILE_FIELDS, *sorted(self.text_fields)])
+            known = ", ".join([*self.file_fields, *sorted(self.text_fields)])
             raise ApiError(422, "unknown_option", f"unknown form field {name!r}; known: {known}")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -241,6 +248,8 @@ async def receive_form(
     *,
     min_rate: float = 1.0,
     grace: float = float("inf"),
+    file_fields: Collection[str] = SCORE_FILE_FIELDS,
+    required_files: Collection[str] = FILE_FIELDS,
 ) -> UploadedForm:
     """Parse the body from ``chunks`` into ``workdir``; raise :class:`ApiError` on bad input.
 
@@ -248,17 +257,18 @@ async def receive_form(
     read; a body that passes it while arriving (chunked, or longer than declared) when it
     does, and so does one with more than ``MAX_EPILOGUE_BYTES`` after its final boundary.
     The body must arrive within ``grace + received / min_rate`` seconds (408).
+    ``file_fields`` are the fields written to files (the pair and its optional image by
+    default; the archives of ``POST /v1/jobs``), ``required_files`` those that must come.
     """
     boundary = _boundary(content_type)
-    limit = body_limit(max_file_bytes, len(text_fields))
+    limit = body_limit(max_file_bytes, len(text_fields), len(file_fields))
     too_large = (
         f"the request body is larger than the limit of {limit} bytes "
-        f"({len(FILE_FIELDS) + len(OPTIONAL_FILE_FIELDS)} files of at most {max_file_bytes} "
-        "bytes and the form fields)"
+        f"({len(file_fields)} files of at most {max_file_bytes} bytes and the form fields)"
     )
     if content_length is not None and content_length.isdecimal() and int(content_length) > limit:
         raise ApiError(413, "upload_too_large", too_large)
-    writer = _FormWriter(workdir, max_file_bytes, text_fields)
+    writer = _FormWriter(workdir, max_file_bytes, text_fields, file_fields)
     close_delimiter = b"\r\n--" + boundary + b"--"
     received = epilogue = 0
     tail = b""
@@ -295,13 +305,16 @@ async def receive_form(
             400, "malformed_multipart", "the multipart body ended before its last boundary"
         )
     form = writer.form
-    missing = [name for name in FILE_FIELDS if name not in form.files]
+    missing = [name for name in required_files if name not in form.files]
     if missing:
         raise ApiError(
             422,
             "missing_field",
-            f"missing file field(s): {', '.join(missing)}; send both 'prediction' and "
-            "'reference' as files",
+            f"missing file field(s): {', '.join(missing)}; send "
+            f"{' and '.join(repr(n) for n in required_files)} as files",
         )
-    form.files = {name: _name_by_content(path) for name, path in form.files.items()}
+    form.files = {
+        name: _name_by_content(path) if name in SCORE_FILE_FIELDS else path
+        for name, path in form.files.items()
+    }
     return form

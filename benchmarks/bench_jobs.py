@@ -1,0 +1,227 @@
+"""Evaluation jobs against ``score-dir``: the cost of the database and the runner.
+
+Writes ``--cases`` label-map pairs (``--size``, ``--labels`` labels as random blocks with 10 %
+of the voxels changed in the prediction) as ``.nii.gz``, then times, best of ``--repeat``:
+
+  score-dir   ``score_directory(..., workers=W)`` in this process (threads);
+  job         a real service (``uvicorn jdt_service.app:create_app --factory`` on 127.0.0.1,
+              ``JDT_JOB_WORKERS=W``, SQLite) with the references as a server-side reference
+              set: from ``POST /v1/jobs`` (the predictions zip already in memory; upload and
+              unpacking included) until ``GET /v1/jobs/{id}`` says ``done``, polled every 50 ms.
+
+  burst       ``--burst`` jobs (default 20) submitted at once by 4 teams, each the first
+              ``--burst-cases`` cases: the wall time until all are done and the peak resident
+              memory of the server and its worker processes (summed, sampled every 0.1 s).
+
+The per-case overhead is ``(job - score-dir) / cases``. Run:
+``python benchmarks/bench_jobs.py --cases 100 --size 256,256,256 --labels 6`` (the issue's
+size; the default is smaller).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import nibabel as nib
+import numpy as np
+
+from monai_jdt.scoring import score_directory
+
+
+def write_cases(folder: Path, cases: int, shape: tuple[int, ...], labels: int) -> None:
+    rng = np.random.default_rng(0)
+    (folder / "preds").mkdir(parents=True)
+    (folder / "refs").mkdir(parents=True)
+    block = tuple(max(1, s // 4) for s in shape)
+    coarse = rng.integers(
+        0, labels, size=tuple(-(-s // b) for s, b in zip(shape, block, strict=True))
+    )
+    ref = np.kron(coarse, np.ones(block, dtype=np.uint8))[tuple(slice(0, s) for s in shape)]
+    ref = ref.astype(np.uint8)
+    for i in range(cases):
+        pred = ref.copy()
+        flip = rng.random(shape) < 0.1
+        pred[flip] = rng.integers(0, labels, size=int(flip.sum()), dtype=np.uint8)
+        for name, array in (("preds", pred), ("refs", ref)):
+            nib.save(nib.Nifti1Image(array, np.eye(4)), folder / name / f"case_{i:03d}.nii.gz")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+TEAMS = 4
+ADMIN = {"Authorization": "Bearer admin-key"}
+
+
+def team(t: int) -> dict[str, str]:
+    return {"Authorization": f"Bearer key-{t % TEAMS}"}
+
+
+def session_rss(session: int) -> int:
+    """Summed resident bytes of the processes of one session (the server and its workers)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # field 6 of /proc/PID/stat: the session id
+            total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss in pages
+    return total
+
+
+def zip_of(paths: list[Path]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        for path in paths:
+            archive.write(path, path.name)
+    return buf.getvalue()
+
+
+def wait_done(url: str, location: str, headers: dict[str, str]) -> None:
+    while httpx.get(url + location, headers=headers, timeout=60).json()["status"] != "done":
+        time.sleep(0.05)
+
+
+def burst(url: str, set_id: str, body: bytes, jobs: int, session: int) -> tuple[float, int]:
+    """Submit ``jobs`` jobs from 4 teams at once; (seconds until all done, peak RSS bytes)."""
+    peak = session_rss(session)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(jobs) as pool:
+        submitted = list(
+            pool.map(
+                lambda t: httpx.post(
+                    url + "/v1/jobs",
+                    data={"reference_set": set_id},
+                    files={"predictions": ("p.zip", body, "application/zip")},
+                    headers=team(t),
+                    timeout=600,
+                ),
+                range(jobs),
+            )
+        )
+        for response in submitted:
+            response.raise_for_status()
+        waits = [
+            pool.submit(wait_done, url, r.headers["location"], team(t))
+            for t, r in enumerate(submitted)
+        ]
+        while not all(w.done() for w in waits):
+            peak = max(peak, session_rss(session))
+            time.sleep(0.1)
+        for w in waits:
+            w.result()
+    return time.perf_counter() - start, peak
+
+
+def time_job(
+    base: Path, workers: int, repeat: int, burst_jobs: int, burst_cases: int
+) -> tuple[list[tuple[float, float]], tuple[float, int]]:
+    """``(submit -> done, submit -> 202)`` seconds of each run but the first, and the burst's
+    ``(seconds, peak RSS)``."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
+    env.update(
+        JDT_DEVICE="cpu",
+        JDT_DATA_DIR=str(base / "data"),
+        JDT_REFERENCE_ROOT=str(base),
+        JDT_JOB_WORKERS=str(workers),
+        JDT_LOG_LEVEL="warning",
+        JDT_MAX_UPLOAD_BYTES=str(8 << 30),
+        JDT_API_KEYS=",".join(f"team-{t}:key-{t}" for t in range(TEAMS)),
+        JDT_ADMIN_KEYS="admin-key",
+    )
+    cmd = [sys.executable, "-m", "uvicorn", "jdt_service.app:create_app", "--factory"]
+    server = subprocess.Popen(
+        [*cmd, "--port", str(port), "--log-level", "warning"], env=env, start_new_session=True
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        made = httpx.post(
+            url + "/v1/reference-sets",
+            files={"name": (None, "bench"), "folder": (None, "refs")},
+            headers=ADMIN,
+            timeout=600,
+        )
+        made.raise_for_status()
+        predictions = sorted((base / "preds").iterdir())
+        body = zip_of(predictions)
+        times: list[tuple[float, float]] = []
+        for _ in range(repeat + 1):  # the first run also starts the worker processes
+            start = time.perf_counter()
+            job = httpx.post(
+                url + "/v1/jobs",
+                data={"reference_set": made.json()["id"]},
+                files={"predictions": ("p.zip", body, "application/zip")},
+                headers=team(0),
+                timeout=600,
+            )
+            job.raise_for_status()
+            submitted = time.perf_counter() - start
+            wait_done(url, job.headers["location"], team(0))
+            times.append((time.perf_counter() - start, submitted))
+        small = zip_of(predictions[:burst_cases])
+        return times[1:], burst(url, made.json()["id"], small, burst_jobs, server.pid)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", type=int, default=20)
+    parser.add_argument("--size", default="128,128,128")
+    parser.add_argument("--labels", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--burst", type=int, default=20)
+    parser.add_argument("--burst-cases", type=int, default=5)
+    args = parser.parse_args()
+    shape = tuple(int(s) for s in args.size.split(","))
+    with tempfile.TemporaryDirectory(prefix="jdt-bench-jobs-") as tmp:
+        base = Path(tmp)
+        write_cases(base, args.cases, shape, args.labels)
+        direct = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            score_directory(base / "preds", base / "refs", workers=args.workers)
+            direct.append(time.perf_counter() - start)
+        job, (burst_s, burst_rss) = time_job(
+            base, args.workers, args.repeat, args.burst, args.burst_cases
+        )
+    best_direct, (best_job, submit) = min(direct), min(job)
+    print(f"{args.cases} cases of {shape}, {args.labels} labels, {args.workers} workers")
+    print(f"score-dir --workers {args.workers}: {best_direct:.2f} s")
+    print(f"job (submit -> done):     {best_job:.2f} s  ({best_job / best_direct:.2f}x)")
+    print(f"  of which upload + unpack (until 202): {submit:.2f} s")
+    print(f"overhead per case:        {(best_job - best_direct) / args.cases * 1000:.1f} ms")
+    print(
+        f"burst: {args.burst} jobs x {args.burst_cases} cases from {TEAMS} teams: all done in "
+        f"{burst_s:.1f} s, peak RSS of server + workers {burst_rss / 2**20:.0f} MiB"
+    )
+    print(f"load average: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

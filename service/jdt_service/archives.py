@@ -1,0 +1,279 @@
+"""Unpack an untrusted ``.zip`` or ``.tar.gz`` of NIfTI files into a flat folder of cases.
+
+Every member is checked before a byte of it is written, and its bytes are counted while they
+inflate, so an archive is refused with a 4xx :class:`ArchiveError` as soon as it breaks a rule:
+
+* a path that escapes the folder (``..`` parts, absolute paths, drive letters, backslashes);
+* anything but a regular file or a directory (symbolic and hard links, devices, FIFOs);
+* a nested archive (``.zip``, ``.tar``, ``.tgz``, ``.tar.gz``, ...);
+* more than ``max_members`` files;
+* an uncompressed total above ``max_bytes``: the sizes the archive declares are summed first,
+  and the bytes actually inflated are counted too (a zip may lie about its sizes; a tar's
+  gzip stream is counted as a whole, headers included);
+* two files with the same case id (the name without ``.nii.gz`` / ``.nii``, folders ignored).
+
+Files that are not ``.nii`` / ``.nii.gz`` and hidden files (``.*``, ``__MACOSX/``) are skipped.
+The kept files land in ``dest`` as ``<case id>.nii[.gz]``, so
+:func:`monai_jdt.scoring.pair_cases` pairs two such folders as ``score-dir`` does. On any
+error ``dest`` is emptied before the exception leaves, so a refused archive leaves no files.
+Client file names are only ever used as case ids, never as paths.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, BinaryIO
+
+from jdt_service.errors import ApiError
+from monai_jdt.scoring import case_id_from_path
+from monai_jdt.scoring.files import NIFTI_SUFFIXES
+
+__all__ = ["ARCHIVE_SUFFIXES", "ArchiveError", "UnpackedArchive", "unpack_archive"]
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".tar.xz", ".7z")
+MAX_CASE_ID = 200
+_CHUNK = 1024 * 1024
+_ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class ArchiveError(ApiError):
+    """An archive broke one of the rules; ``status`` is 413 for limits, 422 otherwise."""
+
+    def __init__(self, field: str, status: int, code: str, message: str) -> None:
+        super().__init__(status, code, f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class UnpackedArchive:
+    """What an archive held: ``files`` (case id -> path in ``dest``) and the bytes written."""
+
+    files: dict[str, Path]
+    total_bytes: int
+    skipped: int
+
+
+class _Budget:
+    """Counts members and inflated bytes against the limits."""
+
+    def __init__(self, field: str, max_members: int, max_bytes: int) -> None:
+        self.field = field
+        self.max_members = max_members
+        self.max_bytes = max_bytes
+        self.members = 0
+        self.declared = 0
+        self.written = 0
+
+    def too_large(self, what: str) -> ArchiveError:
+        return ArchiveError(
+            self.field,
+            413,
+            "archive_too_large",
+            f"the {what} uncompressed size is above the limit of {self.max_bytes} bytes",
+        )
+
+    def member(self, declared_size: int) -> None:
+        self.members += 1
+        if self.members > self.max_members:
+            raise ArchiveError(
+                self.field,
+                413,
+                "archive_too_many_members",
+                f"the archive holds more than {self.max_members} files",
+            )
+        self.declared += max(declared_size, 0)
+        if self.declared > self.max_bytes:
+            raise self.too_large("declared")
+
+    def write(self, n: int) -> None:
+        self.written += n
+        if self.written > self.max_bytes:
+            raise self.too_large("actual")
+
+
+class _CountingReader:
+    """A read-only stream that raises once more than ``limit`` bytes came out of ``raw``."""
+
+    def __init__(self, raw: gzip.GzipFile, budget: _Budget, limit: int) -> None:
+        self.raw = raw
+        self.budget = budget
+        self.limit = limit
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(_CHUNK if n is None or n < 0 else n)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise self.budget.too_large("actual")
+        return data
+
+
+def _unsafe(field: str, message: str) -> ArchiveError:
+    return ArchiveError(field, 422, "archive_unsafe_member", message)
+
+
+def _case_of(field: str, name: str, member_number: int) -> str | None:
+    """The case id of a member path, None when the member is skipped; raise when unsafe."""
+    where = f"member {member_number}"
+    if "\\" in name or "\x00" in name:
+        raise _unsafe(field, f"{where} has a backslash or NUL in its path")
+    path = PurePosixPath(name)
+    if path.is_absolute() or (path.parts and ":" in path.parts[0]):
+        raise _unsafe(field, f"{where} has an absolute path")
+    if ".." in path.parts:
+        raise _unsafe(field, f"{where} has a path that leaves the archive's folder ('..')")
+    if any(part.startswith(".") or part == "__MACOSX" for part in path.parts):
+        return None
+    lower = path.name.lower()
+    if lower.endswith(ARCHIVE_SUFFIXES):
+        raise ArchiveError(
+            field, 422, "archive_nested", f"{where} is itself an archive; send one flat archive"
+        )
+    if not lower.endswith(NIFTI_SUFFIXES):
+        return None
+    case = case_id_from_path(path.name)
+    if not case or len(case) > MAX_CASE_ID or not case.isprintable():
+        raise ArchiveError(
+            field,
+            422,
+            "archive_bad_case_id",
+            f"{where}: a case id must be 1 to {MAX_CASE_ID} printable characters",
+        )
+    return case
+
+
+class _Writer:
+    """Writes kept members into ``dest`` under their case ids, refusing duplicates."""
+
+    def __init__(self, field: str, dest: Path, budget: _Budget) -> None:
+        self.field = field
+        self.dest = dest
+        self.budget = budget
+        self.files: dict[str, Path] = {}
+        self.skipped = 0
+
+    def add(self, case: str, name: str, source: IO[bytes], declared: int) -> None:
+        if case in self.files:
+            raise ArchiveError(
+                self.field,
+                422,
+                "archive_duplicate_case",
+                f"case {case!r} appears twice in the archive",
+            )
+        suffix = ".nii.gz" if name.lower().endswith(".gz") else ".nii"
+        target = self.dest / ".partial"  # hidden: no case id starts with a dot
+        with open(target, "xb") as out:
+            size = 0
+            while chunk := source.read(_CHUNK):
+                size += len(chunk)
+                self.budget.write(len(chunk))
+                if size > declared:
+                    raise _unsafe(self.field, f"case {case!r} is longer than its declared size")
+                out.write(chunk)
+        final = self.dest / f"{case}{suffix}"
+        target.rename(final)
+        self.files[case] = final
+
+
+def _unpack_zip(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
+    field = writer.field
+    with zipfile.ZipFile(handle) as archive:
+        for number, info in enumerate(archive.infolist(), 1):
+            mode = info.external_attr >> 16
+            if info.is_dir():
+                continue
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no Unix mode recorded
+                raise _unsafe(field, f"member {number} is a link or a special file")
+            case = _case_of(field, info.filename, number)
+            budget.member(info.file_size)
+            if case is None:
+                writer.skipped += 1
+                continue
+            if info.flag_bits & 0x1:
+                raise ArchiveError(field, 422, "archive_invalid", f"member {number} is encrypted")
+            with archive.open(info) as source:
+                writer.add(case, info.filename, source, info.file_size)
+
+
+def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
+    field = writer.field
+    # the whole inflated stream (headers, padding, pax records) is counted, not only members
+    stream = _CountingReader(gzip.GzipFile(fileobj=handle), budget, budget.max_bytes + _CHUNK)
+    with tarfile.open(fileobj=stream, mode="r|") as archive:  # type: ignore[call-overload]
+        for number, info in enumerate(archive, 1):
+            if info.isdir():
+                continue
+            if not info.isreg():
+                raise _unsafe(field, f"member {number} is a link or a special file")
+            case = _case_of(field, info.name, number)
+            budget.member(info.size)
+            if case is None:
+                writer.skipped += 1
+                continue
+            source = archive.extractfile(info)
+            assert source is not None  # a regular file always has data
+            writer.add(case, info.name, source, info.size)
+
+
+@contextmanager
+def _empty_on_error(dest: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        for child in dest.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        raise
+
+
+def unpack_archive(
+    archive: Path, dest: Path, *, field: str, max_members: int, max_bytes: int
+) -> UnpackedArchive:
+    """Unpack ``archive`` (zip or tar.gz, told apart by their first bytes) into ``dest``.
+
+    ``dest`` must exist and be empty. ``field`` names the upload in error messages.
+
+    Raises:
+        ArchiveError: 422 ``archive_invalid`` (not a zip / tar.gz, corrupt, encrypted),
+            ``archive_unsafe_member``, ``archive_nested``, ``archive_duplicate_case``,
+            ``archive_bad_case_id``, ``archive_empty``; 413 ``archive_too_many_members``,
+            ``archive_too_large``.
+    """
+    budget = _Budget(field, max_members, max_bytes)
+    writer = _Writer(field, dest, budget)
+    with _empty_on_error(dest), open(archive, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(0)
+        try:
+            if head in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
+                _unpack_zip(handle, writer, budget)
+            elif head[:2] == _GZIP_MAGIC:
+                _unpack_tar(handle, writer, budget)
+            else:
+                raise ArchiveError(
+                    field, 422, "archive_invalid", "expected a .zip or a .tar.gz archive"
+                )
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise ArchiveError(
+                field, 422, "archive_invalid", f"the archive is corrupt or truncated ({e})"
+            ) from None
+        except NotImplementedError as exc:  # e.g. an unsupported zip compression method
+            raise ArchiveError(field, 422, "archive_invalid", str(exc)) from None
+        if not writer.files:
+            raise ArchiveError(
+                field, 422, "archive_empty", "the archive holds no .nii or .nii.gz file"
+            )
+    return UnpackedArchive(writer.files, budget.written, writer.skipped)

@@ -1,0 +1,368 @@
+"""Evaluation jobs: reference sets, job submission, claiming, and the reports of stored results.
+
+A job scores a folder of predictions against a folder of references (a stored reference set
+or an uploaded one), case by case; cases pair by case id as ``score-dir`` pairs them
+(:func:`monai_jdt.scoring.pair_cases`). Each case's outcome is one ``case_results`` row,
+committed as soon as it is known, so a report is always rebuilt from the database:
+:func:`job_result` turns the rows back into :class:`~monai_jdt.scoring.CaseReport` objects
+and a :class:`~monai_jdt.scoring.DirectoryResult`, whose JSON is exactly what
+``score-dir -o`` writes.
+
+A replica *claims* a job in the database (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+then an update that only succeeds while the job is still unclaimed or its lease has run out)
+and renews its lease (``heartbeat_at``) while it scores; a job whose replica died is taken
+over once ``job_lease`` seconds have passed without a heartbeat, and only its missing cases
+are scored again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+
+from jdt_service.db import CaseResult, Database, Job, ReferenceCase, utcnow
+from jdt_service.errors import ApiError
+from jdt_service.forms import OPTION_FIELDS, options_from_form
+from jdt_service.schemas import ErrorResponse
+from jdt_service.settings import Settings
+from monai_jdt.scoring import (
+    METRICS,
+    CaseFailure,
+    CaseReport,
+    DirectoryResult,
+    LabelScore,
+    ScoringOptions,
+    inspect_nifti,
+    pair_cases,
+)
+from monai_jdt.scoring.folders import write_csv
+
+__all__ = [
+    "JOB_OPTION_FIELDS",
+    "case_report_from_dict",
+    "claim_job",
+    "content_hash",
+    "grand_challenge_metrics",
+    "job_options",
+    "job_result",
+    "leaderboard",
+    "new_id",
+    "reference_cases",
+]
+
+#: the scoring options a job takes: those of ``POST /v1/scores`` but the case id
+JOB_OPTION_FIELDS = {name: spec for name, spec in OPTION_FIELDS.items() if name != "case_id"}
+_HASH_CHUNK = 1024 * 1024
+
+
+#: error statuses of the job and reference-set endpoints, for OpenAPI
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "malformed_multipart, client_disconnected",
+        401: "unauthorized",
+        403: "forbidden (an admin key is needed)",
+        404: "not_found (also another team's job)",
+        409: "job_not_done, reference_set_in_use",
+        413: "upload_too_large, archive_too_large, archive_too_many_members",
+        415: "unsupported_media_type, not_nifti",
+        422: "validation_error, missing_field, unknown_option, invalid_option, no_cases, "
+        "archive_invalid, archive_unsafe_member, archive_nested, archive_duplicate_case, "
+        "archive_bad_case_id, archive_empty, and the scoring core's header errors",
+    }.items()
+}
+
+
+def multipart_body(
+    files: Mapping[str, str], fields: Mapping[str, Mapping[str, Any]], required: list[str]
+) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a multipart form with archive ``files`` and text fields."""
+    properties: dict[str, Any] = {
+        name: {"type": "string", "format": "binary", "description": text}
+        for name, text in files.items()
+    }
+    properties.update({name: dict(spec) for name, spec in fields.items()})
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": properties,
+                    "required": required,
+                    "additionalProperties": False,
+                },
+                "encoding": {name: {"contentType": "application/octet-stream"} for name in files},
+            }
+        },
+    }
+
+
+def new_id() -> str:
+    """A random 32-hex-digit id."""
+    return uuid.uuid4().hex
+
+
+def job_options(fields: Mapping[str, str], settings: Settings) -> ScoringOptions:
+    """The options of a job from its text fields, parsed as ``POST /v1/scores`` parses them.
+
+    Raises:
+        InvalidOptionError: a field is not valid (422).
+    """
+    options, _ = options_from_form(fields, device=settings.device, max_voxels=settings.max_voxels)
+    return options
+
+
+def content_hash(files: Mapping[str, Path]) -> str:
+    """SHA-256 over the sorted case ids and their files' bytes: the version of a set."""
+    digest = hashlib.sha256()
+    for case in sorted(files):
+        digest.update(case.encode() + b"\x00")
+        with open(files[case], "rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def reference_cases(folder: Path, max_voxels: int) -> list[ReferenceCase]:
+    """One row per NIfTI file of ``folder`` with the shape and spacing its header declares.
+
+    Raises:
+        ScoringError: a header is not NIfTI, corrupt, or declares too many voxels (4xx).
+        ApiError: 422 ``no_cases`` when the folder holds no NIfTI file.
+    """
+    # pairing a folder with itself lists its cases exactly as score-dir names them
+    pairs, _, _ = pair_cases(folder, folder)
+    if not pairs:
+        raise ApiError(422, "no_cases", "the references hold no .nii or .nii.gz file")
+    rows = []
+    for case, path, _ in pairs:
+        info = inspect_nifti(path, max_voxels)
+        rows.append(
+            ReferenceCase(
+                case_id=case,
+                file=path.name,
+                shape=list(info.spatial_shape),
+                spacing=None if info.spacing is None else list(info.spacing),
+            )
+        )
+    return rows
+
+
+def claim_job(db: Database, worker: str, lease_s: float) -> Job | None:
+    """Claim the oldest queued job, or a running one whose lease ran out; None if none.
+
+    Two replicas never hold the same job: the row is locked (``SKIP LOCKED``: replicas skip
+    each other's candidates) and the claim is an update conditioned on the values read.
+    """
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=lease_s)
+    claimable = or_(Job.status == "queued", and_(Job.status == "running", Job.heartbeat_at < stale))
+    with db.session.begin() as session:
+        query = select(Job).where(claimable).order_by(Job.created_at, Job.id).limit(1)
+        if db.is_postgresql:
+            query = query.with_for_update(skip_locked=True)
+        job = session.scalars(query).first()
+        if job is None:
+            return None
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == job.status)
+            .where(
+                Job.claimed_by.is_(None)
+                if job.claimed_by is None
+                else Job.claimed_by == job.claimed_by
+            )
+            .values(
+                status="running",
+                claimed_by=worker,
+                heartbeat_at=now,
+                started_at=job.started_at or now,
+            )
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+    with db.session() as session:
+        return session.get(Job, job.id)
+
+
+def _label_from_dict(row: Mapping[str, Any], metrics: tuple[str, ...]) -> LabelScore:
+    return LabelScore(
+        label=int(row["label"]),
+        name=row["name"],
+        requested=bool(row["requested"]),
+        metrics={metric: row.get(metric) for metric in metrics},
+        reasons=dict(row["reasons"]),
+        tp=row["tp"],
+        fp=row["fp"],
+        fn=row["fn"],
+        tn=row["tn"],
+        predicted_voxels=row["predicted_voxels"],
+        reference_voxels=row["reference_voxels"],
+        predicted_ml=row["predicted_ml"],
+        reference_ml=row["reference_ml"],
+    )
+
+
+def case_report_from_dict(data: Mapping[str, Any], options: ScoringOptions) -> CaseReport:
+    """Rebuild the :class:`CaseReport` whose ``to_dict()`` gave ``data`` (scored with
+    ``options``): ``case_report_from_dict(r.to_dict(), r.options).to_dict() == r.to_dict()``."""
+    metrics = tuple(data["options"]["metrics"])
+    spacing = data["spacing_mm"]
+    return CaseReport(
+        case_id=data["case_id"],
+        kind=data["kind"],
+        device=data["device"],
+        shape=tuple(data["shape"]),
+        spacing=None if spacing is None else tuple(spacing),
+        labels=tuple(_label_from_dict(row, metrics) for row in data["labels"]),
+        options=options,
+        notes=tuple(data["notes"]),
+        seconds=float(data["seconds"]),
+        warnings=tuple(data.get("warnings", ())),
+    )
+
+
+def job_result(db: Database, job: Job, settings: Settings) -> DirectoryResult:
+    """The job's stored case results as the result of ``score_directory``."""
+    options = job_options(job.options, settings)
+    reports: list[CaseReport] = []
+    failures: list[CaseFailure] = []
+    with db.session() as session:
+        rows = session.scalars(select(CaseResult).where(CaseResult.job_id == job.id)).all()
+    for row in rows:
+        if row.report is not None:
+            reports.append(case_report_from_dict(row.report, options))
+        else:
+            failures.append(CaseFailure(row.case_id, row.code or "", row.message or ""))
+    return DirectoryResult(
+        reports, failures, job.unpaired["predictions"], job.unpaired["references"]
+    )
+
+
+def cases_csv(result: DirectoryResult) -> str:
+    """``score-dir --csv``'s text: one row per case and label."""
+    stream = io.StringIO()
+    write_csv(result.reports, stream, result.failures)
+    return stream.getvalue()
+
+
+def _label_key(label: int | None, name: str | None, region: str | None = None) -> str:
+    """A row's key in ``metrics.json``: its name, else its label id, else its region."""
+    return name or (str(label) if label is not None else str(region))
+
+
+def grand_challenge_metrics(result: DirectoryResult) -> dict[str, Any]:
+    """grand-challenge.org's ``metrics.json`` layout: ``{"case": ..., "aggregates": ...}``.
+
+    ``case[case_id][label][metric]`` is the case's score (null when undefined);
+    ``aggregates[metric]`` holds the foreground ``mean`` and, per label, the summary's
+    statistics (``mean``, ``median``, ``std``, ``min``, ``max``, ``n``); labels are keyed by
+    their name when they have one, else by their id.
+    """
+    cases: dict[str, Any] = {}
+    for report in result.reports:
+        cases[report.case_id or ""] = {
+            _label_key(row.label, row.name, row.region): dict(row.metrics) for row in report.labels
+        }
+    summary = result.summary
+    aggregates: dict[str, Any] = {}
+    for metric in summary["metrics"]:
+        entry: dict[str, Any] = {"mean": summary["foreground_mean"][metric]["mean"]}
+        for label in summary["labels"]:
+            entry[_label_key(label["label"], label["name"])] = label[metric]
+        aggregates[metric] = entry
+    aggregates["fine_grained"] = summary["fine_grained"]
+    aggregates["cases"] = summary["cases"]
+    aggregates["failures"] = len(result.failures)
+    return {"case": cases, "aggregates": aggregates}
+
+
+#: ``aggregate`` values of the leaderboard besides the fine-grained ``D``, ``I``, ``C``, ...
+LEADERBOARD_AGGREGATES = ("mean", "median")
+FINE_GRAINED_AGGREGATES = ("D", "I", "C", "I_worst", "C_worst")
+
+
+def summary_score(summary: Mapping[str, Any], metric: str, aggregate: str) -> float | None:
+    """One number of a job's summary for the leaderboard (None when undefined).
+
+    ``mean`` is the foreground mean (mean over the requested labels of the per-label means);
+    ``median`` the mean over those labels of the per-label medians; ``D`` / ``I`` / ``C`` /
+    ``I_worst`` / ``C_worst`` the fine-grained scores (``dice`` and ``jaccard`` only).
+
+    Raises:
+        ApiError: 422 ``invalid_option`` for an unknown metric or aggregate.
+    """
+    if metric not in METRICS:
+        raise ApiError(422, "invalid_option", f"metric must be one of {', '.join(METRICS)}")
+    if aggregate in FINE_GRAINED_AGGREGATES:
+        fine = summary["fine_grained"]
+        if metric not in fine or not isinstance(fine[metric], dict):
+            raise ApiError(
+                422,
+                "invalid_option",
+                f"aggregate {aggregate!r} exists for dice and jaccard only, got {metric!r}",
+            )
+        value: float | None = fine[metric][aggregate]
+        return value
+    if aggregate not in LEADERBOARD_AGGREGATES:
+        known = ", ".join((*LEADERBOARD_AGGREGATES, *FINE_GRAINED_AGGREGATES))
+        raise ApiError(422, "invalid_option", f"aggregate must be one of {known}")
+    if metric not in summary["metrics"]:
+        return None
+    if aggregate == "mean":
+        mean: float | None = summary["foreground_mean"][metric]["mean"]
+        return mean
+    values = [
+        row[metric]["median"] for row in summary["labels"] if row["requested"] and row[metric]["n"]
+    ]
+    return sum(values) / len(values) if values else None
+
+
+def leaderboard(db: Database, set_id: str, metric: str, aggregate: str) -> list[dict[str, Any]]:
+    """The latest finished job of each team on a reference set, best first.
+
+    Teams whose score is undefined come last; ties share a rank.
+    """
+    with db.session() as session:
+        jobs = session.scalars(
+            select(Job)
+            .where(Job.reference_set_id == set_id, Job.status == "done")
+            .order_by(Job.finished_at.desc(), Job.id)
+        ).all()
+    latest: dict[str, Job] = {}
+    for job in jobs:
+        latest.setdefault(job.team, job)
+    scored = [
+        (summary_score(job.summary or {}, metric, aggregate), team, job)
+        for team, job in latest.items()
+    ]
+    scored.sort(key=lambda item: (item[0] is None, -(item[0] or 0.0), item[1]))
+    rows: list[dict[str, Any]] = []
+    for position, (score, team, job) in enumerate(scored, 1):
+        same = rows and rows[-1]["score"] == score
+        rows.append(
+            {
+                "rank": rows[-1]["rank"] if same else position,
+                "team": team,
+                "score": score,
+                "cases": (job.summary or {}).get("cases", 0),
+                "failures": job.failures,
+                "finished_at": job.finished_at,
+            }
+        )
+    return rows
+
+
+def remove_folder(folder: str | Path) -> None:
+    """Delete a job's or a set's files (missing is fine)."""
+    shutil.rmtree(folder, ignore_errors=True)

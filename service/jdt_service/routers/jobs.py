@@ -1,0 +1,289 @@
+"""``/v1/jobs``: dataset submissions scored in the background, and their stored results.
+
+``router`` also carries ``/v1/reference-sets`` and a lifespan that opens the database
+(migrating it), starts this replica's :class:`~jdt_service.jobs_runner.JobRunner` and stops
+both at shutdown, so the app includes this one router.
+
+A team sees only its own jobs: another team's job id answers 404 and lists never show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select
+from starlette.requests import ClientDisconnect
+
+from jdt_service.archives import unpack_archive
+from jdt_service.auth import AnyCaller
+from jdt_service.db import Database, Job, open_database, utcnow
+from jdt_service.errors import ApiError
+from jdt_service.jobs import (
+    ERROR_RESPONSES,
+    JOB_OPTION_FIELDS,
+    cases_csv,
+    grand_challenge_metrics,
+    job_options,
+    job_result,
+    multipart_body,
+    new_id,
+    remove_folder,
+)
+from jdt_service.jobs_runner import JobRunner
+from jdt_service.routers import reference_sets
+from jdt_service.routers.reference_sets import database, get_set
+from jdt_service.settings import Settings
+from jdt_service.teams import Caller
+from jdt_service.uploads import receive_form
+from monai_jdt.scoring import pair_cases
+
+__all__ = ["router"]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    db = await asyncio.to_thread(open_database, settings.data_dir, settings.database_url)
+    runner = JobRunner(db, settings)
+    app.state.jobs_db = db
+    app.state.jobs_runner = runner
+    runner.start()
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(runner.stop)
+        db.dispose()
+
+
+router = APIRouter(lifespan=lifespan)
+jobs_router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
+
+_JOB_FIELDS = {"reference_set", *JOB_OPTION_FIELDS}
+FINISHED = ("done", "failed", "cancelled")
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """The status JSON of a job."""
+
+    def when(value: Any) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return {
+        "id": job.id,
+        "status": job.status,
+        "reference_set": job.reference_set_id,
+        "progress": {
+            "cases_done": job.cases_done,
+            "cases_total": job.cases_total,
+            "failures": job.failures,
+        },
+        "created_at": when(job.created_at),
+        "started_at": when(job.started_at),
+        "finished_at": when(job.finished_at),
+        "options": job.options,
+        "unpaired": job.unpaired,
+        "error": job.error,
+    }
+
+
+def own_job(db: Database, job_id: str, caller: Caller) -> Job:
+    """The caller's job, or 404 (also for another team's job)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+    if job is None or job.team != caller.team:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    return job
+
+
+def finished_job(db: Database, job_id: str, caller: Caller) -> Job:
+    job = own_job(db, job_id, caller)
+    if job.status != "done":
+        raise ApiError(409, "job_not_done", f"job {job_id!r} is {job.status}, not done")
+    return job
+
+
+async def _unpack(archive: Path, folder: Path, field: str, settings: Settings) -> None:
+    folder.mkdir()
+    await asyncio.to_thread(
+        unpack_archive,
+        archive,
+        folder,
+        field=field,
+        max_members=settings.max_cases,
+        max_bytes=settings.max_archive_bytes,
+    )
+    archive.unlink()
+
+
+_ARCHIVE = "a .zip or .tar.gz of .nii / .nii.gz files, paired by case id (the file name)"
+_JOB_BODY = multipart_body(
+    {
+        "predictions": f"The predictions: {_ARCHIVE}.",
+        "references": f"Ad-hoc references: {_ARCHIVE}.",
+    },
+    {
+        "reference_set": {"type": "string", "description": "The id of a stored reference set."},
+        **JOB_OPTION_FIELDS,
+    },
+    ["predictions"],
+)
+
+
+@jobs_router.post(
+    "/v1/jobs",
+    status_code=202,
+    summary="Submit predictions (an archive) against a reference set or uploaded references",
+    openapi_extra={"requestBody": _JOB_BODY},
+    responses=ERROR_RESPONSES,
+)
+async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    db = database(request)
+    job_id = new_id()
+    folder = settings.data_dir / "jobs" / job_id
+    (folder / "upload").mkdir(parents=True)
+    try:
+        try:
+            form = await receive_form(
+                request.headers.get("content-type"),
+                request.headers.get("content-length"),
+                request.stream(),
+                folder / "upload",
+                settings.max_upload_bytes,
+                _JOB_FIELDS,
+                min_rate=settings.min_upload_rate,
+                grace=settings.header_timeout,
+                file_fields=("predictions", "references"),
+                required_files=("predictions",),
+            )
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+        fields = dict(form.fields)
+        set_id = fields.pop("reference_set", "").strip() or None
+        if (set_id is None) == ("references" not in form.files):
+            raise ApiError(
+                422,
+                "missing_field",
+                "send exactly one of the field 'reference_set' (an id) or the file 'references'",
+            )
+        options = {key: value for key, value in fields.items() if value.strip()}
+        if set_id is not None:
+            ref_set, _ = get_set(db, set_id)
+            options = {**ref_set.options, **options}
+            references = Path(ref_set.folder)
+        else:
+            references = folder / "references"
+        job_options(options, settings)  # 422 before anything is unpacked
+        await _unpack(form.files["predictions"], folder / "predictions", "predictions", settings)
+        if set_id is None:
+            await _unpack(form.files["references"], references, "references", settings)
+        pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
+        if not pairs:
+            raise ApiError(422, "no_cases", "no prediction has a reference with the same case id")
+        job = Job(
+            id=job_id,
+            team=caller.team,
+            status="queued",
+            reference_set_id=set_id,
+            folder=str(folder),
+            references_folder=str(references),
+            options=options,
+            cases=[[case, pred.name, ref.name] for case, pred, ref in pairs],
+            unpaired={"predictions": unpaired_preds, "references": unpaired_refs},
+            cases_total=len(pairs),
+        )
+        with db.session.begin() as session:
+            session.add(job)
+    except BaseException:
+        remove_folder(folder)
+        raise
+    remove_folder(folder / "upload")
+    db.audit(caller.team, "job.submit", job_id=job_id, reference_set_id=set_id, cases=len(pairs))
+    request.app.state.jobs_runner.wake()
+    return JSONResponse(job_dict(job), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+@jobs_router.get("/v1/jobs", summary="The caller's jobs, newest first")
+async def list_jobs(
+    request: Request,
+    caller: AnyCaller,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> dict[str, Any]:
+    db = database(request)
+    with db.session() as session:
+        total = session.scalar(select(func.count()).select_from(Job).where(Job.team == caller.team))
+        jobs = session.scalars(
+            select(Job)
+            .where(Job.team == caller.team)
+            .order_by(Job.created_at.desc(), Job.id.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+    return {"jobs": [job_dict(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+
+
+@jobs_router.get("/v1/jobs/{job_id}", summary="A job's status and progress")
+async def read_job(job_id: str, request: Request, caller: AnyCaller) -> dict[str, Any]:
+    return job_dict(own_job(database(request), job_id, caller))
+
+
+@jobs_router.get("/v1/jobs/{job_id}/report", summary="The same JSON as `score-dir -o`")
+async def read_report(job_id: str, request: Request, caller: AnyCaller) -> JSONResponse:
+    db = database(request)
+    job = finished_job(db, job_id, caller)
+    result = await asyncio.to_thread(job_result, db, job, request.app.state.settings)
+    return JSONResponse(result.to_dict())
+
+
+@jobs_router.get("/v1/jobs/{job_id}/cases.csv", summary="One CSV row per case and label")
+async def read_cases_csv(job_id: str, request: Request, caller: AnyCaller) -> PlainTextResponse:
+    db = database(request)
+    job = finished_job(db, job_id, caller)
+    result = await asyncio.to_thread(job_result, db, job, request.app.state.settings)
+    return PlainTextResponse(cases_csv(result), media_type="text/csv")
+
+
+@jobs_router.get("/v1/jobs/{job_id}/metrics.json", summary="grand-challenge.org's metrics.json")
+async def read_metrics_json(job_id: str, request: Request, caller: AnyCaller) -> JSONResponse:
+    db = database(request)
+    job = finished_job(db, job_id, caller)
+    result = await asyncio.to_thread(job_result, db, job, request.app.state.settings)
+    return JSONResponse(grand_challenge_metrics(result))
+
+
+@jobs_router.delete(
+    "/v1/jobs/{job_id}",
+    summary="Cancel a queued or running job (200), or delete a finished one (204)",
+)
+async def delete_job(job_id: str, request: Request, caller: AnyCaller) -> Response:
+    db = database(request)
+    job = own_job(db, job_id, caller)
+    with db.session.begin() as session:
+        current = session.get(Job, job_id)
+        if current is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        if current.status in FINISHED:
+            session.delete(current)
+            action = "job.delete"
+        else:
+            current.status = "cancelled"
+            current.finished_at = utcnow()
+            action = "job.cancel"
+    if action == "job.delete":
+        remove_folder(job.folder)
+        db.audit(caller.team, action, job_id=job_id, cases=job.cases_done)
+        return Response(status_code=204)
+    remove_folder(Path(job.folder) / "predictions")
+    db.audit(caller.team, action, job_id=job_id, cases=job.cases_done)
+    return JSONResponse(job_dict(own_job(db, job_id, caller)))
+
+
+router.include_router(reference_sets.router)
+router.include_router(jobs_router)

@@ -1,0 +1,276 @@
+"""``/v1/reference-sets``: the reference segmentations kept on the server, and their leaderboards.
+
+Creating and deleting a set needs an admin key (``JDT_ADMIN_KEYS``). The references come as an
+uploaded archive (``references``: ``.zip`` or ``.tar.gz``) or as a folder under
+``JDT_REFERENCE_ROOT`` (``folder``, a relative path). Every header is checked at creation; the
+set's ``version`` is the SHA-256 of its case ids and bytes. No endpoint returns voxels or
+files: only names, case ids, shapes and spacing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from starlette.requests import ClientDisconnect
+
+from jdt_service.archives import unpack_archive
+from jdt_service.auth import AdminCaller, AnyCaller
+from jdt_service.db import Database, Job, ReferenceCase, ReferenceSet
+from jdt_service.errors import ApiError
+from jdt_service.jobs import (
+    ERROR_RESPONSES,
+    JOB_OPTION_FIELDS,
+    content_hash,
+    job_options,
+    leaderboard,
+    multipart_body,
+    new_id,
+    reference_cases,
+    remove_folder,
+)
+from jdt_service.settings import Settings
+from jdt_service.uploads import receive_form
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["reference sets"], responses=ERROR_RESPONSES)
+
+_SET_FIELDS = {"name", "folder", *JOB_OPTION_FIELDS}
+MAX_NAME = 200
+
+
+def database(request: Request) -> Database:
+    db: Database = request.app.state.jobs_db
+    return db
+
+
+def set_dict(ref_set: ReferenceSet, cases: list[ReferenceCase] | None) -> dict[str, Any]:
+    """The JSON of a set; ``cases`` only in the detail view."""
+    body: dict[str, Any] = {
+        "id": ref_set.id,
+        "name": ref_set.name,
+        "version": ref_set.version,
+        "labels": ref_set.labels,
+        "options": ref_set.options,
+        "created_at": ref_set.created_at.isoformat(),
+    }
+    if cases is not None:
+        body["cases"] = [
+            {"case_id": c.case_id, "shape": c.shape, "spacing_mm": c.spacing} for c in cases
+        ]
+    return body
+
+
+def get_set(db: Database, set_id: str) -> tuple[ReferenceSet, list[ReferenceCase]]:
+    """The set and its cases, or 404 ``not_found``."""
+    with db.session() as session:
+        ref_set = session.get(ReferenceSet, set_id)
+        if ref_set is None:
+            raise ApiError(404, "not_found", f"no reference set {set_id!r}")
+        cases = list(
+            session.scalars(
+                select(ReferenceCase)
+                .where(ReferenceCase.set_id == set_id)
+                .order_by(ReferenceCase.case_id)
+            )
+        )
+    return ref_set, cases
+
+
+def _server_folder(settings: Settings, relative: str) -> Path:
+    """``JDT_REFERENCE_ROOT / relative``, refused (422) when it leaves the root."""
+    root = settings.reference_root
+    if root is None:
+        raise ApiError(
+            422, "invalid_option", "form field 'folder': JDT_REFERENCE_ROOT is not configured"
+        )
+    path = PurePosixPath(relative.strip())
+    if path.is_absolute() or ".." in path.parts or "\\" in relative:
+        raise ApiError(
+            422, "invalid_option", "form field 'folder' must be a relative path inside the root"
+        )
+    resolved = (root / path).resolve()
+    if not resolved.is_relative_to(root.resolve()) or not resolved.is_dir():
+        raise ApiError(422, "invalid_option", "form field 'folder' is not a folder inside the root")
+    return resolved
+
+
+_SET_BODY = multipart_body(
+    {"references": "The references: a .zip or .tar.gz of .nii / .nii.gz files."},
+    {
+        "name": {"type": "string", "maxLength": 200, "description": "A name for people."},
+        "folder": {
+            "type": "string",
+            "description": "Instead of an archive: a folder relative to JDT_REFERENCE_ROOT.",
+        },
+        **JOB_OPTION_FIELDS,
+    },
+    ["name"],
+)
+
+
+@router.post(
+    "/v1/reference-sets",
+    status_code=201,
+    summary="Create a reference set from an archive or a server-side folder (admin)",
+    openapi_extra={"requestBody": _SET_BODY},
+)
+async def create_reference_set(request: Request, caller: AdminCaller) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    db = database(request)
+    set_id = new_id()
+    target = settings.data_dir / "reference-sets" / set_id
+    (target / "upload").mkdir(parents=True)
+    owned = True
+    try:
+        try:
+            form = await receive_form(
+                request.headers.get("content-type"),
+                request.headers.get("content-length"),
+                request.stream(),
+                target / "upload",
+                settings.max_upload_bytes,
+                _SET_FIELDS,
+                min_rate=settings.min_upload_rate,
+                grace=settings.header_timeout,
+                file_fields=("references",),
+                required_files=(),
+            )
+        except ClientDisconnect:
+            raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+        fields = dict(form.fields)
+        name = fields.pop("name", "").strip()
+        if not name or len(name) > MAX_NAME:
+            raise ApiError(
+                422, "missing_field", f"form field 'name' (1 to {MAX_NAME} characters) is needed"
+            )
+        folder_text = fields.pop("folder", "").strip()
+        options = {key: value for key, value in fields.items() if value.strip()}
+        job_options(options, settings)  # refuse bad defaults now (422)
+        archive = form.files.get("references")
+        if (archive is None) == (not folder_text):
+            raise ApiError(
+                422,
+                "missing_field",
+                "send exactly one of the file 'references' (an archive) or the field 'folder'",
+            )
+        if archive is not None:
+            folder = target / "references"
+            folder.mkdir()
+            await asyncio.to_thread(
+                unpack_archive,
+                archive,
+                folder,
+                field="references",
+                max_members=settings.max_cases,
+                max_bytes=settings.max_archive_bytes,
+            )
+            archive.unlink()
+        else:
+            folder = _server_folder(settings, folder_text)
+            owned = False
+        cases = await asyncio.to_thread(reference_cases, folder, settings.max_voxels)
+        version = await asyncio.to_thread(content_hash, {c.case_id: folder / c.file for c in cases})
+        ref_set = ReferenceSet(
+            id=set_id,
+            name=name,
+            version=version,
+            labels=options.get("labels"),
+            options=options,
+            folder=str(folder),
+            owned=owned,
+        )
+        with db.session.begin() as session:
+            session.add(ref_set)
+            session.flush()
+            for case in cases:
+                case.set_id = set_id
+                session.add(case)
+    except BaseException:
+        remove_folder(target)
+        raise
+    remove_folder(target / "upload")
+    if not owned:
+        remove_folder(target)
+    db.audit(caller.team, "reference_set.create", reference_set_id=set_id, cases=len(cases))
+    return JSONResponse(
+        set_dict(ref_set, cases),
+        status_code=201,
+        headers={"Location": f"/v1/reference-sets/{set_id}"},
+    )
+
+
+@router.get("/v1/reference-sets", summary="List the reference sets")
+async def list_reference_sets(request: Request, caller: AnyCaller) -> dict[str, Any]:
+    db = database(request)
+    with db.session() as session:
+        sets = session.scalars(
+            select(ReferenceSet).order_by(ReferenceSet.created_at.desc(), ReferenceSet.id)
+        ).all()
+        counts = dict(
+            session.execute(
+                select(ReferenceCase.set_id, func.count()).group_by(ReferenceCase.set_id)
+            ).all()
+        )
+    return {
+        "reference_sets": [{**set_dict(s, None), "cases_total": counts.get(s.id, 0)} for s in sets]
+    }
+
+
+@router.get("/v1/reference-sets/{set_id}", summary="A reference set: its cases, shapes, spacing")
+async def read_reference_set(set_id: str, request: Request, caller: AnyCaller) -> dict[str, Any]:
+    ref_set, cases = get_set(database(request), set_id)
+    return set_dict(ref_set, cases)
+
+
+@router.delete(
+    "/v1/reference-sets/{set_id}", status_code=204, summary="Delete a reference set (admin)"
+)
+async def delete_reference_set(set_id: str, request: Request, caller: AdminCaller) -> Response:
+    db = database(request)
+    ref_set, cases = get_set(db, set_id)
+    with db.session.begin() as session:
+        busy = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.reference_set_id == set_id, Job.status.in_(("queued", "running")))
+        )
+        if busy:
+            raise ApiError(
+                409, "reference_set_in_use", f"{busy} job(s) on this set are queued or running"
+            )
+        session.delete(session.get(ReferenceSet, set_id))
+    if ref_set.owned:
+        remove_folder(Path(ref_set.folder).parent)
+    db.audit(caller.team, "reference_set.delete", reference_set_id=set_id, cases=len(cases))
+    return Response(status_code=204)
+
+
+@router.get(
+    "/v1/reference-sets/{set_id}/leaderboard",
+    summary="The latest finished job of each team on a set, ranked",
+)
+async def read_leaderboard(
+    set_id: str,
+    request: Request,
+    caller: AnyCaller,
+    metric: Annotated[str, Query(max_length=32)] = "dice",
+    aggregate: Annotated[str, Query(max_length=32)] = "mean",
+) -> dict[str, Any]:
+    db = database(request)
+    ref_set, _ = get_set(db, set_id)
+    rows = leaderboard(db, set_id, metric, aggregate)
+    for row in rows:
+        row["finished_at"] = row["finished_at"].isoformat() if row["finished_at"] else None
+    return {
+        "reference_set": set_id,
+        "version": ref_set.version,
+        "metric": metric,
+        "aggregate": aggregate,
+        "entries": rows,
+    }

@@ -1,0 +1,499 @@
+"""Evaluation jobs through the API, on SQLite and on a real PostgreSQL 15 server.
+
+Known answers come from ``monai_jdt.scoring.score_directory`` run on the same files (the
+reference implementation of ``score-dir``), whose own numbers are checked against numpy in
+the scoring tests.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from jobs_testing import (
+    PG_BIN,
+    archive_bytes,
+    case_files,
+    new_database,
+    postgres_server,
+    strip_timing,
+)
+from sqlalchemy import inspect, select, text
+
+from jdt_service.app import create_app
+from jdt_service.db import AuditEntry, Job, open_database, utcnow
+from jdt_service.jobs import case_report_from_dict, claim_job
+from jdt_service.jobs_runner import JobRunner
+from jdt_service.settings import Settings
+from monai_jdt.scoring import ScoringOptions, score_directory, score_files
+from monai_jdt.scoring.folders import write_csv
+
+ADMIN = {"Authorization": "Bearer adm"}
+TEAM_A = {"Authorization": "Bearer ka"}
+TEAM_B = {"Authorization": "Bearer kb"}
+_counter = iter(range(10**6))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (set JDT_TEST_PG_BIN)")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "sqlite":
+        return None
+    server = request.getfixturevalue("pg_server")
+    return new_database(server, f"jdt_test_{next(_counter)}")
+
+
+def make_settings(tmp_path: Path, database_url: str | None, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "device": "cpu",
+        "temp_dir": tmp_path,
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "api_keys": ["team-a:ka", "team-b:kb"],
+        "admin_keys": ["adm"],
+        "job_workers": 2,
+        **extra,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture
+def client(tmp_path: Path, database_url: str | None) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as c:
+        yield c
+
+
+def write_cases(folder: Path, files: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def upload(name: str, data: bytes) -> tuple[str, io.BytesIO, str]:
+    return (name, io.BytesIO(data), "application/octet-stream")
+
+
+def text_fields(**fields: str) -> dict[str, tuple[None, str]]:
+    """Text fields sent as multipart/form-data (as ``curl -F`` does) without a file."""
+    return {name: (None, value) for name, value in fields.items()}
+
+
+def create_set(client: TestClient, refs: dict[str, bytes], **fields: str) -> dict[str, Any]:
+    response = client.post(
+        "/v1/reference-sets",
+        data={"name": "liver-test", **fields},
+        files={"references": upload("refs.tar.gz", archive_bytes(refs, "tar", "refs"))},
+        headers=ADMIN,
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def submit(
+    client: TestClient, preds: dict[str, bytes], headers: dict[str, str], **fields: str
+) -> dict[str, Any]:
+    response = client.post(
+        "/v1/jobs",
+        data=fields,
+        files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
+        headers=headers,
+    )
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_finished(client: TestClient, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    """Poll until the job is finished (bounded, so a hang fails instead of blocking CI)."""
+    for _ in range(1200):
+        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if body["status"] in ("done", "failed", "cancelled"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+def test_migrations_build_the_schema(tmp_path: Path, database_url: str | None) -> None:
+    db = open_database(tmp_path / "data", database_url)
+    try:
+        tables = set(inspect(db.engine).get_table_names())
+        assert {"reference_sets", "reference_cases", "jobs", "case_results", "audit_log"} <= tables
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    finally:
+        db.dispose()
+    again = open_database(tmp_path / "data", database_url)  # a second start-up is a no-op
+    again.dispose()
+
+
+def _job_row(job_id: str, status: str = "queued") -> Job:
+    return Job(
+        id=job_id,
+        team="t",
+        status=status,
+        folder="/nowhere",
+        references_folder="/nowhere",
+        options={},
+        cases=[],
+        unpaired={"predictions": [], "references": []},
+    )
+
+
+def test_each_job_is_claimed_once_and_stale_leases_are_taken_over(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    db = open_database(tmp_path / "data", database_url)
+    try:
+        with db.session.begin() as session:
+            session.add_all([_job_row(f"job{i:02d}") for i in range(12)])
+        claims: dict[str, list[str]] = {"w1": [], "w2": [], "w3": []}
+
+        def worker(name: str) -> None:
+            while (job := claim_job(db, name, lease_s=60)) is not None:
+                claims[name].append(job.id)
+
+        threads = [threading.Thread(target=worker, args=(name,)) for name in claims]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        claimed = [job for jobs in claims.values() for job in jobs]
+        assert sorted(claimed) == [f"job{i:02d}" for i in range(12)]
+        assert claim_job(db, "w4", lease_s=60) is None  # all held, leases fresh
+        with db.session.begin() as session:
+            stale = session.get(Job, "job05")
+            assert stale is not None
+            stale.heartbeat_at = utcnow().replace(year=2000)
+        taken = claim_job(db, "w4", lease_s=60)
+        assert taken is not None and taken.id == "job05" and taken.claimed_by == "w4"
+    finally:
+        db.dispose()
+
+
+def test_case_report_round_trips_through_its_dict(tmp_path: Path) -> None:
+    preds, refs = case_files(1, seed=3)
+    write_cases(tmp_path / "p", preds)
+    write_cases(tmp_path / "r", refs)
+    options = ScoringOptions(labels={1: "liver", 2: None}, metrics=("dice", "tversky"))
+    report = score_files(tmp_path / "p/case_000.nii.gz", tmp_path / "r/case_000.nii.gz", options)
+    assert case_report_from_dict(report.to_dict(), options).to_dict() == report.to_dict()
+
+
+def test_job_report_is_the_score_dir_report(client: TestClient, tmp_path: Path) -> None:
+    preds, refs = case_files(5, seed=10)
+    refs["only_ref.nii.gz"] = refs["case_000.nii.gz"]
+    preds["only_pred.nii.gz"] = preds["case_001.nii.gz"]
+    preds["case_002.nii.gz"] = b"not a nifti file at all" * 20  # a failed case, not fatal
+    ref_set = create_set(client, refs, labels="1=liver,2=spleen")
+    assert ref_set["version"] and len(ref_set["cases"]) == 6
+    assert ref_set["cases"][0] == {
+        "case_id": "case_000",
+        "shape": [12, 10, 8],
+        "spacing_mm": [0.5, 0.75, 1.5],
+    }
+    job = submit(client, preds, TEAM_A, reference_set=ref_set["id"], metrics="dice,jaccard")
+    assert job["status"] in ("queued", "running")
+    assert job["unpaired"] == {
+        "predictions": ["only_pred.nii.gz"],
+        "references": ["only_ref.nii.gz"],
+    }
+    status = wait_finished(client, job["id"], TEAM_A)
+    assert status["status"] == "done", status
+    assert status["progress"] == {"cases_done": 5, "cases_total": 5, "failures": 1}
+
+    expected = score_directory(
+        write_cases(tmp_path / "p", preds),
+        write_cases(tmp_path / "r", refs),
+        ScoringOptions(labels={1: "liver", 2: "spleen"}, metrics=("dice", "jaccard")),
+        workers=1,
+    )
+    expected_json = expected.to_dict()
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).json()
+    assert strip_timing(report) == strip_timing(expected_json)
+    assert [f["code"] for f in report["failures"]] == ["not_nifti"]
+
+    stream = io.StringIO()
+    write_csv(expected.reports, stream, expected.failures)
+    assert client.get(f"/v1/jobs/{job['id']}/cases.csv", headers=TEAM_A).text == stream.getvalue()
+
+    gc = client.get(f"/v1/jobs/{job['id']}/metrics.json", headers=TEAM_A).json()
+    assert set(gc) == {"case", "aggregates"}
+    case = expected.reports[0]
+    assert gc["case"]["case_000"]["liver"]["dice"] == case.label(1).metrics["dice"]
+    summary = expected.summary
+    assert gc["aggregates"]["dice"]["mean"] == summary["foreground_mean"]["dice"]["mean"]
+    assert gc["aggregates"]["jaccard"]["spleen"] == summary["labels"][1]["jaccard"]
+
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    job_folder = settings.data_dir / "jobs" / job["id"]
+    assert not (job_folder / "predictions").exists()  # deleted once scored
+    assert list(job_folder.iterdir()) == []
+
+
+def test_adhoc_references_archive(client: TestClient, tmp_path: Path) -> None:
+    preds, refs = case_files(3, seed=20)
+    response = client.post(
+        "/v1/jobs",
+        data={"include_background": "true"},
+        files={
+            "predictions": upload("p.tar.gz", archive_bytes(preds, "tar")),
+            "references": upload("r.zip", archive_bytes(refs, "zip")),
+        },
+        headers=TEAM_B,
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert wait_finished(client, job_id, TEAM_B)["status"] == "done"
+    expected = score_directory(
+        write_cases(tmp_path / "p", preds),
+        write_cases(tmp_path / "r", refs),
+        ScoringOptions(include_background=True),
+        workers=1,
+    )
+    report = client.get(f"/v1/jobs/{job_id}/report", headers=TEAM_B).json()
+    assert strip_timing(report) == strip_timing(expected.to_dict())
+    assert response.json()["reference_set"] is None
+
+
+def test_teams_see_only_their_jobs_and_admin_keys_manage_sets(client: TestClient) -> None:
+    preds, refs = case_files(2, seed=30)
+    body = {"name": "s"}
+    files = {"references": upload("r.zip", archive_bytes(refs))}
+    assert client.post("/v1/reference-sets", data=body, files=files).status_code == 401
+    refused = client.post("/v1/reference-sets", data=body, files=files, headers=TEAM_A)
+    assert refused.status_code == 403 and refused.json()["detail"]["code"] == "forbidden"
+    ref_set = create_set(client, refs)
+    job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    for path in ("", "/report", "/cases.csv", "/metrics.json"):
+        other = client.get(f"/v1/jobs/{job['id']}{path}", headers=TEAM_B)
+        assert other.status_code == 404 and other.json()["detail"]["code"] == "not_found"
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=TEAM_B).status_code == 404
+    assert client.get("/v1/jobs", headers=TEAM_B).json()["jobs"] == []
+    listed = client.get("/v1/jobs", headers=TEAM_A).json()
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]] and listed["total"] == 1
+    wait_finished(client, job["id"], TEAM_A)
+    assert client.delete(f"/v1/reference-sets/{ref_set['id']}", headers=TEAM_A).status_code == 403
+
+
+def test_list_is_paged_newest_first_and_delete_removes(client: TestClient) -> None:
+    preds, refs = case_files(1, seed=40)
+    ref_set = create_set(client, refs)
+    ids = [submit(client, preds, TEAM_A, reference_set=ref_set["id"])["id"] for _ in range(3)]
+    page = client.get("/v1/jobs?limit=2", headers=TEAM_A).json()
+    assert [j["id"] for j in page["jobs"]] == ids[::-1][:2] and page["total"] == 3
+    rest = client.get("/v1/jobs?limit=2&offset=2", headers=TEAM_A).json()
+    assert [j["id"] for j in rest["jobs"]] == [ids[0]]
+    for job_id in ids:
+        wait_finished(client, job_id, TEAM_A)
+    assert client.delete(f"/v1/jobs/{ids[0]}", headers=TEAM_A).status_code == 204
+    assert client.get(f"/v1/jobs/{ids[0]}", headers=TEAM_A).status_code == 404
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    assert not (settings.data_dir / "jobs" / ids[0]).exists()
+
+
+def test_cancel_a_queued_job(tmp_path: Path, database_url: str | None) -> None:
+    preds, refs = case_files(2, seed=50)
+    # a runner that never claims: its lease poll is irrelevant, the job stays queued
+    app = create_app(make_settings(tmp_path, database_url))
+    with TestClient(app) as client:
+        app.state.jobs_runner.stop()
+        ref_set = create_set(client, refs)
+        job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+        cancelled = client.delete(f"/v1/jobs/{job['id']}", headers=TEAM_A)
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).status_code == 409
+        assert client.delete(f"/v1/jobs/{job['id']}", headers=TEAM_A).status_code == 204
+
+
+def test_leaderboard_ranks_the_latest_job_of_each_team(client: TestClient) -> None:
+    preds, refs = case_files(3, seed=60)
+    ref_set = create_set(client, refs)
+    perfect = submit(client, refs, TEAM_B, reference_set=ref_set["id"])  # dice 1 everywhere
+    noisy = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    for job, who in ((perfect, TEAM_B), (noisy, TEAM_A)):
+        assert wait_finished(client, job["id"], who)["status"] == "done"
+    board = client.get(
+        f"/v1/reference-sets/{ref_set['id']}/leaderboard?metric=dice&aggregate=mean",
+        headers=TEAM_A,
+    ).json()
+    entries = board["entries"]
+    assert [e["team"] for e in entries] == ["team-b", "team-a"]
+    assert [e["rank"] for e in entries] == [1, 2]
+    assert entries[0]["score"] == 1.0
+    noisy_report = client.get(f"/v1/jobs/{noisy['id']}/report", headers=TEAM_A).json()
+    assert entries[1]["score"] == noisy_report["summary"]["foreground_mean"]["dice"]["mean"] < 1
+    fine = client.get(
+        f"/v1/reference-sets/{ref_set['id']}/leaderboard?metric=jaccard&aggregate=D",
+        headers=TEAM_A,
+    ).json()["entries"]
+    assert fine[1]["score"] == noisy_report["summary"]["fine_grained"]["jaccard"]["D"]
+    bad = client.get(f"/v1/reference-sets/{ref_set['id']}/leaderboard?metric=x", headers=TEAM_A)
+    assert bad.status_code == 422
+    # a newer job of team-b replaces its perfect one
+    newer = submit(client, preds, TEAM_B, reference_set=ref_set["id"])
+    wait_finished(client, newer["id"], TEAM_B)
+    again = client.get(f"/v1/reference-sets/{ref_set['id']}/leaderboard", headers=TEAM_A).json()
+    assert [e["rank"] for e in again["entries"]] == [1, 1]
+
+
+def test_audit_log_records_actions_without_file_names(client: TestClient) -> None:
+    preds, refs = case_files(2, seed=70)
+    ref_set = create_set(client, refs)
+    job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    wait_finished(client, job["id"], TEAM_A)
+    db = client.app.state.jobs_db  # type: ignore[attr-defined]
+    with db.session() as session:
+        rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+    actions = [(r.team, r.action, r.cases) for r in rows]
+    assert ("admin", "reference_set.create", 2) in actions
+    assert ("team-a", "job.submit", 2) in actions
+    assert ("team-a", "job.done", 2) in actions
+    for row in rows:
+        values = [str(getattr(row, c)) for c in ("team", "action", "job_id", "reference_set_id")]
+        assert not any("case_" in v or ".nii" in v for v in values)
+
+
+def test_reference_set_from_a_server_folder(tmp_path: Path, database_url: str | None) -> None:
+    preds, refs = case_files(2, seed=80)
+    root = tmp_path / "root"
+    write_cases(root / "challenge" / "refs", refs)
+    (tmp_path / "outside").mkdir()
+    settings = make_settings(tmp_path, database_url, reference_root=root)
+    with TestClient(create_app(settings)) as client:
+        for bad in ("../outside", "/etc", "challenge/../../outside", "missing"):
+            response = client.post(
+                "/v1/reference-sets", files=text_fields(name="x", folder=bad), headers=ADMIN
+            )
+            assert response.status_code == 422, bad
+        made = client.post(
+            "/v1/reference-sets",
+            files=text_fields(name="served", folder="challenge/refs"),
+            headers=ADMIN,
+        )
+        assert made.status_code == 201, made.text
+        set_id = made.json()["id"]
+        job = submit(client, preds, TEAM_A, reference_set=set_id)
+        assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
+        assert client.delete(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 204
+        assert sorted(p.name for p in (root / "challenge" / "refs").iterdir()) == sorted(refs)
+        assert client.get(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "archive", "status", "code"),
+    [
+        ("escape", archive_bytes({"../x.nii.gz": b"x"}), 422, "archive_unsafe_member"),
+        ("nested", archive_bytes({"x.zip": b"x"}), 422, "archive_nested"),
+        ("bomb", archive_bytes({"x.nii": b"\0" * 300_000}), 413, "archive_too_large"),
+        ("many", archive_bytes({f"c{i}.nii": b"x" for i in range(9)}), 413, "archive_too_many"),
+        ("text", b"plain text", 422, "archive_invalid"),
+    ],
+)
+def test_bad_archives_give_4xx_and_leave_no_files(
+    tmp_path: Path, name: str, archive: bytes, status: int, code: str
+) -> None:
+    preds, refs = case_files(1, seed=90)
+    settings = make_settings(tmp_path, None, max_cases=8, max_archive_bytes=200_000)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        for files, fields in (
+            ({"predictions": upload("p", archive)}, {"reference_set": ref_set["id"]}),
+            (
+                {
+                    "predictions": upload("p", archive_bytes(preds)),
+                    "references": upload("r", archive),
+                },
+                {},
+            ),
+        ):
+            response = client.post("/v1/jobs", data=fields, files=files, headers=TEAM_A)
+            assert response.status_code == status, response.text
+            assert response.json()["detail"]["code"].startswith(code)
+        response = client.post(
+            "/v1/reference-sets",
+            data={"name": "bad"},
+            files={"references": upload("r", archive)},
+            headers=ADMIN,
+        )
+        assert response.status_code == status
+        assert list((settings.data_dir / "jobs").iterdir()) == []
+        assert [p.name for p in (settings.data_dir / "reference-sets").iterdir()] == [ref_set["id"]]
+
+
+def test_job_options_are_validated_as_for_scores(client: TestClient) -> None:
+    preds, refs = case_files(1, seed=95)
+    ref_set = create_set(client, refs)
+    for fields, code in (
+        ({"metrics": "dice,nope"}, "invalid_option"),
+        ({"tversky_alpha": "abc"}, "invalid_option"),
+        ({"case_id": "x"}, "unknown_option"),
+        ({}, "missing_field"),  # neither reference_set nor references
+    ):
+        data = {"reference_set": ref_set["id"], **fields} if fields else {}
+        response = client.post(
+            "/v1/jobs",
+            data=data,
+            files={"predictions": upload("p", archive_bytes(preds))},
+            headers=TEAM_A,
+        )
+        assert response.status_code == 422, (fields, response.text)
+        assert response.json()["detail"]["code"] == code
+    missing = client.post(
+        "/v1/jobs",
+        data={"reference_set": "nope"},
+        files={"predictions": upload("p", archive_bytes(preds))},
+        headers=TEAM_A,
+    )
+    assert missing.status_code == 404
+
+
+def test_a_runner_stopping_mid_job_gives_it_back_to_the_queue(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    settings = make_settings(tmp_path, database_url, job_workers=1)
+    db = open_database(settings.data_dir, database_url)
+    runner = JobRunner(db, settings)
+    try:
+        job_row = _job_row("stopping")
+        job_row.cases = [[f"c{i}", "p.nii.gz", "r.nii.gz"] for i in range(3)]
+        with db.session.begin() as session:
+            session.add(job_row)
+        job = claim_job(db, runner.worker, lease_s=60)
+        assert job is not None and job.status == "running"
+        runner._stop.set()  # as stop() does while the job runs
+        runner._run(job)
+        with db.session() as session:
+            after = session.get(Job, "stopping")
+        assert after is not None
+        assert (after.status, after.claimed_by, after.cases_done) == ("queued", None, 0)
+        assert claim_job(db, "next", lease_s=60) is not None  # resumed at once, no lease wait
+    finally:
+        runner.stop()
+        db.dispose()
+
+
+def test_retention_keeps_predictions_when_asked(tmp_path: Path) -> None:
+    preds, refs = case_files(2, seed=97)
+    settings = make_settings(tmp_path, None, keep_predictions=True)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+        assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
+    kept = settings.data_dir / "jobs" / job["id"] / "predictions"
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == preds
