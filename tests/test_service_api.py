@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from service_testing import dice_f64, label_pair, nifti_bytes
 
 from jdt_service import Settings, create_app
 from jdt_service.logs import JsonFormatter, TextFormatter
@@ -40,7 +39,7 @@ def client(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
+def pair(label_pair) -> tuple[np.ndarray, np.ndarray]:
     return label_pair(SHAPE, labels=3, seed=7)
 
 
@@ -123,7 +122,7 @@ def test_info_reports_version_device_and_limits(tmp_path: Path) -> None:
     assert body["limits"]["max_queue"] == 4
 
 
-def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair) -> None:
+def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair, nifti_bytes) -> None:
     pred, ref = pair
     assert (
         client.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref))).status_code
@@ -151,7 +150,9 @@ def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair) -> N
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["nii.gz", "nii"])
-def test_scores_match_numpy(client: TestClient, pair, gz: bool, tmp_path: Path) -> None:
+def test_scores_match_numpy(
+    client: TestClient, pair, gz: bool, tmp_path: Path, dice_f64, nifti_bytes
+) -> None:
     pred, ref = pair
     r = client.post(
         "/v1/scores", files=files_for(nifti_bytes(pred, gz=gz), nifti_bytes(ref, gz=gz))
@@ -166,7 +167,9 @@ def test_scores_match_numpy(client: TestClient, pair, gz: bool, tmp_path: Path) 
     assert leftovers(tmp_path) == []
 
 
-def test_response_is_the_library_report(client: TestClient, pair, tmp_path: Path) -> None:
+def test_response_is_the_library_report(
+    client: TestClient, pair, tmp_path: Path, nifti_bytes
+) -> None:
     """The service adds nothing and drops nothing: its body is ``CaseReport.to_dict()``."""
     pred, ref = pair
     (tmp_path / "p.nii.gz").write_bytes(nifti_bytes(pred))
@@ -188,7 +191,7 @@ def test_response_is_the_library_report(client: TestClient, pair, tmp_path: Path
     assert got == json.loads(json.dumps(expected))
 
 
-def test_scoring_options_as_form_fields(client: TestClient, pair) -> None:
+def test_scoring_options_as_form_fields(client: TestClient, pair, dice_f64, nifti_bytes) -> None:
     pred, ref = pair
     data = {
         "labels": "0=background,2=spleen",
@@ -211,7 +214,7 @@ def test_scoring_options_as_form_fields(client: TestClient, pair) -> None:
     assert json.dumps(body).count("case-42") >= 1
 
 
-def test_empty_convention_and_absent_label(client: TestClient, pair) -> None:
+def test_empty_convention_and_absent_label(client: TestClient, pair, dice_f64, nifti_bytes) -> None:
     pred, ref = pair
     files = files_for(nifti_bytes(pred), nifti_bytes(ref))
     nan_rows = rows_by_label(client.post("/v1/scores", files=files, data={"labels": "1,9"}).json())
@@ -223,7 +226,7 @@ def test_empty_convention_and_absent_label(client: TestClient, pair) -> None:
     assert one_rows[1]["dice"] == pytest.approx(dice_f64(pred, ref, 1), abs=1e-6)
 
 
-def test_affine_tolerance_and_ignore(client: TestClient, pair) -> None:
+def test_affine_tolerance_and_ignore(client: TestClient, pair, nifti_bytes) -> None:
     pred, ref = pair
     moved = np.eye(4)
     moved[0, 3] = 0.01
@@ -234,7 +237,7 @@ def test_affine_tolerance_and_ignore(client: TestClient, pair) -> None:
     assert client.post("/v1/scores", files=files, data={"ignore_affine": "yes"}).status_code == 200
 
 
-def test_probability_map_is_scored_softly(client: TestClient) -> None:
+def test_probability_map_is_scored_softly(client: TestClient, nifti_bytes) -> None:
     rng = np.random.default_rng(3)
     prob = rng.random(SHAPE).astype(np.float32)
     ref = (rng.random(SHAPE) < 0.5).astype(np.float32)
@@ -270,13 +273,13 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict:
     return detail
 
 
-def test_missing_file_field(client: TestClient, pair) -> None:
+def test_missing_file_field(client: TestClient, pair, nifti_bytes) -> None:
     pred, _ = pair
     r = client.post("/v1/scores", files={"prediction": ("p.nii.gz", nifti_bytes(pred))})
     assert "reference" in assert_error(r, 422, "missing_field")["message"]
 
 
-def test_unknown_and_duplicate_fields(client: TestClient, pair) -> None:
+def test_unknown_and_duplicate_fields(client: TestClient, pair, nifti_bytes) -> None:
     pred, ref = pair
     files = files_for(nifti_bytes(pred), nifti_bytes(ref))
     r = client.post("/v1/scores", files=files, data={"smoothing": "1"})
@@ -299,7 +302,9 @@ def test_unknown_and_duplicate_fields(client: TestClient, pair) -> None:
         ("kind", "masks"),
     ],
 )
-def test_invalid_option_values(client: TestClient, pair, field: str, value: str) -> None:
+def test_invalid_option_values(
+    client: TestClient, pair, field: str, value: str, nifti_bytes
+) -> None:
     pred, ref = pair
     r = client.post(
         "/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)), data={field: value}
@@ -322,7 +327,7 @@ def test_multipart_cut_before_its_end(client: TestClient) -> None:
     assert_error(r, 400, "malformed_multipart")
 
 
-def test_upload_over_the_size_limit(tmp_path: Path) -> None:
+def test_upload_over_the_size_limit(tmp_path: Path, nifti_bytes) -> None:
     big = np.zeros((40, 40, 40), np.uint8)  # 64000 bytes raw
     with make_client(tmp_path, max_upload_bytes=20_000) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(big, gz=False), nifti_bytes(big)))
@@ -340,7 +345,9 @@ def test_upload_over_the_size_limit(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-def test_volume_over_the_voxel_limit_is_refused_from_its_header(tmp_path: Path, pair) -> None:
+def test_volume_over_the_voxel_limit_is_refused_from_its_header(
+    tmp_path: Path, pair, nifti_bytes
+) -> None:
     pred, ref = pair
     with make_client(tmp_path, max_voxels=pred.size - 1) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
@@ -376,7 +383,7 @@ def test_api_keys_guard_v1_only(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- limits and failures
 
 
-def test_full_server_answers_503_with_retry_after(tmp_path: Path, pair) -> None:
+def test_full_server_answers_503_with_retry_after(tmp_path: Path, pair, nifti_bytes) -> None:
     pred, ref = pair
     with make_client(tmp_path, max_concurrency=1, max_queue=0, retry_after=7) as c:
         holder = c.app.state.pool.admit()  # one request in flight takes the only place
@@ -396,7 +403,7 @@ async def _post_many(app, n: int, files: dict) -> list[httpx.Response]:
         return await asyncio.gather(*(ac.post("/v1/scores", files=files) for _ in range(n)))
 
 
-def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> None:
+def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch, nifti_bytes) -> None:
     """One slot, three queue places: four concurrent requests all succeed, one at a time."""
     pred, ref = pair
     running, peak = [0], [0]
@@ -424,7 +431,7 @@ def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, monkeypatch) -> N
 
 
 def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
-    tmp_path: Path, pair, monkeypatch
+    tmp_path: Path, pair, monkeypatch, nifti_bytes
 ) -> None:
     pred, ref = pair
     release = threading.Event()
@@ -447,7 +454,9 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
     assert leftovers(tmp_path) == []
 
 
-def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, caplog) -> None:
+def test_cuda_out_of_memory_retries_on_cpu(
+    tmp_path: Path, pair, monkeypatch, caplog, dice_f64, nifti_bytes
+) -> None:
     pred, ref = pair
     devices: list[str] = []
 
@@ -473,7 +482,7 @@ def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, monkeypatch, ca
 
 
 def test_unexpected_failure_is_a_json_500_without_details(
-    tmp_path: Path, pair, monkeypatch, caplog
+    tmp_path: Path, pair, monkeypatch, caplog, nifti_bytes
 ) -> None:
     pred, ref = pair
 
@@ -494,7 +503,7 @@ def test_unexpected_failure_is_a_json_500_without_details(
 
 
 def test_one_log_line_per_request_without_names_or_content(
-    client: TestClient, pair, caplog
+    client: TestClient, pair, caplog, nifti_bytes
 ) -> None:
     pred, ref = pair
     caplog.set_level(logging.INFO, logger="jdt_service")
@@ -526,7 +535,9 @@ def test_cors_origins(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in r.headers
 
 
-def test_openapi_documents_every_status_and_the_report_schema(client: TestClient, pair) -> None:
+def test_openapi_documents_every_status_and_the_report_schema(
+    client: TestClient, pair, nifti_bytes
+) -> None:
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/scores"]["post"]
     assert {"200", "400", "401", "413", "415", "422", "503", "504"} <= set(post["responses"])
@@ -553,7 +564,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
+def test_gpu_ready_info_and_scoring(tmp_path: Path, nifti_bytes) -> None:
     rng = np.random.default_rng(5)
     prob = rng.random(SHAPE).astype(np.float32)
     ref = (rng.random(SHAPE) < 0.5).astype(np.float32)
@@ -581,7 +592,7 @@ def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
     [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")],
     ids=["numpy", "torch-cpu"],
 )
-def test_host_out_of_memory_is_503(tmp_path: Path, pair, monkeypatch, error) -> None:
+def test_host_out_of_memory_is_503(tmp_path: Path, pair, monkeypatch, error, nifti_bytes) -> None:
     pred, ref = pair
 
     def no_memory(*args, **kwargs):

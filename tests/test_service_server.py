@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_testing import dice_f64, label_pair, nifti_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +66,7 @@ def test_health_and_readiness(server: Server) -> None:
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
 
 
-def test_real_upload(server: Server) -> None:
+def test_real_upload(server: Server, dice_f64, label_pair, nifti_bytes) -> None:
     pred, ref = label_pair((20, 16, 12), seed=11)
     r = httpx.post(
         server.url + "/v1/scores",
@@ -83,7 +82,9 @@ def test_real_upload(server: Server) -> None:
     assert list(server.temp.iterdir()) == []
 
 
-def test_sixteen_concurrent_uploads_are_all_correct(server: Server) -> None:
+def test_sixteen_concurrent_uploads_are_all_correct(
+    server: Server, dice_f64, label_pair, nifti_bytes
+) -> None:
     pairs = [label_pair((16, 16, 12), seed=100 + i) for i in range(16)]
 
     async def drive() -> list[httpx.Response]:
@@ -135,7 +136,9 @@ def test_client_that_disconnects_mid_upload_leaves_no_file(server: Server) -> No
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> None:
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(
+    tmp_path: Path, label_pair, nifti_bytes
+) -> None:
     (tmp_path / "uploads").mkdir()
     srv = Server(tmp_path / "uploads", tmp_path / "server.log")
     assert httpx.get(srv.url + "/v1/info").json()["device"] == "cpu"
