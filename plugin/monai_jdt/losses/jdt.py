@@ -182,7 +182,12 @@ class OverlapLoss(_Loss):
         classes = self.classes
         if classes is None:  # the JDT recommendation
             classes = "present" if hard else "all"
-        if classes == "present":
+        if classes == "present" and hard and prepared.nonnegative:
+            # a 0/1 target exceeds a threshold < 1 exactly where its sum tp + fn is positive
+            # (0 <= tp <= sum(y) for a prediction in [0, 1]): no pass over the target
+            with torch.no_grad():
+                active = (counts.tp + counts.fn > 0) & (self.threshold < 1)
+        elif classes == "present":
             with torch.no_grad():
                 active = y.amax(dim=spatial) > self.threshold
         else:
