@@ -224,6 +224,9 @@ def soft_counts(
     Returns:
         ``SoftCounts(tp, fp, fn)`` in float32 (float64 for float64 inputs), shaped as ``x``
         without ``dims``.
+
+    Raises:
+        ValueError: ``norm`` other than 1 or 2, or ``x`` and ``y`` of different shapes.
     """
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 or 2, got {norm!r}.")
@@ -298,6 +301,10 @@ def aggregate_values(
     Returns:
         A 0-dim tensor; NaN (with a zero gradient) when no pair is active. Inactive entries never
         reach the result or its gradient.
+
+    Raises:
+        ValueError: an unknown ``level``, or ``values`` and ``active`` not both ``[N, C]`` at
+            the image or class level.
     """
     active = active.to(torch.bool)
     if level == "batch":
@@ -336,6 +343,9 @@ def aggregate_scores(
 
     Returns:
         A 0-dim tensor; NaN when no pair is active.
+
+    Raises:
+        ValueError: ``counts`` and ``active`` not both ``[N, C]``, or an unknown ``level``.
     """
     if active.shape != counts.tp.shape or counts.tp.ndim != 2:
         raise ValueError(

@@ -43,6 +43,24 @@ class JDTCELoss(_Loss):
         weight: class weights, see above.
         alpha, beta: Tversky weights, only with ``jdt="tversky"``.
         **jdt_options: the JDT part's keyword arguments.
+
+    Raises:
+        ValueError: an unknown ``jdt`` or ``reduction``, a negative ``lambda_ce`` /
+            ``lambda_jdt``, ``label_smoothing`` outside [0, 1], ``alpha`` / ``beta`` without
+            ``jdt="tversky"``, the JDT part's argument errors; bad inputs in :meth:`forward`
+            (as :meth:`JDTLoss.forward <monai_jdt.losses.JDTLoss.forward>`).
+
+    Example:
+        >>> import torch
+        >>> from monai_jdt.losses import JDTCELoss
+        >>> loss_fn = JDTCELoss(to_onehot_y=True, softmax=True, ignore_index=255)
+        >>> logits = torch.randn(2, 4, 8, 8, 8, requires_grad=True)
+        >>> labels = torch.randint(0, 4, (2, 1, 8, 8, 8))
+        >>> labels[:, :, :2] = 255  # unlabelled voxels take no part
+        >>> loss = loss_fn(logits, labels)  # 0.25 * CE + 0.75 * Jaccard
+        >>> loss.backward()
+        >>> bool(torch.isfinite(logits.grad).all())
+        True
     """
 
     #: ``sigmoid=True`` with several channels takes the binary cross-entropy (multi-label);
