@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -71,6 +72,11 @@ def _nifti_bytes(array: np.ndarray, affine: np.ndarray | None = None, gz: bool =
     return gzip.compress(raw, compresslevel=1) if gz else raw
 
 
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.write_bytes(_nifti_bytes(array, affine, gz=path.name.endswith(".gz")))
+    return path
+
+
 def _label_pair(shape: tuple[int, ...], labels: int = 3, seed: int = 0) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     ref = rng.integers(0, labels, size=shape, dtype=np.uint8)
@@ -119,6 +125,13 @@ def nifti_bytes() -> Callable[..., bytes]:
     """``nifti_bytes(array, affine=None, gz=True)``: the bytes of a NIfTI-1 file holding
     ``array`` (identity affine by default; gzip-compressed when ``gz``)."""
     return _nifti_bytes
+
+
+@pytest.fixture(scope="session")
+def write_nifti() -> Callable[..., Path]:
+    """``write_nifti(path, array, affine=None) -> path``: a NIfTI-1 file (gzip-compressed when
+    the name ends in ``.gz``)."""
+    return _write_nifti
 
 
 @pytest.fixture(scope="session")
