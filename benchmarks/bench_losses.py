@@ -42,11 +42,18 @@ from collections.abc import Callable
 import torch
 from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
 
-from monai_jdt.losses import DiceSemimetricLoss, JDTCELoss, JDTLoss, TverskySemimetricLoss
+from monai_jdt.losses import (
+    DiceCESemimetricLoss,
+    DiceSemimetricLoss,
+    JDTLoss,
+    TverskySemimetricLoss,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ONE_HOT, LABELS = "one-hot", "labels"
+#: the loss arguments of MONAI's spleen_ct_segmentation model-zoo bundle
+SPLEEN_ZOO = {"to_onehot_y": True, "softmax": True, "squared_pred": True, "batch": True}
 
 # name -> (ours, MONAI counterpart, target kind); factories so a subprocess can build just one
 PAIRS: dict[str, tuple[Callable[[], LossFn], Callable[[], LossFn], str]] = {
@@ -61,7 +68,7 @@ PAIRS: dict[str, tuple[Callable[[], LossFn], Callable[[], LossFn], str]] = {
         ONE_HOT,
     ),
     "DiceCELoss": (
-        lambda: JDTCELoss(jdt="dice", softmax=True, lambda_ce=1.0, lambda_jdt=1.0),
+        lambda: DiceCESemimetricLoss(softmax=True),
         lambda: DiceCELoss(softmax=True),
         ONE_HOT,
     ),
@@ -71,10 +78,13 @@ PAIRS: dict[str, tuple[Callable[[], LossFn], Callable[[], LossFn], str]] = {
         LABELS,
     ),
     "DiceCELoss, label map + to_onehot_y": (
-        lambda: JDTCELoss(
-            jdt="dice", softmax=True, to_onehot_y=True, lambda_ce=1.0, lambda_jdt=1.0
-        ),
+        lambda: DiceCESemimetricLoss(softmax=True, to_onehot_y=True),
         lambda: DiceCELoss(softmax=True, to_onehot_y=True),
+        LABELS,
+    ),
+    "DiceCELoss, spleen zoo arguments": (
+        lambda: DiceCESemimetricLoss(**SPLEEN_ZOO),
+        lambda: DiceCELoss(**SPLEEN_ZOO),
         LABELS,
     ),
     "JDTLoss defaults vs DiceLoss(batch=True)": (

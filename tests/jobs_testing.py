@@ -23,7 +23,10 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from service_testing import label_pair, nifti_bytes
+
+# (to be folded into conftest fixtures with the job tests)
+from conftest import _label_pair as label_pair
+from conftest import _nifti_bytes as nifti_bytes
 
 __all__ = [
     "PG_BIN",

@@ -11,7 +11,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scoring_testdata import numpy_scores, organ_pair
 
 from monai_jdt.cli import main
 
@@ -24,13 +23,13 @@ def save(path: Path, data: np.ndarray) -> Path:
 
 
 @pytest.fixture()
-def case(tmp_path: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+def case(tmp_path: Path, organ_pair) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     pred, ref = organ_pair((24, 22, 18), 3, seed=5)
     return save(tmp_path / "p.nii.gz", pred), save(tmp_path / "r.nii.gz", ref), pred, ref
 
 
 @pytest.fixture()
-def folders(tmp_path: Path) -> tuple[Path, Path]:
+def folders(tmp_path: Path, organ_pair) -> tuple[Path, Path]:
     preds, refs = tmp_path / "preds", tmp_path / "refs"
     preds.mkdir()
     refs.mkdir()
@@ -44,7 +43,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     return preds, refs
 
 
-def test_score_table(case, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_score_table(case, capsys, numpy_scores) -> None:  # type: ignore[no-untyped-def]
     p, r, pred, ref = case
     assert main(["score", str(p), str(r), "--labels", "1=liver,2=spleen"]) == 0
     out = capsys.readouterr().out
@@ -52,7 +51,7 @@ def test_score_table(case, capsys) -> None:  # type: ignore[no-untyped-def]
     assert f"{numpy_scores(pred, ref, 1)['dice']:.4f}" in out
 
 
-def test_score_json_output_and_csv(case, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_score_json_output_and_csv(case, tmp_path: Path, capsys, numpy_scores) -> None:  # type: ignore[no-untyped-def]
     p, r, pred, ref = case
     out_json, out_csv = tmp_path / "o.json", tmp_path / "o.csv"
     args = ["score", str(p), str(r), "--json", "-o", str(out_json), "--csv", str(out_csv)]
@@ -143,7 +142,7 @@ def test_score_dir_without_pairs(tmp_path: Path, capsys) -> None:  # type: ignor
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_subprocess_score_imports_no_fastapi(case) -> None:  # type: ignore[no-untyped-def]
+def test_subprocess_score_imports_no_fastapi(case, numpy_scores) -> None:  # type: ignore[no-untyped-def]
     p, r, pred, ref = case
     code = (
         "import sys; from monai_jdt.cli import main; rc = main(sys.argv[1:]); "

@@ -22,8 +22,6 @@ import jsonschema
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from scoring_testdata import organ_pair
-from service_testing import nifti_bytes, write_nifti
 
 from jdt_service.app import create_app
 from jdt_service.errors import scoring_status
@@ -64,12 +62,18 @@ def client(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield c
 
 
-def _post(client: TestClient, pred: np.ndarray, ref: np.ndarray, **fields: str):  # type: ignore[no-untyped-def]
-    files = {
-        "prediction": ("p.nii.gz", nifti_bytes(pred), "application/octet-stream"),
-        "reference": ("r.nii.gz", nifti_bytes(ref), "application/octet-stream"),
-    }
-    return client.post("/v1/scores", files=files, data=fields)
+@pytest.fixture
+def post_pair(nifti_bytes):  # type: ignore[no-untyped-def]
+    """``post_pair(client, pred, ref, ...)``: POST the pair as NIfTI uploads."""
+
+    def _post(client: TestClient, pred: np.ndarray, ref: np.ndarray, **fields: str):  # type: ignore[no-untyped-def]
+        files = {
+            "prediction": ("p.nii.gz", nifti_bytes(pred), "application/octet-stream"),
+            "reference": ("r.nii.gz", nifti_bytes(ref), "application/octet-stream"),
+        }
+        return client.post("/v1/scores", files=files, data=fields)
+
+    return _post
 
 
 # ---------------------------------------------------------------- options defined once
@@ -114,12 +118,14 @@ def test_form_fields_and_openapi_come_from_the_model(client: TestClient) -> None
     assert form["max_labels"]["minimum"] == 1
 
 
-def test_the_same_rule_refuses_the_same_value_everywhere(client: TestClient, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_the_same_rule_refuses_the_same_value_everywhere(
+    client: TestClient, capsys, organ_pair, post_pair
+) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidOptionError) as python:
         ScoringOptions(max_labels=0)
     assert python.value.option == "max_labels"
     pred, ref = organ_pair((12, 10, 8), 2, seed=1)
-    r = _post(client, pred, ref, max_labels="0")
+    r = post_pair(client, pred, ref, max_labels="0")
     assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option"
     assert "max_labels" in r.json()["detail"]["message"]
     assert main(["score", "p.nii.gz", "r.nii.gz", "--max-labels", "0"]) == 2
@@ -160,7 +166,9 @@ def test_published_schema_is_the_model() -> None:
         ScoringOptions(include_background=True, only_requested=True, labels={0: None, 1: None}),
     ],
 )
-def test_real_reports_validate_against_the_published_schema(options: ScoringOptions) -> None:
+def test_real_reports_validate_against_the_published_schema(
+    options: ScoringOptions, organ_pair
+) -> None:
     schema = json.loads(SCHEMA_FILE.read_text())
     pred, ref = organ_pair((14, 12, 10), 3, seed=2)
     for spacing in (None, (0.8, 0.8, 1.5)):
@@ -279,13 +287,15 @@ def test_version_and_help_build_no_scoring_options() -> None:
 
 
 @pytest.mark.parametrize("spec", ["1=liver;2=spleen", "1=li=ver", "²", "1=wt,2=wt", "1=a/b"])
-def test_bad_label_specs_are_invalid_options(spec: str, client: TestClient, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_label_specs_are_invalid_options(
+    spec: str, client: TestClient, capsys, organ_pair, post_pair
+) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidOptionError):
         parse_labels(spec)
     with pytest.raises(InvalidOptionError):
         ScoringOptions(labels=spec)
     pred, ref = organ_pair((10, 10, 8), 2, seed=3)
-    r = _post(client, pred, ref, labels=spec)
+    r = post_pair(client, pred, ref, labels=spec)
     assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option", r.text
     assert main(["score", "p.nii.gz", "r.nii.gz", "--labels", spec]) == 2
     assert "[invalid_option]" in capsys.readouterr().err
@@ -297,7 +307,9 @@ def test_label_names_allowed_and_duplicates_in_python_refused() -> None:
         ScoringOptions(labels={1: "wt", 2: "wt"})
 
 
-def test_score_dir_on_a_file_says_it_is_a_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_score_dir_on_a_file_says_it_is_a_file(
+    tmp_path: Path, capsys, organ_pair, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
     pred, _ = organ_pair((8, 8, 8), 2, seed=4)
     file = write_nifti(tmp_path / "a.nii.gz", pred)
     (tmp_path / "refs").mkdir()
@@ -306,7 +318,9 @@ def test_score_dir_on_a_file_says_it_is_a_file(tmp_path: Path, capsys) -> None: 
     assert "is a file, not a folder" in err and "does not exist" not in err
 
 
-def test_affine_message_names_each_front_end_spelling(tmp_path: Path, client, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_affine_message_names_each_front_end_spelling(
+    tmp_path: Path, client, capsys, organ_pair, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
     pred, ref = organ_pair((10, 10, 8), 2, seed=5)
     p = write_nifti(tmp_path / "p.nii.gz", pred, AFFINE)
     r = write_nifti(tmp_path / "r.nii.gz", ref)
@@ -323,7 +337,9 @@ def test_affine_message_names_each_front_end_spelling(tmp_path: Path, client, ca
     assert "--" not in detail["message"]
 
 
-def test_csv_of_score_dir_has_a_row_per_failed_case(tmp_path: Path) -> None:
+def test_csv_of_score_dir_has_a_row_per_failed_case(
+    tmp_path: Path, organ_pair, write_nifti
+) -> None:
     preds, refs = tmp_path / "preds", tmp_path / "refs"
     preds.mkdir()
     refs.mkdir()
@@ -343,7 +359,9 @@ def test_csv_of_score_dir_has_a_row_per_failed_case(tmp_path: Path) -> None:
     assert [row["label"] for row in good] == ["1", "2"] and all(r["dice"] for r in good)
 
 
-def test_an_image_as_prediction_warns_and_max_labels_refuses(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_an_image_as_prediction_warns_and_max_labels_refuses(
+    tmp_path: Path, capsys, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
     ref = np.zeros((20, 20, 10), np.uint8)
     ref[5:15, 5:15, 2:8] = 1
@@ -364,7 +382,9 @@ def test_an_image_as_prediction_warns_and_max_labels_refuses(tmp_path: Path, cap
     assert "[too_many_labels]" in capsys.readouterr().err
 
 
-def test_folder_options_are_checked_before_anything_is_printed(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_folder_options_are_checked_before_anything_is_printed(
+    tmp_path: Path, capsys, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
     preds, refs = tmp_path / "preds", tmp_path / "refs"
     preds.mkdir()
     refs.mkdir()
@@ -378,14 +398,16 @@ def test_folder_options_are_checked_before_anything_is_printed(tmp_path: Path, c
         score_directory(preds, refs, workers=0)
 
 
-def test_only_requested_narrows_the_output(client: TestClient, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_only_requested_narrows_the_output(
+    client: TestClient, tmp_path: Path, capsys, organ_pair, post_pair, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
     pred, ref = organ_pair((14, 12, 10), 3, seed=7)
     full = score_arrays(pred, ref, ScoringOptions(labels={1: "liver"}))
     assert [row.label for row in full.labels] == [1, 2, 3] and full.notes
     narrow = score_arrays(pred, ref, ScoringOptions(labels={1: "liver"}, only_requested=True))
     assert [row.label for row in narrow.labels] == [1] and not narrow.notes
     assert narrow.label(1) == full.label(1)
-    body = _post(client, pred, ref, labels="1", only_requested="true").json()
+    body = post_pair(client, pred, ref, labels="1", only_requested="true").json()
     assert [row["label"] for row in body["labels"]] == [1]
     assert body["options"]["only_requested"] is True
     p, r = write_nifti(tmp_path / "p.nii.gz", pred), write_nifti(tmp_path / "r.nii.gz", ref)
@@ -393,10 +415,10 @@ def test_only_requested_narrows_the_output(client: TestClient, tmp_path: Path, c
     assert [row["label"] for row in json.loads(capsys.readouterr().out)["labels"]] == [2]
 
 
-def test_http_case_id_defaults_to_null(client: TestClient) -> None:
+def test_http_case_id_defaults_to_null(client: TestClient, organ_pair, post_pair) -> None:
     pred, ref = organ_pair((10, 10, 8), 2, seed=8)
-    assert _post(client, pred, ref).json()["case_id"] is None
-    assert _post(client, pred, ref, case_id="c-9").json()["case_id"] == "c-9"
+    assert post_pair(client, pred, ref).json()["case_id"] is None
+    assert post_pair(client, pred, ref, case_id="c-9").json()["case_id"] == "c-9"
 
 
 def test_scoring_package_names_resolve_lazily() -> None:
@@ -410,7 +432,9 @@ def test_scoring_package_names_resolve_lazily() -> None:
         package.no_such_name  # noqa: B018
 
 
-def test_score_dir_json_is_laid_out_by_the_dataset_model(tmp_path: Path) -> None:
+def test_score_dir_json_is_laid_out_by_the_dataset_model(
+    tmp_path: Path, organ_pair, write_nifti
+) -> None:
     from monai_jdt.scoring.report import DatasetReport
 
     preds, refs = tmp_path / "preds", tmp_path / "refs"

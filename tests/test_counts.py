@@ -93,3 +93,36 @@ def test_aggregation_rejects_bad_shapes_and_levels():
         aggregate_scores(counts, torch.ones(3, 2, dtype=torch.bool), "batch", 1, 1)
     with pytest.raises(ValueError, match="norm"):
         soft_counts(torch.ones(1), torch.ones(1), dims=(0,), norm=3)
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+@pytest.mark.parametrize(
+    ("shape", "dims"),
+    [
+        ((2, 3, 4, 5), (2, 3)),  # few rows, trailing axes: one dot product per row
+        ((70, 2, 6), (2,)),  # many rows: product and sum
+        ((3, 4, 5), (0, 2)),  # axes that are not trailing
+    ],
+)
+def test_classic_counts_values_and_gradients(norm, shape, dims):
+    """The classic counts' fused backward against numpy float64 values and torch's gradcheck."""
+    g = torch.Generator().manual_seed(norm)
+    x = torch.rand(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    counts = soft_counts(x, y, dims=dims, norm=norm, semimetric=False)
+    xn, yn = x.detach().numpy(), y.detach().numpy()
+    tp = (xn * yn).sum(dims)
+    px, py = (xn, yn) if norm == 1 else (xn * xn, yn * yn)
+    for got, want in zip(counts, (tp, px.sum(dims) - tp, py.sum(dims) - tp), strict=True):
+        np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-12)
+
+    def weighted(a, b):
+        c = soft_counts(a, b, dims=dims, norm=norm, semimetric=False)
+        return 2 * c.tp + 0.3 * c.fp + 0.7 * c.fn  # every count reaches the gradient
+
+    assert torch.autograd.gradcheck(weighted, (x, y))
+    # the same values in a non-contiguous layout give the same counts
+    strided = x.detach().transpose(0, 1).contiguous().transpose(0, 1)
+    assert not strided.is_contiguous()
+    swapped = soft_counts(strided, y.detach(), dims=dims, norm=norm, semimetric=False)
+    torch.testing.assert_close(swapped.tp, counts.tp.detach())

@@ -20,6 +20,7 @@ NAMES = [
     "TverskySemimetricLoss",
     "GeneralizedDiceSemimetricLoss",
     "JDTCELoss",
+    "DiceCESemimetricLoss",
 ]
 
 

@@ -1,8 +1,8 @@
-"""Known answers: the seed 000 worked example and a float64 numpy reimplementation of JDTLoss.
+"""Known answers: a worked Dice example and a float64 numpy reimplementation of JDTLoss.
 
 The numpy reference computes the semimetric intersection as ``sum(min(x, y))`` (equal to
-``(|x| + |y| - |x - y|) / 2`` for non-negative inputs), a formula the code under test does not
-use, and each aggregation level with plain Python loops.
+``(|x| + |y| - |x - y|) / 2`` for non-negative inputs) in float64 numpy, and each aggregation
+level with plain Python loops.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import torch
 
 from monai_jdt.losses import DiceSemimetricLoss, JaccardMetricLoss, JDTCELoss, JDTLoss
 
-# seed 000 (../shared/seeds/000_*.txt): y_pred, y_true and the printed results
-SEED_PRED = [
+# a worked example, checkable by hand: tp = 0.38574776 + 0.8793516 + 0.65118235 + 0.5184219
+# = 2.43470361, sum(x) = 4.12703754, sum(y) = 4, so Dice = 2 tp / (sum(x) + sum(y)) = 0.59916145
+# without smoothing and (2 tp + 1) / (sum(x) + sum(y) + 1) = 0.64307916 with smoothing 1
+WORKED_PRED = [
     [0.38574776, 0.08795848, 0.83927506],
     [0.21592768, 0.44453627, 0.10463644],
     [0.8793516, 0.65118235, 0.5184219],
 ]
-SEED_TRUE = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+WORKED_TRUE = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
 
 
 @pytest.mark.parametrize("soft_label", [True, False])
@@ -27,18 +29,18 @@ SEED_TRUE = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
     ("smooth", "coefficient", "loss"),
     [(1.0, 0.64307916, 0.35692084), (0.0, 0.59916145, 0.40083855)],
 )
-def test_seed_000_dice_example(soft_label, smooth, coefficient, loss):
-    pred = torch.tensor(SEED_PRED)[None, None]
-    true = torch.tensor(SEED_TRUE)[None, None]
+def test_worked_dice_example(soft_label, smooth, coefficient, loss):
+    pred = torch.tensor(WORKED_PRED)[None, None]
+    true = torch.tensor(WORKED_TRUE)[None, None]
     dice = DiceSemimetricLoss(smooth_nr=smooth, smooth_dr=smooth, soft_label=soft_label)
     got = dice(pred, true)
     assert got.item() == pytest.approx(loss, abs=2e-7)
     assert 1 - got.item() == pytest.approx(coefficient, abs=2e-7)
 
 
-def test_seed_000_without_smoothing_is_the_tversky_form_with_half_weights():
-    pred = torch.tensor(SEED_PRED)[None, None]
-    true = torch.tensor(SEED_TRUE)[None, None]
+def test_worked_example_without_smoothing_is_the_tversky_form_with_half_weights():
+    pred = torch.tensor(WORKED_PRED)[None, None]
+    true = torch.tensor(WORKED_TRUE)[None, None]
     jdt = JDTLoss(alpha=0.5, beta=0.5, smooth_nr=0.0, smooth_dr=0.0)
     assert jdt(pred, true).item() == pytest.approx(0.40083855, abs=2e-7)
 

@@ -13,7 +13,7 @@ from monai_jdt.losses import (
     JaccardMetricLoss,
     JDTCELoss,
     JDTLoss,
-    ShapeMismatchError,
+    TensorShapeError,
 )
 
 BAD_ARGUMENTS = [
@@ -211,7 +211,7 @@ def test_bad_masks(mask, match):
 def test_shape_errors_are_also_assertion_errors_like_monai():
     with pytest.raises(AssertionError):
         JDTLoss()(_x(2, 3, 4, 4), _x(2, 4, 4, 4))
-    assert issubclass(ShapeMismatchError, ValueError)
+    assert issubclass(TensorShapeError, ValueError)
 
 
 def test_value_checks_can_be_turned_off():

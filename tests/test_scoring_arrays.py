@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import DiceMetric, compute_iou
-from scoring_testdata import ellipsoid, numpy_counts, numpy_scores, organ_pair
 
 from monai_jdt.scoring import (
     InvalidOptionError,
@@ -27,19 +26,25 @@ from monai_jdt.scoring import (
 SHAPE = (40, 36, 28)
 
 
-def assert_matches_numpy(report, pred, ref) -> None:  # type: ignore[no-untyped-def]
-    for row in report.labels:
-        expected = numpy_scores(pred, ref, row.label)
-        for metric, value in expected.items():
-            got = row.metrics[metric]
-            if math.isnan(value):
-                assert got is None, (row.label, metric)
-            else:
-                assert got == pytest.approx(value, rel=1e-12), (row.label, metric)
-        assert (row.tp, row.fp, row.fn, row.tn) == numpy_counts(pred, ref, row.label)
+@pytest.fixture(scope="module")
+def assert_matches_numpy(numpy_scores, numpy_counts):  # type: ignore[no-untyped-def]
+    """``assert_matches_numpy(report, pred, ref)``: every row's scores and counts are numpy's."""
+
+    def check(report, pred, ref) -> None:  # type: ignore[no-untyped-def]
+        for row in report.labels:
+            expected = numpy_scores(pred, ref, row.label)
+            for metric, value in expected.items():
+                got = row.metrics[metric]
+                if math.isnan(value):
+                    assert got is None, (row.label, metric)
+                else:
+                    assert got == pytest.approx(value, rel=1e-12), (row.label, metric)
+            assert (row.tp, row.fp, row.fn, row.tn) == numpy_counts(pred, ref, row.label)
+
+    return check
 
 
-def test_two_spheres_with_a_known_overlap() -> None:
+def test_two_spheres_with_a_known_overlap(ellipsoid, numpy_counts) -> None:
     # two balls of radius 6 (volume ~ 4/3 pi 6^3), centres 6 voxels apart: the lens overlap
     # is pi (4r + d)(2r - d)^2 / 12 in the continuum; the voxel counts are checked exactly
     shape = (32, 32, 32)
@@ -55,7 +60,7 @@ def test_two_spheres_with_a_known_overlap() -> None:
 
 
 @pytest.mark.parametrize("n_labels", [3, 20, 40])
-def test_many_labels_match_numpy(n_labels: int) -> None:
+def test_many_labels_match_numpy(n_labels: int, assert_matches_numpy, organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, n_labels, seed=n_labels)
     report = score_arrays(pred, ref)
     present = sorted((set(np.unique(pred).tolist()) | set(np.unique(ref).tolist())) - {0})
@@ -63,7 +68,7 @@ def test_many_labels_match_numpy(n_labels: int) -> None:
     assert_matches_numpy(report, pred, ref)
 
 
-def test_large_label_ids_and_dtypes() -> None:
+def test_large_label_ids_and_dtypes(organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 4, seed=7)
     big = np.array([0, 300, 1000, 40000, 70000], dtype=np.int64)
     report = score_arrays(big[pred].astype(np.int32), big[ref].astype(np.uint32))
@@ -73,7 +78,7 @@ def test_large_label_ids_and_dtypes() -> None:
         assert a.metrics == b.metrics and (a.tp, a.fp, a.fn) == (b.tp, b.fp, b.fn)
 
 
-def test_matches_monai_dice_and_iou() -> None:
+def test_matches_monai_dice_and_iou(organ_pair) -> None:
     n = 6
     pred, ref = organ_pair(SHAPE, n, seed=11)
     report = score_arrays(pred, ref)
@@ -95,7 +100,7 @@ def test_matches_monai_dice_and_iou() -> None:
         )
 
 
-def test_empty_labels_null_with_reason_or_one() -> None:
+def test_empty_labels_null_with_reason_or_one(organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 2, seed=5)
     pred[pred == 2] = 0  # label 2: in the reference only
     options = ScoringOptions(labels=parse_labels("1=a,2=b,5=absent"))
@@ -116,14 +121,14 @@ def test_empty_labels_null_with_reason_or_one() -> None:
     assert one.label(5).metrics == {"dice": 1.0, "jaccard": 1.0, "precision": 1.0, "recall": 1.0}
 
 
-def test_unrequested_predicted_labels_are_reported() -> None:
+def test_unrequested_predicted_labels_are_reported(organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 3, seed=2)
     report = score_arrays(pred, ref, ScoringOptions(labels={1: "liver"}))
     assert [(r.label, r.requested) for r in report.labels] == [(1, True), (2, False), (3, False)]
     assert any("not asked for" in note for note in report.notes)
 
 
-def test_background_only_when_asked() -> None:
+def test_background_only_when_asked(assert_matches_numpy, organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 2, seed=1)
     assert 0 not in [r.label for r in score_arrays(pred, ref).labels]
     report = score_arrays(pred, ref, ScoringOptions(include_background=True))
@@ -131,7 +136,7 @@ def test_background_only_when_asked() -> None:
     assert_matches_numpy(report, pred, ref)
 
 
-def test_anisotropic_spacing_gives_volumes_in_ml() -> None:
+def test_anisotropic_spacing_gives_volumes_in_ml(organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 2, seed=9)
     spacing = (0.7, 0.8, 2.5)
     row = score_arrays(pred, ref, spacing=spacing).label(1)
@@ -141,7 +146,7 @@ def test_anisotropic_spacing_gives_volumes_in_ml() -> None:
     assert score_arrays(pred, ref).label(1).reference_ml is None
 
 
-def test_tversky_metric() -> None:
+def test_tversky_metric(numpy_counts, organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 1, seed=4)
     options = ScoringOptions(metrics=("tversky", "dice"), tversky_alpha=0.3, tversky_beta=0.7)
     row = score_arrays(pred, ref, options).label(1)
@@ -150,7 +155,7 @@ def test_tversky_metric() -> None:
     assert row.metrics["tversky"] == pytest.approx(tp / (tp + 0.3 * fp + 0.7 * fn), rel=1e-12)
 
 
-def test_float_label_maps_and_torch_inputs() -> None:
+def test_float_label_maps_and_torch_inputs(organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 3, seed=6)
     base = score_arrays(pred, ref)
     for p, r in [
@@ -162,7 +167,7 @@ def test_float_label_maps_and_torch_inputs() -> None:
         assert [x.metrics for x in report.labels] == [x.metrics for x in base.labels]
 
 
-def test_probability_maps_use_semimetric_soft_counts() -> None:
+def test_probability_maps_use_semimetric_soft_counts(organ_pair) -> None:
     rng = np.random.default_rng(0)
     pred_labels, ref = organ_pair((24, 20, 16), 3, seed=3)
     logits = rng.normal(size=(4, 24, 20, 16)) + 4 * np.eye(4)[pred_labels].transpose(3, 0, 1, 2)
@@ -286,7 +291,7 @@ def test_cuda_asked_without_cuda_is_a_clear_error() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_scores_equal_cpu_scores() -> None:
+def test_cuda_scores_equal_cpu_scores(organ_pair) -> None:
     pred, ref = organ_pair(SHAPE, 5, seed=8)
     cpu = score_arrays(pred, ref, ScoringOptions(device="cpu"))
     gpu = score_arrays(pred, ref, ScoringOptions(device="cuda"))
@@ -302,7 +307,7 @@ def test_cuda_scores_equal_cpu_scores() -> None:
         assert a.metrics["dice"] == pytest.approx(b.metrics["dice"], rel=1e-9)
 
 
-def test_unsigned_references_for_torch_paths() -> None:
+def test_unsigned_references_for_torch_paths(organ_pair) -> None:
     pred, ref = organ_pair((20, 18, 16), 3, seed=12)
     probs = np.eye(4)[pred].transpose(3, 0, 1, 2) * 0.8 + 0.05
     expected = [r.metrics for r in score_arrays(probs, ref).labels]

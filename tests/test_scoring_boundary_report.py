@@ -159,10 +159,11 @@ def test_summary_charges_missing_distance_and_counts_missed_structures() -> None
     assert charged["labels"][0]["assd"]["mean"] == 50.0
 
 
-def test_service_form_fields_ask_for_boundary_metrics_and_regions(tmp_path: Path) -> None:
+def test_service_form_fields_ask_for_boundary_metrics_and_regions(
+    tmp_path: Path, nifti_bytes
+) -> None:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
-    from service_testing import nifti_bytes
 
     from jdt_service import Settings, create_app
 

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scoring_testdata import numpy_scores, organ_pair
 
 from monai_jdt.scoring import (
     AffineMismatchError,
@@ -53,7 +52,7 @@ def write(path: Path, xyz: np.ndarray, compress: bool = True, vector: bool = Fal
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
+def pair(organ_pair) -> tuple[np.ndarray, np.ndarray]:
     return organ_pair(SHAPE_XYZ, 4, seed=5)
 
 
@@ -120,7 +119,9 @@ def test_vector_image_is_a_channel_axis(tmp_path: Path, pair) -> None:  # type: 
 
 
 @pytest.mark.parametrize(("suffix", "compress"), FORMATS)
-def test_scores_agree_across_formats(tmp_path: Path, pair, suffix: str, compress: bool) -> None:  # type: ignore[no-untyped-def]
+def test_scores_agree_across_formats(
+    tmp_path: Path, pair, suffix: str, compress: bool, numpy_scores
+) -> None:  # type: ignore[no-untyped-def]
     pred, ref = pair
     p = write(tmp_path / f"case_001{suffix}", pred.astype(np.uint8), compress)
     r = write(tmp_path / "case_001.nii.gz", ref.astype(np.int16))

@@ -9,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scoring_testdata import numpy_scores, organ_pair
 
 from monai_jdt.scoring import (
     AffineMismatchError,
@@ -36,13 +35,15 @@ def save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE, cls=nib.Nift
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
+def pair(organ_pair) -> tuple[np.ndarray, np.ndarray]:
     return organ_pair(SHAPE, 5, seed=21)
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32])
-def test_round_trip_matches_numpy(tmp_path: Path, pair, suffix: str, dtype: type) -> None:  # type: ignore[no-untyped-def]
+def test_round_trip_matches_numpy(
+    tmp_path: Path, pair, suffix: str, dtype: type, numpy_scores
+) -> None:  # type: ignore[no-untyped-def]
     pred, ref = pair
     p = save(tmp_path / f"case_7{suffix}", pred.astype(dtype))
     r = save(tmp_path / f"ref{suffix}", ref.astype(np.uint8))
@@ -86,7 +87,7 @@ def test_inspect_reads_the_header(tmp_path: Path, pair) -> None:  # type: ignore
     assert inspect_nifti(tmp_path / "m.nii").spacing == pytest.approx((800, 900, 2500))
 
 
-def test_scaled_file_is_rescaled(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+def test_scaled_file_is_rescaled(tmp_path: Path, pair, numpy_scores) -> None:  # type: ignore[no-untyped-def]
     pred, ref = pair
     path = save(tmp_path / "scaled.nii", pred.astype(np.uint8))
     raw = bytearray(path.read_bytes())

@@ -384,9 +384,8 @@ def test_cli_writes_nnunet_summary(folders, tmp_path: Path, capsys) -> None:  # 
     assert list(loaded["mean"]) == ["1", "2", "3"]
 
 
-def test_service_form_field_ignore_label(tmp_path: Path) -> None:
+def test_service_form_field_ignore_label(tmp_path: Path, nifti_bytes) -> None:
     from fastapi.testclient import TestClient
-    from service_testing import nifti_bytes
 
     from jdt_service import Settings, create_app
 

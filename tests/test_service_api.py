@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from service_testing import dice_f64, label_pair, nifti_bytes
 
 from jdt_service import Settings, create_app
 from jdt_service.dependencies import get_scorer
@@ -44,7 +43,7 @@ def client(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
+def pair(label_pair) -> tuple[np.ndarray, np.ndarray]:
     return label_pair(SHAPE, labels=3, seed=7)
 
 
@@ -127,7 +126,7 @@ def test_info_reports_version_device_and_limits(tmp_path: Path) -> None:
     assert body["limits"]["max_queue"] == 4
 
 
-def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair) -> None:
+def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair, nifti_bytes) -> None:
     pred, ref = pair
     assert (
         client.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref))).status_code
@@ -155,7 +154,9 @@ def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair) -> N
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["nii.gz", "nii"])
-def test_scores_match_numpy(client: TestClient, pair, gz: bool, tmp_path: Path) -> None:
+def test_scores_match_numpy(
+    client: TestClient, pair, gz: bool, tmp_path: Path, dice_f64, nifti_bytes
+) -> None:
     pred, ref = pair
     r = client.post(
         "/v1/scores", files=files_for(nifti_bytes(pred, gz=gz), nifti_bytes(ref, gz=gz))
@@ -170,7 +171,9 @@ def test_scores_match_numpy(client: TestClient, pair, gz: bool, tmp_path: Path) 
     assert leftovers(tmp_path) == []
 
 
-def test_response_is_the_library_report(client: TestClient, pair, tmp_path: Path) -> None:
+def test_response_is_the_library_report(
+    client: TestClient, pair, tmp_path: Path, nifti_bytes
+) -> None:
     """The service adds nothing and drops nothing: its body is ``CaseReport.to_dict()``."""
     pred, ref = pair
     (tmp_path / "p.nii.gz").write_bytes(nifti_bytes(pred))
@@ -192,7 +195,7 @@ def test_response_is_the_library_report(client: TestClient, pair, tmp_path: Path
     assert got == json.loads(json.dumps(expected))
 
 
-def test_scoring_options_as_form_fields(client: TestClient, pair) -> None:
+def test_scoring_options_as_form_fields(client: TestClient, pair, dice_f64, nifti_bytes) -> None:
     pred, ref = pair
     data = {
         "labels": "0=background,2=spleen",
@@ -215,7 +218,7 @@ def test_scoring_options_as_form_fields(client: TestClient, pair) -> None:
     assert json.dumps(body).count("case-42") >= 1
 
 
-def test_empty_convention_and_absent_label(client: TestClient, pair) -> None:
+def test_empty_convention_and_absent_label(client: TestClient, pair, dice_f64, nifti_bytes) -> None:
     pred, ref = pair
     files = files_for(nifti_bytes(pred), nifti_bytes(ref))
     nan_rows = rows_by_label(client.post("/v1/scores", files=files, data={"labels": "1,9"}).json())
@@ -227,7 +230,7 @@ def test_empty_convention_and_absent_label(client: TestClient, pair) -> None:
     assert one_rows[1]["dice"] == pytest.approx(dice_f64(pred, ref, 1), abs=1e-6)
 
 
-def test_affine_tolerance_and_ignore(client: TestClient, pair) -> None:
+def test_affine_tolerance_and_ignore(client: TestClient, pair, nifti_bytes) -> None:
     pred, ref = pair
     moved = np.eye(4)
     moved[0, 3] = 0.01
@@ -238,7 +241,7 @@ def test_affine_tolerance_and_ignore(client: TestClient, pair) -> None:
     assert client.post("/v1/scores", files=files, data={"ignore_affine": "yes"}).status_code == 200
 
 
-def test_probability_map_is_scored_softly(client: TestClient) -> None:
+def test_probability_map_is_scored_softly(client: TestClient, nifti_bytes) -> None:
     rng = np.random.default_rng(3)
     prob = rng.random(SHAPE).astype(np.float32)
     ref = (rng.random(SHAPE) < 0.5).astype(np.float32)
@@ -274,13 +277,13 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict:
     return detail
 
 
-def test_missing_file_field(client: TestClient, pair) -> None:
+def test_missing_file_field(client: TestClient, pair, nifti_bytes) -> None:
     pred, _ = pair
     r = client.post("/v1/scores", files={"prediction": ("p.nii.gz", nifti_bytes(pred))})
     assert "reference" in assert_error(r, 422, "missing_field")["message"]
 
 
-def test_unknown_and_duplicate_fields(client: TestClient, pair) -> None:
+def test_unknown_and_duplicate_fields(client: TestClient, pair, nifti_bytes) -> None:
     pred, ref = pair
     files = files_for(nifti_bytes(pred), nifti_bytes(ref))
     r = client.post("/v1/scores", files=files, data={"smoothing": "1"})
@@ -303,7 +306,9 @@ def test_unknown_and_duplicate_fields(client: TestClient, pair) -> None:
         ("kind", "masks"),
     ],
 )
-def test_invalid_option_values(client: TestClient, pair, field: str, value: str) -> None:
+def test_invalid_option_values(
+    client: TestClient, pair, field: str, value: str, nifti_bytes
+) -> None:
     pred, ref = pair
     r = client.post(
         "/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)), data={field: value}
@@ -326,7 +331,7 @@ def test_multipart_cut_before_its_end(client: TestClient) -> None:
     assert_error(r, 400, "malformed_multipart")
 
 
-def test_upload_over_the_size_limit(tmp_path: Path) -> None:
+def test_upload_over_the_size_limit(tmp_path: Path, nifti_bytes) -> None:
     big = np.zeros((40, 40, 40), np.uint8)  # 64000 bytes raw
     with make_client(tmp_path, max_upload_bytes=20_000) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(big, gz=False), nifti_bytes(big)))
@@ -344,7 +349,9 @@ def test_upload_over_the_size_limit(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-def test_volume_over_the_voxel_limit_is_refused_from_its_header(tmp_path: Path, pair) -> None:
+def test_volume_over_the_voxel_limit_is_refused_from_its_header(
+    tmp_path: Path, pair, nifti_bytes
+) -> None:
     pred, ref = pair
     with make_client(tmp_path, max_voxels=pred.size - 1) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
@@ -380,7 +387,7 @@ def test_api_keys_guard_v1_only(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- limits and failures
 
 
-def test_full_server_answers_503_with_retry_after(tmp_path: Path, pair) -> None:
+def test_full_server_answers_503_with_retry_after(tmp_path: Path, pair, nifti_bytes) -> None:
     pred, ref = pair
     with make_client(tmp_path, max_uploads=1, retry_after=7) as c:
         holder = c.app.state.pool.admit()  # one upload in flight takes the only place
@@ -400,7 +407,7 @@ async def _post_many(app, n: int, files: dict) -> list[httpx.Response]:
         return await asyncio.gather(*(ac.post("/v1/scores", files=files) for _ in range(n)))
 
 
-def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair) -> None:
+def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, nifti_bytes) -> None:
     """One slot, three queue places: four concurrent requests all succeed, one at a time."""
     pred, ref = pair
     running, peak = [0], [0]
@@ -426,7 +433,9 @@ def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair) -> None:
     assert leftovers(tmp_path) == []
 
 
-def test_request_timeout_gives_504_and_files_go_when_the_job_ends(tmp_path: Path, pair) -> None:
+def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
+    tmp_path: Path, pair, nifti_bytes
+) -> None:
     pred, ref = pair
     release = threading.Event()
 
@@ -447,7 +456,9 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(tmp_path: Path
     assert leftovers(tmp_path) == []
 
 
-def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, caplog) -> None:
+def test_cuda_out_of_memory_retries_on_cpu(
+    tmp_path: Path, pair, caplog, dice_f64, nifti_bytes
+) -> None:
     pred, ref = pair
     devices: list[str] = []
 
@@ -470,7 +481,9 @@ def test_cuda_out_of_memory_retries_on_cpu(tmp_path: Path, pair, caplog) -> None
     assert line.jdt["gpu_fallback"] is True
 
 
-def test_unexpected_failure_is_a_json_500_without_details(tmp_path: Path, pair, caplog) -> None:
+def test_unexpected_failure_is_a_json_500_without_details(
+    tmp_path: Path, pair, caplog, nifti_bytes
+) -> None:
     pred, ref = pair
 
     def broken(*args, **kwargs):
@@ -489,7 +502,7 @@ def test_unexpected_failure_is_a_json_500_without_details(tmp_path: Path, pair, 
 
 
 def test_one_log_line_per_request_without_names_or_content(
-    client: TestClient, pair, caplog
+    client: TestClient, pair, caplog, nifti_bytes
 ) -> None:
     pred, ref = pair
     caplog.set_level(logging.INFO, logger="jdt_service")
@@ -521,7 +534,9 @@ def test_cors_origins(tmp_path: Path) -> None:
         assert "access-control-allow-origin" not in r.headers
 
 
-def test_openapi_documents_every_status_and_the_report_schema(client: TestClient, pair) -> None:
+def test_openapi_documents_every_status_and_the_report_schema(
+    client: TestClient, pair, nifti_bytes
+) -> None:
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/scores"]["post"]
     assert {"200", "400", "401", "413", "415", "422", "503", "504"} <= set(post["responses"])
@@ -548,7 +563,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
+def test_gpu_ready_info_and_scoring(tmp_path: Path, nifti_bytes) -> None:
     rng = np.random.default_rng(5)
     prob = rng.random(SHAPE).astype(np.float32)
     ref = (rng.random(SHAPE) < 0.5).astype(np.float32)
@@ -576,7 +591,7 @@ def test_gpu_ready_info_and_scoring(tmp_path: Path) -> None:
     [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")],
     ids=["numpy", "torch-cpu"],
 )
-def test_host_out_of_memory_is_503(tmp_path: Path, pair, error) -> None:
+def test_host_out_of_memory_is_503(tmp_path: Path, pair, error, nifti_bytes) -> None:
     pred, ref = pair
 
     def no_memory(*args, **kwargs):
@@ -605,7 +620,7 @@ def multipart_body(boundary: str, pred: bytes, ref: bytes) -> bytes:
     return b"".join(parts) + f"--{boundary}--\r\n".encode()
 
 
-def test_boundary_over_256_characters_is_a_400(client: TestClient, pair) -> None:
+def test_boundary_over_256_characters_is_a_400(client: TestClient, pair, nifti_bytes) -> None:
     pred, ref = pair
     boundary = "b" * 300
     r = client.post(
@@ -617,7 +632,7 @@ def test_boundary_over_256_characters_is_a_400(client: TestClient, pair) -> None
     assert "256" in detail["message"]
 
 
-def test_epilogue_after_the_final_boundary_is_bounded(tmp_path: Path, pair) -> None:
+def test_epilogue_after_the_final_boundary_is_bounded(tmp_path: Path, pair, nifti_bytes) -> None:
     pred, ref = pair
     body = multipart_body("XyZ", nifti_bytes(pred), nifti_bytes(ref))
     headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
@@ -645,7 +660,7 @@ def test_epilogue_after_the_final_boundary_is_bounded(tmp_path: Path, pair) -> N
     assert leftovers(tmp_path) == []
 
 
-def test_endless_chunked_upload_is_cut_at_the_limit(tmp_path: Path, pair) -> None:
+def test_endless_chunked_upload_is_cut_at_the_limit(tmp_path: Path, pair, nifti_bytes) -> None:
     from jdt_service.uploads import body_limit
 
     pred, _ = pair
@@ -673,7 +688,7 @@ def test_endless_chunked_upload_is_cut_at_the_limit(tmp_path: Path, pair) -> Non
     assert leftovers(tmp_path) == []
 
 
-def test_slow_upload_gets_408_and_frees_its_place(tmp_path: Path, pair) -> None:
+def test_slow_upload_gets_408_and_frees_its_place(tmp_path: Path, pair, nifti_bytes) -> None:
     pred, ref = pair
     body = multipart_body("XyZ", nifti_bytes(pred), nifti_bytes(ref))
     app = make_client(tmp_path, min_upload_rate=1000, header_timeout=0.2, max_uploads=1).app
@@ -701,7 +716,7 @@ def test_slow_upload_gets_408_and_frees_its_place(tmp_path: Path, pair) -> None:
     assert leftovers(tmp_path) == []
 
 
-def test_uploading_does_not_take_a_scoring_slot(tmp_path: Path, pair) -> None:
+def test_uploading_does_not_take_a_scoring_slot(tmp_path: Path, pair, nifti_bytes) -> None:
     """One scoring slot, no queue: a request still uploading leaves it to a finished upload."""
     pred, ref = pair
     with make_client(tmp_path, max_concurrency=1, max_queue=0, max_uploads=2) as c:
@@ -716,7 +731,7 @@ def never_called(*args, **kwargs):
     raise AssertionError("the scorer must not run for a job refused by its memory estimate")
 
 
-def test_job_over_the_memory_limit_is_413_before_scoring(tmp_path: Path) -> None:
+def test_job_over_the_memory_limit_is_413_before_scoring(tmp_path: Path, nifti_bytes) -> None:
     from jdt_service.job_memory import job_bytes
     from monai_jdt.scoring import ScoringOptions
     from monai_jdt.scoring.nifti import inspect_nifti
@@ -738,7 +753,9 @@ def test_job_over_the_memory_limit_is_413_before_scoring(tmp_path: Path) -> None
     assert leftovers(tmp_path) == []
 
 
-def test_memory_budget_across_jobs_gives_503_with_retry_after(tmp_path: Path, pair) -> None:
+def test_memory_budget_across_jobs_gives_503_with_retry_after(
+    tmp_path: Path, pair, nifti_bytes
+) -> None:
     from jdt_service.job_memory import CHUNK_OVERHEAD_BYTES
 
     pred, ref = pair
@@ -777,7 +794,9 @@ def test_memory_budget_across_jobs_gives_503_with_retry_after(tmp_path: Path, pa
     assert leftovers(tmp_path) == []
 
 
-def test_unhandled_error_logs_a_path_relative_to_its_package(tmp_path: Path, pair, caplog) -> None:
+def test_unhandled_error_logs_a_path_relative_to_its_package(
+    tmp_path: Path, pair, caplog, nifti_bytes
+) -> None:
     pred, ref = pair
 
     def broken(*args, **kwargs):
@@ -795,7 +814,7 @@ def test_unhandled_error_logs_a_path_relative_to_its_package(tmp_path: Path, pai
     assert str(Path(__file__).parent) not in line
 
 
-def test_boundary_metrics_above_the_voxel_limit_are_413(tmp_path: Path, pair) -> None:
+def test_boundary_metrics_above_the_voxel_limit_are_413(tmp_path: Path, pair, nifti_bytes) -> None:
     pred, ref = pair
     voxels = math.prod(SHAPE)
     files = files_for(nifti_bytes(pred), nifti_bytes(ref))

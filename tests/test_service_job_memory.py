@@ -8,7 +8,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from service_testing import label_pair, write_nifti
 
 from jdt_service.job_memory import CHUNK_OVERHEAD_BYTES, job_bytes
 from monai_jdt.scoring import ScoringOptions, score_files
@@ -24,7 +23,7 @@ def _scaled_int16(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def _cases(tmp: Path) -> dict[str, tuple[Path, Path, ScoringOptions]]:
+def _cases(tmp: Path, label_pair, write_nifti) -> dict[str, tuple[Path, Path, ScoringOptions]]:
     pred, ref = label_pair(SHAPE, labels=4, seed=3)
     rng = np.random.default_rng(4)
     probs = rng.random((*SHAPE, 4)).astype(np.float32)
@@ -62,8 +61,10 @@ def _cases(tmp: Path) -> dict[str, tuple[Path, Path, ScoringOptions]]:
         "float32 probabilities (X, Y, Z, C)",
     ],
 )
-def test_estimate_bounds_the_peak_allocation(tmp_path: Path, name: str) -> None:
-    prediction, reference, options = _cases(tmp_path)[name]
+def test_estimate_bounds_the_peak_allocation(
+    tmp_path: Path, name: str, label_pair, write_nifti
+) -> None:
+    prediction, reference, options = _cases(tmp_path, label_pair, write_nifti)[name]
     estimate = job_bytes(inspect_nifti(prediction), inspect_nifti(reference), options)
     score_files(prediction, reference, options)  # warm-up: imports and caches are not the job's
     tracemalloc.start()
@@ -77,7 +78,7 @@ def test_estimate_bounds_the_peak_allocation(tmp_path: Path, name: str) -> None:
         assert estimate - CHUNK_OVERHEAD_BYTES >= peak // 4, (name, peak, estimate)
 
 
-def test_streamed_estimate_does_not_grow_with_the_volume(tmp_path: Path) -> None:
+def test_streamed_estimate_does_not_grow_with_the_volume(tmp_path: Path, write_nifti) -> None:
     small = write_nifti(tmp_path / "s.nii.gz", np.zeros((8, 8, 8), np.uint8))
     large = write_nifti(tmp_path / "l.nii.gz", np.zeros((256, 256, 128), np.uint8))
     options = ScoringOptions()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_testing import dice_f64, label_pair, nifti_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +69,7 @@ def test_health_and_readiness(server: Server) -> None:
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
 
 
-def test_real_upload(server: Server) -> None:
+def test_real_upload(server: Server, dice_f64, label_pair, nifti_bytes) -> None:
     pred, ref = label_pair((20, 16, 12), seed=11)
     r = httpx.post(
         server.url + "/v1/scores",
@@ -86,7 +85,9 @@ def test_real_upload(server: Server) -> None:
     assert list(server.temp.iterdir()) == []
 
 
-def test_sixteen_concurrent_uploads_are_all_correct(server: Server) -> None:
+def test_sixteen_concurrent_uploads_are_all_correct(
+    server: Server, dice_f64, label_pair, nifti_bytes
+) -> None:
     pairs = [label_pair((16, 16, 12), seed=100 + i) for i in range(16)]
 
     async def drive() -> list[httpx.Response]:
@@ -138,7 +139,9 @@ def test_client_that_disconnects_mid_upload_leaves_no_file(server: Server) -> No
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(tmp_path: Path) -> None:
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(
+    tmp_path: Path, label_pair, nifti_bytes
+) -> None:
     (tmp_path / "uploads").mkdir()
     srv = Server(tmp_path / "uploads", tmp_path / "server.log")
     assert httpx.get(srv.url + "/v1/info").json()["device"] == "cpu"
@@ -263,7 +266,9 @@ def test_huge_header_is_431_and_others_are_served(strict_server: Server) -> None
     assert sent[0] < 64 << 20  # refused long before the end
 
 
-def test_slow_bodies_do_not_hold_the_scoring_slot(strict_server: Server) -> None:
+def test_slow_bodies_do_not_hold_the_scoring_slot(
+    strict_server: Server, label_pair, nifti_bytes
+) -> None:
     head = (
         b"POST /v1/scores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
         b"Content-Type: multipart/form-data; boundary=slow\r\n\r\n--slow\r\n"
@@ -300,7 +305,9 @@ def test_slow_bodies_do_not_hold_the_scoring_slot(strict_server: Server) -> None
     assert all(b'"upload_too_slow"' in a for a in answers)
 
 
-def test_chunked_epilogue_is_refused_before_its_end(strict_server: Server) -> None:
+def test_chunked_epilogue_is_refused_before_its_end(
+    strict_server: Server, label_pair, nifti_bytes
+) -> None:
     pred, ref = label_pair((10, 9, 8), seed=22)
     request = httpx.Request(
         "POST",
@@ -359,6 +366,8 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigterm_with_a_runaway_job_exits_and_start_up_removes_stale_folders(
     tmp_path: Path,
+    label_pair,
+    nifti_bytes,
 ) -> None:
     uploads = tmp_path / "uploads"
     uploads.mkdir()

@@ -153,10 +153,9 @@ SPACING = (0.8, 0.8, 2.5)
 
 
 @pytest.fixture(scope="module")
-def pair_files(tmp_path_factory) -> dict[str, Path]:
+def pair_files(tmp_path_factory, write_nifti) -> dict[str, Path]:
     """Label 1 nearly right (shifted one voxel), label 2 partly missed: the worst label."""
     import numpy as np
-    from service_testing import write_nifti
 
     folder = tmp_path_factory.mktemp("pair")
     ref = np.zeros((40, 32, 20), np.uint8)
@@ -213,9 +212,8 @@ def test_a_wrong_key_is_refused_with_a_clear_message(offline, server_url, tmp_pa
     assert offline.blocked == []
 
 
-def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path) -> None:
+def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path, dice_f64) -> None:
     import numpy as np
-    from service_testing import dice_f64
 
     page = offline.page
     page.goto(server_url + "/")
@@ -294,11 +292,10 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
 
 
 @pytest.fixture(scope="module")
-def dataset_report(tmp_path_factory) -> dict:
+def dataset_report(tmp_path_factory, write_nifti) -> dict:
     import json
 
     import numpy as np
-    from service_testing import write_nifti
 
     folder = tmp_path_factory.mktemp("dataset")
     (folder / "preds").mkdir()

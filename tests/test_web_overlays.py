@@ -15,7 +15,6 @@ import jsonschema
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_testing import dice_f64, nifti_bytes
 
 from jdt_service import Settings, create_app
 
@@ -44,23 +43,31 @@ def _pair() -> tuple[np.ndarray, np.ndarray]:
     return pred, ref
 
 
-def _post(client: TestClient, pred, ref, affine, **extra) -> dict:
-    files = {
-        "prediction": ("p.nii.gz", nifti_bytes(pred, affine)),
-        "reference": ("r.nii.gz", nifti_bytes(ref, affine)),
-    }
-    if "image" in extra:
-        files["image"] = ("ct.nii.gz", nifti_bytes(extra.pop("image"), affine))
-    r = client.post("/v1/scores", files=files, data={"overlays": "true", **extra})
-    assert r.status_code == 200, r.text
-    return r.json()
+@pytest.fixture
+def post_pair(nifti_bytes):  # type: ignore[no-untyped-def]
+    """``post_pair(client, pred, ref, ...)``: POST the pair as NIfTI uploads."""
+
+    def _post(client: TestClient, pred, ref, affine, **extra) -> dict:
+        files = {
+            "prediction": ("p.nii.gz", nifti_bytes(pred, affine)),
+            "reference": ("r.nii.gz", nifti_bytes(ref, affine)),
+        }
+        if "image" in extra:
+            files["image"] = ("ct.nii.gz", nifti_bytes(extra.pop("image"), affine))
+        r = client.post("/v1/scores", files=files, data={"overlays": "true", **extra})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    return _post
 
 
-def test_volumes_come_back_in_ras_order_with_the_spacing(client: TestClient) -> None:
+def test_volumes_come_back_in_ras_order_with_the_spacing(
+    client: TestClient, dice_f64, post_pair
+) -> None:
     pred, ref = _pair()
     # axes 0 and 1 point Left and Posterior (LPS, as DICOM): RAS order flips both
     affine = np.diag([-0.8, -0.8, 2.5, 1.0])
-    body = _post(client, pred, ref, affine)
+    body = post_pair(client, pred, ref, affine)
     overlays = body["overlays"]
     assert overlays["shape"] == [12, 10, 6] and overlays["step"] == [1, 1, 1]
     np.testing.assert_allclose(overlays["spacing_mm"], [0.8, 0.8, 2.5], rtol=1e-6)
@@ -86,20 +93,20 @@ def test_volumes_come_back_in_ras_order_with_the_spacing(client: TestClient) -> 
     assert {"overlays", "image"} <= set(form)
 
 
-def test_large_volumes_are_downsampled_by_a_whole_step(client: TestClient) -> None:
+def test_large_volumes_are_downsampled_by_a_whole_step(client: TestClient, post_pair) -> None:
     ref = np.zeros((300, 20, 8), np.uint8)
     ref[100:200, 5:15, 2:6] = 3
     pred = np.roll(ref, 4, axis=0)
-    overlays = _post(client, pred, ref, np.diag([0.5, 1.0, 3.0, 1.0]))["overlays"]
+    overlays = post_pair(client, pred, ref, np.diag([0.5, 1.0, 3.0, 1.0]))["overlays"]
     assert overlays["step"] == [3, 1, 1] and overlays["shape"] == [100, 20, 8]
     np.testing.assert_allclose(overlays["spacing_mm"], [1.5, 1.0, 3.0], rtol=1e-6)
     np.testing.assert_array_equal(_volume(overlays, "reference", "uint8"), ref[::3])
 
 
-def test_the_image_is_windowed_to_bytes(client: TestClient) -> None:
+def test_the_image_is_windowed_to_bytes(client: TestClient, post_pair) -> None:
     pred, ref = _pair()
     image = np.linspace(-1000, 1000, ref.size, dtype=np.float32).reshape(ref.shape, order="F")
-    overlays = _post(client, pred, ref, np.eye(4), image=image)["overlays"]
+    overlays = post_pair(client, pred, ref, np.eye(4), image=image)["overlays"]
     shown = _volume(overlays, "image", "uint8").astype(int)
     low, high = np.percentile(image, [1, 99])
     expected = np.clip((image.astype(np.float64) - low) * 255.0 / (high - low), 0, 255)
@@ -107,7 +114,7 @@ def test_the_image_is_windowed_to_bytes(client: TestClient) -> None:
     assert shown.min() == 0 and shown.max() == 255
 
 
-def test_without_the_flag_there_are_no_overlays(client: TestClient) -> None:
+def test_without_the_flag_there_are_no_overlays(client: TestClient, nifti_bytes) -> None:
     pred, ref = _pair()
     files = {
         "prediction": ("p.nii.gz", nifti_bytes(pred)),
@@ -118,7 +125,7 @@ def test_without_the_flag_there_are_no_overlays(client: TestClient) -> None:
     assert r.status_code == 200 and "overlays" not in r.json()
 
 
-def test_bad_overlay_input_is_refused_with_a_named_error(client: TestClient) -> None:
+def test_bad_overlay_input_is_refused_with_a_named_error(client: TestClient, nifti_bytes) -> None:
     pred, ref = _pair()
     files = {
         "prediction": ("p.nii.gz", nifti_bytes(pred)),

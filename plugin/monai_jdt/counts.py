@@ -41,6 +41,7 @@ present in that image's target, or every class when all are counted):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -83,6 +84,33 @@ def _unreduce(g: torch.Tensor, ndim: int, dims: tuple[int, ...]) -> torch.Tensor
     for d in sorted(dims):
         shape.insert(d, 1)
     return g.reshape(shape)
+
+
+#: at most this many rows take one BLAS dot product each (see ``_dot``)
+_DOT_ROWS = 64
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``sum(a * b)`` over ``dims`` (a and b of one shape and dtype).
+
+    Where ``dims`` are the trailing axes of contiguous CPU tensors and the other axes hold few
+    rows (``B * C`` of a loss), each row is one ``torch.dot``: a BLAS dot product reads both
+    inputs once and writes no ``a * b`` temporary, about twice as fast as the product and its
+    sum. Elsewhere (GPU, other layouts, many rows) the product and its sum.
+    """
+    n_rows = math.prod(a.shape[: a.ndim - len(dims)])
+    trailing = sorted(dims) == list(range(a.ndim - len(dims), a.ndim))
+    if (
+        a.device.type == "cpu"
+        and trailing
+        and 0 < n_rows <= _DOT_ROWS
+        and a.is_contiguous()
+        and b.is_contiguous()
+    ):
+        rows_a, rows_b = a.reshape(n_rows, -1), b.reshape(n_rows, -1)
+        out = torch.stack([torch.dot(p, q) for p, q in zip(rows_a, rows_b, strict=True)])
+        return out.reshape(a.shape[: a.ndim - len(dims)])
+    return (a * b).sum(dim=dims)
 
 
 class _L1SemimetricCounts(torch.autograd.Function):
@@ -131,6 +159,47 @@ class _L1SemimetricCounts(torch.autograd.Function):
         return grad_x, grad_y, None, None
 
 
+class _ClassicCounts(torch.autograd.Function):
+    """``(|x|_p^p, |y|_p^p, sum(x * y))`` over ``dims`` with plain sums for p = 1 (the classic
+    counts, and the semimetric ones where they are equal), with a fused backward.
+
+    Autograd would take a product, a broadcast and a sum of partial gradients (three full-size
+    passes) for ``dtp/dx = y`` plus ``dpx/dx = 1`` (p = 1) or ``2 x`` (p = 2); here each input's
+    gradient is one ``addcmul`` (two for p = 2)::
+
+        grad_x = g_px * (1 or 2 x) + g_tp * y
+        grad_y = g_py * (1 or 2 y) + g_tp * x
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...], norm: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(x, y)
+        ctx.dims, ctx.norm = dims, norm
+        tp = _dot(x, y, dims)
+        if norm == 1:
+            return x.sum(dim=dims), y.sum(dim=dims), tp
+        return _dot(x, x, dims), _dot(y, y, dims), tp
+
+    @staticmethod
+    def backward(
+        ctx: Any, g_px: torch.Tensor, g_py: torch.Tensor, g_tp: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        x, y = ctx.saved_tensors
+        dims, n = ctx.dims, x.ndim
+        g_px, g_py, g_tp = (_unreduce(g, n, dims) for g in (g_px, g_py, g_tp))
+
+        def grad(own: torch.Tensor, other: torch.Tensor, g_own: torch.Tensor) -> torch.Tensor:
+            if ctx.norm == 1:
+                return torch.addcmul(g_own, g_tp, other)
+            return torch.mul(own, 2 * g_own).addcmul_(g_tp, other)
+
+        grad_x = grad(x, y, g_px) if ctx.needs_input_grad[0] else None
+        grad_y = grad(y, x, g_py) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_y, None, None
+
+
 def soft_counts(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -155,6 +224,9 @@ def soft_counts(
     Returns:
         ``SoftCounts(tp, fp, fn)`` in float32 (float64 for float64 inputs), shaped as ``x``
         without ``dims``.
+
+    Raises:
+        ValueError: ``norm`` other than 1 or 2, or ``x`` and ``y`` of different shapes.
     """
     if norm not in (1, 2):
         raise ValueError(f"norm must be 1 or 2, got {norm!r}.")
@@ -169,13 +241,9 @@ def soft_counts(
         y = y.to(dtype)
         if norm == 1 and semimetric:
             px, py, tp = _L1SemimetricCounts.apply(x, y, dims, nonnegative)
-        elif norm == 1:
-            px, py = x.sum(dim=dims), y.sum(dim=dims)
-            tp = (x * y).sum(dim=dims)
         else:
             # p = 2: (|x|^2 + |y|^2 - |x-y|^2) / 2 == sum(x*y) exactly, so both forms agree.
-            px, py = (x * x).sum(dim=dims), (y * y).sum(dim=dims)
-            tp = (x * y).sum(dim=dims)
+            px, py, tp = _ClassicCounts.apply(x, y, dims, norm)
     return SoftCounts(tp, px - tp, py - tp)
 
 
@@ -233,6 +301,10 @@ def aggregate_values(
     Returns:
         A 0-dim tensor; NaN (with a zero gradient) when no pair is active. Inactive entries never
         reach the result or its gradient.
+
+    Raises:
+        ValueError: an unknown ``level``, or ``values`` and ``active`` not both ``[N, C]`` at
+            the image or class level.
     """
     active = active.to(torch.bool)
     if level == "batch":
@@ -271,6 +343,9 @@ def aggregate_scores(
 
     Returns:
         A 0-dim tensor; NaN when no pair is active.
+
+    Raises:
+        ValueError: ``counts`` and ``active`` not both ``[N, C]``, or an unknown ``level``.
     """
     if active.shape != counts.tp.shape or counts.tp.ndim != 2:
         raise ValueError(

@@ -12,7 +12,7 @@ Outside a distributed run (not initialised, or one rank) every function is the i
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -30,30 +30,25 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the backward sums the incoming gradients over ranks too."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Elementwise sum of ``tensor`` over all ranks, differentiable (see the module docstring).
 
-    Every rank must call it with a tensor of the same shape and dtype.
+    torch's own autograd-aware all-reduce (``torch.distributed.nn.functional.all_reduce``),
+    whose backward all-reduces the incoming gradients with the same sum. Every rank must call it
+    with a tensor of the same shape and dtype.
     """
     if not is_distributed():
         return tensor
-    out: torch.Tensor = _AllReduceSum.apply(tensor.contiguous())
+    # imported here: builds without torch.distributed lack it, and they never get this far
+    import torch.distributed.nn.functional as dist_nn
+
+    with warnings.catch_warnings():
+        # torch 2.13 marks it deprecated in favour of the private functional collectives, whose
+        # all_reduce has no backward; this is the public, differentiable collective
+        warnings.filterwarnings(
+            "ignore", message=r".*nn\.functional\.all_reduce is deprecated", category=FutureWarning
+        )
+        out: torch.Tensor = dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return out
 
 

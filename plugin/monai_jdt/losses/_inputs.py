@@ -27,7 +27,7 @@ import torch
 __all__ = [
     "InputOptions",
     "Prepared",
-    "ShapeMismatchError",
+    "TensorShapeError",
     "check_counts",
     "is_hard",
     "one_hot",
@@ -35,11 +35,14 @@ __all__ = [
 ]
 
 
-class ShapeMismatchError(ValueError, AssertionError):
-    """Tensors whose shapes do not fit together.
+class TensorShapeError(ValueError, AssertionError):
+    """The tensors given to a loss (``input``, ``target``, ``mask``) have shapes that do not fit
+    together; the message names both shapes.
 
-    A ``ValueError`` like every input error here, and an ``AssertionError`` because that is what
-    MONAI's losses raise for the same mistake (code catching MONAI's error keeps working).
+    A ``ValueError`` like every input error of the losses, and an ``AssertionError`` because that
+    is what MONAI's losses raise for the same mistake (code catching MONAI's error keeps
+    working). Not to be confused with :class:`monai_jdt.scoring.ShapeMismatchError`, the scoring
+    core's error (with its ``code``) for a prediction and a reference volume of different shapes.
     """
 
 
@@ -94,22 +97,22 @@ def _check_shapes(
     if not input.is_floating_point():
         raise TypeError(f"input must be a floating point tensor, got {input.dtype}.")
     if input.ndim < 3:
-        raise ShapeMismatchError(
+        raise TensorShapeError(
             f"input must be B, C, *spatial with at least one spatial dim, got {_shape(input)}."
         )
     if target.ndim != input.ndim:
-        raise ShapeMismatchError(
+        raise TensorShapeError(
             "the number of dimensions for input and target should be the same, got shape "
             f"{_shape(input)} and {_shape(target)}; a label map must be B, 1, *spatial."
         )
     n_ch = input.shape[1]
     if target.shape[0] != input.shape[0] or target.shape[2:] != input.shape[2:]:
-        raise ShapeMismatchError(
+        raise TensorShapeError(
             f"target {_shape(target)} and input {_shape(input)} must have the same batch size "
             "and spatial shape."
         )
     if opts.to_onehot_y and n_ch > 1 and target.shape[1] != 1:
-        raise ShapeMismatchError(
+        raise TensorShapeError(
             f"to_onehot_y=True needs a label map target with 1 channel (B, 1, *spatial), got "
             f"target {_shape(target)} for input {_shape(input)}."
         )
@@ -119,7 +122,7 @@ def _check_shapes(
         or mask.shape[0] not in (1, input.shape[0])
         or mask.shape[2:] != input.shape[2:]
     ):
-        raise ShapeMismatchError(
+        raise TensorShapeError(
             f"mask must be B, 1, *spatial or 1, 1, *spatial for input {_shape(input)}, "
             f"got {_shape(mask)}."
         )
@@ -257,7 +260,7 @@ def prepare_inputs(
         else:
             x, y = x[:, 1:], y[:, 1:]
     if y.shape != x.shape:
-        raise ShapeMismatchError(
+        raise TensorShapeError(
             f"ground truth has different shape ({y.shape}) from input ({x.shape}); pass "
             "to_onehot_y=True for a B, 1, *spatial label map."
         )

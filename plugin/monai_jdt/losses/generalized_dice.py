@@ -36,6 +36,22 @@ class GeneralizedDiceSemimetricLoss(OverlapLoss):
 
     ``gamma`` and ``log_loss`` apply to each ratio's loss; ``weight`` is not taken (the volume
     weights replace it); the other options are those of :class:`~monai_jdt.losses.JDTLoss`.
+
+    Raises:
+        ValueError: an unknown ``w_type``, the ``"class"`` aggregation level; otherwise as
+            :class:`~monai_jdt.losses.JDTLoss`.
+
+    Example:
+        >>> import torch
+        >>> from monai.losses import GeneralizedDiceLoss
+        >>> from monai_jdt.losses import GeneralizedDiceSemimetricLoss
+        >>> g = torch.Generator().manual_seed(0)
+        >>> logits = torch.randn(2, 3, 8, 8, generator=g)
+        >>> labels = torch.randint(0, 3, (2, 1, 8, 8), generator=g)
+        >>> args = {"to_onehot_y": True, "softmax": True}
+        >>> ours = GeneralizedDiceSemimetricLoss(**args)(logits, labels)
+        >>> torch.allclose(ours, GeneralizedDiceLoss(**args)(logits, labels))
+        True
     """
 
     default_aggregation = "image"

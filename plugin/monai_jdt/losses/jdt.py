@@ -147,6 +147,13 @@ class OverlapLoss(_Loss):
         Returns:
             A scalar for ``reduction="mean"`` / ``"sum"``; per-class or per-(image, class)
             losses for ``"none"`` (shape documented on each class).
+
+        Raises:
+            TypeError: a non-tensor argument, or an integer ``input``.
+            TensorShapeError: shapes that do not fit (also an ``AssertionError``, as in MONAI).
+            ValueError: with ``check_values``, NaN or infinite predictions, labels outside
+                ``[0, C)`` other than ``ignore_index``, soft targets or a mask outside [0, 1];
+                a ``weight`` of the wrong length.
         """
         return self.loss_from_prepared(prepare_inputs(input, target, mask, self.options))
 
@@ -182,7 +189,12 @@ class OverlapLoss(_Loss):
         classes = self.classes
         if classes is None:  # the JDT recommendation
             classes = "present" if hard else "all"
-        if classes == "present":
+        if classes == "present" and hard and prepared.nonnegative:
+            # a 0/1 target exceeds a threshold < 1 exactly where its sum tp + fn is positive
+            # (0 <= tp <= sum(y) for a prediction in [0, 1]): no pass over the target
+            with torch.no_grad():
+                active = (counts.tp + counts.fn > 0) & (self.threshold < 1)
+        elif classes == "present":
             with torch.no_grad():
                 active = y.amax(dim=spatial) > self.threshold
         else:
@@ -274,6 +286,28 @@ class JDTLoss(OverlapLoss):
             gradient convention.
         check_values: check for NaN, labels out of range and soft targets outside [0, 1] (one
             pass over the tensors; turn off for speed once the data pipeline is trusted).
+
+    Raises:
+        ValueError: an argument out of range or unknown (e.g. ``reduction``, ``norm``,
+            ``aggregation``, a negative ``alpha``), or ``reduction="none"`` with several
+            aggregation levels or ``sync_counts``; bad inputs in :meth:`forward`.
+        TypeError: an argument of the wrong type (e.g. a non-bool flag), or several
+            activations at once.
+
+    Example:
+        Soft labels: the loss is 0 exactly where the prediction equals the target, which the
+        classic ``sum(x * y)`` intersection (``soft_label=False``) does not give.
+
+        >>> import torch
+        >>> from monai_jdt.losses import JDTLoss
+        >>> soft = torch.tensor([[[0.2, 0.7, 0.5], [0.8, 0.3, 0.5]]])  # B=1, C=2, N=3
+        >>> round(JDTLoss(smooth_nr=0.0, smooth_dr=0.0)(soft, soft).item(), 6)
+        0.0
+        >>> classic = JDTLoss(smooth_nr=0.0, smooth_dr=0.0, soft_label=False)
+        >>> # mean over the classes of 1 - tp / (|x| + |y| - tp) with tp = sum(x * y):
+        >>> # 1 - (0.78 / 2.02 + 0.98 / 2.22) / 2
+        >>> round(classic(soft, soft).item(), 4)
+        0.5862
     """
 
     #: scale of the smoothing terms: 1 for the Tversky form, 1/2 for Dice as MONAI writes it
@@ -368,6 +402,18 @@ class JaccardMetricLoss(JDTLoss):
     ``1 - (tp + s_nr) / (tp + fp + fn + s_dr)`` with semimetric counts; without smoothing it is a
     metric on soft labels (reflexive, positive, symmetric, triangle inequality). Takes every
     argument of :class:`JDTLoss` except ``alpha`` and ``beta``, with the same defaults.
+
+    Raises:
+        TypeError: ``alpha`` or ``beta`` given; otherwise as :class:`JDTLoss`.
+
+    Example:
+        >>> import torch
+        >>> from monai_jdt.losses import JaccardMetricLoss
+        >>> x = torch.tensor([[[0.9, 0.1, 0.6]]])  # B=1, C=1, N=3
+        >>> y = torch.tensor([[[1.0, 0.0, 0.5]]])
+        >>> loss = JaccardMetricLoss(smooth_nr=0.0, smooth_dr=0.0)
+        >>> round(loss(x, y).item(), 4)  # tp = 0.9 + 0.0 + 0.5 = 1.4; 1 - 1.4 / (1.6 + 1.5 - 1.4)
+        0.1765
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -391,6 +437,27 @@ class DiceSemimetricLoss(JDTLoss):
     trailing 1 per spatial dim) for ``batch=True``. The JDT options of :class:`JDTLoss`
     (``aggregation``, ``classes``, ``threshold``, ``gamma``, ``log_loss``, ``norm``,
     ``sync_counts``, ``check_values``) are keyword arguments.
+
+    Raises:
+        ValueError: ``squared_pred=True`` with ``norm=1``; otherwise as :class:`JDTLoss`.
+
+    Example:
+        On hard labels the value is MONAI's ``DiceLoss``; on soft labels the semimetric counts
+        make it 0 at the target.
+
+        >>> import torch
+        >>> from monai.losses import DiceLoss
+        >>> from monai_jdt.losses import DiceSemimetricLoss
+        >>> g = torch.Generator().manual_seed(0)
+        >>> logits = torch.randn(2, 3, 8, 8, generator=g)
+        >>> labels = torch.randint(0, 3, (2, 1, 8, 8), generator=g)
+        >>> ours = DiceSemimetricLoss(to_onehot_y=True, softmax=True)(logits, labels)
+        >>> theirs = DiceLoss(to_onehot_y=True, softmax=True)(logits, labels)
+        >>> torch.allclose(ours, theirs)
+        True
+        >>> probs = torch.softmax(logits, 1)
+        >>> DiceSemimetricLoss(smooth_nr=0.0, smooth_dr=0.0)(probs, probs).abs().item() < 1e-6
+        True
     """
 
     smooth_scale = 0.5
@@ -454,6 +521,18 @@ class TverskySemimetricLoss(JDTLoss):
     ``alpha = beta = 0.5``, every class, one value per (image, class) (``batch=False``).
     ``reduction="none"`` gives MONAI's shapes: ``[B, C]``, or ``[C]`` for ``batch=True``. The
     JDT options of :class:`JDTLoss` are keyword arguments.
+
+    Raises:
+        As :class:`JDTLoss`.
+
+    Example:
+        >>> import torch
+        >>> from monai_jdt.losses import TverskySemimetricLoss
+        >>> x = torch.tensor([[[0.8, 0.4, 0.0]]])  # B=1, C=1, N=3
+        >>> y = torch.tensor([[[1.0, 0.0, 1.0]]])  # tp = 0.8, fp = 0.4, fn = 1.2
+        >>> loss = TverskySemimetricLoss(alpha=0.3, beta=0.7, smooth_nr=0.0, smooth_dr=0.0)
+        >>> round(loss(x, y).item(), 4)  # 1 - 0.8 / (0.8 + 0.3 * 0.4 + 0.7 * 1.2)
+        0.5455
     """
 
     default_aggregation = "image"

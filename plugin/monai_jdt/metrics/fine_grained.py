@@ -76,6 +76,28 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
     instead be a ``B, 1, *spatial`` map of integer labels in ``[0, num_classes)``.
 
     Each call returns (and buffers) the counts as a ``B, 3, C`` tensor: ``tp, fp, fn``.
+
+    Raises:
+        ValueError: an unknown ``level`` or ``index``, ``num_classes`` not an int >= 2; on a
+            call, inputs that are not ``B, C, *spatial``, of different shapes, with values
+            outside [0, 1] or NaN, or label maps with non-integer or out-of-range labels;
+            :meth:`aggregate` before any batch.
+        TypeError: inputs that are not tensors (or lists of tensors).
+
+    Example:
+        Two one-image batches of one foreground class (``num_classes=2`` label maps): image 1
+        has IoU 2/3 (tp 2, fp 1), image 2 has IoU 1/2 (tp 1, fn 1).
+
+        >>> import torch
+        >>> from monai_jdt.metrics import FineGrainedIoUMetric
+        >>> metric = FineGrainedIoUMetric(include_background=False, num_classes=2)
+        >>> _ = metric(torch.tensor([[[1, 1, 1, 0]]]), torch.tensor([[[1, 1, 0, 0]]]))
+        >>> _ = metric(torch.tensor([[[1, 0, 0, 0]]]), torch.tensor([[[1, 1, 0, 0]]]))
+        >>> scores = metric.aggregate_all()
+        >>> round(scores["miou_d"], 4)  # pooled: tp 3 / (3 + fp 1 + fn 1)
+        0.6
+        >>> round(scores["miou_i"], 4)  # (2/3 + 1/2) / 2
+        0.5833
     """
 
     def __init__(
@@ -179,6 +201,9 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
         """One aggregate (0-dim float64 tensor); defaults to the constructor's level and index.
 
         NaN when no reference holds any counted class.
+
+        Raises:
+            ValueError: an unknown ``level`` or ``index``, or no batch seen since ``reset()``.
         """
         level = self.level if level is None else level
         index = self.index if index is None else index

@@ -44,6 +44,22 @@ class FineGrainedIoU(IgniteMetricHandler):
             ``<report_prefix><key>`` (keys ``miou_d, miou_i, miou_c, mdice_d, mdice_i, mdice_c``).
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``.
         save_details: store the per-image scores in ``engine.state.metric_details[name]``.
+
+    Raises:
+        ValueError: the arguments ``FineGrainedIoUMetric`` refuses.
+        TypeError: a ``report_prefix`` that is not a str.
+
+    Example:
+        >>> from monai.handlers import from_engine
+        >>> from monai_jdt.metrics import FineGrainedIoU
+        >>> handler = FineGrainedIoU(
+        ...     include_background=False,
+        ...     level="image",
+        ...     report_prefix="val_",
+        ...     output_transform=from_engine(["pred", "label"]),
+        ... )
+        >>> handler.fine_metric.level
+        'image'
     """
 
     def __init__(

@@ -129,7 +129,6 @@ def with_boundary(
     arrays, or torch tensors on the device the boundary work runs on). The report is returned
     as it is when neither boundary metrics nor regions are asked for.
     """
-    from monai_jdt.counts import SoftCounts
     from monai_jdt.scoring.report import label_scores
 
     options = report.options
@@ -146,7 +145,11 @@ def with_boundary(
         counts = np.array([region_counts(matrix, members)[:3] for _, members in regions])
         region_rows = label_scores(
             list(range(len(regions))),
-            SoftCounts(*(counts[:, i].astype(np.float64) for i in range(3))),  # type: ignore[arg-type]
+            (
+                counts[:, 0].astype(np.float64),
+                counts[:, 1].astype(np.float64),
+                counts[:, 2].astype(np.float64),
+            ),
             matrix.voxels,
             [True] * len(regions),
             options.replace(labels=None),
