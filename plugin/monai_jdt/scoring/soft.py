@@ -2,7 +2,8 @@
 
 For a probability prediction ``x`` ``[C, N]`` (channel ``c`` scores label ``c``, values in
 [0, 1]) and a reference ``y`` — an integer label map ``[N]`` (one-hot per channel) or
-probabilities ``[C, N]`` — the per-label counts use the semimetric identity (DESIGN.md)::
+probabilities ``[C, N]`` — the per-label counts use the semimetric identity (Wang &
+Blaschko, MICCAI 2023)::
 
     tp_c = (|x_c|_1 + |y_c|_1 - |x_c - y_c|_1) / 2,  fp_c = |x_c|_1 - tp_c,  fn_c = |y_c|_1 - tp_c
 
