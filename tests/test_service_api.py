@@ -30,7 +30,9 @@ def make_client(tmp_path: Path, scorer=None, **overrides: object) -> TestClient:
     """A client of a fresh app; ``scorer`` replaces ``score_files`` (a dependency override)."""
     temp = tmp_path / "uploads"
     temp.mkdir(exist_ok=True)
-    settings = Settings(**{"device": "cpu", "temp_dir": temp, **overrides})
+    settings = Settings(
+        **{"device": "cpu", "temp_dir": temp, "data_dir": tmp_path / "data", **overrides}
+    )
     app = create_app(settings)
     if scorer is not None:
         app.dependency_overrides[get_scorer] = lambda: scorer
@@ -375,6 +377,14 @@ def test_api_keys_guard_v1_only(tmp_path: Path) -> None:
         assert c.get("/v1/info", headers={"Authorization": "Bearer k-one"}).status_code == 200
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert c.get(open_path).status_code == 200
+
+
+def test_admin_keys_alone_require_auth(tmp_path: Path) -> None:
+    # with JDT_ADMIN_KEYS only, /v1 needs a key, and /v1/info says so
+    with make_client(tmp_path, admin_keys=["adm"]) as c:
+        assert_error(c.get("/v1/info"), 401, "unauthorized")
+        body = c.get("/v1/info", headers={"Authorization": "Bearer adm"}).json()
+        assert body["auth_required"] is True
 
 
 # ---------------------------------------------------------------- limits and failures
