@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from jdt_service.errors import ApiError
+from jdt_service.job_memory import job_bytes_refusal
 from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 
@@ -181,13 +182,9 @@ class ScoringPool:
     def _start_job(self, memory_bytes: int) -> None:
         """Turn an upload into a job: reserve its place and memory (413 / 503 if they miss)."""
         limit = min(self.max_job_bytes, self.memory_budget)
-        if memory_bytes > limit:
-            raise ApiError(
-                413,
-                "job_too_large",
-                f"scoring these volumes needs about {memory_bytes / 2**20:.0f} MiB, more than "
-                f"the limit of {limit / 2**20:.0f} MiB per job",
-            )
+        refusal = job_bytes_refusal(memory_bytes, limit)
+        if refusal is not None:
+            raise ApiError(413, "job_too_large", refusal)
         with self._lock:
             if self._jobs >= self.capacity:
                 raise self._busy(

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
-from jdt_service.archives import unpack_archive
+from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES, unpack_archive
 from jdt_service.auth import AnyCaller
 from jdt_service.db import Database, Job, open_database, utcnow
 from jdt_service.errors import ApiError
@@ -121,7 +121,10 @@ async def _unpack(archive: Path, folder: Path, field: str, settings: Settings) -
     archive.unlink()
 
 
-_ARCHIVE = "a .zip or .tar.gz of .nii / .nii.gz files, paired by case id (the file name)"
+_ARCHIVE = (
+    f"a .zip or .tar.gz of volume files ({', '.join(ARCHIVE_VOLUME_SUFFIXES)}), paired by case "
+    "id (the file name without its ending)"
+)
 _JOB_BODY = multipart_body(
     {
         "predictions": f"The predictions: {_ARCHIVE}.",

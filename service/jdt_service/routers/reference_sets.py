@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
-from jdt_service.archives import unpack_archive
+from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES, unpack_archive
 from jdt_service.auth import AdminCaller, AnyCaller
 from jdt_service.db import Database, Job, ReferenceCase, ReferenceSet
 from jdt_service.errors import ApiError
@@ -101,7 +101,10 @@ def _server_folder(settings: Settings, relative: str) -> Path:
 
 
 _SET_BODY = multipart_body(
-    {"references": "The references: a .zip or .tar.gz of .nii / .nii.gz files."},
+    {
+        "references": "The references: a .zip or .tar.gz of volume files "
+        f"({', '.join(ARCHIVE_VOLUME_SUFFIXES)})."
+    },
     {
         "name": {"type": "string", "maxLength": 200, "description": "A name for people."},
         "folder": {
