@@ -100,7 +100,9 @@ def test_readyz_ready_on_cpu(client: TestClient) -> None:
 
 
 def test_readyz_not_ready_when_temp_dir_is_missing(tmp_path: Path) -> None:
-    settings = Settings(device="cpu", temp_dir=tmp_path / "does-not-exist")
+    settings = Settings(
+        device="cpu", temp_dir=tmp_path / "does-not-exist", data_dir=tmp_path / "data"
+    )
     with TestClient(create_app(settings)) as c:
         r = c.get("/readyz")
     assert r.status_code == 503
@@ -110,7 +112,8 @@ def test_readyz_not_ready_when_temp_dir_is_missing(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
 def test_readyz_not_ready_when_cuda_is_configured_without_gpu(tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(device="cuda", temp_dir=tmp_path))) as c:
+    settings = Settings(device="cuda", temp_dir=tmp_path, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as c:
         r = c.get("/readyz")
     assert r.status_code == 503 and "device" in r.json()["detail"]["message"]
 

@@ -22,7 +22,8 @@ CORPUS = bad_file_corpus()
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     temp = tmp_path_factory.mktemp("uploads")
-    settings = Settings(device="cpu", temp_dir=temp, max_voxels=10**7)
+    data = tmp_path_factory.mktemp("data")
+    settings = Settings(device="cpu", temp_dir=temp, data_dir=data, max_voxels=10**7)
     with TestClient(create_app(settings)) as client:
         yield client, temp
 

@@ -603,3 +603,101 @@ def test_archives_of_nrrd_and_mha_volumes(client: TestClient, tmp_path: Path) ->
     assert len(expected.reports) == 3 and not expected.failures
     report = client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).json()
     assert strip_timing(report) == strip_timing(expected.to_dict())
+
+
+def _job_body(boundary: str, reference_set: str, archive: bytes) -> bytes:
+    """A ``POST /v1/jobs`` multipart body built by hand (for a client that trickles it)."""
+    return (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="reference_set"\r\n\r\n'
+            f"{reference_set}\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="predictions"; filename="p.zip"'
+            "\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + archive
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+
+def _no_upload_left(settings: Settings, set_ids: list[str]) -> None:
+    assert list((settings.data_dir / "jobs").iterdir()) == []
+    assert sorted(p.name for p in (settings.data_dir / "reference-sets").iterdir()) == sorted(
+        set_ids
+    )
+
+
+def test_job_and_set_uploads_are_bounded_as_score_uploads(tmp_path: Path) -> None:
+    preds, refs = case_files(2, seed=140)
+    settings = make_settings(tmp_path, None, max_uploads=1, max_upload_bytes=20_000)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        pool = client.app.state.pool  # type: ignore[attr-defined]
+        # the one upload place is taken (a score upload still arriving): both are 503
+        with pool.upload_place():
+            busy = client.post(
+                "/v1/jobs",
+                data={"reference_set": ref_set["id"]},
+                files={"predictions": upload("p.zip", archive_bytes(preds))},
+                headers=TEAM_A,
+            )
+            assert busy.status_code == 503 and busy.json()["detail"]["code"] == "server_busy"
+            assert busy.headers["retry-after"] == str(settings.retry_after)
+            busy = client.post(
+                "/v1/reference-sets",
+                data={"name": "x"},
+                files={"references": upload("r.zip", archive_bytes(refs))},
+                headers=ADMIN,
+            )
+            assert busy.status_code == 503 and busy.json()["detail"]["code"] == "server_busy"
+        _no_upload_left(settings, [ref_set["id"]])
+        # an archive past JDT_MAX_UPLOAD_BYTES (stored, so it cannot shrink) is 413
+        rng = np.random.default_rng(0)
+        noise = {"case_000.nii": rng.integers(0, 255, 30_000, dtype=np.uint8).tobytes()}
+        for path, field, extra in (
+            ("/v1/jobs", "predictions", {"reference_set": ref_set["id"]}),
+            ("/v1/reference-sets", "references", {"name": "big"}),
+        ):
+            big = client.post(
+                path,
+                data=extra,
+                files={field: upload("a.zip", archive_bytes(noise))},
+                headers=ADMIN if field == "references" else TEAM_A,
+            )
+            assert big.status_code == 413, big.text
+            assert big.json()["detail"]["code"] == "upload_too_large"
+        _no_upload_left(settings, [ref_set["id"]])
+        # the places came back: a job goes through
+        job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+        assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
+
+
+def test_a_slow_job_upload_gets_408_and_leaves_no_files(tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    preds, refs = case_files(1, seed=150)
+    settings = make_settings(tmp_path, None, min_upload_rate=1000, header_timeout=0.2)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        body = _job_body("XyZ", ref_set["id"], archive_bytes(preds))
+
+        async def trickle() -> Any:  # 10 bytes every 50 ms: 200 bytes/s, below 1000
+            for i in range(0, len(body), 10):
+                await asyncio.sleep(0.05)
+                yield body[i : i + 10]
+
+        async def drive() -> httpx.Response:
+            transport = httpx.ASGITransport(app=client.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+                return await ac.post(
+                    "/v1/jobs",
+                    content=trickle(),
+                    headers={"Content-Type": "multipart/form-data; boundary=XyZ", **TEAM_A},
+                )
+
+        slow = asyncio.run(drive())
+        assert slow.status_code == 408, slow.text
+        assert slow.json()["detail"]["code"] == "upload_too_slow"
+        assert slow.headers["connection"] == "close"
+        _no_upload_left(settings, [ref_set["id"]])

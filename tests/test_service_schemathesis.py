@@ -21,7 +21,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from jdt_service import Settings, create_app
 
 _UPLOADS = Path(tempfile.mkdtemp(prefix="jdt-schemathesis-"))
-app = create_app(Settings(device="cpu", temp_dir=_UPLOADS, max_upload_bytes=1 << 20))
+app = create_app(
+    Settings(device="cpu", temp_dir=_UPLOADS, data_dir=_UPLOADS / "data", max_upload_bytes=1 << 20)
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -73,13 +73,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "unauthorized",
         403: "forbidden (an admin key is needed)",
         404: "not_found (also another team's job)",
+        408: "upload_too_slow (the body arrived slower than the minimum upload rate)",
         409: "job_not_done, reference_set_in_use",
-        413: "upload_too_large, archive_too_large, archive_too_many_members",
+        413: "upload_too_large, field_too_large, archive_too_large, archive_too_many_members",
         415: "unsupported_media_type, not_nifti",
         422: "validation_error, missing_field, unknown_option, invalid_option, no_cases, "
         "archive_invalid, archive_unsafe_member, archive_nested, archive_duplicate_case, "
         "archive_bad_case_id, archive_detached_header, archive_empty, and the scoring core's "
         "header errors",
+        503: "server_busy (JDT_MAX_UPLOADS bodies are being received; with Retry-After)",
     }.items()
 }
 
