@@ -21,8 +21,9 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from jdt_service import Settings, create_app
 
 _UPLOADS = Path(tempfile.mkdtemp(prefix="jdt-schemathesis-"))
+_DATA = Path(tempfile.mkdtemp(prefix="jdt-schemathesis-data-"))
 app = create_app(
-    Settings(device="cpu", temp_dir=_UPLOADS, data_dir=_UPLOADS / "data", max_upload_bytes=1 << 20)
+    Settings(device="cpu", temp_dir=_UPLOADS, data_dir=_DATA, max_upload_bytes=1 << 20)
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
@@ -31,6 +32,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 def _remove_upload_dir() -> Iterator[None]:
     yield
     shutil.rmtree(_UPLOADS, ignore_errors=True)
+    shutil.rmtree(_DATA, ignore_errors=True)
 
 
 @schema.parametrize()
