@@ -23,11 +23,11 @@ from sqlalchemy import inspect, select, text
 
 from jdt_service.app import create_app
 from jdt_service.db import AuditEntry, Job, open_database, utcnow
-from jdt_service.jobs import case_report_from_dict, claim_job
+from jdt_service.jobs import case_report_from_dict, claim_job, job_result
 from jdt_service.jobs_runner import JobRunner
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringOptions, score_directory, score_files
-from monai_jdt.scoring.folders import write_csv
+from monai_jdt.scoring.folders import complete_label_set, write_csv
 
 ADMIN = {"Authorization": "Bearer adm"}
 TEAM_A = {"Authorization": "Bearer ka"}
@@ -538,6 +538,18 @@ def test_a_dataset_job_scores_every_case_on_one_label_set(
     label_2 = next(row for row in report["summary"]["labels"] if row["label"] == 2)
     # dice of label 2: case a has it in both, d in its reference only (0), b and c in neither
     assert label_2["dice"]["n"] == 2  # the absent-from-both rows are NaN (--empty nan)
+    # the stored rows are complete: a replica finishing the job again (after a crash between
+    # storing them and marking it done) rescores nothing, even with the predictions gone
+    db = client.app.state.jobs_db  # type: ignore[attr-defined]
+    with db.session() as session:
+        job = session.get(Job, job_id)
+    stored = job_result(db, job, client.app.state.settings)  # type: ignore[attr-defined]
+
+    def no_rescore(cases: Any, wider: Any) -> Any:
+        raise AssertionError(f"rescored {cases}")
+
+    again, failures = complete_label_set(stored.reports, options, no_rescore)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in stored.reports] and not failures
     settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
     assert not (settings.data_dir / "jobs" / job_id / "predictions").exists()
 
