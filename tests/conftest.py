@@ -9,7 +9,11 @@ whose value is the function), so a test names them as arguments instead of impor
 from __future__ import annotations
 
 import gzip
-from collections.abc import Callable, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from itertools import count
 from pathlib import Path
 
 import nibabel as nib
@@ -218,3 +222,43 @@ def bad_file_case(request: pytest.FixtureRequest) -> tuple[str, bytes, bytes, se
     make, statuses, codes = _BAD_FILES[name]
     pred, ref = _label_pair((6, 5, 4), seed=1)
     return name, make(pred), _nifti_bytes(ref), statuses, codes
+
+
+# ------------------------------------------------------------------------------------------
+# jobs: the service's data folder, and a real PostgreSQL for the database tests
+
+_databases = count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The service's data folder defaults to ``$XDG_DATA_HOME/monai-jdt``: point it into a
+    temporary folder for the whole run, subprocesses included, so no test writes to the
+    user's own ``~/.local/share/monai-jdt`` (apps built by the tests also get a ``data_dir``)."""
+    config._jdt_data_home = tempfile.mkdtemp(prefix="jdt-test-xdg-")  # type: ignore[attr-defined]
+    os.environ["XDG_DATA_HOME"] = config._jdt_data_home  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(getattr(config, "_jdt_data_home", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A PostgreSQL 15 server for the session (skipped where its binaries are missing)."""
+    from jobs_testing import PG_BIN, postgres_server
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (set JDT_TEST_PG_BIN)")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None (SQLite under the app's data folder), then a fresh PostgreSQL database."""
+    from jobs_testing import new_database
+
+    if request.param == "sqlite":
+        return None
+    server = request.getfixturevalue("pg_server")
+    return new_database(server, f"jdt_test_{next(_databases)}")

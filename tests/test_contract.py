@@ -57,7 +57,7 @@ def _flags(command: str) -> set[str]:
 @pytest.fixture
 def client(tmp_path: Path):  # type: ignore[no-untyped-def]
     (tmp_path / "uploads").mkdir()
-    settings = Settings(device="cpu", temp_dir=tmp_path / "uploads")
+    settings = Settings(device="cpu", temp_dir=tmp_path / "uploads", data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as c:
         yield c
 

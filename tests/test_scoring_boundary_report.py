@@ -169,7 +169,8 @@ def test_service_form_fields_ask_for_boundary_metrics_and_regions(
 
     pred, ref = pair(7)
     (tmp_path / "up").mkdir()
-    with TestClient(create_app(Settings(device="cpu", temp_dir=tmp_path / "up"))) as client:
+    settings = Settings(device="cpu", temp_dir=tmp_path / "up", data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
         answer = client.post(
             "/v1/scores",
             files={

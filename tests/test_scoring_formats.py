@@ -264,7 +264,8 @@ def test_service_scores_nrrd_and_mha_uploads(tmp_path: Path, pair) -> None:  # t
     p_mha = write(tmp_path / "p.mha", pred.astype(np.uint8), compress=False)
     r = write(tmp_path / "r.nii.gz", ref.astype(np.uint8))
     expected = score_files(p_nrrd, r, ScoringOptions(device="cpu"), case_id="c").to_dict()
-    with TestClient(create_app(Settings(upload_dir=tmp_path / "uploads"))) as client:
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
         for upload in (p_nrrd, p_mha):
             files = {  # the client's file names are not used: the content decides
                 "prediction": ("upload.bin", upload.read_bytes(), "application/octet-stream"),

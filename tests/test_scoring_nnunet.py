@@ -392,7 +392,7 @@ def test_service_form_field_ignore_label(tmp_path: Path, nifti_bytes) -> None:
     pred, ref = make_cases()["case_004"]
     ref = ref.copy()
     ref[:, :, :3] = 7
-    settings = Settings(upload_dir=tmp_path)
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
         files = {
             "prediction": ("p.nii.gz", nifti_bytes(pred), "application/gzip"),

@@ -29,7 +29,9 @@ def make_client(tmp_path: Path, scorer=None, **overrides: object) -> TestClient:
     """A client of a fresh app; ``scorer`` replaces ``score_files`` (a dependency override)."""
     temp = tmp_path / "uploads"
     temp.mkdir(exist_ok=True)
-    settings = Settings(**{"device": "cpu", "temp_dir": temp, **overrides})
+    settings = Settings(
+        **{"device": "cpu", "temp_dir": temp, "data_dir": tmp_path / "data", **overrides}
+    )
     app = create_app(settings)
     if scorer is not None:
         app.dependency_overrides[get_scorer] = lambda: scorer
@@ -97,7 +99,9 @@ def test_readyz_ready_on_cpu(client: TestClient) -> None:
 
 
 def test_readyz_not_ready_when_temp_dir_is_missing(tmp_path: Path) -> None:
-    settings = Settings(device="cpu", temp_dir=tmp_path / "does-not-exist")
+    settings = Settings(
+        device="cpu", temp_dir=tmp_path / "does-not-exist", data_dir=tmp_path / "data"
+    )
     with TestClient(create_app(settings)) as c:
         r = c.get("/readyz")
     assert r.status_code == 503
@@ -107,7 +111,8 @@ def test_readyz_not_ready_when_temp_dir_is_missing(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU answer")
 def test_readyz_not_ready_when_cuda_is_configured_without_gpu(tmp_path: Path) -> None:
-    with TestClient(create_app(Settings(device="cuda", temp_dir=tmp_path))) as c:
+    settings = Settings(device="cuda", temp_dir=tmp_path, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as c:
         r = c.get("/readyz")
     assert r.status_code == 503 and "device" in r.json()["detail"]["message"]
 
@@ -382,6 +387,14 @@ def test_api_keys_guard_v1_only(tmp_path: Path) -> None:
         assert c.get("/v1/info", headers={"Authorization": "Bearer k-one"}).status_code == 200
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert c.get(open_path).status_code == 200
+
+
+def test_admin_keys_alone_require_auth(tmp_path: Path) -> None:
+    # with JDT_ADMIN_KEYS only, /v1 needs a key, and /v1/info says so
+    with make_client(tmp_path, admin_keys=["adm"]) as c:
+        assert_error(c.get("/v1/info"), 401, "unauthorized")
+        body = c.get("/v1/info", headers={"Authorization": "Bearer adm"}).json()
+        assert body["auth_required"] is True
 
 
 # ---------------------------------------------------------------- limits and failures

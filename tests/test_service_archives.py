@@ -88,6 +88,16 @@ CORPUS: dict[str, tuple[bytes, int, str]] = {
     "zip_lying_size": (_zip_lying_size(), 422, "archive_"),
     "zip_duplicate": (_zip({"a/c1.nii": NII, "b/c1.nii.gz": NII}), 422, "archive_duplicate_case"),
     "zip_empty": (_zip({"readme.txt": b"hi"}), 422, "archive_empty"),
+    "zip_detached_nhdr": (
+        _zip({"c1.raw": b"\0" * 8, "c1.nhdr": b"NRRD0004\ndata file: c1.raw\n"}),
+        422,
+        "archive_detached_header",
+    ),
+    "tar_detached_mhd": (
+        _tar([("c1.mhd", b"NDims = 3\nElementDataFile = /etc/passwd\n")]),
+        422,
+        "archive_detached_header",
+    ),
     "zip_truncated": (_zip({"c1.nii": NII * 50})[:-40], 422, "archive_invalid"),
     "tar_dotdot": (_tar([("../../evil.nii", NII)]), 422, "archive_unsafe_member"),
     "tar_absolute": (_tar([("/etc/evil.nii", NII)]), 422, "archive_unsafe_member"),
@@ -135,6 +145,8 @@ def test_good_archive_flattens_by_case_id(tmp_path: Path, kind: str) -> None:
     members = {
         "set/c1.nii.gz": b"one",
         "set/sub/c2.nii": b"two",
+        "set/c3.nrrd": b"three",
+        "c4.MHA": b"four",
         "notes.txt": b"x",
         ".hid.nii": b"h",
     }
@@ -143,10 +155,13 @@ def test_good_archive_flattens_by_case_id(tmp_path: Path, kind: str) -> None:
     src.write_bytes(data)
     dest = tmp_path / "out"
     dest.mkdir()
-    out = unpack_archive(src, dest, field="f", max_members=MAX_MEMBERS, max_bytes=MAX_BYTES)
-    assert sorted(out.files) == ["c1", "c2"]
+    out = unpack_archive(src, dest, field="f", max_members=len(members), max_bytes=MAX_BYTES)
+    assert sorted(out.files) == ["c1", "c2", "c3", "c4"]
     assert out.files["c1"].read_bytes() == b"one" and out.files["c1"].name == "c1.nii.gz"
     assert out.files["c2"].read_bytes() == b"two" and out.files["c2"].name == "c2.nii"
-    assert out.total_bytes == 6
+    # every single-file volume format is kept, its ending in lower case
+    assert out.files["c3"].read_bytes() == b"three" and out.files["c3"].name == "c3.nrrd"
+    assert out.files["c4"].read_bytes() == b"four" and out.files["c4"].name == "c4.mha"
+    assert out.total_bytes == 15
     assert out.skipped == 2
-    assert sorted(p.name for p in dest.iterdir()) == ["c1.nii.gz", "c2.nii"]
+    assert sorted(p.name for p in dest.iterdir()) == ["c1.nii.gz", "c2.nii", "c3.nrrd", "c4.mha"]

@@ -19,7 +19,8 @@ from jdt_service import Settings, create_app
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     temp = tmp_path_factory.mktemp("uploads")
-    settings = Settings(device="cpu", temp_dir=temp, max_voxels=10**7)
+    data = tmp_path_factory.mktemp("data")
+    settings = Settings(device="cpu", temp_dir=temp, data_dir=data, max_voxels=10**7)
     with TestClient(create_app(settings)) as client:
         yield client, temp
 

@@ -14,46 +14,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from jobs_testing import (
-    PG_BIN,
-    archive_bytes,
-    case_files,
-    new_database,
-    postgres_server,
-    strip_timing,
-)
+from jobs_testing import archive_bytes, case_files, strip_timing
 from sqlalchemy import inspect, select, text
 
 from jdt_service.app import create_app
 from jdt_service.db import AuditEntry, Job, open_database, utcnow
-from jdt_service.jobs import case_report_from_dict, claim_job
+from jdt_service.jobs import case_report_from_dict, claim_job, job_result
 from jdt_service.jobs_runner import JobRunner
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringOptions, score_directory, score_files
-from monai_jdt.scoring.folders import write_csv
+from monai_jdt.scoring.folders import complete_label_set, write_csv
 
 ADMIN = {"Authorization": "Bearer adm"}
 TEAM_A = {"Authorization": "Bearer ka"}
 TEAM_B = {"Authorization": "Bearer kb"}
-_counter = iter(range(10**6))
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (set JDT_TEST_PG_BIN)")
-    with postgres_server() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str | None:
-    if request.param == "sqlite":
-        return None
-    server = request.getfixturevalue("pg_server")
-    return new_database(server, f"jdt_test_{next(_counter)}")
 
 
 def make_settings(tmp_path: Path, database_url: str | None, **extra: Any) -> Settings:
@@ -497,3 +474,241 @@ def test_retention_keeps_predictions_when_asked(tmp_path: Path) -> None:
         assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
     kept = settings.data_dir / "jobs" / job["id"] / "predictions"
     assert {p.name: p.read_bytes() for p in kept.iterdir()} == preds
+
+
+# ---------------------------------------------------------------- integration follow-ups
+
+
+def _coming_and_going(nifti_bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:  # type: ignore[no-untyped-def]
+    """Four cases whose labels come and go: 2 only in case a, 3 only in b's reference, 4 only
+    in c's prediction, and d's prediction misses its reference's only label."""
+    shape = (6, 5, 4)
+    spacing = np.diag([0.5, 0.75, 1.5, 1.0])
+    volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for case, (pred_labels, ref_labels) in {
+        "a": ((1, 2), (1, 2)),
+        "b": ((1,), (1, 3)),
+        "c": ((1, 4), (1,)),
+        "d": ((), (2,)),
+    }.items():
+        pred = np.zeros(shape, np.uint8)
+        ref = np.zeros(shape, np.uint8)
+        for i, label in enumerate(pred_labels):
+            pred[i, : 3 + i] = label
+        for i, label in enumerate(ref_labels):
+            ref[i, 1 : 4 + i] = label
+        volumes[case] = (pred, ref)
+    preds = {f"{c}.nii.gz": nifti_bytes(p, spacing) for c, (p, _) in volumes.items()}
+    refs = {f"{c}.nii.gz": nifti_bytes(r, spacing) for c, (_, r) in volumes.items()}
+    return preds, refs
+
+
+@pytest.mark.parametrize("labels", [None, "1,2,3"])
+def test_a_dataset_job_scores_every_case_on_one_label_set(
+    client: TestClient, tmp_path: Path, labels: str | None, nifti_bytes
+) -> None:
+    # issue 15, rule 1: the label set is decided once for the dataset and every case is
+    # scored on all of it, as score-dir does (requested labels are rescored by the job pool)
+    preds, refs = _coming_and_going(nifti_bytes)
+    fields = {"metrics": "dice,jaccard", **({"labels": labels} if labels else {})}
+    response = client.post(
+        "/v1/jobs",
+        data=fields,
+        files={
+            "predictions": upload("p.zip", archive_bytes(preds)),
+            "references": upload("r.zip", archive_bytes(refs)),
+        },
+        headers=TEAM_A,
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert wait_finished(client, job_id, TEAM_A)["status"] == "done"
+    options = ScoringOptions(
+        metrics=("dice", "jaccard"),
+        labels=None if labels is None else {1: None, 2: None, 3: None},
+    )
+    expected = score_directory(
+        write_cases(tmp_path / "p", preds), write_cases(tmp_path / "r", refs), options, workers=1
+    )
+    report = client.get(f"/v1/jobs/{job_id}/report", headers=TEAM_A).json()
+    assert strip_timing(report) == strip_timing(expected.to_dict())
+    for case in report["cases"]:  # the rule itself, not only agreement with score-dir
+        assert [row["label"] for row in case["labels"]] == [1, 2, 3, 4], case["case_id"]
+    label_2 = next(row for row in report["summary"]["labels"] if row["label"] == 2)
+    # dice of label 2: case a has it in both, d in its reference only (0), b and c in neither
+    assert label_2["dice"]["n"] == 2  # the absent-from-both rows are NaN (--empty nan)
+    # the stored rows are complete: a replica finishing the job again (after a crash between
+    # storing them and marking it done) rescores nothing, even with the predictions gone
+    db = client.app.state.jobs_db  # type: ignore[attr-defined]
+    with db.session() as session:
+        job = session.get(Job, job_id)
+    stored = job_result(db, job, client.app.state.settings)  # type: ignore[attr-defined]
+
+    def no_rescore(cases: Any, wider: Any) -> Any:
+        raise AssertionError(f"rescored {cases}")
+
+    again, failures = complete_label_set(stored.reports, options, no_rescore)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in stored.reports] and not failures
+    settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
+    assert not (settings.data_dir / "jobs" / job_id / "predictions").exists()
+
+
+def test_job_cases_are_held_to_the_score_limits(tmp_path: Path, database_url: str | None) -> None:
+    # JDT_MAX_BOUNDARY_VOXELS and JDT_MAX_JOB_BYTES hold per case as on POST /v1/scores: a
+    # case past them fails with the same code and the job goes on with the others
+    small, small_refs = case_files(2, shape=(6, 5, 4), seed=120)
+    large, large_refs = case_files(1, shape=(12, 10, 8), seed=121)
+    preds = {**small, "big.nii.gz": large["case_000.nii.gz"]}
+    refs = {**small_refs, "big.nii.gz": large_refs["case_000.nii.gz"]}
+    settings = make_settings(tmp_path, database_url, max_boundary_voxels=6 * 5 * 4)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        boundary = submit(client, preds, TEAM_A, reference_set=ref_set["id"], metrics="dice,hd95")
+        overlap = submit(client, preds, TEAM_A, reference_set=ref_set["id"], metrics="dice")
+        status = wait_finished(client, boundary["id"], TEAM_A)
+        assert status["status"] == "done"
+        assert status["progress"] == {"cases_done": 3, "cases_total": 3, "failures": 1}
+        report = client.get(f"/v1/jobs/{boundary['id']}/report", headers=TEAM_A).json()
+        assert [(f["case_id"], f["code"]) for f in report["failures"]] == [
+            ("big", "boundary_too_large")
+        ]
+        assert str(12 * 10 * 8) in report["failures"][0]["message"]
+        assert [case["case_id"] for case in report["cases"]] == ["case_000", "case_001"]
+        assert all("hd95" in row for case in report["cases"] for row in case["labels"])
+        # overlap metrics are not limited by it
+        assert wait_finished(client, overlap["id"], TEAM_A)["progress"]["failures"] == 0
+    settings = make_settings(tmp_path / "2", database_url, max_job_bytes=2**20)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+        assert wait_finished(client, job["id"], TEAM_A)["progress"]["failures"] == 3
+        report = client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).json()
+        assert {f["code"] for f in report["failures"]} == {"job_too_large"}
+
+
+def test_archives_of_nrrd_and_mha_volumes(client: TestClient, tmp_path: Path) -> None:
+    # predictions as NRRD and a reference as MetaImage (written by SimpleITK from the NIfTI
+    # files, so on the same grid) pair by case id with NIfTI files, as in score-dir
+    sitk = pytest.importorskip("SimpleITK")
+    nifti_preds, nifti_refs = case_files(3, seed=130)
+    source = write_cases(tmp_path / "nifti", {**nifti_preds})
+    preds: dict[str, bytes] = {}
+    for name in nifti_preds:
+        case = name.removesuffix(".nii.gz")
+        sitk.WriteImage(sitk.ReadImage(str(source / name)), str(tmp_path / f"{case}.nrrd"), True)
+        preds[f"{case}.nrrd"] = (tmp_path / f"{case}.nrrd").read_bytes()
+    source = write_cases(
+        tmp_path / "nifti-refs", {"case_000.nii.gz": nifti_refs["case_000.nii.gz"]}
+    )
+    sitk.WriteImage(sitk.ReadImage(str(source / "case_000.nii.gz")), str(tmp_path / "r.mha"))
+    refs = {**nifti_refs, "case_000.mha": (tmp_path / "r.mha").read_bytes()}
+    del refs["case_000.nii.gz"]
+    ref_set = create_set(client, refs)
+    assert [c["case_id"] for c in ref_set["cases"]] == ["case_000", "case_001", "case_002"]
+    assert ref_set["cases"][0]["spacing_mm"] == [0.5, 0.75, 1.5]
+    job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    assert wait_finished(client, job["id"], TEAM_A)["progress"]["failures"] == 0
+    expected = score_directory(
+        write_cases(tmp_path / "p", preds), write_cases(tmp_path / "r", refs), workers=1
+    )
+    assert len(expected.reports) == 3 and not expected.failures
+    report = client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).json()
+    assert strip_timing(report) == strip_timing(expected.to_dict())
+
+
+def _job_body(boundary: str, reference_set: str, archive: bytes) -> bytes:
+    """A ``POST /v1/jobs`` multipart body built by hand (for a client that trickles it)."""
+    return (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="reference_set"\r\n\r\n'
+            f"{reference_set}\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="predictions"; filename="p.zip"'
+            "\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + archive
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+
+def _no_upload_left(settings: Settings, set_ids: list[str]) -> None:
+    assert list((settings.data_dir / "jobs").iterdir()) == []
+    assert sorted(p.name for p in (settings.data_dir / "reference-sets").iterdir()) == sorted(
+        set_ids
+    )
+
+
+def test_job_and_set_uploads_are_bounded_as_score_uploads(tmp_path: Path) -> None:
+    preds, refs = case_files(2, seed=140)
+    settings = make_settings(tmp_path, None, max_uploads=1, max_upload_bytes=20_000)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        pool = client.app.state.pool  # type: ignore[attr-defined]
+        # the one upload place is taken (a score upload still arriving): both are 503
+        with pool.upload_place():
+            busy = client.post(
+                "/v1/jobs",
+                data={"reference_set": ref_set["id"]},
+                files={"predictions": upload("p.zip", archive_bytes(preds))},
+                headers=TEAM_A,
+            )
+            assert busy.status_code == 503 and busy.json()["detail"]["code"] == "server_busy"
+            assert busy.headers["retry-after"] == str(settings.retry_after)
+            busy = client.post(
+                "/v1/reference-sets",
+                data={"name": "x"},
+                files={"references": upload("r.zip", archive_bytes(refs))},
+                headers=ADMIN,
+            )
+            assert busy.status_code == 503 and busy.json()["detail"]["code"] == "server_busy"
+        _no_upload_left(settings, [ref_set["id"]])
+        # an archive past JDT_MAX_UPLOAD_BYTES (stored, so it cannot shrink) is 413
+        rng = np.random.default_rng(0)
+        noise = {"case_000.nii": rng.integers(0, 255, 30_000, dtype=np.uint8).tobytes()}
+        for path, field, extra in (
+            ("/v1/jobs", "predictions", {"reference_set": ref_set["id"]}),
+            ("/v1/reference-sets", "references", {"name": "big"}),
+        ):
+            big = client.post(
+                path,
+                data=extra,
+                files={field: upload("a.zip", archive_bytes(noise))},
+                headers=ADMIN if field == "references" else TEAM_A,
+            )
+            assert big.status_code == 413, big.text
+            assert big.json()["detail"]["code"] == "upload_too_large"
+        _no_upload_left(settings, [ref_set["id"]])
+        # the places came back: a job goes through
+        job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+        assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
+
+
+def test_a_slow_job_upload_gets_408_and_leaves_no_files(tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    preds, refs = case_files(1, seed=150)
+    settings = make_settings(tmp_path, None, min_upload_rate=1000, header_timeout=0.2)
+    with TestClient(create_app(settings)) as client:
+        ref_set = create_set(client, refs)
+        body = _job_body("XyZ", ref_set["id"], archive_bytes(preds))
+
+        async def trickle() -> Any:  # 10 bytes every 50 ms: 200 bytes/s, below 1000
+            for i in range(0, len(body), 10):
+                await asyncio.sleep(0.05)
+                yield body[i : i + 10]
+
+        async def drive() -> httpx.Response:
+            transport = httpx.ASGITransport(app=client.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+                return await ac.post(
+                    "/v1/jobs",
+                    content=trickle(),
+                    headers={"Content-Type": "multipart/form-data; boundary=XyZ", **TEAM_A},
+                )
+
+        slow = asyncio.run(drive())
+        assert slow.status_code == 408, slow.text
+        assert slow.json()["detail"]["code"] == "upload_too_slow"
+        assert slow.headers["connection"] == "close"
+        _no_upload_left(settings, [ref_set["id"]])

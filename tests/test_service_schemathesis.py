@@ -27,7 +27,10 @@ from jdt_service import Settings, create_app
 def test_api_conforms_to_its_schema(tmp_path: Path, mode: GenerationMode) -> None:
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    app = create_app(Settings(device="cpu", temp_dir=uploads, max_upload_bytes=1 << 20))
+    service = Settings(
+        device="cpu", temp_dir=uploads, data_dir=tmp_path / "data", max_upload_bytes=1 << 20
+    )
+    app = create_app(service)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert any(op.path == "/v1/scores" for op in operations)

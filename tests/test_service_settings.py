@@ -147,3 +147,14 @@ def test_unknown_jdt_variables_are_named_at_start_up(monkeypatch, caplog) -> Non
     create_app()
     warned = [r.getMessage() for r in caplog.records if "JDT_MAX_QUEU" in r.getMessage()]
     assert len(warned) == 1 and "JDT_DEVICE" not in warned[0]
+
+
+def test_every_setting_is_documented() -> None:
+    # the README's table of JDT_* variables and docs/service.md list every setting
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    service = (root / "docs" / "service.md").read_text()
+    for name in Settings.model_fields:
+        variable = f"`JDT_{name.upper()}`"
+        assert f"| {variable}" in readme or f", {variable}" in readme, variable
+        assert variable in service, variable

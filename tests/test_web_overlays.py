@@ -23,7 +23,8 @@ from jdt_service import Settings, create_app
 def client(tmp_path: Path) -> Iterator[TestClient]:
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    with TestClient(create_app(Settings(device="cpu", temp_dir=uploads))) as c:
+    settings = Settings(device="cpu", temp_dir=uploads, data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as c:
         c.uploads = uploads  # type: ignore[attr-defined]
         yield c
 

@@ -1,4 +1,4 @@
-"""Unpack an untrusted ``.zip`` or ``.tar.gz`` of NIfTI files into a flat folder of cases.
+"""Unpack an untrusted ``.zip`` or ``.tar.gz`` of volume files into a flat folder of cases.
 
 Every member is checked before a byte of it is written, and its bytes are counted while they
 inflate, so an archive is refused with a 4xx :class:`ArchiveError` as soon as it breaks a rule:
@@ -10,11 +10,17 @@ inflate, so an archive is refused with a 4xx :class:`ArchiveError` as soon as it
 * an uncompressed total above ``max_bytes``: the sizes the archive declares are summed first,
   and the bytes actually inflated are counted too (a zip may lie about its sizes; a tar's
   gzip stream is counted as a whole, headers included);
-* two files with the same case id (the name without ``.nii.gz`` / ``.nii``, folders ignored).
+* two files with the same case id (the name without its ending, folders ignored);
+* a detached header (``.nhdr``, ``.mhd``): it names a separate data file, which the flat
+  folder of renamed cases cannot keep next to it (and a header must not make the server read
+  another file); such volumes are sent as ``.nrrd`` / ``.mha``, which hold their own data.
 
-Files that are not ``.nii`` / ``.nii.gz`` and hidden files (``.*``, ``__MACOSX/``) are skipped.
-The kept files land in ``dest`` as ``<case id>.nii[.gz]``, so
-:func:`monai_jdt.scoring.pair_cases` pairs two such folders as ``score-dir`` does. On any
+Kept are the single-file volume formats the scoring core reads (:data:`ARCHIVE_VOLUME_SUFFIXES`:
+``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``; the ending matched in any letter case); other
+files and hidden files (``.*``, ``__MACOSX/``) are skipped. The kept files land in ``dest`` as
+``<case id><ending>`` (the ending in lower case), so :func:`monai_jdt.scoring.pair_cases` pairs
+two such folders as ``score-dir`` does; their headers are checked when they are scored (an
+``.nrrd`` / ``.mha`` whose header points to another file is refused then). On any
 error ``dest`` is emptied before the exception leaves, so a refused archive leaves no files.
 Client file names are only ever used as case ids, never as paths.
 """
@@ -34,12 +40,22 @@ from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
 from jdt_service.errors import ApiError
-from monai_jdt.scoring import case_id_from_path
-from monai_jdt.scoring.files import NIFTI_SUFFIXES
+from monai_jdt.scoring.files import VOLUME_SUFFIXES
 
-__all__ = ["ARCHIVE_SUFFIXES", "ArchiveError", "UnpackedArchive", "unpack_archive"]
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "ARCHIVE_VOLUME_SUFFIXES",
+    "ArchiveError",
+    "UnpackedArchive",
+    "unpack_archive",
+]
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tbz2", ".tar.bz2", ".tar.xz", ".7z")
+#: detached headers (their data is another file), refused in archives
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
+#: the volume endings kept from an archive: every one the scoring core reads but the detached
+ARCHIVE_VOLUME_SUFFIXES = tuple(s for s in VOLUME_SUFFIXES if s not in DETACHED_SUFFIXES)
+_KINDS = ", ".join(ARCHIVE_VOLUME_SUFFIXES)
 MAX_CASE_ID = 200
 _CHUNK = 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -123,8 +139,9 @@ def _unsafe(field: str, message: str) -> ArchiveError:
     return ArchiveError(field, 422, "archive_unsafe_member", message)
 
 
-def _case_of(field: str, name: str, member_number: int) -> str | None:
-    """The case id of a member path, None when the member is skipped; raise when unsafe."""
+def _case_of(field: str, name: str, member_number: int) -> tuple[str, str] | None:
+    """``(case id, ending)`` of a member path, None when the member is skipped; raise when
+    unsafe."""
     where = f"member {member_number}"
     if "\\" in name or "\x00" in name:
         raise _unsafe(field, f"{where} has a backslash or NUL in its path")
@@ -140,9 +157,18 @@ def _case_of(field: str, name: str, member_number: int) -> str | None:
         raise ArchiveError(
             field, 422, "archive_nested", f"{where} is itself an archive; send one flat archive"
         )
-    if not lower.endswith(NIFTI_SUFFIXES):
+    if lower.endswith(DETACHED_SUFFIXES):
+        raise ArchiveError(
+            field,
+            422,
+            "archive_detached_header",
+            f"{where} is a detached header (.nhdr / .mhd) whose data is a separate file; "
+            "send each volume as one file (.nrrd or .mha hold their own data)",
+        )
+    suffix = next((s for s in ARCHIVE_VOLUME_SUFFIXES if lower.endswith(s)), None)
+    if suffix is None:
         return None
-    case = case_id_from_path(path.name)
+    case = path.name[: -len(suffix)]
     if not case or len(case) > MAX_CASE_ID or not case.isprintable():
         raise ArchiveError(
             field,
@@ -150,7 +176,7 @@ def _case_of(field: str, name: str, member_number: int) -> str | None:
             "archive_bad_case_id",
             f"{where}: a case id must be 1 to {MAX_CASE_ID} printable characters",
         )
-    return case
+    return case, suffix
 
 
 class _Writer:
@@ -163,7 +189,7 @@ class _Writer:
         self.files: dict[str, Path] = {}
         self.skipped = 0
 
-    def add(self, case: str, name: str, source: IO[bytes], declared: int) -> None:
+    def add(self, case: str, suffix: str, source: IO[bytes], declared: int) -> None:
         if case in self.files:
             raise ArchiveError(
                 self.field,
@@ -171,7 +197,6 @@ class _Writer:
                 "archive_duplicate_case",
                 f"case {case!r} appears twice in the archive",
             )
-        suffix = ".nii.gz" if name.lower().endswith(".gz") else ".nii"
         target = self.dest / ".partial"  # hidden: no case id starts with a dot
         with open(target, "xb") as out:
             size = 0
@@ -195,15 +220,15 @@ def _unpack_zip(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
                 continue
             if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no Unix mode recorded
                 raise _unsafe(field, f"member {number} is a link or a special file")
-            case = _case_of(field, info.filename, number)
+            kept = _case_of(field, info.filename, number)
             budget.member(info.file_size)
-            if case is None:
+            if kept is None:
                 writer.skipped += 1
                 continue
             if info.flag_bits & 0x1:
                 raise ArchiveError(field, 422, "archive_invalid", f"member {number} is encrypted")
             with archive.open(info) as source:
-                writer.add(case, info.filename, source, info.file_size)
+                writer.add(*kept, source, info.file_size)
 
 
 def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
@@ -216,14 +241,14 @@ def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
                 continue
             if not info.isreg():
                 raise _unsafe(field, f"member {number} is a link or a special file")
-            case = _case_of(field, info.name, number)
+            kept = _case_of(field, info.name, number)
             budget.member(info.size)
-            if case is None:
+            if kept is None:
                 writer.skipped += 1
                 continue
             source = archive.extractfile(info)
             assert source is not None  # a regular file always has data
-            writer.add(case, info.name, source, info.size)
+            writer.add(*kept, source, info.size)
 
 
 @contextmanager
@@ -249,8 +274,8 @@ def unpack_archive(
     Raises:
         ArchiveError: 422 ``archive_invalid`` (not a zip / tar.gz, corrupt, encrypted),
             ``archive_unsafe_member``, ``archive_nested``, ``archive_duplicate_case``,
-            ``archive_bad_case_id``, ``archive_empty``; 413 ``archive_too_many_members``,
-            ``archive_too_large``.
+            ``archive_bad_case_id``, ``archive_detached_header``, ``archive_empty``; 413
+            ``archive_too_many_members``, ``archive_too_large``.
     """
     budget = _Budget(field, max_members, max_bytes)
     writer = _Writer(field, dest, budget)
@@ -274,6 +299,6 @@ def unpack_archive(
             raise ArchiveError(field, 422, "archive_invalid", str(exc)) from None
         if not writer.files:
             raise ArchiveError(
-                field, 422, "archive_empty", "the archive holds no .nii or .nii.gz file"
+                field, 422, "archive_empty", f"the archive holds no volume file ({_KINDS})"
             )
     return UnpackedArchive(writer.files, budget.written, writer.skipped)

@@ -18,15 +18,27 @@ that the scoring pool can admit a job by its memory before any of it is allocate
 On top comes a constant for the chunk temporaries (the confusion codes, the soft-count
 chunks in float64). The estimate is an upper bound of what the core allocates on the host
 (checked in the tests with ``tracemalloc``), not a measurement: it errs on the large side.
+
+The refusals of one case by the service's limits (``JDT_MAX_JOB_BYTES``,
+``JDT_MAX_BOUNDARY_VOXELS``) are worded here too, once for ``POST /v1/scores`` (413) and for
+the cases of an evaluation job (a failed case with the same code).
 """
 
 from __future__ import annotations
 
 from monai_jdt.scoring import ScoringOptions
+from monai_jdt.scoring.boundary_report import wants_boundary
 from monai_jdt.scoring.files import _QUEUE_DEPTH, STREAM_CHUNK_VOXELS, _streamable
+from monai_jdt.scoring.options import BOUNDARY_METRICS
 from monai_jdt.scoring.sitk_formats import ImageInfo, VolumeInfo
 
-__all__ = ["CHUNK_OVERHEAD_BYTES", "job_bytes", "volume_bytes"]
+__all__ = [
+    "CHUNK_OVERHEAD_BYTES",
+    "boundary_refusal",
+    "job_bytes",
+    "job_bytes_refusal",
+    "volume_bytes",
+]
 
 #: chunk temporaries of the counting loops (confusion codes, soft counts in float64)
 CHUNK_OVERHEAD_BYTES = 64 * 1024 * 1024
@@ -55,3 +67,29 @@ def job_bytes(prediction: VolumeInfo, reference: VolumeInfo, options: ScoringOpt
         stored = in_flight * max(prediction.dtype.itemsize, reference.dtype.itemsize)
         return stored + CHUNK_OVERHEAD_BYTES
     return volume_bytes(prediction) + volume_bytes(reference) + CHUNK_OVERHEAD_BYTES
+
+
+def job_bytes_refusal(memory_bytes: int, limit: int) -> str | None:
+    """Why a case whose estimate is ``memory_bytes`` is refused (code ``job_too_large``), or
+    None when it fits ``limit``."""
+    if memory_bytes <= limit:
+        return None
+    return (
+        f"scoring these volumes needs about {memory_bytes / 2**20:.0f} MiB, more than "
+        f"the limit of {limit / 2**20:.0f} MiB per job"
+    )
+
+
+def boundary_refusal(
+    prediction: VolumeInfo, reference: VolumeInfo, options: ScoringOptions, limit: int
+) -> str | None:
+    """Why a case is refused boundary metrics (code ``boundary_too_large``): they are asked
+    for and a volume has more than ``limit`` voxels; None otherwise."""
+    voxels = max(prediction.voxels, reference.voxels)
+    if not wants_boundary(options) or voxels <= limit:
+        return None
+    return (
+        f"boundary metrics ({', '.join(m for m in options.metrics if m in BOUNDARY_METRICS)})"
+        f" are limited to volumes of {limit} voxels on this server; these "
+        f"have {voxels}: ask for overlap metrics only, or score them with the command line"
+    )

@@ -40,13 +40,15 @@ from monai_jdt.scoring import (
     DirectoryResult,
     LabelScore,
     ScoringOptions,
-    inspect_nifti,
     pair_cases,
 )
+from monai_jdt.scoring.files import VOLUME_SUFFIXES
 from monai_jdt.scoring.folders import write_csv
+from monai_jdt.scoring.sitk_formats import inspect_volume
 
 __all__ = [
     "JOB_OPTION_FIELDS",
+    "case_outcome",
     "case_report_from_dict",
     "claim_job",
     "content_hash",
@@ -71,12 +73,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "unauthorized",
         403: "forbidden (an admin key is needed)",
         404: "not_found (also another team's job)",
+        408: "upload_too_slow (the body arrived slower than the minimum upload rate)",
         409: "job_not_done, reference_set_in_use",
-        413: "upload_too_large, archive_too_large, archive_too_many_members",
+        413: "upload_too_large, field_too_large, archive_too_large, archive_too_many_members",
         415: "unsupported_media_type, not_nifti",
         422: "validation_error, missing_field, unknown_option, invalid_option, no_cases, "
         "archive_invalid, archive_unsafe_member, archive_nested, archive_duplicate_case, "
-        "archive_bad_case_id, archive_empty, and the scoring core's header errors",
+        "archive_bad_case_id, archive_detached_header, archive_empty, and the scoring core's "
+        "header errors",
+        503: "server_busy (JDT_MAX_UPLOADS bodies are being received; with Retry-After)",
     }.items()
 }
 
@@ -134,19 +139,21 @@ def content_hash(files: Mapping[str, Path]) -> str:
 
 
 def reference_cases(folder: Path, max_voxels: int) -> list[ReferenceCase]:
-    """One row per NIfTI file of ``folder`` with the shape and spacing its header declares.
+    """One row per volume file of ``folder`` with the shape and spacing its header declares.
 
     Raises:
-        ScoringError: a header is not NIfTI, corrupt, or declares too many voxels (4xx).
-        ApiError: 422 ``no_cases`` when the folder holds no NIfTI file.
+        ScoringError: a header is not of its format, corrupt, or declares too many voxels
+            (4xx).
+        ApiError: 422 ``no_cases`` when the folder holds no volume file.
     """
     # pairing a folder with itself lists its cases exactly as score-dir names them
     pairs, _, _ = pair_cases(folder, folder)
     if not pairs:
-        raise ApiError(422, "no_cases", "the references hold no .nii or .nii.gz file")
+        kinds = ", ".join(VOLUME_SUFFIXES)
+        raise ApiError(422, "no_cases", f"the references hold no volume file ({kinds})")
     rows = []
     for case, path, _ in pairs:
-        info = inspect_nifti(path, max_voxels)
+        info = inspect_volume(path, max_voxels)
         rows.append(
             ReferenceCase(
                 case_id=case,
@@ -232,20 +239,38 @@ def case_report_from_dict(data: Mapping[str, Any], options: ScoringOptions) -> C
     )
 
 
+def case_outcome(
+    case_id: str, stored: Mapping[str, Any], options: ScoringOptions
+) -> CaseReport | CaseFailure:
+    """A case's outcome from what its ``case_results`` row holds (``report``, or ``code`` and
+    ``message``; :func:`jdt_service.jobs_worker.score_job_case`'s dict)."""
+    report = stored.get("report")
+    if report is not None:
+        return case_report_from_dict(report, options)
+    return CaseFailure(case_id, stored.get("code") or "", stored.get("message") or "")
+
+
 def job_result(db: Database, job: Job, settings: Settings) -> DirectoryResult:
-    """The job's stored case results as the result of ``score_directory``."""
+    """The job's stored case results as the result of ``score_directory``.
+
+    A finished job's rows already hold every case on the dataset's one label set (the runner
+    completes them with :func:`monai_jdt.scoring.folders.complete_label_set` before the job
+    is done), so its report is what ``score-dir -o`` writes for the same files.
+    """
     options = job_options(job.options, settings)
-    reports: list[CaseReport] = []
-    failures: list[CaseFailure] = []
     with db.session() as session:
         rows = session.scalars(select(CaseResult).where(CaseResult.job_id == job.id)).all()
-    for row in rows:
-        if row.report is not None:
-            reports.append(case_report_from_dict(row.report, options))
-        else:
-            failures.append(CaseFailure(row.case_id, row.code or "", row.message or ""))
+    outcomes = [
+        case_outcome(
+            row.case_id, {"report": row.report, "code": row.code, "message": row.message}, options
+        )
+        for row in rows
+    ]
     return DirectoryResult(
-        reports, failures, job.unpaired["predictions"], job.unpaired["references"]
+        [o for o in outcomes if isinstance(o, CaseReport)],
+        [o for o in outcomes if isinstance(o, CaseFailure)],
+        job.unpaired["predictions"],
+        job.unpaired["references"],
     )
 
 

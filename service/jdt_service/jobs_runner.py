@@ -10,8 +10,17 @@ thread only waits and writes to the database:
   fresh heartbeat in one transaction, and only while this replica still holds the job;
 * a job found cancelled or deleted (the conditional update matches no row) stops at once:
   its waiting cases are cancelled; at shutdown the job goes back to the queue;
-* at the end the summary is stored, the job is ``done`` and its predictions are deleted
-  (unless ``JDT_KEEP_PREDICTIONS``).
+* once every case is stored, the dataset's label set is decided
+  (:func:`monai_jdt.scoring.folders.complete_label_set`, as ``score-dir`` decides it): the
+  cases that lack a label of it and cannot be completed from their rows are scored again on
+  the whole set, on the same pool, while their predictions still exist, and the completed
+  reports replace the rows in one transaction; a replica that dies on the way does it again
+  (completing complete rows changes nothing);
+* then its predictions are deleted (unless ``JDT_KEEP_PREDICTIONS``), and the summary is
+  stored with the status ``done``.
+
+Each case is held to the limits of ``POST /v1/scores`` (:class:`~jdt_service.jobs_worker.
+CaseLimits`): a case past them fails with the same code, and the job goes on.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import multiprocessing
 import os
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -28,15 +38,23 @@ from typing import Any
 from sqlalchemy import select, update
 
 from jdt_service.db import AuditEntry, CaseResult, Database, Job, utcnow
-from jdt_service.jobs import claim_job, job_options, job_result, remove_folder
-from jdt_service.jobs_worker import score_job_case
+from jdt_service.jobs import case_outcome, claim_job, job_options, job_result, remove_folder
+from jdt_service.jobs_worker import CaseLimits, score_job_case
 from jdt_service.settings import Settings
-from monai_jdt.scoring import ScoringError
+from monai_jdt.scoring import CaseFailure, CaseReport, DirectoryResult, ScoringError, ScoringOptions
+from monai_jdt.scoring.folders import complete_label_set
 
 __all__ = ["JobRunner", "make_executor"]
 
 log = logging.getLogger("jdt_service.jobs")
 _POLL_S = 0.5
+
+#: a finished case's outcome (``score_job_case``'s dict) -> whether the job is still held
+_OnDone = Callable[[str, dict[str, Any]], bool]
+
+
+class _JobLost(Exception):
+    """The job was cancelled, deleted or taken over while its label set was completed."""
 
 
 def make_executor(settings: Settings) -> tuple[Executor, Any]:
@@ -64,6 +82,7 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._executor: Executor | None = None
         self._client: Any = None
+        self.limits = CaseLimits(settings.max_job_bytes, settings.max_boundary_voxels)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="jdt-jobs", daemon=True)
@@ -131,16 +150,34 @@ class JobRunner:
             done = set(
                 session.scalars(select(CaseResult.case_id).where(CaseResult.job_id == job.id))
             )
+        todo = [case for case in job.cases if case[0] not in done]
+        held = self._score(job, todo, options, lambda case, out: self._commit(job.id, case, out))
+        if held and not self._stop.is_set():
+            self._finish(job, options)
+
+    def _score(
+        self, job: Job, cases: Sequence[Sequence[str]], options: ScoringOptions, on_done: _OnDone
+    ) -> bool:
+        """Score ``(case, prediction file, reference file)`` triples on the pool, handing each
+        outcome to ``on_done`` as it comes and renewing the lease while none does.
+
+        Returns whether the job is still held (and the runner not stopping); when not, the
+        waiting cases are cancelled and, at shutdown, the job goes back to the queue.
+        """
         predictions = Path(job.folder) / "predictions"
         references = Path(job.references_folder)
         pool = self._pool()
         pending: dict[Future[dict[str, Any]], str] = {}
-        for case, pred_name, ref_name in job.cases:
-            if case not in done:
-                future = pool.submit(
-                    score_job_case, case, predictions / pred_name, references / ref_name, options
-                )
-                pending[future] = case
+        for case, pred_name, ref_name in cases:
+            future = pool.submit(
+                score_job_case,
+                case,
+                predictions / pred_name,
+                references / ref_name,
+                options,
+                self.limits,
+            )
+            pending[future] = case
         held = True
         while pending and held and not self._stop.is_set():
             finished, _ = wait(
@@ -150,14 +187,14 @@ class JobRunner:
                 held = self._heartbeat(job.id)
             for future in finished:
                 case = pending.pop(future)
-                held = held and self._commit(job.id, case, future.result())
+                held = held and on_done(case, future.result())
         if not held or self._stop.is_set():
             for future in pending:
                 future.cancel()
             if held:
                 self._release(job.id)
-            return
-        self._finish(job)
+            return False
+        return True
 
     def _release(self, job_id: str) -> None:
         """Give a job back to the queue at shutdown: the next replica resumes it at once."""
@@ -193,16 +230,80 @@ class JobRunner:
             )
         return True
 
-    def _finish(self, job: Job) -> None:
-        summary = job_result(self.db, job, self.settings).summary
-        # every case is stored: the predictions can go before the job is marked done (a crash
-        # in between resumes with no case left to score)
+    def _complete(self, job: Job, options: ScoringOptions) -> DirectoryResult | None:
+        """Put every stored case on the dataset's one label set (see the module docstring);
+        the job's result, or None when the job was lost on the way."""
+        stored = job_result(self.db, job, self.settings)
+        files = {case: (case, pred, ref) for case, pred, ref in job.cases}
+
+        def rescore(cases: Sequence[str], wider: ScoringOptions) -> list[CaseReport | CaseFailure]:
+            outcomes: dict[str, dict[str, Any]] = {}
+
+            def collect(case: str, outcome: dict[str, Any]) -> bool:
+                outcomes[case] = outcome
+                return self._heartbeat(job.id)
+
+            if not self._score(job, [files[case] for case in cases], wider, collect):
+                raise _JobLost
+            return [case_outcome(case, outcome, wider) for case, outcome in outcomes.items()]
+
+        try:
+            reports, failures = complete_label_set(stored.reports, options, rescore)
+        except _JobLost:
+            return None
+        kept = {id(report) for report in stored.reports}  # complete already: returned as is
+        changed: dict[str, dict[str, Any]] = {
+            r.case_id or "": {"report": r.to_dict()} for r in reports if id(r) not in kept
+        }
+        changed.update({f.case_id: {"code": f.code, "message": f.message} for f in failures})
+        if changed and not self._store_completed(job.id, changed, len(failures)):
+            return None
+        return DirectoryResult(
+            reports,
+            failures + stored.failures,
+            stored.unpaired_predictions,
+            stored.unpaired_references,
+        )
+
+    def _store_completed(
+        self, job_id: str, changed: dict[str, dict[str, Any]], new_failures: int
+    ) -> bool:
+        """Replace the rows of ``changed`` cases in one transaction, if the job is held."""
+        with self.db.session.begin() as session:
+            held = session.execute(
+                self._held(session, job_id).values(
+                    failures=Job.failures + new_failures, heartbeat_at=utcnow()
+                )
+            )
+            if held.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            for case, outcome in changed.items():
+                session.execute(
+                    update(CaseResult)
+                    .where(CaseResult.job_id == job_id, CaseResult.case_id == case)
+                    .values(
+                        report=outcome.get("report"),
+                        code=outcome.get("code"),
+                        message=outcome.get("message"),
+                    )
+                )
+        return True
+
+    def _finish(self, job: Job, options: ScoringOptions) -> None:
+        result = self._complete(job, options)
+        if result is None:
+            return
+        # every case is stored on its label set: the predictions can go before the job is
+        # marked done (a crash in between resumes with no case left to score)
         if not self.settings.keep_predictions:
             remove_folder(Path(job.folder) / "predictions")
         with self.db.session.begin() as session:
             held = session.execute(
                 self._held(session, job.id).values(
-                    status="done", summary=summary, finished_at=utcnow(), heartbeat_at=utcnow()
+                    status="done",
+                    summary=result.summary,
+                    finished_at=utcnow(),
+                    heartbeat_at=utcnow(),
                 )
             )
             finished = held.rowcount == 1  # type: ignore[attr-defined]

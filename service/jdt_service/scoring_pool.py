@@ -5,7 +5,8 @@ A request goes through two admissions, each with its own bound:
 1. **upload** (:meth:`ScoringPool.admit`), before any byte of the body is read: at most
    ``max_uploads`` bodies are received at once, and none is accepted while the scoring queue
    is full (503 ``server_busy`` + ``Retry-After`` at once). The admission holds a private work
-   directory, ``jdt-<pid>-*`` under the temp dir, for the uploads.
+   directory, ``jdt-<pid>-*`` under the temp dir, for the uploads. The archives of the
+   evaluation jobs take the same upload places (:meth:`ScoringPool.upload_place`).
 2. **job** (:meth:`Admission.run`), once the files are on disk and their headers read: the
    job's memory estimate (:mod:`jdt_service.job_memory`) must fit ``max_job_bytes`` (413
    ``job_too_large``) and what the jobs in flight leave of the memory budget (503
@@ -32,13 +33,15 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from jdt_service.errors import ApiError
+from jdt_service.job_memory import job_bytes_refusal
 from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 
@@ -155,6 +158,12 @@ class ScoringPool:
             headers={"Retry-After": str(self.retry_after)},
         )
 
+    def _take_upload(self) -> None:
+        """Take one of the ``max_uploads`` places (the lock held), or raise 503."""
+        if self._uploads >= self.max_uploads:
+            raise self._busy(f"{self.max_uploads} uploads are being received")
+        self._uploads += 1
+
     def admit(self) -> Admission:
         """Admit one upload, or raise 503 ``server_busy`` with ``Retry-After`` when full."""
         with self._lock:
@@ -162,9 +171,7 @@ class ScoringPool:
                 raise self._busy(
                     f"all {self.max_concurrency} scoring slots and the queue are in use"
                 )
-            if self._uploads >= self.max_uploads:
-                raise self._busy(f"{self.max_uploads} uploads are being received")
-            self._uploads += 1
+            self._take_upload()
         try:
             workdir = Path(
                 tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-", dir=self.temp_dir)
@@ -178,16 +185,24 @@ class ScoringPool:
             self._open.add(admission)
         return admission
 
+    @contextmanager
+    def upload_place(self) -> Iterator[None]:
+        """Hold one of the ``max_uploads`` places while a body that is scored elsewhere (the
+        archives of ``/v1/jobs`` and ``/v1/reference-sets``, whose cases run on the job pool)
+        is received; raise 503 ``server_busy`` with ``Retry-After`` when all are taken."""
+        with self._lock:
+            self._take_upload()
+        try:
+            yield
+        finally:
+            self._end_upload()
+
     def _start_job(self, memory_bytes: int) -> None:
         """Turn an upload into a job: reserve its place and memory (413 / 503 if they miss)."""
         limit = min(self.max_job_bytes, self.memory_budget)
-        if memory_bytes > limit:
-            raise ApiError(
-                413,
-                "job_too_large",
-                f"scoring these volumes needs about {memory_bytes / 2**20:.0f} MiB, more than "
-                f"the limit of {limit / 2**20:.0f} MiB per job",
-            )
+        refusal = job_bytes_refusal(memory_bytes, limit)
+        if refusal is not None:
+            raise ApiError(413, "job_too_large", refusal)
         with self._lock:
             if self._jobs >= self.capacity:
                 raise self._busy(

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
+from fastapi import Depends
+
+from jdt_service.auth import key_table
 from jdt_service.dependencies import SettingsDep
 from jdt_service.device import gpu_info, resolve_device
 from jdt_service.routers.v1 import router
 from jdt_service.schemas import ErrorResponse, Info, Limits
+from jdt_service.teams import KeyTable
 from monai_jdt import __version__
 from monai_jdt.scoring import SCHEMA_VERSION
 
@@ -20,7 +25,7 @@ __all__ = ["router"]
     summary="Version, scoring device and limits",
     responses={401: {"model": ErrorResponse, "description": "unauthorized (API keys set)."}},
 )
-async def info(settings: SettingsDep) -> Info:
+async def info(settings: SettingsDep, table: Annotated[KeyTable, Depends(key_table)]) -> Info:
     device = resolve_device(settings.device)
     return Info(
         version=__version__,
@@ -28,7 +33,7 @@ async def info(settings: SettingsDep) -> Info:
         device=device,
         configured_device=settings.device,
         gpu=await asyncio.to_thread(gpu_info, device),
-        auth_required=bool(settings.api_keys),
+        auth_required=not table.open,
         limits=Limits(
             max_upload_bytes=settings.max_upload_bytes,
             max_voxels=settings.max_voxels,

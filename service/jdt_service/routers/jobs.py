@@ -18,9 +18,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select
-from starlette.requests import ClientDisconnect
 
-from jdt_service.archives import unpack_archive
+from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES
 from jdt_service.auth import AnyCaller
 from jdt_service.db import Database, Job, open_database, utcnow
 from jdt_service.errors import ApiError
@@ -37,10 +36,9 @@ from jdt_service.jobs import (
 )
 from jdt_service.jobs_runner import JobRunner
 from jdt_service.routers import reference_sets
-from jdt_service.routers.reference_sets import database, get_set
+from jdt_service.routers.reference_sets import database, get_set, receive_upload, unpack_upload
 from jdt_service.settings import Settings
 from jdt_service.teams import Caller
-from jdt_service.uploads import receive_form
 from monai_jdt.scoring import pair_cases
 
 __all__ = ["router"]
@@ -108,20 +106,10 @@ def finished_job(db: Database, job_id: str, caller: Caller) -> Job:
     return job
 
 
-async def _unpack(archive: Path, folder: Path, field: str, settings: Settings) -> None:
-    folder.mkdir()
-    await asyncio.to_thread(
-        unpack_archive,
-        archive,
-        folder,
-        field=field,
-        max_members=settings.max_cases,
-        max_bytes=settings.max_archive_bytes,
-    )
-    archive.unlink()
-
-
-_ARCHIVE = "a .zip or .tar.gz of .nii / .nii.gz files, paired by case id (the file name)"
+_ARCHIVE = (
+    f"a .zip or .tar.gz of volume files ({', '.join(ARCHIVE_VOLUME_SUFFIXES)}), paired by case "
+    "id (the file name without its ending)"
+)
 _JOB_BODY = multipart_body(
     {
         "predictions": f"The predictions: {_ARCHIVE}.",
@@ -149,21 +137,13 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
     folder = settings.data_dir / "jobs" / job_id
     (folder / "upload").mkdir(parents=True)
     try:
-        try:
-            form = await receive_form(
-                request.headers.get("content-type"),
-                request.headers.get("content-length"),
-                request.stream(),
-                folder / "upload",
-                settings.max_upload_bytes,
-                _JOB_FIELDS,
-                min_rate=settings.min_upload_rate,
-                grace=settings.header_timeout,
-                file_fields=("predictions", "references"),
-                required_files=("predictions",),
-            )
-        except ClientDisconnect:
-            raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+        form = await receive_upload(
+            request,
+            folder / "upload",
+            _JOB_FIELDS,
+            ("predictions", "references"),
+            required_files=("predictions",),
+        )
         fields = dict(form.fields)
         set_id = fields.pop("reference_set", "").strip() or None
         if (set_id is None) == ("references" not in form.files):
@@ -180,9 +160,11 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
         else:
             references = folder / "references"
         job_options(options, settings)  # 422 before anything is unpacked
-        await _unpack(form.files["predictions"], folder / "predictions", "predictions", settings)
+        await unpack_upload(
+            form.files["predictions"], folder / "predictions", "predictions", settings
+        )
         if set_id is None:
-            await _unpack(form.files["references"], references, "references", settings)
+            await unpack_upload(form.files["references"], references, "references", settings)
         pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
         if not pairs:
             raise ApiError(422, "no_cases", "no prediction has a reference with the same case id")

@@ -10,6 +10,7 @@ files: only names, case ids, shapes and spacing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from starlette.requests import ClientDisconnect
 
-from jdt_service.archives import unpack_archive
+from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES, unpack_archive
 from jdt_service.auth import AdminCaller, AnyCaller
 from jdt_service.db import Database, Job, ReferenceCase, ReferenceSet
 from jdt_service.errors import ApiError
@@ -33,10 +34,11 @@ from jdt_service.jobs import (
     reference_cases,
     remove_folder,
 )
+from jdt_service.scoring_pool import ScoringPool
 from jdt_service.settings import Settings
-from jdt_service.uploads import receive_form
+from jdt_service.uploads import UploadedForm, receive_form
 
-__all__ = ["router"]
+__all__ = ["receive_upload", "router", "unpack_upload"]
 
 router = APIRouter(tags=["reference sets"], responses=ERROR_RESPONSES)
 
@@ -82,6 +84,61 @@ def get_set(db: Database, set_id: str) -> tuple[ReferenceSet, list[ReferenceCase
     return ref_set, cases
 
 
+async def receive_upload(
+    request: Request,
+    folder: Path,
+    text_fields: Collection[str],
+    file_fields: Collection[str],
+    required_files: Collection[str],
+) -> UploadedForm:
+    """Receive the multipart body of ``/v1/jobs`` or ``/v1/reference-sets`` into ``folder``,
+    bounded as a score upload is: one of the ``JDT_MAX_UPLOADS`` places while it arrives (503
+    ``server_busy``), ``JDT_MAX_UPLOAD_BYTES`` per archive and the whole-body limit (413), the
+    minimum upload rate after the header timeout (408). A body refused before it all arrived
+    gets ``Connection: close``, so the server does not read the rest.
+
+    Raises:
+        ApiError: those statuses, 400 ``client_disconnected``, ``malformed_multipart``, 422
+            for unknown or duplicate fields.
+    """
+    settings: Settings = request.app.state.settings
+    pool: ScoringPool = request.app.state.pool
+    try:
+        with pool.upload_place():
+            return await receive_form(
+                request.headers.get("content-type"),
+                request.headers.get("content-length"),
+                request.stream(),
+                folder,
+                settings.max_upload_bytes,
+                text_fields,
+                min_rate=settings.min_upload_rate,
+                grace=settings.header_timeout,
+                file_fields=file_fields,
+                required_files=required_files,
+            )
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+    except ApiError as error:
+        error.headers["Connection"] = "close"
+        raise
+
+
+async def unpack_upload(archive: Path, folder: Path, field: str, settings: Settings) -> None:
+    """Unpack the uploaded ``archive`` into the new ``folder`` under the archive limits
+    (``JDT_MAX_CASES``, ``JDT_MAX_ARCHIVE_BYTES``), then delete the archive."""
+    folder.mkdir()
+    await asyncio.to_thread(
+        unpack_archive,
+        archive,
+        folder,
+        field=field,
+        max_members=settings.max_cases,
+        max_bytes=settings.max_archive_bytes,
+    )
+    archive.unlink()
+
+
 def _server_folder(settings: Settings, relative: str) -> Path:
     """``JDT_REFERENCE_ROOT / relative``, refused (422) when it leaves the root."""
     root = settings.reference_root
@@ -101,7 +158,10 @@ def _server_folder(settings: Settings, relative: str) -> Path:
 
 
 _SET_BODY = multipart_body(
-    {"references": "The references: a .zip or .tar.gz of .nii / .nii.gz files."},
+    {
+        "references": "The references: a .zip or .tar.gz of volume files "
+        f"({', '.join(ARCHIVE_VOLUME_SUFFIXES)})."
+    },
     {
         "name": {"type": "string", "maxLength": 200, "description": "A name for people."},
         "folder": {
@@ -128,21 +188,9 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
     (target / "upload").mkdir(parents=True)
     owned = True
     try:
-        try:
-            form = await receive_form(
-                request.headers.get("content-type"),
-                request.headers.get("content-length"),
-                request.stream(),
-                target / "upload",
-                settings.max_upload_bytes,
-                _SET_FIELDS,
-                min_rate=settings.min_upload_rate,
-                grace=settings.header_timeout,
-                file_fields=("references",),
-                required_files=(),
-            )
-        except ClientDisconnect:
-            raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+        form = await receive_upload(
+            request, target / "upload", _SET_FIELDS, ("references",), required_files=()
+        )
         fields = dict(form.fields)
         name = fields.pop("name", "").strip()
         if not name or len(name) > MAX_NAME:
@@ -161,16 +209,7 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
             )
         if archive is not None:
             folder = target / "references"
-            folder.mkdir()
-            await asyncio.to_thread(
-                unpack_archive,
-                archive,
-                folder,
-                field="references",
-                max_members=settings.max_cases,
-                max_bytes=settings.max_archive_bytes,
-            )
-            archive.unlink()
+            await unpack_upload(archive, folder, "references", settings)
         else:
             folder = _server_folder(settings, folder_text)
             owned = False

@@ -38,7 +38,7 @@ from starlette.requests import ClientDisconnect
 from jdt_service.dependencies import MetricsDep, PoolDep, Scorer, ScorerDep, SettingsDep
 from jdt_service.errors import ApiError, scoring_codes_by_status
 from jdt_service.forms import OPTION_FIELDS, form_schema, options_from_form
-from jdt_service.job_memory import job_bytes
+from jdt_service.job_memory import boundary_refusal, job_bytes
 from jdt_service.overlays import (
     OVERLAYS_FIELD,
     OverlayRequest,
@@ -52,8 +52,6 @@ from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
 from monai_jdt.scoring import CaseReport, ScoringOptions
-from monai_jdt.scoring.boundary_report import wants_boundary
-from monai_jdt.scoring.options import BOUNDARY_METRICS
 from monai_jdt.scoring.sitk_formats import inspect_volume
 
 __all__ = ["router"]
@@ -148,15 +146,9 @@ def _estimate(
         inspect_volume(prediction, options.max_voxels),
         inspect_volume(reference, options.max_voxels),
     )
-    voxels = max(info.voxels for info in infos)
-    if wants_boundary(options) and voxels > max_boundary_voxels:
-        raise ApiError(
-            413,
-            "boundary_too_large",
-            f"boundary metrics ({', '.join(m for m in options.metrics if m in BOUNDARY_METRICS)})"
-            f" are limited to volumes of {max_boundary_voxels} voxels on this server; these "
-            f"have {voxels}: ask for overlap metrics only, or score them with the command line",
-        )
+    refusal = boundary_refusal(*infos, options, max_boundary_voxels)
+    if refusal is not None:
+        raise ApiError(413, "boundary_too_large", refusal)
     return job_bytes(*infos, options)
 
 
