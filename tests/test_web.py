@@ -362,14 +362,15 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
 # The real jobs API of the same server: an admin creates a reference set, the page submits
 # an archive of predictions, the job runs in the server's worker process.
 
-N_CASES = 5
+N_CASES = 5  # scored, and one more whose prediction is not a NIfTI file
 DATASET_SPACING = (1.0, 1.0, 2.0)
 
 
 @pytest.fixture(scope="module")
 def dataset_files() -> tuple[dict[str, bytes], dict[str, bytes]]:
     """``(predictions, references)`` as ``{file name: .nii.gz bytes}``: worse and worse cases;
-    in the last one label 2 is not predicted at all (its HD95 is undefined)."""
+    in the last one label 2 is not predicted at all (its HD95 is undefined); the prediction
+    of one more case, ``broken``, is not a NIfTI file (the case fails)."""
     import numpy as np
     from service_testing import nifti_bytes
 
@@ -387,6 +388,8 @@ def dataset_files() -> tuple[dict[str, bytes], dict[str, bytes]]:
             pred[pred == 2] = 0
         preds[f"case{case}.nii.gz"] = nifti_bytes(pred, affine)
         refs[f"case{case}.nii.gz"] = nifti_bytes(ref, affine)
+    preds["broken.nii.gz"] = b"this is not a NIfTI file " * 20
+    refs["broken.nii.gz"] = refs["case0.nii.gz"]
     return preds, refs
 
 
@@ -454,18 +457,22 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tm
     job_url = f"{server_url}/v1/jobs/{job['id']}"
     report = httpx.get(job_url + "/report", headers=team_key).json()
     assert [case["case_id"] for case in report["cases"]] == [f"case{i}" for i in range(N_CASES)]
+    (failure,) = report["failures"]
+    assert failure["case_id"] == "broken"
+    total = N_CASES + 1
     assert {tuple(case["options"]["metrics"]) for case in report["cases"]} == {
         ("dice", "jaccard", "hd95")
     }
 
     # the progress bar moved from nothing scored to every case, never back
     progress = page.evaluate("() => window.__progress")
-    values = [value for value, top in progress if top == N_CASES]
-    assert values[0] < N_CASES and values[-1] == N_CASES
+    values = [value for value, top in progress if top == total]
+    assert values[0] < total and values[-1] == total
     assert values == sorted(values), progress
     bar = page.locator("#job-progress")
-    assert (bar.get_attribute("value"), bar.get_attribute("max")) == (str(N_CASES),) * 2
-    assert f"done, {N_CASES} of {N_CASES} cases" in page.locator("#job-status").inner_text()
+    assert (bar.get_attribute("value"), bar.get_attribute("max")) == (str(total),) * 2
+    status = page.locator("#job-status").inner_text()
+    assert f"done, {total} of {total} cases scored, 1 failed" in status
 
     # a Dice and an HD95 box plot per label: median and quartiles those of numpy over the
     # cases where the metric is defined; the missed label's undefined HD95 is left out
@@ -485,7 +492,7 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tm
     assert _box(page, "hd95", 2).locator("circle").count() == N_CASES - 1
     assert "1 undefined" in (_box(page, "hd95", 2).locator("text").text_content() or "")
 
-    # the cases, worst (lowest mean Dice over the labels) first
+    # the cases: the failed one first with its error, then worst (lowest mean Dice) first
     means = {
         case["case_id"]: float(np.mean([row["dice"] for row in case["labels"]]))
         for case in report["cases"]
@@ -493,10 +500,13 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tm
     shown = page.locator("#cases-table tbody tr").evaluate_all(
         "rows => rows.map(r => r.dataset.case)"
     )
-    assert shown == sorted(means, key=means.get)
-    assert shown[0] == f"case{N_CASES - 1}"
-    worst = page.locator("#cases-table tbody tr").first.locator("td").all_inner_texts()
-    assert worst[1] == f"{means[shown[0]]:.4f}" and worst[2] == "0.0000, label 2 (spleen)"
+    assert shown == ["broken", *sorted(means, key=means.get)]
+    assert shown[1] == f"case{N_CASES - 1}"
+    rows = page.locator("#cases-table tbody tr")
+    failed = rows.nth(0).locator("td").all_inner_texts()
+    assert failed == ["broken", "", "", f"{failure['message']} [{failure['code']}]"]
+    worst = rows.nth(1).locator("td").all_inner_texts()
+    assert worst[1] == f"{means[shown[1]]:.4f}" and worst[2] == "0.0000, label 2 (spleen)"
 
     # the set's leaderboard shows this team with the API's score
     page.locator("#leaderboard").wait_for(state="visible", timeout=10_000)
@@ -505,7 +515,8 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tm
     ).json()
     assert [entry["team"] for entry in board["entries"]] == [TEAM]
     first = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
-    assert first == ["1", TEAM, f"{board['entries'][0]['score']:.4f}", str(N_CASES)]
+    entry = board["entries"][0]
+    assert first == ["1", TEAM, f"{entry['score']:.4f}", str(entry["cases"])]
 
     # the downloads are the API's files
     def api_text(name: str) -> str:
