@@ -544,6 +544,52 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tm
     assert offline.blocked == []
 
 
+def test_score_a_dataset_against_uploaded_references(
+    offline, server_url, dataset_files, tmp_path
+) -> None:
+    """No reference set: the references come as an archive; no leaderboard is shown."""
+    from jobs_testing import archive_bytes
+
+    preds, refs = dataset_files
+    names = ["case0.nii.gz", "case4.nii.gz"]
+    for kind, files in (("predictions", preds), ("references", refs)):
+        (tmp_path / f"{kind}.tar.gz").write_bytes(
+            archive_bytes({name: files[name] for name in names}, kind="tar.gz")
+        )
+    page = offline.page
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#dataset-section").wait_for(state="visible", timeout=10_000)
+    page.get_by_role("combobox", name="Reference set").select_option("")
+    assert page.locator("#references-field").is_visible()
+    page.get_by_role("checkbox", name="hd95 (dataset)").uncheck()
+    page.get_by_label("References archive").set_input_files(str(tmp_path / "references.tar.gz"))
+    page.get_by_label("Predictions archive").set_input_files(str(tmp_path / "predictions.tar.gz"))
+    page.get_by_role("textbox", name=re.compile("^Dataset labels")).fill("1=liver,2=spleen")
+    page.get_by_role("textbox", name=re.compile("^Dataset regions")).fill("organs=1,2")
+    page.get_by_role("button", name="Score the dataset").click()
+    page.wait_for_function(
+        "() => !document.getElementById('dataset-button').disabled", timeout=120_000
+    )
+    status = page.locator("#job-status").inner_text()
+    assert "done, 2 of 2 cases scored." in status, status
+    job_id = status.split(":")[0].removeprefix("Job ").strip()
+    report = httpx.get(
+        f"{server_url}/v1/jobs/{job_id}/report", headers={"Authorization": f"Bearer {API_KEY}"}
+    ).json()
+    # the job scored what the form asked: the default metrics (HD95 unticked), the region
+    assert report["cases"][0]["options"]["metrics"] == ["dice", "jaccard", "precision", "recall"]
+    regions = [row for row in report["cases"][0]["labels"] if row.get("region") == "organs"]
+    assert len(regions) == 1
+    # Dice box plots for the labels and the region; none of HD95; no leaderboard
+    assert page.locator("svg[data-metric='dice'] g[data-label]").count() == 2
+    region_box = page.locator("svg[data-metric='dice'] g[data-region='organs']")
+    assert region_box.locator("circle").count() == 2
+    assert page.locator("svg[data-metric='hd95']").count() == 0
+    assert page.locator("#leaderboard").is_hidden()
+    assert offline.blocked == []
+
+
 _CONTRAST = """() => {
   // WCAG 2 contrast ratio of each visible text's colour against the background behind it
   const luminance = (rgb) => {
@@ -600,7 +646,8 @@ def test_every_control_is_labelled_reachable_by_keyboard_and_readable(offline, s
     for _ in range(40):  # every control of the pair form, the metric boxes included
         page.keyboard.press("Tab")
         reached.append(page.evaluate("() => document.activeElement.id"))
-    for control in ("api-key", "prediction", "reference", "image", "labels", "score-button"):
+    controls = ("api-key", "prediction", "reference", "image", "labels", "regions", "score-button")
+    for control in controls:
         assert control in reached, (control, reached)
     contrast = page.evaluate(_CONTRAST)
     assert contrast["worst"] == [] and contrast["checked"] > 20, contrast
