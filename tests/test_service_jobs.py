@@ -172,6 +172,18 @@ def test_case_report_round_trips_through_its_dict(tmp_path: Path) -> None:
     assert case_report_from_dict(report.to_dict(), options).to_dict() == report.to_dict()
 
 
+def test_region_rows_and_boundary_metrics_round_trip(tmp_path: Path) -> None:
+    """A region row (label null) and the boundary metrics (nsd with its tolerance) survive."""
+    preds, refs = case_files(1, seed=4)
+    write_cases(tmp_path / "p", preds)
+    write_cases(tmp_path / "r", refs)
+    options = ScoringOptions(metrics=("dice", "hd95", "nsd"), regions={"both": (1, 2)})
+    report = score_files(tmp_path / "p/case_000.nii.gz", tmp_path / "r/case_000.nii.gz", options)
+    data = report.to_dict()
+    assert [row["region"] for row in data["labels"] if row["label"] is None] == ["both"]
+    assert case_report_from_dict(data, options).to_dict() == data
+
+
 def test_job_report_is_the_score_dir_report(client: TestClient, tmp_path: Path) -> None:
     preds, refs = case_files(5, seed=10)
     refs["only_ref.nii.gz"] = refs["case_000.nii.gz"]

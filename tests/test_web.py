@@ -8,7 +8,10 @@ none was attempted, so the pages are proven to work on a machine with no interne
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +29,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("JDT_CHROMIUM", "/usr/bin/chromium"))
 API_KEY = "page-test-key"
+TEAM = "radiology"
+ADMIN_KEY = "page-admin-key"
 
 
 def _free_port() -> int:
@@ -36,15 +41,25 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory) -> Iterator[str]:
-    """A real uvicorn server on 127.0.0.1 with one API key set."""
+    """A real uvicorn server on 127.0.0.1: team ``TEAM``'s key, an admin key, the jobs API
+    with its SQLite database in a temporary ``JDT_DATA_DIR`` and one job worker process."""
     base = tmp_path_factory.mktemp("web-server")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
-    env.update(JDT_DEVICE="cpu", JDT_API_KEYS=API_KEY, JDT_TEMP_DIR=str(base))
+    env.update(
+        JDT_DEVICE="cpu",
+        JDT_API_KEYS=f"{TEAM}:{API_KEY}",
+        JDT_ADMIN_KEYS=ADMIN_KEY,
+        JDT_TEMP_DIR=str(base),
+        JDT_DATA_DIR=str(base / "data"),
+        JDT_JOB_WORKERS="1",
+    )
     log = base / "server.log"
     cmd = [sys.executable, "-m", "uvicorn", "jdt_service.app:create_app", "--factory"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -60,6 +75,8 @@ def server_url(tmp_path_factory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a job worker left behind, if any
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +229,11 @@ def test_a_wrong_key_is_refused_with_a_clear_message(offline, server_url, tmp_pa
     assert offline.blocked == []
 
 
+#: label 3 is asked for but absent from both volumes: every metric of it is undefined
+PAIR_LABELS = "1=liver,2=spleen,3=kidney"
+PAIR_REGIONS = "organs=1,2"
+
+
 def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path, dice_f64) -> None:
     import numpy as np
 
@@ -221,17 +243,23 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
     page.locator("#key-message").filter(has_text="Key accepted").wait_for(timeout=10_000)
     for field_name, path in pair_files.items():
         page.locator(f"#{field_name}").set_input_files(str(path))
-    page.get_by_role("textbox", name="Labels and names").fill("1=liver,2=spleen")
+    page.get_by_role("textbox", name=re.compile("^Labels and names")).fill(PAIR_LABELS)
+    page.get_by_role("textbox", name=re.compile("^Regions")).fill(PAIR_REGIONS)
+    page.get_by_role("checkbox", name="hd95", exact=True).check()
     page.get_by_role("button", name="Score", exact=True).click()
     page.locator("#pictures").wait_for(state="visible", timeout=60_000)
 
-    # the table's Dice is the API's for the same files (and numpy's)
+    # the table's Dice and HD95 are the API's for the same files (Dice also numpy's)
     files = {name: (path.name, path.read_bytes()) for name, path in pair_files.items()}
     del files["image"]
     api = httpx.post(
         server_url + "/v1/scores",
         files=files,
-        data={"labels": "1=liver,2=spleen"},
+        data={
+            "labels": PAIR_LABELS,
+            "regions": PAIR_REGIONS,
+            "metrics": "dice,jaccard,precision,recall,hd95",
+        },
         headers={"Authorization": f"Bearer {API_KEY}"},
         timeout=60,
     ).json()
@@ -239,12 +267,40 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
 
     pred = np.asarray(nib.load(pair_files["prediction"]).dataobj)
     ref = np.asarray(nib.load(pair_files["reference"]).dataobj)
-    for row in api["labels"]:
+    label_rows = [row for row in api["labels"] if row["label"] is not None]
+    assert [row["label"] for row in label_rows] == [1, 2, 3]
+    for row in label_rows[:2]:
         shown = page.locator(f"tr[data-label='{row['label']}'] td[data-column='dice']")
         assert shown.inner_text() == f"{row['dice']:.4f}"
         assert abs(row["dice"] - dice_f64(pred, ref, row["label"])) < 1e-12
+        hd95 = page.locator(f"tr[data-label='{row['label']}'] td[data-column='hd95']")
+        assert hd95.inner_text() == f"{row['hd95']:.4f}"
         name = page.locator(f"tr[data-label='{row['label']}'] td[data-column='name']")
         assert name.inner_text() == row["name"]
+    # label 3: undefined, with the report's reason, for the overlap and the boundary metric
+    absent = label_rows[2]
+    assert absent["dice"] is None and absent["hd95"] is None
+    for metric in ("dice", "hd95"):
+        shown = page.locator(f"tr[data-label='3'] td[data-column='{metric}']")
+        assert shown.locator(".undefined").inner_text() == "undefined"
+        assert shown.locator(".reason").inner_text() == absent["reasons"][metric]
+    # the region row: its name in the label column, its members, the Dice of the union
+    (region,) = [row for row in api["labels"] if row.get("region") == "organs"]
+    assert region["label"] is None and region["members"] == [1, 2]
+    row = page.locator("tr[data-region='organs']")
+    assert row.locator("td[data-column='label']").inner_text() == "organs"
+    assert row.locator("td[data-column='name']").inner_text() == "region: labels 1, 2"
+    union_dice = 2 * ((pred > 0) & (ref > 0)).sum() / ((pred > 0).sum() + (ref > 0).sum())
+    assert abs(region["dice"] - union_dice) < 1e-12
+    assert row.locator("td[data-column='dice']").inner_text() == f"{region['dice']:.4f}"
+    assert row.locator("td[data-column='hd95']").inner_text() == f"{region['hd95']:.4f}"
+    assert page.locator("#scores-table th").all_inner_texts()[2:7] == [
+        "Dice",
+        "Jaccard",
+        "Precision",
+        "Recall",
+        "HD95 (mm)",
+    ]
     # sorting by Dice puts the worst label (2: 8 of its 10 columns found) first
     page.get_by_role("button", name="Dice", exact=True).click()
     first = page.locator("#scores-table tbody tr").first
@@ -265,7 +321,15 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
     assert abs(width / height - (40 * 0.8) / (20 * 2.5)) < 0.02
     page.screenshot(path=str(tmp_path / "pair-page.png"), full_page=True)
     if os.environ.get("JDT_UPDATE_SCREENSHOTS"):  # the README's picture: docs/images/
-        page.screenshot(path=str(REPO / "docs" / "images" / "pair-page.png"), full_page=True)
+        # the page down to the pictures (the dataset form below has its own picture)
+        bottom = page.locator("#pictures").evaluate(
+            "e => e.getBoundingClientRect().bottom + window.scrollY"
+        )
+        page.screenshot(
+            path=str(REPO / "docs" / "images" / "pair-page.png"),
+            full_page=True,
+            clip={"x": 0, "y": 0, "width": 1280, "height": bottom + 16},
+        )
 
     # the slider moves through the slices: the picture changes; past the label, no outline
     before = page.locator("#axial-canvas").evaluate("c => c.toDataURL()")
@@ -281,129 +345,245 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
     assert page.locator("#axial-value").inner_text() == "slice 11 of 20"
     assert all(n > 0 for n in _colour_counts(page, "axial"))
     page.screenshot(path=str(tmp_path / "pair-page-label-1.png"), full_page=True)
+    # a region is drawn as the outline of its labels' union, centred on it (numpy: the mean
+    # voxel of reference or prediction in 1 or 2, z of 0-based index 9.6 -> slice 11 of 20)
+    union_z = np.nonzero((pred > 0) | (ref > 0))[2].mean()
+    page.get_by_role("combobox", name="Label shown").select_option("region:organs")
+    centre = int(np.floor(union_z + 0.5))  # the page rounds half up (Math.round)
+    assert page.locator("#axial-value").inner_text() == f"slice {centre + 1} of 20"
+    assert all(n > 0 for n in _colour_counts(page, "axial"))
     assert page.evaluate(_CONTRAST)["worst"] == []
     assert offline.blocked == []
 
 
 # ---------------------------------------------------------------- the dataset part of the page
-# The jobs API (/v1/jobs, /v1/reference-sets) is another part of the service; here the browser
-# gets its answers from a stub in the shapes that API defines, and the report is a real
-# `monai-jdt score-dir -o` report (a job's report is the same JSON).
+# The real jobs API of the same server: an admin creates a reference set, the page submits
+# an archive of predictions, the job runs in the server's worker process.
+
+N_CASES = 5  # scored, and one more whose prediction is not a NIfTI file
+DATASET_SPACING = (1.0, 1.0, 2.0)
 
 
 @pytest.fixture(scope="module")
-def dataset_report(tmp_path_factory, write_nifti) -> dict:
-    import json
-
+def dataset_files(nifti_bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """``(predictions, references)`` as ``{file name: .nii.gz bytes}``: worse and worse cases;
+    in the last one label 2 is not predicted at all (its HD95 is undefined); the prediction
+    of one more case, ``broken``, is not a NIfTI file (the case fails)."""
     import numpy as np
 
-    folder = tmp_path_factory.mktemp("dataset")
-    (folder / "preds").mkdir()
-    (folder / "refs").mkdir()
+    affine = np.diag([*DATASET_SPACING, 1.0])
     rng = np.random.default_rng(5)
-    for case in range(5):
+    preds, refs = {}, {}
+    for case in range(N_CASES):
         ref = np.zeros((16, 14, 10), np.uint8)
         ref[2:10, 2:10, 2:8] = 1
         ref[11:15, 3:12, 1:9] = 2
         pred = ref.copy()
-        flip = rng.random(ref.shape) < 0.04 * (case + 1)  # worse and worse cases
+        flip = rng.random(ref.shape) < 0.03 * (case + 1)
         pred[flip] = rng.integers(0, 3, int(flip.sum()), dtype=np.uint8)
-        write_nifti(folder / "preds" / f"case{case}.nii.gz", pred)
-        write_nifti(folder / "refs" / f"case{case}.nii.gz", ref)
-    out = folder / "report.json"
-    cmd = [sys.executable, "-m", "monai_jdt.cli", "score-dir", str(folder / "preds")]
-    cmd += [str(folder / "refs"), "-o", str(out), "--labels", "1=liver,2=spleen"]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return json.loads(out.read_text())
+        if case == N_CASES - 1:
+            pred[pred == 2] = 0
+        preds[f"case{case}.nii.gz"] = nifti_bytes(pred, affine)
+        refs[f"case{case}.nii.gz"] = nifti_bytes(ref, affine)
+    preds["broken.nii.gz"] = b"this is not a NIfTI file " * 20
+    refs["broken.nii.gz"] = refs["case0.nii.gz"]
+    return preds, refs
 
 
-def test_score_a_dataset_through_the_page(offline, server_url, dataset_report, tmp_path) -> None:
+_RECORD_PROGRESS = """
+window.__progress = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("job-progress");
+  new MutationObserver(() => window.__progress.push([bar.value, bar.max]))
+    .observe(bar, { attributes: true, attributeFilter: ["value", "max"] });
+});
+"""
+
+
+def _box(page, metric: str, label: int):
+    return page.locator(f"svg[data-metric='{metric}'] g[data-label='{label}']")
+
+
+def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tmp_path) -> None:
     import json
 
     import numpy as np
+    from jobs_testing import archive_bytes
+
+    preds, refs = dataset_files
+    team_key = {"Authorization": f"Bearer {API_KEY}"}
+    created = httpx.post(
+        server_url + "/v1/reference-sets",
+        files={"references": ("refs.zip", archive_bytes(refs))},
+        data={"name": "abdomen CT", "labels": "1=liver,2=spleen", "metrics": "dice,jaccard,hd95"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=60,
+    )
+    assert created.status_code == 201, created.text
+    set_id = created.json()["id"]
 
     page = offline.page
-    polls = {"n": 0}
-    posted: list[bytes] = []
-    total = len(dataset_report["cases"])
-
-    def job(status: str, done: int) -> dict:
-        progress = {"cases_done": done, "cases_total": total, "failures": 0}
-        return {"id": "job1", "status": status, "reference_set": "set1", "progress": progress}
-
-    def answer(route) -> None:
-        request = route.request
-        path = urlsplit(request.url).path
-        if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            route.fulfill(status=401, json={"detail": {"code": "unauthorized", "message": "x"}})
-        elif path == "/v1/reference-sets":
-            sets = [{"id": "set1", "name": "abdomen", "version": "0123456789ab", "cases_total": 5}]
-            route.fulfill(json={"reference_sets": sets})
-        elif path == "/v1/jobs" and request.method == "POST":
-            posted.append(request.post_data_buffer or b"")
-            route.fulfill(status=202, json=job("queued", 0), headers={"Location": "/v1/jobs/job1"})
-        elif path == "/v1/jobs/job1":
-            polls["n"] += 1
-            route.fulfill(json=job("running", 2) if polls["n"] == 1 else job("done", total))
-        elif path == "/v1/jobs/job1/report":
-            route.fulfill(json=dataset_report)
-        elif path == "/v1/reference-sets/set1/leaderboard":
-            entries = [
-                {"rank": 1, "team": "team-a", "score": 0.91, "cases": 5, "failures": 0},
-                {"rank": 2, "team": "team-b", "score": 0.85, "cases": 5, "failures": 0},
-            ]
-            route.fulfill(json={"reference_set": "set1", "entries": entries})
-        else:
-            route.fulfill(status=404, json={"detail": {"code": "not_found", "message": path}})
-
-    page.route("**/v1/reference-sets**", answer)
-    page.route("**/v1/jobs**", answer)
+    page.add_init_script(_RECORD_PROGRESS)
     page.goto(server_url + "/")
     _enter_key(page, API_KEY)
     page.locator("#dataset-section").wait_for(state="visible", timeout=10_000)
-    assert page.get_by_role("combobox", name="Reference set").input_value() == "set1"
-    archive = tmp_path / "preds.zip"
-    archive.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # the stub does not read it
+    # the set is offered, its default metrics ticked, its labels shown as the placeholder
+    assert page.get_by_role("combobox", name="Reference set").input_value() == set_id
+    assert page.locator("#references-field").is_hidden()
+    ticked = page.locator("input[name=dataset-metric]:checked").evaluate_all(
+        "boxes => boxes.map(b => b.value)"
+    )
+    assert ticked == ["dice", "jaccard", "hd95"]
+    assert page.get_by_role("checkbox", name="hd95 (dataset)").is_checked()
+    assert page.locator("#dataset-labels").get_attribute("placeholder") == "1=liver,2=spleen"
+    archive = tmp_path / "predictions.zip"
+    archive.write_bytes(archive_bytes(preds))
     page.get_by_label("Predictions archive").set_input_files(str(archive))
     page.get_by_role("button", name="Score the dataset").click()
-    page.locator("#dataset-results").wait_for(state="visible", timeout=30_000)
-    assert b'name="reference_set"' in posted[0] and b"set1" in posted[0]
-    assert b'name="predictions"' in posted[0]
-    bar = page.locator("#job-progress")
-    assert (bar.get_attribute("value"), bar.get_attribute("max")) == (str(total), str(total))
-    assert "done, 5 of 5 cases" in page.locator("#job-status").inner_text()
+    # the button is disabled while the page uploads, follows the job and draws its results
+    page.wait_for_function(
+        "() => !document.getElementById('dataset-button').disabled", timeout=120_000
+    )
+    status = page.locator("#job-status").inner_text()
+    assert ": done" in status, status
+    page.locator("#dataset-results").wait_for(state="visible", timeout=10_000)
 
-    # a Dice box plot per label, its median and quartiles those of numpy over the cases
-    for label in (1, 2):
-        values = [
-            row["dice"]
-            for case in dataset_report["cases"]
-            for row in case["labels"]
-            if row["label"] == label
-        ]
-        group = page.locator(f"svg[data-metric='dice'] g[data-label='{label}']")
-        assert abs(float(group.get_attribute("data-median")) - np.median(values)) < 1e-12
-        q1, q3 = np.percentile(values, [25, 75])
-        assert abs(float(group.get_attribute("data-q1")) - q1) < 1e-12
-        assert abs(float(group.get_attribute("data-q3")) - q3) < 1e-12
-        assert group.locator("circle").count() == total
-    # the cases, worst (lowest mean Dice) first
+    # the job, as the API tells this team
+    (job,) = httpx.get(server_url + "/v1/jobs", headers=team_key).json()["jobs"]
+    assert job["status"] == "done" and job["reference_set"] == set_id
+    job_url = f"{server_url}/v1/jobs/{job['id']}"
+    report = httpx.get(job_url + "/report", headers=team_key).json()
+    assert [case["case_id"] for case in report["cases"]] == [f"case{i}" for i in range(N_CASES)]
+    (failure,) = report["failures"]
+    assert failure["case_id"] == "broken"
+    total = N_CASES + 1
+    assert {tuple(case["options"]["metrics"]) for case in report["cases"]} == {
+        ("dice", "jaccard", "hd95")
+    }
+
+    # the progress bar moved from nothing scored to every case, never back
+    progress = page.evaluate("() => window.__progress")
+    values = [value for value, top in progress if top == total]
+    assert values[0] < total and values[-1] == total
+    assert values == sorted(values), progress
+    bar = page.locator("#job-progress")
+    assert (bar.get_attribute("value"), bar.get_attribute("max")) == (str(total),) * 2
+    status = page.locator("#job-status").inner_text()
+    assert f"done, {total} of {total} cases scored, 1 failed" in status
+
+    # a Dice and an HD95 box plot per label: median and quartiles those of numpy over the
+    # cases where the metric is defined; the missed label's undefined HD95 is left out
+    for metric in ("dice", "hd95"):
+        for label in (1, 2):
+            rows = [
+                row for case in report["cases"] for row in case["labels"] if row["label"] == label
+            ]
+            values = [row[metric] for row in rows if row[metric] is not None]
+            group = _box(page, metric, label)
+            assert abs(float(group.get_attribute("data-median")) - np.median(values)) < 1e-12
+            q1, q3 = np.percentile(values, [25, 75])
+            assert abs(float(group.get_attribute("data-q1")) - q1) < 1e-12
+            assert abs(float(group.get_attribute("data-q3")) - q3) < 1e-12
+            assert group.locator("circle").count() == len(values)
+            assert int(group.get_attribute("data-undefined")) == len(rows) - len(values)
+    assert _box(page, "hd95", 2).locator("circle").count() == N_CASES - 1
+    assert "1 undefined" in (_box(page, "hd95", 2).locator("text").text_content() or "")
+
+    # the cases: the failed one first with its error, then worst (lowest mean Dice) first
     means = {
         case["case_id"]: float(np.mean([row["dice"] for row in case["labels"]]))
-        for case in dataset_report["cases"]
+        for case in report["cases"]
     }
     shown = page.locator("#cases-table tbody tr").evaluate_all(
         "rows => rows.map(r => r.dataset.case)"
     )
-    assert shown == sorted(means, key=means.get)
-    assert shown[0] == "case4"
+    assert shown == ["broken", *sorted(means, key=means.get)]
+    assert shown[1] == f"case{N_CASES - 1}"
+    rows = page.locator("#cases-table tbody tr")
+    failed = rows.nth(0).locator("td").all_inner_texts()
+    assert failed == ["broken", "", "", f"{failure['message']} [{failure['code']}]"]
+    worst = rows.nth(1).locator("td").all_inner_texts()
+    assert worst[1] == f"{means[shown[1]]:.4f}" and worst[2] == "0.0000, label 2 (spleen)"
+
+    # the set's leaderboard shows this team with the API's score
     page.locator("#leaderboard").wait_for(state="visible", timeout=10_000)
-    assert "team-a" in page.locator("#leaderboard-table tbody tr").first.inner_text()
-    with page.expect_download() as download:
-        page.get_by_role("button", name="report JSON").click()
-    assert json.loads(Path(download.value.path()).read_text()) == dataset_report
-    page.screenshot(path=str(tmp_path / "dataset-page.png"), full_page=True)
+    board = httpx.get(
+        f"{server_url}/v1/reference-sets/{set_id}/leaderboard", headers=team_key
+    ).json()
+    assert [entry["team"] for entry in board["entries"]] == [TEAM]
+    first = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
+    entry = board["entries"][0]
+    assert first == ["1", TEAM, f"{entry['score']:.4f}", str(entry["cases"])]
+
+    # the downloads are the API's files
+    def api_text(name: str) -> str:
+        return httpx.get(f"{job_url}/{name}", headers=team_key).text
+
+    expected = {
+        "report JSON": json.dumps(report),
+        "cases CSV": api_text("cases.csv"),
+        "metrics.json (grand-challenge)": api_text("metrics.json"),
+    }
+    for button, text in expected.items():
+        with page.expect_download() as download:
+            page.get_by_role("button", name=button).click()
+        got = Path(download.value.path()).read_text()
+        if button == "cases CSV":
+            assert got == text
+        else:
+            assert json.loads(got) == json.loads(text)
+
+    section = page.locator("#dataset-section")
+    section.screenshot(path=str(tmp_path / "dataset-page.png"))
+    if os.environ.get("JDT_UPDATE_SCREENSHOTS"):  # the README's picture: docs/images/
+        section.screenshot(path=str(REPO / "docs" / "images" / "dataset-page.png"))
     assert page.evaluate(_CONTRAST)["worst"] == []
+    assert offline.blocked == []
+
+
+def test_score_a_dataset_against_uploaded_references(
+    offline, server_url, dataset_files, tmp_path
+) -> None:
+    """No reference set: the references come as an archive; no leaderboard is shown."""
+    from jobs_testing import archive_bytes
+
+    preds, refs = dataset_files
+    names = ["case0.nii.gz", "case4.nii.gz"]
+    for kind, files in (("predictions", preds), ("references", refs)):
+        (tmp_path / f"{kind}.tar.gz").write_bytes(
+            archive_bytes({name: files[name] for name in names}, kind="tar.gz")
+        )
+    page = offline.page
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#dataset-section").wait_for(state="visible", timeout=10_000)
+    page.get_by_role("combobox", name="Reference set").select_option("")
+    assert page.locator("#references-field").is_visible()
+    page.get_by_role("checkbox", name="hd95 (dataset)").uncheck()
+    page.get_by_label("References archive").set_input_files(str(tmp_path / "references.tar.gz"))
+    page.get_by_label("Predictions archive").set_input_files(str(tmp_path / "predictions.tar.gz"))
+    page.get_by_role("textbox", name=re.compile("^Dataset labels")).fill("1=liver,2=spleen")
+    page.get_by_role("textbox", name=re.compile("^Dataset regions")).fill("organs=1,2")
+    page.get_by_role("button", name="Score the dataset").click()
+    page.wait_for_function(
+        "() => !document.getElementById('dataset-button').disabled", timeout=120_000
+    )
+    status = page.locator("#job-status").inner_text()
+    assert "done, 2 of 2 cases scored." in status, status
+    job_id = status.split(":")[0].removeprefix("Job ").strip()
+    report = httpx.get(
+        f"{server_url}/v1/jobs/{job_id}/report", headers={"Authorization": f"Bearer {API_KEY}"}
+    ).json()
+    # the job scored what the form asked: the default metrics (HD95 unticked), the region
+    assert report["cases"][0]["options"]["metrics"] == ["dice", "jaccard", "precision", "recall"]
+    regions = [row for row in report["cases"][0]["labels"] if row.get("region") == "organs"]
+    assert len(regions) == 1
+    # Dice box plots for the labels and the region; none of HD95; no leaderboard
+    assert page.locator("svg[data-metric='dice'] g[data-label]").count() == 2
+    region_box = page.locator("svg[data-metric='dice'] g[data-region='organs']")
+    assert region_box.locator("circle").count() == 2
+    assert page.locator("svg[data-metric='hd95']").count() == 0
+    assert page.locator("#leaderboard").is_hidden()
     assert offline.blocked == []
 
 
@@ -449,11 +629,22 @@ def test_every_control_is_labelled_reachable_by_keyboard_and_readable(offline, s
             .map((e) => e.id || e.outerHTML)"""
     )
     assert unlabelled == []
+    # each control's name (its label's text, or its aria-label, or a button's text) is its own,
+    # on both parts of the page, so assistive technology and tests can tell them apart
+    names = page.evaluate(
+        """() => [...document.querySelectorAll("input, select, textarea, button")].map((e) =>
+            (e.getAttribute("aria-label") || (e.labels && e.labels.length
+              ? [...e.labels].map((l) => l.textContent).join(" ") : e.textContent))
+            .replace(/\\s+/g, " ").trim())"""
+    )
+    assert len(names) > 30
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
     reached = []
     for _ in range(40):  # every control of the pair form, the metric boxes included
         page.keyboard.press("Tab")
         reached.append(page.evaluate("() => document.activeElement.id"))
-    for control in ("api-key", "prediction", "reference", "image", "labels", "score-button"):
+    controls = ("api-key", "prediction", "reference", "image", "labels", "regions", "score-button")
+    for control in controls:
         assert control in reached, (control, reached)
     contrast = page.evaluate(_CONTRAST)
     assert contrast["worst"] == [] and contrast["checked"] > 20, contrast

@@ -143,3 +143,17 @@ def test_bad_overlay_input_is_refused_with_a_named_error(client: TestClient, nif
     r = client.post("/v1/scores", files=junk, data={"overlays": "true"})
     assert r.status_code == 415 and r.json()["detail"]["code"] == "not_nifti"
     assert list(client.uploads.iterdir()) == []  # type: ignore[attr-defined]
+
+
+def test_region_rows_get_overlays_of_their_labels(client: TestClient, post_pair) -> None:
+    """A region row has no label id: the worst label and the centres are the labels' only."""
+    pred, ref = _pair()
+    body = post_pair(client, pred, ref, np.eye(4), regions="both=1,2", metrics="dice,hd95")
+    regions = [row for row in body["labels"] if row.get("region") == "both"]
+    assert len(regions) == 1 and regions[0]["label"] is None
+    both_ref, both_pred = ref > 0, pred > 0
+    dice = 2 * (both_ref & both_pred).sum() / (both_ref.sum() + both_pred.sum())
+    assert abs(regions[0]["dice"] - dice) < 1e-12
+    overlays = body["overlays"]
+    assert overlays["worst_label"] == 2
+    assert [entry["label"] for entry in overlays["centres"]] == [1, 2]

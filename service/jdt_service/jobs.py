@@ -203,8 +203,9 @@ def claim_job(db: Database, worker: str, lease_s: float) -> Job | None:
 
 
 def _label_from_dict(row: Mapping[str, Any], metrics: tuple[str, ...]) -> LabelScore:
+    members = row.get("members")
     return LabelScore(
-        label=int(row["label"]),
+        label=None if row["label"] is None else int(row["label"]),  # None: a region row
         name=row["name"],
         requested=bool(row["requested"]),
         metrics={metric: row.get(metric) for metric in metrics},
@@ -217,6 +218,9 @@ def _label_from_dict(row: Mapping[str, Any], metrics: tuple[str, ...]) -> LabelS
         reference_voxels=row["reference_voxels"],
         predicted_ml=row["predicted_ml"],
         reference_ml=row["reference_ml"],
+        region=row.get("region"),
+        members=None if members is None else tuple(int(m) for m in members),
+        nsd_tolerance=row.get("nsd_tolerance"),
     )
 
 

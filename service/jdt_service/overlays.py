@@ -15,7 +15,8 @@ the same request returns what the drawing needs, computed from the uploaded file
   zlib-compressed and base64-encoded; labels as the smallest unsigned type that holds them,
   the image windowed to its 1st..99th percentile as ``uint8``;
 - the label with the lowest Dice in the report (the worst-scoring one) and the centre of each
-  reported label (the mean voxel of reference ∪ prediction), where the page opens its slices.
+  reported label (the mean voxel of reference ∪ prediction), where the page opens its slices
+  (region rows have no label id: the page finds a region's centre from its labels' voxels).
 
 A probability prediction is drawn as the labels it decides: ``argmax`` over the channel axis
 of a 4-D map, ``p >= 0.5`` as label 1 for a 3-D one.
@@ -244,7 +245,8 @@ def _centres(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -
 
 
 def _worst(rows: list[dict[str, Any]]) -> int | None:
-    """The reported label with the lowest Dice (Jaccard when Dice is not scored)."""
+    """The reported label with the lowest Dice (Jaccard when Dice is not scored); ``rows`` are
+    label rows (a region row has no label id)."""
     for metric in ("dice", "jaccard"):
         scored = [row for row in rows if isinstance(row.get(metric), (int, float))]
         if scored:
@@ -286,7 +288,8 @@ def render_overlays(
         intensity = grid.sample(image_data)
         intensity = intensity.reshape(*intensity.shape[:3], -1)[..., 0]
         packed_image = _pack(_window(grid.orient(intensity)))
-    rows = list(report.get("labels", []))
+    # region rows (label null) are drawn by the page from their members' labels
+    rows = [row for row in report.get("labels", []) if row.get("label") is not None]
     return Overlays(
         shape=list(ref_small.shape),
         spacing_mm=grid.ras(tuple(z * k for z, k in zip(grid.spacing, grid.step, strict=True))),

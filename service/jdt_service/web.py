@@ -49,6 +49,9 @@ _PAGE_POLICY = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
 }
+#: the dataset form's metrics before a reference set is picked: the defaults and hd95, whose
+#: box plots the page draws next to Dice's
+_DATASET_METRICS = (*DEFAULT_METRICS, "hd95")
 _HERE = Path(__file__).parent
 _TEMPLATES = Jinja2Templates(directory=str(_HERE / "templates"))
 #: (view, title, the direction its slider moves)
@@ -96,6 +99,7 @@ async def pair_page(request: Request) -> HTMLResponse:
             "auth_required": bool(request.app.state.settings.api_keys),
             "metrics": METRICS + BOUNDARY_METRICS,
             "default_metrics": DEFAULT_METRICS,
+            "dataset_metrics": _DATASET_METRICS,
             "views": _VIEWS,
         },
         headers=_PAGE_POLICY,

@@ -23,7 +23,25 @@
     sagittal: { fixed: 0, col: [1, true], row: [2, true], edges: ["S", "A", "P", "I"] },
   };
 
-  const state = { report: null, volumes: null, label: null };
+  const state = { report: null, volumes: null, members: null };
+
+  // Column titles of the metrics (distances in mm); hd95 is the options.percentile-th one.
+  const TITLES = {
+    dice: "Dice", jaccard: "Jaccard", precision: "Precision", recall: "Recall", tversky: "Tversky",
+    hd: "HD (mm)", hd95: "HD95 (mm)", assd: "ASSD (mm)", masd: "MASD (mm)", nsd: "NSD",
+    boundary_iou: "Boundary IoU",
+  };
+
+  function metricTitle(metric, options) {
+    const title = TITLES[metric] || metric;
+    const p = options && options.percentile;
+    return metric === "hd95" && typeof p === "number" && p !== 95 ? `${title}, ${p}th percentile` : title;
+  }
+
+  // A row of a report is a label (label: id) or a region (region: name, members: its labels).
+  const isRegion = (row) => typeof row.region === "string";
+  const rowName = (row) =>
+    isRegion(row) ? `${row.region} (region of ${row.members.join(", ")})` : row.name ? `${row.label} (${row.name})` : String(row.label);
 
   function apiKey() {
     return sessionStorage.getItem(KEY_STORE) || "";
@@ -76,6 +94,8 @@
     if (wantOverlays && $("image").files.length) data.append("image", $("image").files[0]);
     const labels = $("labels").value.trim();
     if (labels) data.append("labels", labels);
+    const regions = $("regions").value.trim();
+    if (regions) data.append("regions", regions);
     const metrics = [...document.querySelectorAll("input[name=metric]:checked")].map((box) => box.value);
     if (metrics.length) data.append("metrics", metrics.join(","));
     data.append("include_background", $("include-background").checked ? "true" : "false");
@@ -127,11 +147,16 @@
 
   function columns(report) {
     const cols = [
-      { key: "label", title: "Label", text: (row) => String(row.label) },
-      { key: "name", title: "Name", text: (row) => row.name || "" },
+      // a region sorts by its name, after the labels
+      { key: "label", title: "Label", text: (row) => (isRegion(row) ? row.region : String(row.label)) },
+      {
+        key: "name",
+        title: "Name",
+        text: (row) => (isRegion(row) ? `region: labels ${row.members.join(", ")}` : row.name || ""),
+      },
     ];
     for (const metric of report.options.metrics) {
-      cols.push({ key: metric, title: metric[0].toUpperCase() + metric.slice(1), metric: true });
+      cols.push({ key: metric, title: metricTitle(metric, report.options), metric: true });
     }
     cols.push({ key: "reference_ml", title: "Reference mL", text: (row) => fmt(row.reference_ml) });
     cols.push({ key: "predicted_ml", title: "Predicted mL", text: (row) => fmt(row.predicted_ml) });
@@ -178,9 +203,11 @@
       headRow.append(th);
     }
     const rows = [...report.labels];
+    const sortValue = (row) => (sortKey === "label" && isRegion(row) ? null : row[sortKey]);
     rows.sort((a, b) => {
-      const x = a[sortKey];
-      const y = b[sortKey];
+      if (sortKey === "label" && isRegion(a) && isRegion(b)) return a.region.localeCompare(b.region);
+      const x = sortValue(a);
+      const y = sortValue(b);
       const missingX = x === null || x === undefined;
       const missingY = y === null || y === undefined;
       if (missingX || missingY) return missingX - missingY; // undefined values last
@@ -191,7 +218,8 @@
     body.replaceChildren(
       ...rows.map((row) => {
         const tr = document.createElement("tr");
-        tr.dataset.label = row.label;
+        if (isRegion(row)) tr.dataset.region = row.region;
+        else tr.dataset.label = row.label;
         tr.append(...cols.map((col) => cell(row, col)));
         return tr;
       }),
@@ -200,7 +228,7 @@
 
   function csvOf(report) {
     const metrics = report.options.metrics;
-    const head = ["label", "name", ...metrics, "reference_ml", "predicted_ml", "reasons"];
+    const head = ["label", "region", "members", "name", ...metrics, "reference_ml", "predicted_ml", "reasons"];
     const quote = (value) => {
       const text = value === null || value === undefined ? "" : String(value);
       return /[",\n]/.test(text) ? '"' + text.replaceAll('"', '""') + '"' : text;
@@ -208,6 +236,8 @@
     const lines = report.labels.map((row) =>
       [
         row.label,
+        row.region,
+        row.members ? row.members.join(" ") : null,
         row.name,
         ...metrics.map((metric) => row[metric]),
         row.reference_ml,
@@ -266,11 +296,12 @@
     };
   }
 
-  function outline(volume, idx, slice, label) {
+  // The outline of the voxels whose label is one of `members` (one label, or a region's).
+  function outline(volume, idx, slice, members) {
     const { cols, rows } = idx;
     const inside = new Uint8Array(cols * rows);
     for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) inside[r * cols + c] = volume[idx.at(c, r, slice)] === label ? 1 : 0;
+      for (let c = 0; c < cols; c++) inside[r * cols + c] = members.has(volume[idx.at(c, r, slice)]) ? 1 : 0;
     }
     const edge = new Uint8Array(cols * rows);
     for (let r = 0; r < rows; r++) {
@@ -302,8 +333,8 @@
         data[p + 3] = 255;
       }
     }
-    const ref = outline(volumes.reference, idx, slice, state.label);
-    const pred = outline(volumes.prediction, idx, slice, state.label);
+    const ref = outline(volumes.reference, idx, slice, state.members);
+    const pred = outline(volumes.prediction, idx, slice, state.members);
     for (let p = 0; p < cols * rows; p++) {
       if (!ref[p] && !pred[p]) continue;
       const both = ref[p] && pred[p];
@@ -329,13 +360,39 @@
     $(name + "-value").textContent = `slice ${slice + 1} of ${total}`;
   }
 
-  function centreOn(label) {
-    state.label = label;
-    const entry = state.volumes.centres.find((item) => item.label === label);
+  // A region's centre: the mean voxel of reference ∪ prediction over its labels (a label's
+  // comes with the overlays); the volume's centre when it is empty.
+  function regionCentre(volumes, members) {
+    const [, Y, Z] = volumes.shape;
+    const sums = [0, 0, 0];
+    let n = 0;
+    for (let i = 0; i < volumes.reference.length; i++) {
+      if (!members.has(volumes.reference[i]) && !members.has(volumes.prediction[i])) continue;
+      sums[0] += Math.floor(i / (Y * Z));
+      sums[1] += Math.floor(i / Z) % Y;
+      sums[2] += i % Z;
+      n++;
+    }
+    return n ? sums.map((sum) => Math.round(sum / n)) : null;
+  }
+
+  // `choice`: a label id, or "region:NAME"
+  function centreOn(choice) {
+    const volumes = state.volumes;
+    let centre = null;
+    if (choice.startsWith("region:")) {
+      const row = state.report.labels.find((item) => isRegion(item) && item.region === choice.slice(7));
+      state.members = new Set(row.members);
+      centre = regionCentre(volumes, state.members);
+    } else {
+      state.members = new Set([Number(choice)]);
+      const entry = volumes.centres.find((item) => item.label === Number(choice));
+      centre = entry ? entry.centre : null;
+    }
     for (const [name, view] of Object.entries(VIEWS)) {
       const slider = $(name + "-slider");
-      slider.max = String(state.volumes.shape[view.fixed] - 1);
-      slider.value = String(entry ? entry.centre[view.fixed] : Math.floor(state.volumes.shape[view.fixed] / 2));
+      slider.max = String(volumes.shape[view.fixed] - 1);
+      slider.value = String(centre ? centre[view.fixed] : Math.floor(volumes.shape[view.fixed] / 2));
       draw(name);
     }
   }
@@ -345,8 +402,8 @@
     picker.replaceChildren(
       ...report.labels.map((row) => {
         const option = document.createElement("option");
-        option.value = String(row.label);
-        option.textContent = row.name ? `${row.label} (${row.name})` : String(row.label);
+        option.value = isRegion(row) ? "region:" + row.region : String(row.label);
+        option.textContent = rowName(row);
         return option;
       }),
     );
@@ -389,7 +446,7 @@
     }
     fillLabelPicker(rest, overlays);
     $("pictures").hidden = false;
-    centreOn(Number($("label-picker").value));
+    centreOn($("label-picker").value);
   }
 
 
@@ -398,6 +455,10 @@
   const FINISHED = ["done", "failed", "cancelled"];
   const BOX_METRICS = [["dice", "Dice", 1], ["hd95", "HD95 (mm)", null]];
   const job = { id: null, referenceSet: null };
+  const datasetBoxes = () => [...document.querySelectorAll("input[name=dataset-metric]")];
+  // the dataset form's metrics as the page came (used when a set has no metrics of its own)
+  const DATASET_DEFAULTS = datasetBoxes().filter((box) => box.checked).map((box) => box.value);
+  const setOptions = new Map(); // reference set id -> its default options
 
   async function api(path, options = {}) {
     const response = await fetch(root + path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
@@ -422,7 +483,9 @@
     const body = await response.json();
     const picker = $("reference-set");
     picker.replaceChildren(picker.options[0]);
+    setOptions.clear();
     for (const set of body.reference_sets || []) {
+      setOptions.set(set.id, set.options || {});
       const option = document.createElement("option");
       option.value = set.id;
       option.textContent = `${set.name} (${set.cases_total} cases, version ${String(set.version).slice(0, 8)})`;
@@ -433,8 +496,16 @@
     $("dataset-section").hidden = false;
   }
 
+  // A reference set brings its default options: its metrics tick the boxes, its labels and
+  // regions show as the placeholders (an empty field keeps the set's).
   function referencesChoice() {
-    $("references-field").hidden = $("reference-set").value !== "";
+    const setId = $("reference-set").value;
+    $("references-field").hidden = setId !== "";
+    const options = setOptions.get(setId) || {};
+    const wanted = options.metrics ? options.metrics.split(",").map((m) => m.trim()) : DATASET_DEFAULTS;
+    for (const box of datasetBoxes()) box.checked = wanted.includes(box.value);
+    $("dataset-labels").placeholder = options.labels || "1=liver,2=spleen";
+    $("dataset-regions").placeholder = options.regions || "WT=1,2,3;TC=2,3;ET=3";
   }
 
   async function submitJob(event) {
@@ -451,6 +522,10 @@
     }
     const labels = $("dataset-labels").value.trim();
     if (labels) data.append("labels", labels);
+    const regions = $("dataset-regions").value.trim();
+    if (regions) data.append("regions", regions);
+    const metrics = datasetBoxes().filter((box) => box.checked).map((box) => box.value);
+    if (metrics.length) data.append("metrics", metrics.join(","));
     $("dataset-button").disabled = true;
     $("dataset-results").hidden = true;
     setMessage(status, "Uploading…", false);
@@ -513,22 +588,28 @@
     return node;
   }
 
-  // One horizontal box plot per label: box from the 1st to the 3rd quartile, the median line,
-  // whiskers to the extremes, every case as a dot.
+  // One horizontal box plot per label (and region): box from the 1st to the 3rd quartile, the
+  // median line, whiskers to the extremes, every case where the metric is defined as a dot.
   function boxPlot(report, metric, title, fixedMax) {
+    if (!report.cases.some((caseReport) => caseReport.options.metrics.includes(metric))) return null;
     const byLabel = new Map();
     for (const caseReport of report.cases) {
       for (const row of caseReport.labels) {
-        if (typeof row[metric] !== "number") continue;
-        const key = row.name ? `${row.label} (${row.name})` : String(row.label);
-        if (!byLabel.has(key)) byLabel.set(key, { label: row.label, values: [] });
-        byLabel.get(key).values.push(row[metric]);
+        const key = rowName(row);
+        if (!byLabel.has(key)) {
+          const where = isRegion(row) ? { "data-region": row.region } : { "data-label": row.label };
+          byLabel.set(key, { where, values: [], undefined: 0 });
+        }
+        const entry = byLabel.get(key);
+        if (typeof row[metric] === "number") entry.values.push(row[metric]);
+        else entry.undefined++;
       }
     }
+    for (const [key, entry] of byLabel) if (!entry.values.length) byLabel.delete(key);
     if (!byLabel.size) return null;
     const all = [...byLabel.values()].flatMap((entry) => entry.values);
     const top = fixedMax || Math.max(...all) || 1;
-    const left = 110, width = 420, rowHeight = 34;
+    const left = 240, width = 420, rowHeight = 34;
     const height = rowHeight * byLabel.size + 52;
     const x = (value) => left + (value / top) * width;
     const plot = svg("svg", { class: "box-plot", width: left + width + 20, height, role: "img",
@@ -538,11 +619,14 @@
     for (const [key, entry] of byLabel) {
       const values = [...entry.values].sort((a, b) => a - b);
       const [q1, median, q3] = [0.25, 0.5, 0.75].map((q) => quantile(values, q));
-      const group = svg("g", { "data-label": entry.label, "data-median": median, "data-q1": q1,
-        "data-q3": q3, "data-n": values.length });
+      const group = svg("g", { ...entry.where, "data-median": median, "data-q1": q1,
+        "data-q3": q3, "data-n": values.length, "data-undefined": entry.undefined });
       const mid = y + rowHeight / 2 - 4;
+      const caption = entry.undefined ? `${key}, ${entry.undefined} undefined` : key;
       group.append(
-        svg("text", { x: 4, y: mid + 4 }, key),
+        svg("title", {}, `${key}: median ${median.toFixed(4)}, quartiles ${q1.toFixed(4)} to ${q3.toFixed(4)}, ${values.length} cases` +
+          (entry.undefined ? ` (${entry.undefined} where it is undefined left out)` : "")),
+        svg("text", { x: 4, y: mid + 4 }, caption),
         svg("line", { class: "whisker", x1: x(values[0]), x2: x(values[values.length - 1]), y1: mid, y2: mid }),
         svg("rect", { class: "box", x: x(q1), y: mid - 9, width: Math.max(1, x(q3) - x(q1)), height: 18 }),
         svg("line", { class: "median", x1: x(median), x2: x(median), y1: mid - 9, y2: mid + 9 }),
@@ -561,7 +645,8 @@
 
   function caseRows(report) {
     const rows = report.cases.map((caseReport) => {
-      const scored = caseReport.labels.filter((row) => typeof row.dice === "number");
+      // labels only: a region repeats its labels' voxels
+      const scored = caseReport.labels.filter((row) => !isRegion(row) && typeof row.dice === "number");
       const mean = scored.length ? scored.reduce((sum, row) => sum + row.dice, 0) / scored.length : null;
       const worst = scored.length ? scored.reduce((a, b) => (b.dice < a.dice ? b : a)) : null;
       return { case_id: caseReport.case_id, mean, worst, failure: null };
@@ -586,7 +671,7 @@
         const cells = [
           row.case_id,
           row.mean === null ? "" : row.mean.toFixed(4),
-          row.worst ? `${row.worst.dice.toFixed(4)} (${row.worst.label})` : "",
+          row.worst ? `${row.worst.dice.toFixed(4)}, label ${rowName(row.worst)}` : "",
           row.failure || "",
         ];
         tr.append(...cells.map((text) => Object.assign(document.createElement("td"), { textContent: text })));
@@ -637,7 +722,7 @@
   $("reference-set").addEventListener("change", referencesChoice);
   $("dataset-results").addEventListener("click", download);
   $("pair-form").addEventListener("submit", score);
-  $("label-picker").addEventListener("change", (event) => centreOn(Number(event.target.value)));
+  $("label-picker").addEventListener("change", (event) => centreOn(event.target.value));
   for (const name of Object.keys(VIEWS)) {
     $(name + "-slider").addEventListener("input", () => draw(name));
   }
