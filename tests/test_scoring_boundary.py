@@ -454,6 +454,24 @@ def test_torch_path_equals_numpy_path(surface: str, mode: str) -> None:
             assert a.values[metric] == (None if value is None else pytest.approx(value, rel=1e-5))
 
 
+def test_torch_region_label_beyond_the_dtype_does_not_wrap() -> None:
+    """A region member (300) that a uint8 volume cannot hold must not match label 300 % 256."""
+    from monai_jdt.scoring.boundary_torch import boundary_scores_torch
+
+    pred = np.zeros((12, 12), np.uint8)
+    pred[2:5, 2:5] = 1
+    pred[7:10, 7:10] = 300 % 256
+    ref = pred.copy()
+    ref[7:10, 7:10] = 0
+    options = BoundaryOptions(metrics=("hd",))
+    torch_score = boundary_scores_torch(
+        torch.from_numpy(pred), torch.from_numpy(ref), [], options, regions={"r": (1, 300)}
+    )[0]
+    assert torch_score.values == {"hd": 0.0}  # the label-44 square is not in the region
+    numpy_score = boundary_scores(pred, ref, [], options, regions={"r": (1, 300)})[0]
+    assert numpy_score.values == {"hd": 0.0}
+
+
 def test_torch_far_points_use_the_brute_force_minimum() -> None:
     from monai_jdt.scoring.boundary_torch import boundary_scores_torch
 
