@@ -30,6 +30,8 @@ from monai_jdt.scoring.regions import parse_regions, region_counts
 
 ALL = ("hd", "hd95", "assd", "masd", "nsd", "boundary_iou")
 DISTANCES = ("hd", "hd95", "assd", "masd", "nsd")
+#: the score of a perfect match: 0 mm, NSD and Boundary IoU 1
+PERFECT = {"hd": 0.0, "hd95": 0.0, "assd": 0.0, "masd": 0.0, "nsd": 1.0, "boundary_iou": 1.0}
 
 
 def blobs(shape: tuple[int, ...], labels: int, seed: int, density: float = 0.02) -> np.ndarray:
@@ -287,14 +289,7 @@ def test_empty_masks(surface: str) -> None:
     assert absent.values == dict.fromkeys(ALL)
     assert set(absent.reasons) == set(ALL)
     one = boundary_scores(pred, ref, [3], BoundaryOptions(metrics=ALL, empty="one"))[0]
-    assert one.values == {
-        "hd": 0.0,
-        "hd95": 0.0,
-        "assd": 0.0,
-        "masd": 0.0,
-        "nsd": 1.0,
-        "boundary_iou": 1.0,
-    }
+    assert one.values == PERFECT
     assert one.reasons == {}
 
 
@@ -302,14 +297,7 @@ def test_identical_masks_score_perfectly_and_touching_the_volume_edge_counts_as_
     volume = np.zeros((6, 7, 5), np.uint8)
     volume[:, 2:5, :] = 1  # reaches four faces of the volume
     score = boundary_scores(volume, volume, [1], BoundaryOptions(metrics=ALL))[0]
-    assert score.values == {
-        "hd": 0.0,
-        "hd95": 0.0,
-        "assd": 0.0,
-        "masd": 0.0,
-        "nsd": 1.0,
-        "boundary_iou": 1.0,
-    }
+    assert score.values == PERFECT
     border = volume.astype(bool) & ~ndimage.binary_erosion(volume.astype(bool))
     assert score.surface_points == (int(border.sum()),) * 2
 
