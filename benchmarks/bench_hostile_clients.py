@@ -32,6 +32,10 @@ import httpx
 import nibabel as nib
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_common import free_port, status_bytes
+
 _RUNAWAY = """
 import sys, threading
 import jdt_service.app as app_module
@@ -59,19 +63,6 @@ def nifti(array: np.ndarray) -> bytes:
     return gzip.compress(nib.Nifti1Image(array, np.eye(4)).to_bytes(), compresslevel=1)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def vm_hwm(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 class Server:
     def __init__(self, source: Path, env: dict[str, str], runaway: bool = False) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
@@ -94,10 +85,10 @@ class Server:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        self.base_rss = vm_hwm(self.proc.pid)
+        self.base_rss = status_bytes("VmHWM", self.proc.pid)
 
     def peak_mib(self) -> float:
-        return round((vm_hwm(self.proc.pid) - self.base_rss) / 2**20, 1)
+        return round((status_bytes("VmHWM", self.proc.pid) - self.base_rss) / 2**20, 1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -24,7 +24,6 @@ import argparse
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,10 @@ from pathlib import Path
 import httpx
 import nibabel as nib
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_common import free_port
 
 from monai_jdt.scoring import score_directory
 
@@ -56,12 +59,6 @@ def write_cases(folder: Path, cases: int, shape: tuple[int, ...], labels: int) -
         pred[flip] = rng.integers(0, labels, size=int(flip.sum()), dtype=np.uint8)
         for name, array in (("preds", pred), ("refs", ref)):
             nib.save(nib.Nifti1Image(array, np.eye(4)), folder / name / f"case_{i:03d}.nii.gz")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 TEAMS = 4

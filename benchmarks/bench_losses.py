@@ -38,8 +38,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_common import status_bytes
 from monai.losses import DiceCELoss, DiceLoss, TverskyLoss
 
 from monai_jdt.losses import (
@@ -122,15 +127,6 @@ def time_once(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> float:
     step(loss_fn, x, y)
     torch.cuda.synchronize()
     return time.perf_counter() - start
-
-
-def status_bytes(field: str) -> int:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def peak_extra_bytes(loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> int:

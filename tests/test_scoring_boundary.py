@@ -30,6 +30,8 @@ from monai_jdt.scoring.regions import parse_regions, region_counts
 
 ALL = ("hd", "hd95", "assd", "masd", "nsd", "boundary_iou")
 DISTANCES = ("hd", "hd95", "assd", "masd", "nsd")
+#: the score of a perfect match: 0 mm, NSD and Boundary IoU 1
+PERFECT = {"hd": 0.0, "hd95": 0.0, "assd": 0.0, "masd": 0.0, "nsd": 1.0, "boundary_iou": 1.0}
 
 
 def blobs(shape: tuple[int, ...], labels: int, seed: int, density: float = 0.02) -> np.ndarray:
@@ -287,14 +289,7 @@ def test_empty_masks(surface: str) -> None:
     assert absent.values == dict.fromkeys(ALL)
     assert set(absent.reasons) == set(ALL)
     one = boundary_scores(pred, ref, [3], BoundaryOptions(metrics=ALL, empty="one"))[0]
-    assert one.values == {
-        "hd": 0.0,
-        "hd95": 0.0,
-        "assd": 0.0,
-        "masd": 0.0,
-        "nsd": 1.0,
-        "boundary_iou": 1.0,
-    }
+    assert one.values == PERFECT
     assert one.reasons == {}
 
 
@@ -302,14 +297,7 @@ def test_identical_masks_score_perfectly_and_touching_the_volume_edge_counts_as_
     volume = np.zeros((6, 7, 5), np.uint8)
     volume[:, 2:5, :] = 1  # reaches four faces of the volume
     score = boundary_scores(volume, volume, [1], BoundaryOptions(metrics=ALL))[0]
-    assert score.values == {
-        "hd": 0.0,
-        "hd95": 0.0,
-        "assd": 0.0,
-        "masd": 0.0,
-        "nsd": 1.0,
-        "boundary_iou": 1.0,
-    }
+    assert score.values == PERFECT
     border = volume.astype(bool) & ~ndimage.binary_erosion(volume.astype(bool))
     assert score.surface_points == (int(border.sum()),) * 2
 
@@ -452,6 +440,24 @@ def test_torch_path_equals_numpy_path(surface: str, mode: str) -> None:
         assert a.values.keys() == b.values.keys()
         for metric, value in b.values.items():
             assert a.values[metric] == (None if value is None else pytest.approx(value, rel=1e-5))
+
+
+def test_torch_region_label_beyond_the_dtype_does_not_wrap() -> None:
+    """A region member (300) that a uint8 volume cannot hold must not match label 300 % 256."""
+    from monai_jdt.scoring.boundary_torch import boundary_scores_torch
+
+    pred = np.zeros((12, 12), np.uint8)
+    pred[2:5, 2:5] = 1
+    pred[7:10, 7:10] = 300 % 256
+    ref = pred.copy()
+    ref[7:10, 7:10] = 0
+    options = BoundaryOptions(metrics=("hd",))
+    torch_score = boundary_scores_torch(
+        torch.from_numpy(pred), torch.from_numpy(ref), [], options, regions={"r": (1, 300)}
+    )[0]
+    assert torch_score.values == {"hd": 0.0}  # the label-44 square is not in the region
+    numpy_score = boundary_scores(pred, ref, [], options, regions={"r": (1, 300)})[0]
+    assert numpy_score.values == {"hd": 0.0}
 
 
 def test_torch_far_points_use_the_brute_force_minimum() -> None:

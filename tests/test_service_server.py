@@ -26,6 +26,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def scores_form(prediction: bytes, reference: bytes) -> tuple[bytes, str]:
+    """The multipart body of a ``/v1/scores`` upload of two files, and its Content-Type."""
+    files = {"prediction": ("p", prediction), "reference": ("r", reference)}
+    request = httpx.Request("POST", "http://127.0.0.1/v1/scores", files=files)
+    return request.read(), request.headers["content-type"]
+
+
 class Server:
     def __init__(self, temp: Path, log: Path, *extra: str, program: list[str] | None = None):
         self.port = free_port()
@@ -146,14 +153,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(
     srv = Server(tmp_path / "uploads", tmp_path / "server.log")
     assert httpx.get(srv.url + "/v1/info").json()["device"] == "cpu"
     pred, ref = label_pair((10, 9, 8), seed=5)
-    request = httpx.Request(
-        "POST",
-        srv.url + "/v1/scores",
-        files={"prediction": ("p", nifti_bytes(pred)), "reference": ("r", nifti_bytes(ref))},
-    )
-    body = request.read()
+    body, content_type = scores_form(nifti_bytes(pred), nifti_bytes(ref))
     head = f"POST /v1/scores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
-    head += f"Content-Type: {request.headers['content-type']}\r\nConnection: close\r\n\r\n"
+    head += f"Content-Type: {content_type}\r\nConnection: close\r\n\r\n"
     with socket.create_connection(("127.0.0.1", srv.port)) as sock:
         sock.sendall(head.encode() + body[:100])  # the request is in flight...
         time.sleep(0.5)
@@ -309,15 +311,10 @@ def test_chunked_epilogue_is_refused_before_its_end(
     strict_server: Server, label_pair, nifti_bytes
 ) -> None:
     pred, ref = label_pair((10, 9, 8), seed=22)
-    request = httpx.Request(
-        "POST",
-        strict_server.url + "/v1/scores",
-        files={"prediction": ("p", nifti_bytes(pred)), "reference": ("r", nifti_bytes(ref))},
-    )
-    form = request.read()
+    form, content_type = scores_form(nifti_bytes(pred), nifti_bytes(ref))
     head = (
         "POST /v1/scores HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-        f"Content-Type: {request.headers['content-type']}\r\n\r\n"
+        f"Content-Type: {content_type}\r\n\r\n"
     ).encode()
     sock = socket.create_connection(("127.0.0.1", strict_server.port))
     sent = [0]

@@ -19,7 +19,6 @@ A class absent from both is NaN and skipped by the mean.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
+from monai_jdt.metrics._checks import buffer_tensor, check_tensors, first_class
 from monai_jdt.scoring.boundary import (
     BOUNDARY_METRICS,
     DISTANCE_METRICS,
@@ -85,20 +85,13 @@ class BoundaryMetric(CumulativeIterationMetric):
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
         """``[B, C]`` scores of one one-hot batch ``[B, C, *spatial]`` (NaN: absent from both)."""
-        if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(
-                f"y_pred and y must be tensors, got {type(y_pred).__name__} and {type(y).__name__}."
-            )
+        y_pred, y = check_tensors(y_pred, y)
         if y_pred.shape != y.shape or y_pred.ndim < 3:
             raise ValueError(
                 "y_pred and y must be one-hot [B, C, *spatial] of the same shape, got "
                 f"{tuple(y_pred.shape)} and {tuple(y.shape)}."
             )
-        first = 0 if self.include_background or y_pred.shape[1] == 1 else 1
-        if first == 0 and not self.include_background:
-            warnings.warn(
-                "single channel prediction, `include_background=False` ignored.", stacklevel=2
-            )
+        first = first_class(y_pred.shape[1], self.include_background)
         spatial = tuple(y_pred.shape[2:])
         penalty = (
             volume_diagonal_mm(spatial, self.spacing)
@@ -127,13 +120,7 @@ class BoundaryMetric(CumulativeIterationMetric):
 
     def per_image_scores(self) -> torch.Tensor:
         """``[N, C]`` scores of every (image, class) seen; NaN where absent from both."""
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(
-                f"{type(self).__name__} has no data to aggregate: call it on at least one batch "
-                "(y_pred, y) after reset()."
-            )
-        return data
+        return buffer_tensor(self)
 
     def aggregate(self) -> torch.Tensor:
         """The mean over the (image, class) pairs that are not NaN (0-dim tensor; NaN if none)."""

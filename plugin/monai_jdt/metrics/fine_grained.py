@@ -24,7 +24,6 @@ validation set on one process.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -40,6 +39,7 @@ from monai_jdt.counts import (
     tversky_index,
 )
 from monai_jdt.losses._options import check_choice
+from monai_jdt.metrics._checks import buffer_tensor, check_tensors, first_class
 
 __all__ = ["INDICES", "SCORE_KEYS", "FineGrainedIoUMetric", "OverlapIndex"]
 
@@ -161,10 +161,7 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
         """Per-(image, class) counts of one batch, shape ``B, 3, C`` (``tp, fp, fn``)."""
-        if not isinstance(y_pred, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError(
-                f"y_pred and y must be tensors, got {type(y_pred).__name__} and {type(y).__name__}."
-            )
+        y_pred, y = check_tensors(y_pred, y)
         x = self._as_channels("y_pred", y_pred)
         t = self._as_channels("y", y)
         if x.shape != t.shape:
@@ -172,13 +169,8 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
                 f"y_pred and y must have the same shape after one-hot encoding, got "
                 f"{tuple(x.shape)} and {tuple(t.shape)}."
             )
-        if not self.include_background:
-            if x.shape[1] == 1:
-                warnings.warn(
-                    "single channel prediction, `include_background=False` ignored.", stacklevel=2
-                )
-            else:
-                x, t = x[:, 1:], t[:, 1:]
+        first = first_class(x.shape[1], self.include_background)
+        x, t = x[:, first:], t[:, first:]
         counts = soft_counts(x, t, dims=range(2, x.ndim))
         return torch.stack(tuple(counts), dim=1)
 
@@ -186,12 +178,7 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
 
     def _gathered_counts(self) -> SoftCounts:
         """The ``[N, C]`` counts of every image seen on every rank, in float64."""
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(
-                f"{type(self).__name__} has no data to aggregate: call it on at least one batch "
-                "(y_pred, y) after reset()."
-            )
+        data = buffer_tensor(self)
         tp, fp, fn = data.to(torch.float64).unbind(1)
         return SoftCounts(tp, fp, fn)
 

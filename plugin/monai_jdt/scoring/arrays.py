@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from monai_jdt.scoring import boundary
 from monai_jdt.scoring.boundary_report import check_kind, with_boundary
 from monai_jdt.scoring.confusion import ConfusionMatrix, confusion_matrix, confusion_matrix_torch
 from monai_jdt.scoring.errors import (
@@ -72,15 +73,7 @@ def select_labels(
 
 def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
     """Validate a voxel spacing (mm): ``ndim`` positive finite numbers, or None."""
-    if spacing is None:
-        return None
-    values = tuple(float(s) for s in spacing)
-    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise InvalidOptionError(
-            f"spacing must be {ndim} positive numbers (mm per voxel along each spatial axis), "
-            f"got {tuple(spacing)}."
-        )
-    return values
+    return None if spacing is None else boundary.check_spacing(spacing, ndim)
 
 
 def _check_voxels(shape: Sequence[int], options: ScoringOptions) -> None:

@@ -53,10 +53,10 @@ runs the same steps with torch on any device (CUDA).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -554,56 +554,68 @@ def band_iou(
     return int(np.count_nonzero(bands[0] & bands[1])) / union if union else None
 
 
+A = TypeVar("A")
+
+
+@dataclass(frozen=True)
+class ArraySteps(Generic[A]):
+    """The array-specific steps of ``score_structures``'s per-structure flow, for arrays of
+    type ``A`` (``NUMPY_STEPS`` here; ``boundary_torch`` has torch's).
+
+    Attributes:
+        label_boxes: ``(volume, labels) -> {label: Box}`` of the labels present.
+        work_mask: ``(volume, members, shape, inner, source) -> mask``: a False grid of
+            ``shape`` with ``isin(volume[source], members)`` at ``inner`` (``work_layout``).
+        to_host: a mask as a numpy array (for Boundary IoU's bands).
+        surface: ``(mask, spacing, surface) -> (grid, flat points, weights or None)``; may
+            reuse ``mask``.
+        nearest: ``nearest_distances`` for these arrays (float64 numpy out).
+    """
+
+    label_boxes: Callable[[A, Sequence[int]], dict[int, Box]]
+    work_mask: Callable[
+        [A, tuple[int, ...], tuple[int, ...], tuple[slice, ...], tuple[slice, ...]], A
+    ]
+    to_host: Callable[[A], np.ndarray]
+    surface: Callable[[A, tuple[float, ...], str], tuple[A, A, np.ndarray | None]]
+    nearest: Callable[[A, A, A, tuple[float, ...]], np.ndarray]
+
+
 def _structure_scores(
     key: int | str,
     members: tuple[int, ...],
-    prediction: np.ndarray,
-    reference: np.ndarray,
+    prediction: A,
+    reference: A,
     box: Box,
     spacing: tuple[float, ...],
     options: BoundaryOptions,
     width: float,
+    steps: ArraySteps[A],
 ) -> BoundaryScore:
     """One label or region whose union box ``box`` is non-empty."""
     shape, inner, source = work_layout(box, spacing)
-    masks = []
-    for volume in (prediction, reference):
-        work = np.zeros(shape, dtype=bool)
-        region_mask(volume[source], members, out=work[inner])
-        masks.append(work)
-    pred_empty, ref_empty = (not m[inner].any() for m in masks)
+    masks = [steps.work_mask(v, members, shape, inner, source) for v in (prediction, reference)]
+    pred_empty, ref_empty = (not bool(m[inner].any()) for m in masks)  # type: ignore[index]
     tolerance = options.tolerance(key)
     if pred_empty or ref_empty:
         return empty_scores(key, pred_empty, ref_empty, options, tolerance)
-    biou = (
-        band_iou(masks[0], masks[1], spacing, width) if "boundary_iou" in options.metrics else None
-    )
-    weights: list[np.ndarray | None]
-    if options.surface == "voxel":
-        grids = [_borders(m) for m in masks]
-        points = [np.flatnonzero(g) for g in grids]
-        weights = [None, None]
-    else:
-        found = [_surfels(m, spacing) for m in masks]
-        del masks
-        grids = []
-        for flat, _ in found:
-            grid = np.zeros(tuple(n - 1 for n in shape), dtype=bool)
-            grid.reshape(-1)[flat] = True
-            grids.append(grid)
-        points = [flat for flat, _ in found]
-        weights = [area for _, area in found]
-    d_pred = nearest_distances(points[0], grids[1], points[1], spacing)
-    d_ref = nearest_distances(points[1], grids[0], points[0], spacing)
+    biou = None
+    if "boundary_iou" in options.metrics:
+        biou = band_iou(steps.to_host(masks[0]), steps.to_host(masks[1]), spacing, width)
+    found = []
+    while masks:  # each mask is dropped once its surface is found
+        found.append(steps.surface(masks.pop(0), spacing, options.surface))
+    (grid_p, points_p, weights_p), (grid_r, points_r, weights_r) = found
+    d_pred = steps.nearest(points_p, grid_r, points_r, spacing)
+    d_ref = steps.nearest(points_r, grid_p, points_p, spacing)
     values: dict[str, float | None] = dict(
-        metrics_from_distances(d_pred, weights[0], d_ref, weights[1], options, tolerance)
+        metrics_from_distances(d_pred, weights_p, d_ref, weights_r, options, tolerance)
     )
     if "boundary_iou" in options.metrics:
         values["boundary_iou"] = biou
     ordered = {m: values[m] for m in options.metrics}
-    return BoundaryScore(
-        key, ordered, {}, None, tolerance, (int(points[0].size), int(points[1].size))
-    )
+    counts = (len(points_p), len(points_r))  # type: ignore[arg-type]
+    return BoundaryScore(key, ordered, {}, None, tolerance, counts)
 
 
 def structures(
@@ -614,6 +626,78 @@ def structures(
     if regions:
         items += list(check_regions(regions).items())
     return items
+
+
+def score_structures(
+    prediction: A,
+    reference: A,
+    labels: Sequence[int],
+    options: BoundaryOptions,
+    spacing: Sequence[float] | None,
+    regions: Mapping[str, Sequence[int]] | None,
+    steps: ArraySteps[A],
+) -> list[BoundaryScore]:
+    """The flow of ``boundary_scores`` on checked integer label arrays of any type, with that
+    type's ``steps``: per structure its union box of both volumes, then ``_structure_scores``.
+
+    Raises:
+        ShapeMismatchError: the shapes differ.
+        InvalidOptionError: a bad spacing, or ``surface="surfel"`` on a volume not 2-D / 3-D.
+    """
+    shape = tuple(prediction.shape)  # type: ignore[attr-defined]
+    if shape != tuple(reference.shape):  # type: ignore[attr-defined]
+        raise ShapeMismatchError(
+            f"prediction and reference shapes differ: {shape} and {tuple(reference.shape)}."  # type: ignore[attr-defined]
+        )
+    scale = check_spacing(spacing, len(shape))
+    if options.surface == "surfel":
+        surfel_table(scale)
+    items = structures(labels, regions)
+    wanted = sorted({m for _, members in items for m in members})
+    boxes = [steps.label_boxes(v, wanted) for v in (prediction, reference)]
+    width = options.width(shape, scale)
+    scores = []
+    for key, members in items:
+        box = union_box([b[m] for b in boxes for m in members if m in b])
+        if box is None:
+            scores.append(empty_scores(key, True, True, options, options.tolerance(key)))
+        else:
+            scores.append(
+                _structure_scores(
+                    key, members, prediction, reference, box, scale, options, width, steps
+                )
+            )
+    return scores
+
+
+def _work_mask(
+    volume: np.ndarray,
+    members: tuple[int, ...],
+    shape: tuple[int, ...],
+    inner: tuple[slice, ...],
+    source: tuple[slice, ...],
+) -> np.ndarray:
+    work = np.zeros(shape, dtype=bool)
+    region_mask(volume[source], members, out=work[inner])
+    return work
+
+
+def _surface(
+    mask: np.ndarray, spacing: tuple[float, ...], surface: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    if surface == "voxel":
+        grid = _borders(mask)
+        return grid, np.flatnonzero(grid), None
+    flat, area = _surfels(mask, spacing)
+    grid = np.zeros(tuple(n - 1 for n in mask.shape), dtype=bool)
+    grid.reshape(-1)[flat] = True
+    return grid, flat, area
+
+
+#: numpy's steps of ``score_structures``
+NUMPY_STEPS: ArraySteps[np.ndarray] = ArraySteps(
+    label_boxes, _work_mask, np.asarray, _surface, nearest_distances
+)
 
 
 def boundary_scores(
@@ -644,28 +728,7 @@ def boundary_scores(
     """
     prediction = _check_labels(np.asarray(prediction), "prediction")
     reference = _check_labels(np.asarray(reference), "reference")
-    if prediction.shape != reference.shape:
-        raise ShapeMismatchError(
-            f"prediction and reference shapes differ: {prediction.shape} and {reference.shape}."
-        )
-    scale = check_spacing(spacing, prediction.ndim)
-    if options.surface == "surfel":
-        surfel_table(scale)
-    items = structures(labels, regions)
-    wanted = sorted({m for _, members in items for m in members})
-    boxes = [label_boxes(v, wanted) for v in (prediction, reference)]
-    width = options.width(prediction.shape, scale)
-    scores = []
-    for key, members in items:
-        found = [b[m] for b in boxes for m in members if m in b]
-        box = union_box(found)
-        if box is None:
-            scores.append(empty_scores(key, True, True, options, options.tolerance(key)))
-        else:
-            scores.append(
-                _structure_scores(key, members, prediction, reference, box, scale, options, width)
-            )
-    return scores
+    return score_structures(prediction, reference, labels, options, spacing, regions, NUMPY_STEPS)
 
 
 def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:

@@ -21,20 +21,15 @@ import numpy as np
 import torch
 
 from monai_jdt.scoring.boundary import (
+    ArraySteps,
     BoundaryOptions,
     BoundaryScore,
     Box,
-    band_iou,
-    check_spacing,
-    empty_scores,
     lattice_offsets,
-    metrics_from_distances,
-    structures,
+    score_structures,
     surfel_table,
-    union_box,
-    work_layout,
 )
-from monai_jdt.scoring.errors import NonIntegerLabelsError, ShapeMismatchError
+from monai_jdt.scoring.errors import NonIntegerLabelsError
 
 __all__ = ["boundary_scores_torch", "nearest_distances_torch"]
 
@@ -162,6 +157,33 @@ def _check_labels(volume: torch.Tensor, name: str) -> torch.Tensor:
     return volume
 
 
+def _work_mask(
+    volume: torch.Tensor,
+    members: tuple[int, ...],
+    shape: tuple[int, ...],
+    inner: tuple[slice, ...],
+    source: tuple[slice, ...],
+) -> torch.Tensor:
+    work = torch.zeros(shape, dtype=torch.bool, device=volume.device)
+    work[inner] = torch.isin(volume[source], torch.tensor(members, device=volume.device))
+    return work
+
+
+def _surface(
+    mask: torch.Tensor, spacing: tuple[float, ...], surface: str
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    if surface == "voxel":
+        grid = _borders(mask)
+        return grid, torch.nonzero(grid.reshape(-1)).reshape(-1), None
+    return _surfels(mask, spacing)
+
+
+#: torch's steps of ``score_structures``
+_TORCH_STEPS: ArraySteps[torch.Tensor] = ArraySteps(
+    _label_boxes, _work_mask, lambda mask: mask.cpu().numpy(), _surface, nearest_distances_torch
+)
+
+
 def boundary_scores_torch(
     prediction: torch.Tensor,
     reference: torch.Tensor,
@@ -176,64 +198,4 @@ def boundary_scores_torch(
     lattice search) and errors."""
     prediction = _check_labels(prediction, "prediction")
     reference = _check_labels(reference, "reference").to(prediction.device)
-    if prediction.shape != reference.shape:
-        raise ShapeMismatchError(
-            f"prediction and reference shapes differ: {tuple(prediction.shape)} and "
-            f"{tuple(reference.shape)}."
-        )
-    scale = check_spacing(spacing, prediction.ndim)
-    if options.surface == "surfel":
-        surfel_table(scale)
-    items = structures(labels, regions)
-    wanted = sorted({m for _, members in items for m in members})
-    boxes = [_label_boxes(v, wanted) for v in (prediction, reference)]
-    width = options.width(tuple(prediction.shape), scale)
-    scores = []
-    for key, members in items:
-        box = union_box([b[m] for b in boxes for m in members if m in b])
-        tolerance = options.tolerance(key)
-        if box is None:
-            scores.append(empty_scores(key, True, True, options, tolerance))
-            continue
-        shape, inner, source = work_layout(box, scale)
-        ids = torch.tensor(members, device=prediction.device)
-        masks = []
-        for volume in (prediction, reference):
-            work = torch.zeros(shape, dtype=torch.bool, device=prediction.device)
-            work[inner] = torch.isin(volume[source], ids.to(volume.dtype))
-            masks.append(work)
-        pred_empty, ref_empty = (not bool(m[inner].any()) for m in masks)
-        if pred_empty or ref_empty:
-            scores.append(empty_scores(key, pred_empty, ref_empty, options, tolerance))
-            continue
-        biou = None
-        if "boundary_iou" in options.metrics:
-            biou = band_iou(masks[0].cpu().numpy(), masks[1].cpu().numpy(), scale, width)
-        weights: list[np.ndarray | None]
-        if options.surface == "voxel":
-            grids = [_borders(m) for m in masks]
-            points = [torch.nonzero(g.reshape(-1)).reshape(-1) for g in grids]
-            weights = [None, None]
-        else:
-            found = [_surfels(m, scale) for m in masks]
-            grids = [g for g, _, _ in found]
-            points = [f for _, f, _ in found]
-            weights = [a for _, _, a in found]
-        d_pred = nearest_distances_torch(points[0], grids[1], points[1], scale)
-        d_ref = nearest_distances_torch(points[1], grids[0], points[0], scale)
-        values: dict[str, float | None] = dict(
-            metrics_from_distances(d_pred, weights[0], d_ref, weights[1], options, tolerance)
-        )
-        if "boundary_iou" in options.metrics:
-            values["boundary_iou"] = biou
-        scores.append(
-            BoundaryScore(
-                key,
-                {m: values[m] for m in options.metrics},
-                {},
-                None,
-                tolerance,
-                (int(points[0].numel()), int(points[1].numel())),
-            )
-        )
-    return scores
+    return score_structures(prediction, reference, labels, options, spacing, regions, _TORCH_STEPS)

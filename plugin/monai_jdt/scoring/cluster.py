@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from monai_jdt.scoring.errors import ScoringError
-from monai_jdt.scoring.files import score_files
-from monai_jdt.scoring.folders import CaseFailure, DirectoryResult, pair_cases
+from monai_jdt.scoring.folders import CaseFailure, DirectoryResult, pair_cases, score_case
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
 from monai_jdt.scoring.report import CaseReport
 
@@ -25,19 +22,6 @@ __all__ = ["LOCAL", "score_case", "score_directory_dask"]
 
 #: the ``--dask`` value that starts a ``LocalCluster`` on this machine
 LOCAL = "local"
-
-
-def score_case(
-    case_id: str, prediction: Path, reference: Path, options: ScoringOptions
-) -> CaseReport | CaseFailure:
-    """Score one pair; a case with bad input becomes a :class:`CaseFailure` (its error code,
-    or ``unreadable`` for an OS error) instead of raising, as ``score-dir`` records it."""
-    try:
-        return score_files(prediction, reference, options, case_id=case_id)
-    except ScoringError as err:
-        return CaseFailure(case_id, err.code, err.message, err.options)
-    except OSError as err:
-        return CaseFailure(case_id, "unreadable", f"{case_id}: {err.strerror or err}")
 
 
 def score_directory_dask(

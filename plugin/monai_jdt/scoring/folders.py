@@ -37,6 +37,7 @@ __all__ = [
     "complete_label_set",
     "csv_rows",
     "pair_cases",
+    "score_case",
     "score_directory",
     "write_csv",
 ]
@@ -235,6 +236,19 @@ def complete_label_set(
     return complete, failures
 
 
+def score_case(
+    case_id: str, prediction: Path, reference: Path, options: ScoringOptions
+) -> CaseReport | CaseFailure:
+    """Score one pair; a case with bad input becomes a :class:`CaseFailure` (its error code,
+    or ``unreadable`` for an OS error) instead of raising, as ``score-dir`` records it."""
+    try:
+        return score_files(prediction, reference, options, case_id=case_id)
+    except ScoringError as err:
+        return CaseFailure(case_id, err.code, err.message, err.options)
+    except OSError as err:
+        return CaseFailure(case_id, "unreadable", f"{case_id}: {err.strerror or err}")
+
+
 def _score_pairs(
     pairs: list[tuple[str, Path, Path]],
     options: ScoringOptions,
@@ -243,18 +257,9 @@ def _score_pairs(
 ) -> list[CaseReport | CaseFailure]:
     """Score ``(case, prediction, reference)`` triples in ``workers`` threads; bad input
     becomes a ``CaseFailure``."""
-
-    def one(case: str, pred: Path, ref: Path) -> CaseReport | CaseFailure:
-        try:
-            return score_files(pred, ref, options, case_id=case)
-        except ScoringError as err:
-            return CaseFailure(case, err.code, err.message, err.options)
-        except OSError as err:
-            return CaseFailure(case, "unreadable", f"{case}: {err.strerror or err}")
-
     outcomes: list[CaseReport | CaseFailure] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(one, *pair) for pair in pairs]
+        futures = [pool.submit(score_case, *pair, options) for pair in pairs]
         for future in as_completed(futures):
             outcome = future.result()
             outcomes.append(outcome)

@@ -40,6 +40,7 @@ from monai_jdt.scoring.errors import (
 __all__ = [
     "MAX_DATA_OFFSET",
     "MAX_TRAILER_BYTES",
+    "HeaderInfo",
     "NiftiInfo",
     "inspect_nifti",
     "iter_voxel_chunks",
@@ -91,7 +92,30 @@ _INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,) + (
 
 
 @dataclass(frozen=True)
-class NiftiInfo:
+class HeaderInfo:
+    """The fields every volume header declares (``NiftiInfo``, and ``ImageInfo`` of
+    ``monai_jdt.scoring.sitk_formats``); their attributes document them."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    voxels: int
+    affine: np.ndarray
+    spacing: tuple[float, ...] | None
+
+    @property
+    def data_bytes(self) -> int:
+        """Size of the data (stored, or decoded for ``ImageInfo``) in bytes."""
+        return self.voxels * self.dtype.itemsize
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The first (up to) three axes."""
+        return self.shape[:3]
+
+
+@dataclass(frozen=True)
+class NiftiInfo(HeaderInfo):
     """What a NIfTI header declares.
 
     Attributes:
@@ -112,12 +136,6 @@ class NiftiInfo:
             None. Only matters when the affines are compared.
     """
 
-    path: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    voxels: int
-    affine: np.ndarray
-    spacing: tuple[float, ...] | None
     is_gzip: bool
     offset: int
     slope: float
@@ -129,16 +147,6 @@ class NiftiInfo:
     def scaled(self) -> bool:
         """True when the stored values are rescaled on reading."""
         return (self.slope, self.inter) != (1.0, 0.0)
-
-    @property
-    def data_bytes(self) -> int:
-        """Size of the data block in bytes."""
-        return self.voxels * self.dtype.itemsize
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        """The first (up to) three axes."""
-        return self.shape[:3]
 
 
 def _name(path: str | os.PathLike[str]) -> str:

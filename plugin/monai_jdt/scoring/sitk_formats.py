@@ -46,7 +46,7 @@ from monai_jdt.scoring.errors import (
     UnsupportedDataTypeError,
     VolumeTooLargeError,
 )
-from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti, load_nifti
+from monai_jdt.scoring.nifti import HeaderInfo, NiftiInfo, inspect_nifti, load_nifti
 
 __all__ = [
     "LPS_TO_RAS",
@@ -76,7 +76,7 @@ _HEADER_PROBE = 1 << 16  # bytes read to find the encoding and data file lines
 
 
 @dataclass(frozen=True)
-class ImageInfo:
+class ImageInfo(HeaderInfo):
     """What an NRRD / MetaImage header declares (the fields ``NiftiInfo`` shares).
 
     Attributes:
@@ -93,12 +93,6 @@ class ImageInfo:
             compared.
     """
 
-    path: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    voxels: int
-    affine: np.ndarray
-    spacing: tuple[float, ...] | None
     components: int
     affine_problem: str | None = None
 
@@ -106,16 +100,6 @@ class ImageInfo:
     def scaled(self) -> bool:
         """Always False: these formats store values unscaled."""
         return False
-
-    @property
-    def data_bytes(self) -> int:
-        """Size of the decoded data in bytes."""
-        return self.voxels * self.dtype.itemsize
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        """The first (up to) three axes."""
-        return self.shape[:3]
 
 
 #: the header of any supported volume file
