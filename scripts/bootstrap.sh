@@ -29,10 +29,12 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   fi
   echo "bootstrap: installing torch ($torch_spec${index:+, extra index $index})" >&2
   "${pip[@]}" install ${index:+--extra-index-url "$index"} "$torch_spec"
-  if "$venv/bin/python" -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
-    echo "bootstrap: note: the torch installed is a CUDA build (the CPU index did not serve" \
-      "$torch_spec); set JDT_TORCH_INDEX to a CPU wheel index to avoid it" >&2
-  fi
+  fresh_torch=1
 fi
 "${pip[@]}" install -e ".[${JDT_EXTRAS:-dev}]"
+if [ -n "${fresh_torch:-}" ] &&
+  "$venv/bin/python" -c "import sys, torch; sys.exit(torch.version.cuda is None)"; then
+  echo "bootstrap: note: the torch installed is a CUDA build (the CPU index did not serve" \
+    "$torch_spec); set JDT_TORCH_INDEX to a CPU wheel index to avoid it" >&2
+fi
 echo "bootstrap: ready ($("$venv/bin/python" -c 'import torch, monai, monai_jdt; print("torch", torch.__version__, "monai", monai.__version__, "monai-jdt", monai_jdt.__version__)'))" >&2
