@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 
 from jdt_service.db import AuditEntry, CaseResult, Database, Job, utcnow
 from jdt_service.jobs import case_outcome, claim_job, job_options, job_result, remove_folder
 from jdt_service.jobs_worker import CaseLimits, score_job_case
+from jdt_service.logs import where_raised
 from jdt_service.settings import Settings
 from monai_jdt.scoring import CaseFailure, CaseReport, DirectoryResult, ScoringError, ScoringOptions
 from monai_jdt.scoring.folders import complete_label_set
@@ -116,10 +118,29 @@ class JobRunner:
                     self._wake.clear()
                     continue
                 self.db.audit(job.team, "job.claim", job_id=job.id)
-                self._run(job)
+                self._run_or_fail(job)
             except Exception:  # keep the runner alive; the job is retried after its lease
                 log.exception("job runner error")
                 self._stop.wait(_POLL_S)
+
+    def _run_or_fail(self, job: Job) -> None:
+        """Run ``job``; a bug while running it fails the job instead of retrying it forever.
+
+        A database error (the database down or restarting) propagates: the job keeps its
+        claim and is taken over after its lease, when the database answers again. Any other
+        exception would recur on every retry, so the job is marked ``failed`` with where the
+        error was raised (never its message, which may quote a case).
+
+        Raises:
+            sqlalchemy.exc.DBAPIError: from the database.
+        """
+        try:
+            self._run(job)
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            log.exception("job runner error")
+            self._fail(job, f"internal error while running the job ({where_raised(exc)})")
 
     def _held(self, session: Any, job_id: str) -> Any:
         return update(Job).where(

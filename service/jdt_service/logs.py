@@ -33,6 +33,7 @@ __all__ = [
     "configure_logging",
     "relative_path",
     "uvicorn_log_config",
+    "where_raised",
 ]
 
 #: ``request.state`` attributes copied into the request's log line when set.
@@ -64,7 +65,7 @@ def relative_path(filename: str) -> str:
     return filename[len(best) :] if best else filename
 
 
-def _where(exc: BaseException) -> str:
+def where_raised(exc: BaseException) -> str:
     """``Type at package/file.py:line`` of the frame that raised ``exc`` (not its message,
     which may quote paths or content)."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -76,7 +77,7 @@ def _where(exc: BaseException) -> str:
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = dict(getattr(record, "jdt", {}))
     if record.exc_info and record.exc_info[1] is not None:
-        fields["exc"] = _where(record.exc_info[1])
+        fields["exc"] = where_raised(record.exc_info[1])
     return fields
 
 
@@ -190,7 +191,7 @@ class RequestLogMiddleware:
             # A bug, not bad input. Its text may quote paths or content: log the type and
             # where it was raised, not the message.
             self.logger.error(
-                "unhandled %s", _where(exc), extra={"jdt": {"request_id": request_id}}
+                "unhandled %s", where_raised(exc), extra={"jdt": {"request_id": request_id}}
             )
             state["error_code"] = "internal_error"
             body = json.dumps(
