@@ -19,7 +19,8 @@ set -euo pipefail
 
 tag=${1:-docker.io/library/python:3.11-slim-bookworm}
 mirror=${DEBIAN_MIRROR:-$(grep -hsoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources \
-  /etc/apt/sources.list.d/*.list /etc/apt/sources.list | awk '$2 !~ /security/ {print $2; exit}')}
+  /etc/apt/sources.list.d/*.list /etc/apt/sources.list | awk '$2 !~ /security/ {print $2; exit}' \
+  || true)} # grep says 2 for a glob or file that is not there: no mirror then, said below
 if [ -z "$mirror" ]; then
   echo "make-local-base.sh: no Debian mirror in the apt sources; set DEBIAN_MIRROR" >&2
   exit 2
