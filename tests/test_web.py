@@ -404,11 +404,12 @@ def _box(page, metric: str, label: int):
     return page.locator(f"svg[data-metric='{metric}'] g[data-label='{label}']")
 
 
-def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tmp_path) -> None:
+def test_score_a_dataset_through_the_page(
+    offline, server_url, dataset_files, tmp_path, archive_bytes
+) -> None:
     import json
 
     import numpy as np
-    from jobs_testing import archive_bytes
 
     preds, refs = dataset_files
     team_key = {"Authorization": f"Bearer {API_KEY}"}
@@ -542,11 +543,9 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tm
 
 
 def test_score_a_dataset_against_uploaded_references(
-    offline, server_url, dataset_files, tmp_path
+    offline, server_url, dataset_files, tmp_path, archive_bytes
 ) -> None:
     """No reference set: the references come as an archive; no leaderboard is shown."""
-    from jobs_testing import archive_bytes
-
     preds, refs = dataset_files
     names = ["case0.nii.gz", "case4.nii.gz"]
     for kind, files in (("predictions", preds), ("references", refs)):
