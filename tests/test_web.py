@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,18 +32,12 @@ TEAM = "radiology"
 ADMIN_KEY = "page-admin-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory) -> Iterator[str]:
+def server_url(tmp_path_factory, free_port) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1: team ``TEAM``'s key, an admin key, the jobs API
     with its SQLite database in a temporary ``JDT_DATA_DIR`` and one job worker process."""
     base = tmp_path_factory.mktemp("web-server")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
     env.update(
         JDT_DEVICE="cpu",
