@@ -9,12 +9,20 @@ whose value is the function), so a test names them as arguments instead of impor
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import pwd
 import shutil
+import socket
+import subprocess
+import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -225,8 +233,13 @@ def bad_file_case(request: pytest.FixtureRequest) -> tuple[str, bytes, bytes, se
 
 
 # ------------------------------------------------------------------------------------------
-# jobs: the service's data folder, and a real PostgreSQL for the database tests
+# jobs: the service's data folder, a real PostgreSQL 15 server for the database tests, case
+# folders and their archives. ``_postgres_server`` runs ``initdb`` / ``pg_ctl`` from
+# ``/usr/lib/postgresql/15/bin`` (or ``JDT_TEST_PG_BIN``) in a temporary folder on a free
+# loopback port, as ``nobody`` when the tests run as root (PostgreSQL refuses to run as root),
+# and stops it at the end.
 
+_PG_BIN = Path(os.environ.get("JDT_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 _databases = count()
 
 
@@ -242,23 +255,138 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(getattr(config, "_jdt_data_home", ""), ignore_errors=True)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _as_user() -> dict[str, Any]:
+    """``subprocess`` arguments that drop root to ``nobody``; nothing when not root."""
+    if os.geteuid() != 0:
+        return {}
+    nobody = pwd.getpwnam("nobody")
+    return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+
+@contextmanager
+def _postgres_server() -> Iterator[str]:
+    """A running PostgreSQL server; yields the libpq URL of its ``postgres`` database."""
+    folder = Path(tempfile.mkdtemp(prefix="jdt-pg-"))
+    user = _as_user()
+    if user:
+        os.chown(folder, user["user"], user["group"])
+    data = folder / "data"
+    port = _free_port()
+    run = {"check": True, "capture_output": True, "cwd": folder, **user}
+    subprocess.run(
+        [_PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"], **run
+    )
+    options = f"-k {folder} -c listen_addresses=127.0.0.1 -p {port} -c fsync=off"
+    subprocess.run(
+        [_PG_BIN / "pg_ctl", "-D", data, "-o", options, "-l", folder / "log", "-w", "start"], **run
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([_PG_BIN / "pg_ctl", "-D", data, "-m", "immediate", "stop"], **run)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _new_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server; its SQLAlchemy URL (psycopg 3 driver)."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + (
+        f"/{name}"
+    )
+
+
+def _case_files(
+    n: int, shape: tuple[int, ...] = (12, 10, 8), labels: int = 3, seed: int = 0
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    preds, refs = {}, {}
+    spacing = np.diag([0.5, 0.75, 1.5, 1.0])  # exact in the float32 header
+    for i in range(n):
+        pred, ref = _label_pair(shape, labels=labels, seed=seed + i)
+        preds[f"case_{i:03d}.nii.gz"] = _nifti_bytes(pred, spacing)
+        refs[f"case_{i:03d}.nii.gz"] = _nifti_bytes(ref, spacing)
+    return preds, refs
+
+
+def _archive_bytes(files: dict[str, bytes], kind: str = "zip", folder: str = "") -> bytes:
+    buf = io.BytesIO()
+    prefix = f"{folder}/" if folder else ""
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w") as archive:
+            for name, data in files.items():
+                archive.writestr(prefix + name, data)
+    else:
+        with tarfile.open(fileobj=buf, mode="w:gz") as archive:
+            for name, data in files.items():
+                info = tarfile.TarInfo(prefix + name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _strip_timing(report: dict[str, Any]) -> dict[str, Any]:
+    out = dict(report)
+    out["cases"] = [{k: v for k, v in case.items() if k != "seconds"} for case in report["cases"]]
+    return out
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port on 127.0.0.1 that is free now."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def new_database() -> Callable[[str, str], str]:
+    """``new_database(server_url, name)``: create database ``name`` on the PostgreSQL server
+    at ``server_url``; its SQLAlchemy URL (psycopg 3 driver)."""
+    return _new_database
+
+
+@pytest.fixture(scope="session")
+def case_files() -> Callable[..., tuple[dict[str, bytes], dict[str, bytes]]]:
+    """``case_files(n, shape=(12, 10, 8), labels=3, seed=0) -> (predictions, references)``:
+    ``n`` cases from ``label_pair`` as ``{"case_000.nii.gz": .nii.gz bytes}`` (spacing
+    0.5 x 0.75 x 1.5 mm)."""
+    return _case_files
+
+
+@pytest.fixture(scope="session")
+def archive_bytes() -> Callable[..., bytes]:
+    """``archive_bytes(files, kind="zip", folder="")``: a ``zip`` (or, for any other ``kind``,
+    ``tar.gz``) of ``{name: bytes}``, optionally inside ``folder/``."""
+    return _archive_bytes
+
+
+@pytest.fixture(scope="session")
+def strip_timing() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``strip_timing(report)``: a directory report without what differs between runs (the
+    seconds of each case)."""
+    return _strip_timing
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
-    """A PostgreSQL 15 server for the session (skipped where its binaries are missing)."""
-    from jobs_testing import PG_BIN, postgres_server
-
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (set JDT_TEST_PG_BIN)")
-    with postgres_server() as url:
+    """A PostgreSQL 15 server for the session (skipped where its binaries are missing); its
+    libpq URL."""
+    if not (_PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL binaries in {_PG_BIN} (set JDT_TEST_PG_BIN)")
+    with _postgres_server() as url:
         yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> str | None:
     """None (SQLite under the app's data folder), then a fresh PostgreSQL database."""
-    from jobs_testing import new_database
-
     if request.param == "sqlite":
         return None
     server = request.getfixturevalue("pg_server")
-    return new_database(server, f"jdt_test_{next(_databases)}")
+    return _new_database(server, f"jdt_test_{next(_databases)}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -288,12 +287,6 @@ def test_ignite_handler_in_supervised_evaluator_built_by_short_name() -> None:
     assert torch.isnan(details[1]).all()  # image 1's reference is background only
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -310,8 +303,8 @@ def _gloo_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_all_gather_to_the_single_process_result(tmp_path: Path) -> None:
-    mp.spawn(_gloo_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_gloo_ranks_all_gather_to_the_single_process_result(tmp_path: Path, free_port) -> None:
+    mp.spawn(_gloo_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     pred, ref = _label_maps(seed=6, n=5)
     single = FineGrainedIoUMetric(include_background=False)
     single(_onehot(pred), _onehot(ref))

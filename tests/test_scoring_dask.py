@@ -6,14 +6,13 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from distributed import LocalCluster
 from fastapi.testclient import TestClient
-from jobs_testing import archive_bytes, case_files, strip_timing
 
 from jdt_service.app import create_app
 from jdt_service.settings import Settings
@@ -33,7 +32,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def folders(tmp_path_factory: pytest.TempPathFactory, case_files) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("dask")
     preds, refs = case_files(7, labels=5, seed=300)
     preds["case_003.nii.gz"] = b"garbage" * 100  # a failure travels back as well
@@ -44,34 +43,46 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return base / "preds", base / "refs"
 
 
-def single_process(folders: tuple[Path, Path], **options: Any) -> dict[str, Any]:
-    result = score_directory(*folders, ScoringOptions(**options), workers=1)
-    return strip_timing(result.to_dict())
+@pytest.fixture
+def single_process(folders: tuple[Path, Path], strip_timing) -> Callable[..., dict[str, Any]]:
+    """``single_process(**options)``: the one-process report of ``folders``, without timings."""
+
+    def run(**options: Any) -> dict[str, Any]:
+        result = score_directory(*folders, ScoringOptions(**options), workers=1)
+        report: dict[str, Any] = strip_timing(result.to_dict())
+        return report
+
+    return run
 
 
 def test_dask_cluster_matches_one_process(
-    cluster: LocalCluster, folders: tuple[Path, Path]
+    cluster: LocalCluster, folders: tuple[Path, Path], single_process, strip_timing
 ) -> None:
     options = ScoringOptions(include_background=True, metrics=("dice", "jaccard", "recall"))
     result = score_directory_dask(*folders, options, address=cluster.scheduler_address)
     assert len(result.reports) == 6 and [f.code for f in result.failures] == ["not_nifti"]
-    expected = single_process(
-        folders, include_background=True, metrics=("dice", "jaccard", "recall")
-    )
+    expected = single_process(include_background=True, metrics=("dice", "jaccard", "recall"))
     assert strip_timing(result.to_dict()) == expected
     assert len({r.case_id for r in result.reports}) == 6
 
 
-def test_cli_score_dir_dask_local(folders: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_score_dir_dask_local(
+    folders: tuple[Path, Path], tmp_path: Path, single_process, strip_timing
+) -> None:
     out = tmp_path / "out.json"
     argv = [*map(str, folders), "--dask", "local", "--workers", "2", "--no-progress"]
     code = main(["score-dir", *argv, "-o", str(out)])
     assert code == 1  # one case failed
-    assert strip_timing(json.loads(out.read_text())) == single_process(folders)
+    assert strip_timing(json.loads(out.read_text())) == single_process()
 
 
 def test_service_jobs_on_the_cluster(
-    cluster: LocalCluster, folders: tuple[Path, Path], tmp_path: Path
+    cluster: LocalCluster,
+    folders: tuple[Path, Path],
+    tmp_path: Path,
+    single_process,
+    archive_bytes,
+    strip_timing,
 ) -> None:
     settings = Settings(
         device="cpu",
@@ -98,4 +109,4 @@ def test_service_jobs_on_the_cluster(
             time.sleep(0.1)
         assert status["status"] == "done", status
         report = client.get(f"/v1/jobs/{job_id}/report").json()
-    assert strip_timing(report) == single_process(folders)
+    assert strip_timing(report) == single_process()

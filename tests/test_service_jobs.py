@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from jobs_testing import archive_bytes, case_files, strip_timing
 from sqlalchemy import inspect, select, text
 
 from jdt_service.app import create_app
@@ -69,31 +68,43 @@ def text_fields(**fields: str) -> dict[str, tuple[None, str]]:
     return {name: (None, value) for name, value in fields.items()}
 
 
-def create_set(client: TestClient, refs: dict[str, bytes], **fields: str) -> dict[str, Any]:
-    response = client.post(
-        "/v1/reference-sets",
-        data={"name": "liver-test", **fields},
-        files={"references": upload("refs.tar.gz", archive_bytes(refs, "tar", "refs"))},
-        headers=ADMIN,
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
+@pytest.fixture
+def create_set(archive_bytes) -> Callable[..., dict[str, Any]]:
+    """``create_set(client, refs, **fields)``: a reference set uploaded as an admin; its JSON."""
+
+    def create(client: TestClient, refs: dict[str, bytes], **fields: str) -> dict[str, Any]:
+        response = client.post(
+            "/v1/reference-sets",
+            data={"name": "liver-test", **fields},
+            files={"references": upload("refs.tar.gz", archive_bytes(refs, "tar", "refs"))},
+            headers=ADMIN,
+        )
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    return create
 
 
-def submit(
-    client: TestClient, preds: dict[str, bytes], headers: dict[str, str], **fields: str
-) -> dict[str, Any]:
-    response = client.post(
-        "/v1/jobs",
-        data=fields,
-        files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
-        headers=headers,
-    )
-    assert response.status_code == 202, response.text
-    assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
-    body: dict[str, Any] = response.json()
-    return body
+@pytest.fixture
+def submit(archive_bytes) -> Callable[..., dict[str, Any]]:
+    """``submit(client, preds, headers, **fields)``: a job submitted with ``headers``; its JSON."""
+
+    def send(
+        client: TestClient, preds: dict[str, bytes], headers: dict[str, str], **fields: str
+    ) -> dict[str, Any]:
+        response = client.post(
+            "/v1/jobs",
+            data=fields,
+            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
+            headers=headers,
+        )
+        assert response.status_code == 202, response.text
+        assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
+        body: dict[str, Any] = response.json()
+        return body
+
+    return send
 
 
 def wait_finished(client: TestClient, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -163,7 +174,7 @@ def test_each_job_is_claimed_once_and_stale_leases_are_taken_over(
         db.dispose()
 
 
-def test_case_report_round_trips_through_its_dict(tmp_path: Path) -> None:
+def test_case_report_round_trips_through_its_dict(tmp_path: Path, case_files) -> None:
     preds, refs = case_files(1, seed=3)
     write_cases(tmp_path / "p", preds)
     write_cases(tmp_path / "r", refs)
@@ -172,7 +183,7 @@ def test_case_report_round_trips_through_its_dict(tmp_path: Path) -> None:
     assert case_report_from_dict(report.to_dict(), options).to_dict() == report.to_dict()
 
 
-def test_region_rows_and_boundary_metrics_round_trip(tmp_path: Path) -> None:
+def test_region_rows_and_boundary_metrics_round_trip(tmp_path: Path, case_files) -> None:
     """A region row (label null) and the boundary metrics (nsd with its tolerance) survive."""
     preds, refs = case_files(1, seed=4)
     write_cases(tmp_path / "p", preds)
@@ -184,7 +195,9 @@ def test_region_rows_and_boundary_metrics_round_trip(tmp_path: Path) -> None:
     assert case_report_from_dict(data, options).to_dict() == data
 
 
-def test_job_report_is_the_score_dir_report(client: TestClient, tmp_path: Path) -> None:
+def test_job_report_is_the_score_dir_report(
+    client: TestClient, tmp_path: Path, case_files, strip_timing, create_set, submit
+) -> None:
     preds, refs = case_files(5, seed=10)
     refs["only_ref.nii.gz"] = refs["case_000.nii.gz"]
     preds["only_pred.nii.gz"] = preds["case_001.nii.gz"]
@@ -235,7 +248,9 @@ def test_job_report_is_the_score_dir_report(client: TestClient, tmp_path: Path) 
     assert list(job_folder.iterdir()) == []
 
 
-def test_adhoc_references_archive(client: TestClient, tmp_path: Path) -> None:
+def test_adhoc_references_archive(
+    client: TestClient, tmp_path: Path, case_files, archive_bytes, strip_timing
+) -> None:
     preds, refs = case_files(3, seed=20)
     response = client.post(
         "/v1/jobs",
@@ -260,7 +275,9 @@ def test_adhoc_references_archive(client: TestClient, tmp_path: Path) -> None:
     assert response.json()["reference_set"] is None
 
 
-def test_teams_see_only_their_jobs_and_admin_keys_manage_sets(client: TestClient) -> None:
+def test_teams_see_only_their_jobs_and_admin_keys_manage_sets(
+    client: TestClient, case_files, archive_bytes, create_set, submit
+) -> None:
     preds, refs = case_files(2, seed=30)
     body = {"name": "s"}
     files = {"references": upload("r.zip", archive_bytes(refs))}
@@ -280,7 +297,9 @@ def test_teams_see_only_their_jobs_and_admin_keys_manage_sets(client: TestClient
     assert client.delete(f"/v1/reference-sets/{ref_set['id']}", headers=TEAM_A).status_code == 403
 
 
-def test_list_is_paged_newest_first_and_delete_removes(client: TestClient) -> None:
+def test_list_is_paged_newest_first_and_delete_removes(
+    client: TestClient, case_files, create_set, submit
+) -> None:
     preds, refs = case_files(1, seed=40)
     ref_set = create_set(client, refs)
     ids = [submit(client, preds, TEAM_A, reference_set=ref_set["id"])["id"] for _ in range(3)]
@@ -296,7 +315,9 @@ def test_list_is_paged_newest_first_and_delete_removes(client: TestClient) -> No
     assert not (settings.data_dir / "jobs" / ids[0]).exists()
 
 
-def test_cancel_a_queued_job(tmp_path: Path, database_url: str | None) -> None:
+def test_cancel_a_queued_job(
+    tmp_path: Path, database_url: str | None, case_files, create_set, submit
+) -> None:
     preds, refs = case_files(2, seed=50)
     # a runner that never claims: its lease poll is irrelevant, the job stays queued
     app = create_app(make_settings(tmp_path, database_url))
@@ -310,7 +331,9 @@ def test_cancel_a_queued_job(tmp_path: Path, database_url: str | None) -> None:
         assert client.delete(f"/v1/jobs/{job['id']}", headers=TEAM_A).status_code == 204
 
 
-def test_leaderboard_ranks_the_latest_job_of_each_team(client: TestClient) -> None:
+def test_leaderboard_ranks_the_latest_job_of_each_team(
+    client: TestClient, case_files, create_set, submit
+) -> None:
     preds, refs = case_files(3, seed=60)
     ref_set = create_set(client, refs)
     perfect = submit(client, refs, TEAM_B, reference_set=ref_set["id"])  # dice 1 everywhere
@@ -341,7 +364,9 @@ def test_leaderboard_ranks_the_latest_job_of_each_team(client: TestClient) -> No
     assert [e["rank"] for e in again["entries"]] == [1, 1]
 
 
-def test_audit_log_records_actions_without_file_names(client: TestClient) -> None:
+def test_audit_log_records_actions_without_file_names(
+    client: TestClient, case_files, create_set, submit
+) -> None:
     preds, refs = case_files(2, seed=70)
     ref_set = create_set(client, refs)
     job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
@@ -358,7 +383,9 @@ def test_audit_log_records_actions_without_file_names(client: TestClient) -> Non
         assert not any("case_" in v or ".nii" in v for v in values)
 
 
-def test_reference_set_from_a_server_folder(tmp_path: Path, database_url: str | None) -> None:
+def test_reference_set_from_a_server_folder(
+    tmp_path: Path, database_url: str | None, case_files, submit
+) -> None:
     preds, refs = case_files(2, seed=80)
     root = tmp_path / "root"
     write_cases(root / "challenge" / "refs", refs)
@@ -385,18 +412,26 @@ def test_reference_set_from_a_server_folder(tmp_path: Path, database_url: str | 
 
 
 @pytest.mark.parametrize(
-    ("name", "archive", "status", "code"),
+    ("name", "members", "status", "code"),
     [
-        ("escape", archive_bytes({"../x.nii.gz": b"x"}), 422, "archive_unsafe_member"),
-        ("nested", archive_bytes({"x.zip": b"x"}), 422, "archive_nested"),
-        ("bomb", archive_bytes({"x.nii": b"\0" * 300_000}), 413, "archive_too_large"),
-        ("many", archive_bytes({f"c{i}.nii": b"x" for i in range(9)}), 413, "archive_too_many"),
-        ("text", b"plain text", 422, "archive_invalid"),
+        ("escape", {"../x.nii.gz": b"x"}, 422, "archive_unsafe_member"),
+        ("nested", {"x.zip": b"x"}, 422, "archive_nested"),
+        ("bomb", {"x.nii": b"\0" * 300_000}, 413, "archive_too_large"),
+        ("many", {f"c{i}.nii": b"x" for i in range(9)}, 413, "archive_too_many"),
+        ("text", None, 422, "archive_invalid"),  # plain text, no archive
     ],
 )
 def test_bad_archives_give_4xx_and_leave_no_files(
-    tmp_path: Path, name: str, archive: bytes, status: int, code: str
+    tmp_path: Path,
+    name: str,
+    members: dict[str, bytes] | None,
+    status: int,
+    code: str,
+    case_files,
+    archive_bytes,
+    create_set,
 ) -> None:
+    archive = b"plain text" if members is None else archive_bytes(members)
     preds, refs = case_files(1, seed=90)
     settings = make_settings(tmp_path, None, max_cases=8, max_archive_bytes=200_000)
     with TestClient(create_app(settings)) as client:
@@ -425,7 +460,9 @@ def test_bad_archives_give_4xx_and_leave_no_files(
         assert [p.name for p in (settings.data_dir / "reference-sets").iterdir()] == [ref_set["id"]]
 
 
-def test_job_options_are_validated_as_for_scores(client: TestClient) -> None:
+def test_job_options_are_validated_as_for_scores(
+    client: TestClient, case_files, archive_bytes, create_set
+) -> None:
     preds, refs = case_files(1, seed=95)
     ref_set = create_set(client, refs)
     for fields, code in (
@@ -477,7 +514,9 @@ def test_a_runner_stopping_mid_job_gives_it_back_to_the_queue(
         db.dispose()
 
 
-def test_retention_keeps_predictions_when_asked(tmp_path: Path) -> None:
+def test_retention_keeps_predictions_when_asked(
+    tmp_path: Path, case_files, create_set, submit
+) -> None:
     preds, refs = case_files(2, seed=97)
     settings = make_settings(tmp_path, None, keep_predictions=True)
     with TestClient(create_app(settings)) as client:
@@ -517,7 +556,7 @@ def _coming_and_going(nifti_bytes) -> tuple[dict[str, bytes], dict[str, bytes]]:
 
 @pytest.mark.parametrize("labels", [None, "1,2,3"])
 def test_a_dataset_job_scores_every_case_on_one_label_set(
-    client: TestClient, tmp_path: Path, labels: str | None, nifti_bytes
+    client: TestClient, tmp_path: Path, labels: str | None, nifti_bytes, archive_bytes, strip_timing
 ) -> None:
     # issue 15, rule 1: the label set is decided once for the dataset and every case is
     # scored on all of it, as score-dir does (requested labels are rescored by the job pool)
@@ -565,7 +604,9 @@ def test_a_dataset_job_scores_every_case_on_one_label_set(
     assert not (settings.data_dir / "jobs" / job_id / "predictions").exists()
 
 
-def test_job_cases_are_held_to_the_score_limits(tmp_path: Path, database_url: str | None) -> None:
+def test_job_cases_are_held_to_the_score_limits(
+    tmp_path: Path, database_url: str | None, case_files, create_set, submit
+) -> None:
     # JDT_MAX_BOUNDARY_VOXELS and JDT_MAX_JOB_BYTES hold per case as on POST /v1/scores: a
     # case past them fails with the same code and the job goes on with the others
     small, small_refs = case_files(2, shape=(6, 5, 4), seed=120)
@@ -598,7 +639,9 @@ def test_job_cases_are_held_to_the_score_limits(tmp_path: Path, database_url: st
         assert {f["code"] for f in report["failures"]} == {"job_too_large"}
 
 
-def test_archives_of_nrrd_and_mha_volumes(client: TestClient, tmp_path: Path) -> None:
+def test_archives_of_nrrd_and_mha_volumes(
+    client: TestClient, tmp_path: Path, case_files, strip_timing, create_set, submit
+) -> None:
     # predictions as NRRD and a reference as MetaImage (written by SimpleITK from the NIfTI
     # files, so on the same grid) pair by case id with NIfTI files, as in score-dir
     sitk = pytest.importorskip("SimpleITK")
@@ -649,7 +692,9 @@ def _no_upload_left(settings: Settings, set_ids: list[str]) -> None:
     )
 
 
-def test_job_and_set_uploads_are_bounded_as_score_uploads(tmp_path: Path) -> None:
+def test_job_and_set_uploads_are_bounded_as_score_uploads(
+    tmp_path: Path, case_files, archive_bytes, create_set, submit
+) -> None:
     preds, refs = case_files(2, seed=140)
     settings = make_settings(tmp_path, None, max_uploads=1, max_upload_bytes=20_000)
     with TestClient(create_app(settings)) as client:
@@ -694,7 +739,9 @@ def test_job_and_set_uploads_are_bounded_as_score_uploads(tmp_path: Path) -> Non
         assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
 
 
-def test_a_slow_job_upload_gets_408_and_leaves_no_files(tmp_path: Path) -> None:
+def test_a_slow_job_upload_gets_408_and_leaves_no_files(
+    tmp_path: Path, case_files, archive_bytes, create_set
+) -> None:
     import asyncio
 
     import httpx

@@ -16,8 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from jobs_testing import PG_BIN, archive_bytes, case_files, free_port, new_database
-from jobs_testing import postgres_server as pg_context
 from sqlalchemy import create_engine, text
 
 from monai_jdt.scoring import ScoringOptions, score_directory
@@ -31,8 +29,8 @@ ADMIN = {"Authorization": "Bearer adm"}
 class Server:
     """``uvicorn jdt_service.app:create_app --factory`` in its own process group."""
 
-    def __init__(self, base: Path, name: str, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, base: Path, name: str, env: dict[str, str], port: int) -> None:
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = base / f"{name}.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
@@ -94,11 +92,6 @@ def wait_done(server: Server, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish: {body}")
 
 
-def strip(report: dict[str, Any]) -> dict[str, Any]:
-    cases = [{k: v for k, v in c.items() if k != "seconds"} for c in report["cases"]]
-    return {**report, "cases": cases}
-
-
 @pytest.fixture
 def servers() -> Iterator[list[Server]]:
     started: list[Server] = []
@@ -107,11 +100,12 @@ def servers() -> Iterator[list[Server]]:
         server.stop()
 
 
-def _submit(server: Server, preds: dict[str, bytes], set_id: str) -> str:
+def _submit(server: Server, archive: bytes, set_id: str) -> str:
+    """Submit the predictions ``archive`` (a zip) against reference set ``set_id``; the job id."""
     response = httpx.post(
         f"{server.url}/v1/jobs",
         data={"reference_set": set_id},
-        files={"predictions": ("p.zip", archive_bytes(preds), "application/zip")},
+        files={"predictions": ("p.zip", archive, "application/zip")},
         headers=KEY,
         timeout=60,
     )
@@ -133,7 +127,7 @@ def _server_set(server: Server, folder: str) -> str:
 
 
 def test_sigkill_mid_job_resumes_to_the_uninterrupted_report(
-    tmp_path: Path, servers: list[Server]
+    tmp_path: Path, servers: list[Server], case_files, archive_bytes, strip_timing, free_port
 ) -> None:
     preds, refs = case_files(30, shape=(64, 64, 48), labels=6, seed=100)
     root = tmp_path / "root"
@@ -147,17 +141,17 @@ def test_sigkill_mid_job_resumes_to_the_uninterrupted_report(
         "JDT_JOB_WORKERS": "1",
         "JDT_JOB_LEASE": "2",
     }
-    first = Server(tmp_path, "first", env)
+    first = Server(tmp_path, "first", env, free_port())
     servers.append(first)
     set_id = _server_set(first, "refs")
-    job_id = _submit(first, preds, set_id)
+    job_id = _submit(first, archive_bytes(preds), set_id)
     for _ in range(3000):
         done = status(first, job_id)["progress"]["cases_done"]
         if done >= 2:
             break
         time.sleep(0.02)
     first.kill()
-    second = Server(tmp_path, "second", env)
+    second = Server(tmp_path, "second", env, free_port())
     servers.append(second)
     interrupted = status(second, job_id)
     assert 2 <= interrupted["progress"]["cases_done"] < 30, interrupted  # killed mid-job
@@ -166,7 +160,7 @@ def test_sigkill_mid_job_resumes_to_the_uninterrupted_report(
     assert final["progress"] == {"cases_done": 30, "cases_total": 30, "failures": 0}
     report = httpx.get(f"{second.url}/v1/jobs/{job_id}/report", headers=KEY, timeout=60).json()
     expected = score_directory(tmp_path / "preds", root / "refs", ScoringOptions(), workers=2)
-    assert strip(report) == strip(expected.to_dict())
+    assert strip_timing(report) == strip_timing(expected.to_dict())
     engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'jobs.sqlite3'}")
     with engine.connect() as conn:
         claims = conn.execute(
@@ -179,49 +173,51 @@ def test_sigkill_mid_job_resumes_to_the_uninterrupted_report(
 
 
 def test_two_replicas_on_one_postgresql_never_share_a_job(
-    tmp_path: Path, servers: list[Server]
+    tmp_path: Path,
+    servers: list[Server],
+    pg_server: str,
+    case_files,
+    archive_bytes,
+    free_port,
+    new_database,
 ) -> None:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL binaries in {PG_BIN} (set JDT_TEST_PG_BIN)")
     preds, refs = case_files(4, seed=200)
     root = tmp_path / "root"
     (root / "refs").mkdir(parents=True)
     for name, data in refs.items():
         (root / "refs" / name).write_bytes(data)
-    with pg_context() as server_url:
-        url = new_database(server_url, "replicas")
-        env = {
-            "JDT_DATABASE_URL": url,
-            "JDT_DATA_DIR": str(tmp_path / "data"),
-            "JDT_REFERENCE_ROOT": str(root),
-            "JDT_JOB_WORKERS": "1",
-        }
-        servers.extend([Server(tmp_path, "a", env), Server(tmp_path, "b", env)])
-        set_id = _server_set(servers[0], "refs")
-        jobs = [_submit(servers[i % 2], preds, set_id) for i in range(8)]
-        for job_id in jobs:
-            assert wait_done(servers[1], job_id)["status"] == "done"
-        for server in servers:
-            server.stop()
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            claims = dict(
-                conn.execute(
-                    text(
-                        "SELECT job_id, count(*) FROM audit_log WHERE action = 'job.claim' "
-                        "GROUP BY job_id"
-                    )
-                ).all()
-            )
-            scorers = dict(
-                conn.execute(
-                    text(
-                        "SELECT job_id, count(DISTINCT scored_by) FROM case_results GROUP BY job_id"
-                    )
-                ).all()
-            )
-            rows = conn.execute(text("SELECT count(*) FROM case_results")).scalar()
-        engine.dispose()
+    url = new_database(pg_server, "replicas")
+    env = {
+        "JDT_DATABASE_URL": url,
+        "JDT_DATA_DIR": str(tmp_path / "data"),
+        "JDT_REFERENCE_ROOT": str(root),
+        "JDT_JOB_WORKERS": "1",
+    }
+    servers.extend([Server(tmp_path, name, env, free_port()) for name in ("a", "b")])
+    set_id = _server_set(servers[0], "refs")
+    archive = archive_bytes(preds)
+    jobs = [_submit(servers[i % 2], archive, set_id) for i in range(8)]
+    for job_id in jobs:
+        assert wait_done(servers[1], job_id)["status"] == "done"
+    for server in servers:
+        server.stop()
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        claims = dict(
+            conn.execute(
+                text(
+                    "SELECT job_id, count(*) FROM audit_log WHERE action = 'job.claim' "
+                    "GROUP BY job_id"
+                )
+            ).all()
+        )
+        scorers = dict(
+            conn.execute(
+                text("SELECT job_id, count(DISTINCT scored_by) FROM case_results GROUP BY job_id")
+            ).all()
+        )
+        rows = conn.execute(text("SELECT count(*) FROM case_results")).scalar()
+    engine.dispose()
     assert claims == dict.fromkeys(jobs, 1)
     assert scorers == dict.fromkeys(jobs, 1)
     assert rows == 8 * 4

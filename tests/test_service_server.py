@@ -20,12 +20,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def scores_form(prediction: bytes, reference: bytes) -> tuple[bytes, str]:
     """The multipart body of a ``/v1/scores`` upload of two files, and its Content-Type."""
     files = {"prediction": ("p", prediction), "reference": ("r", reference)}
@@ -34,8 +28,10 @@ def scores_form(prediction: bytes, reference: bytes) -> tuple[bytes, str]:
 
 
 class Server:
-    def __init__(self, temp: Path, log: Path, *extra: str, program: list[str] | None = None):
-        self.port = free_port()
+    def __init__(
+        self, temp: Path, log: Path, *extra: str, port: int, program: list[str] | None = None
+    ):
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         self.temp = temp
         self.log = log
@@ -61,11 +57,14 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
+def server(tmp_path_factory, free_port) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("server")
     (base / "uploads").mkdir()
     srv = Server(
-        base / "uploads", base / "server.log", "--max-concurrency", "2", "--max-queue", "16"
+        base / "uploads",
+        base / "server.log",
+        *("--max-concurrency", "2", "--max-queue", "16"),
+        port=free_port(),
     )
     yield srv
     srv.stop()
@@ -147,10 +146,10 @@ def test_client_that_disconnects_mid_upload_leaves_no_file(server: Server) -> No
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(
-    tmp_path: Path, label_pair, nifti_bytes
+    tmp_path: Path, label_pair, nifti_bytes, free_port
 ) -> None:
     (tmp_path / "uploads").mkdir()
-    srv = Server(tmp_path / "uploads", tmp_path / "server.log")
+    srv = Server(tmp_path / "uploads", tmp_path / "server.log", port=free_port())
     assert httpx.get(srv.url + "/v1/info").json()["device"] == "cpu"
     pred, ref = label_pair((10, 9, 8), seed=5)
     body, content_type = scores_form(nifti_bytes(pred), nifti_bytes(ref))
@@ -192,7 +191,7 @@ def read_response(sock: socket.socket, timeout: float = 10) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def strict_server(tmp_path_factory) -> Iterator[Server]:
+def strict_server(tmp_path_factory, free_port) -> Iterator[Server]:
     """Short header timeout, few connections, one scoring slot and no queue."""
     base = tmp_path_factory.mktemp("strict")
     (base / "uploads").mkdir()
@@ -201,6 +200,7 @@ def strict_server(tmp_path_factory) -> Iterator[Server]:
         base / "server.log",
         *("--header-timeout", "1", "--max-connections", "40", "--min-upload-rate", "2000"),
         *("--max-concurrency", "1", "--max-queue", "0", "--max-uploads", "8"),
+        port=free_port(),
     )
     yield srv
     srv.stop()
@@ -362,9 +362,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_sigterm_with_a_runaway_job_exits_and_start_up_removes_stale_folders(
-    tmp_path: Path,
-    label_pair,
-    nifti_bytes,
+    tmp_path: Path, label_pair, nifti_bytes, free_port
 ) -> None:
     uploads = tmp_path / "uploads"
     uploads.mkdir()
@@ -374,7 +372,12 @@ def test_sigterm_with_a_runaway_job_exits_and_start_up_removes_stale_folders(
     alive = uploads / f"jdt-{os.getpid()}-inuse"  # a live process's folder stays
     alive.mkdir()
     srv = Server(
-        uploads, tmp_path / "server.log", "--request-timeout", "2", program=["-c", _RUNAWAY]
+        uploads,
+        tmp_path / "server.log",
+        "--request-timeout",
+        "2",
+        port=free_port(),
+        program=["-c", _RUNAWAY],
     )
     assert not dead.exists() and alive.exists()
     pred, ref = label_pair((10, 9, 8), seed=23)

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,18 +32,12 @@ TEAM = "radiology"
 ADMIN_KEY = "page-admin-key"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server_url(tmp_path_factory) -> Iterator[str]:
+def server_url(tmp_path_factory, free_port) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1: team ``TEAM``'s key, an admin key, the jobs API
     with its SQLite database in a temporary ``JDT_DATA_DIR`` and one job worker process."""
     base = tmp_path_factory.mktemp("web-server")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
     env.update(
         JDT_DEVICE="cpu",
@@ -404,11 +397,12 @@ def _box(page, metric: str, label: int):
     return page.locator(f"svg[data-metric='{metric}'] g[data-label='{label}']")
 
 
-def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tmp_path) -> None:
+def test_score_a_dataset_through_the_page(
+    offline, server_url, dataset_files, tmp_path, archive_bytes
+) -> None:
     import json
 
     import numpy as np
-    from jobs_testing import archive_bytes
 
     preds, refs = dataset_files
     team_key = {"Authorization": f"Bearer {API_KEY}"}
@@ -542,11 +536,9 @@ def test_score_a_dataset_through_the_page(offline, server_url, dataset_files, tm
 
 
 def test_score_a_dataset_against_uploaded_references(
-    offline, server_url, dataset_files, tmp_path
+    offline, server_url, dataset_files, tmp_path, archive_bytes
 ) -> None:
     """No reference set: the references come as an archive; no leaderboard is shown."""
-    from jobs_testing import archive_bytes
-
     preds, refs = dataset_files
     names = ["case0.nii.gz", "case4.nii.gz"]
     for kind, files in (("predictions", preds), ("references", refs)):
