@@ -409,3 +409,20 @@ def test_port_in_use_exits_2_before_start_up(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"port {port} is in use" in done.stderr
     assert "startup" not in (done.stdout + done.stderr).lower()
+
+
+def test_a_data_folder_it_cannot_write_exits_2_before_start_up(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("a file where the data folder should be")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
+    env["JDT_DATA_DIR"] = str(blocked / "data")
+    done = subprocess.run(
+        [sys.executable, "-m", "jdt_service", "--port", "0", "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "JDT_DATA_DIR" in done.stderr and str(blocked / "data") in done.stderr
+    assert "traceback" not in (done.stdout + done.stderr).lower()

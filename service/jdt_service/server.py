@@ -112,6 +112,24 @@ def _bind_error(host: str, port: int) -> str | None:
     return None
 
 
+def _data_dir_error(settings: Settings) -> str | None:
+    """Why the jobs' SQLite database cannot live in ``JDT_DATA_DIR`` (``None`` when it can, or
+    when ``JDT_DATABASE_URL`` names another database)."""
+    if settings.database_url:
+        return None
+    folder = settings.data_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the data folder {folder} (JDT_DATA_DIR): {exc.strerror}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"the data folder {folder} (JDT_DATA_DIR) is not writable by this user: mount a "
+            "volume there (a read-only root needs one) or set JDT_DATA_DIR / JDT_DATABASE_URL"
+        )
+    return None
+
+
 def _raise_fd_limit(settings: Settings) -> None:
     """Raise the soft open-file limit to fit ``max_connections`` (up to the hard limit)."""
     import resource
@@ -134,7 +152,8 @@ def _raise_fd_limit(settings: Settings) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start uvicorn with the merged settings; return the exit status (0 after SIGTERM,
-    2 for an invalid setting or a port that cannot be bound)."""
+    2 for an invalid setting, a port that cannot be bound or a data folder that cannot be
+    written)."""
     import uvicorn
 
     from jdt_service.protocol import BoundedH11Protocol
@@ -146,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
             where = ".".join(str(p) for p in err["loc"])
             print(f"monai-jdt serve: invalid setting {where}: {err['msg']}", file=sys.stderr)
         return 2
-    problem = _bind_error(settings.host, settings.port)
+    problem = _bind_error(settings.host, settings.port) or _data_dir_error(settings)
     if problem is not None:
         print(f"monai-jdt serve: {problem}", file=sys.stderr)
         return 2
