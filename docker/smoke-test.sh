@@ -44,7 +44,10 @@ fail() {
   exit 1
 }
 cleanup() {
-  if [ -n "${engine:-}" ]; then "$engine" rm -f "$name" >/dev/null 2>&1 || true; fi
+  if [ -n "${engine:-}" ]; then
+    "$engine" rm -f "$name" >/dev/null 2>&1 || true
+    "$engine" volume rm -f "$name-data" >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -146,10 +149,10 @@ nib.save(nib.Nifti1Image(ref, affine), f"{out}/ref.nii.gz")
 EOF
 
 # ---- run as deployed -----------------------------------------------------------------------
-say "starting $name (read-only root, tmpfs /tmp and data folder, no capabilities, 127.0.0.1:$port)"
+say "starting $name (read-only root, tmpfs /tmp, a volume for the data, no capabilities, 127.0.0.1:$port)"
 "$engine" run -d --name "$name" "${limits[@]}" \
   --read-only --tmpfs /tmp:rw,size=256m,mode=1777 \
-  --tmpfs /var/lib/monai-jdt:rw,size=64m,mode=0750,uid=10001,gid=10001 \
+  -v "$name-data:/var/lib/monai-jdt" \
   --cap-drop ALL --security-opt no-new-privileges \
   -p "127.0.0.1:$port:8000" -e JDT_API_KEYS="$api_key" -e JDT_DEVICE=cpu \
   "$image" >/dev/null 2>"$work/run.err" || { cat "$work/run.err" >&2; fail "container did not start"; }
