@@ -17,7 +17,7 @@ from monai_jdt.scoring import ScoringOptions
 from monai_jdt.scoring.errors import InvalidOptionError
 from monai_jdt.scoring.options import exposure
 
-__all__ = ["MAX_CASE_ID", "OPTION_FIELDS", "form_schema", "options_from_form"]
+__all__ = ["MAX_CASE_ID", "OPTION_FIELDS", "form_schema", "multipart_body", "options_from_form"]
 
 MAX_CASE_ID = 256
 _CASE_ID = {
@@ -63,33 +63,40 @@ def _option_fields() -> dict[str, dict[str, Any]]:
 OPTION_FIELDS: dict[str, dict[str, Any]] = _option_fields()
 
 
-def form_schema() -> dict[str, Any]:
-    """The ``multipart/form-data`` request body of ``POST /v1/scores`` for OpenAPI."""
-    files = {
-        name: {
-            "type": "string",
-            "format": "binary",
-            "description": f"The {name} volume: NIfTI-1/2, .nii or .nii.gz (or NRRD / single-file "
-            "MetaImage with the formats extra); a label map or a probability map.",
-        }
-        for name in FILE_FIELDS
+def multipart_body(
+    files: Mapping[str, str], fields: Mapping[str, Mapping[str, Any]], required: list[str]
+) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of a multipart form: ``files`` (name -> description) sent
+    as binary parts, text ``fields`` (name -> schema), the ``required`` names."""
+    properties: dict[str, Any] = {
+        name: {"type": "string", "format": "binary", "description": text}
+        for name, text in files.items()
     }
+    properties.update({name: dict(spec) for name, spec in fields.items()})
     return {
         "required": True,
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {**files, **OPTION_FIELDS},
-                    "required": list(FILE_FIELDS),
+                    "properties": properties,
+                    "required": required,
                     "additionalProperties": False,
                 },
-                "encoding": {
-                    name: {"contentType": "application/octet-stream"} for name in FILE_FIELDS
-                },
+                "encoding": {name: {"contentType": "application/octet-stream"} for name in files},
             }
         },
     }
+
+
+def form_schema() -> dict[str, Any]:
+    """The ``multipart/form-data`` request body of ``POST /v1/scores`` for OpenAPI."""
+    files = {
+        name: f"The {name} volume: NIfTI-1/2, .nii or .nii.gz (or NRRD / single-file MetaImage "
+        "with the formats extra); a label map or a probability map."
+        for name in FILE_FIELDS
+    }
+    return multipart_body(files, OPTION_FIELDS, list(FILE_FIELDS))
 
 
 def options_from_form(

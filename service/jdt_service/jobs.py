@@ -86,31 +86,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def multipart_body(
-    files: Mapping[str, str], fields: Mapping[str, Mapping[str, Any]], required: list[str]
-) -> dict[str, Any]:
-    """The OpenAPI ``requestBody`` of a multipart form with archive ``files`` and text fields."""
-    properties: dict[str, Any] = {
-        name: {"type": "string", "format": "binary", "description": text}
-        for name, text in files.items()
-    }
-    properties.update({name: dict(spec) for name, spec in fields.items()})
-    return {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": properties,
-                    "required": required,
-                    "additionalProperties": False,
-                },
-                "encoding": {name: {"contentType": "application/octet-stream"} for name in files},
-            }
-        },
-    }
-
-
 def new_id() -> str:
     """A random 32-hex-digit id."""
     return uuid.uuid4().hex

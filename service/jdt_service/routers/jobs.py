@@ -23,6 +23,7 @@ from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES
 from jdt_service.auth import AnyCaller
 from jdt_service.db import Database, Job, open_database, utcnow
 from jdt_service.errors import ApiError
+from jdt_service.forms import multipart_body
 from jdt_service.jobs import (
     ERROR_RESPONSES,
     JOB_OPTION_FIELDS,
@@ -30,7 +31,6 @@ from jdt_service.jobs import (
     grand_challenge_metrics,
     job_options,
     job_result,
-    multipart_body,
     new_id,
     remove_folder,
 )

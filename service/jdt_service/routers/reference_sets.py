@@ -23,13 +23,13 @@ from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES, unpack_archive
 from jdt_service.auth import AdminCaller, AnyCaller
 from jdt_service.db import Database, Job, ReferenceCase, ReferenceSet
 from jdt_service.errors import ApiError
+from jdt_service.forms import multipart_body
 from jdt_service.jobs import (
     ERROR_RESPONSES,
     JOB_OPTION_FIELDS,
     content_hash,
     job_options,
     leaderboard,
-    multipart_body,
     new_id,
     reference_cases,
     remove_folder,
