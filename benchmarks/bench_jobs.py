@@ -99,19 +99,23 @@ def burst(url: str, set_id: str, body: bytes, jobs: int, session: int) -> tuple[
     """Submit ``jobs`` jobs from 4 teams at once; (seconds until all done, peak RSS bytes)."""
     peak = session_rss(session)
     start = time.perf_counter()
-    with ThreadPoolExecutor(jobs) as pool:
-        submitted = list(
-            pool.map(
-                lambda t: httpx.post(
-                    url + "/v1/jobs",
-                    data={"reference_set": set_id},
-                    files={"predictions": ("p.zip", body, "application/zip")},
-                    headers=team(t),
-                    timeout=600,
-                ),
-                range(jobs),
+
+    def submit(t: int) -> httpx.Response:
+        """POST one job; a 503 (all upload places taken) is retried after its Retry-After."""
+        while True:
+            response = httpx.post(
+                url + "/v1/jobs",
+                data={"reference_set": set_id},
+                files={"predictions": ("p.zip", body, "application/zip")},
+                headers=team(t),
+                timeout=600,
             )
-        )
+            if response.status_code != 503:
+                return response
+            time.sleep(float(response.headers.get("retry-after", "1")))
+
+    with ThreadPoolExecutor(jobs) as pool:
+        submitted = list(pool.map(submit, range(jobs)))
         for response in submitted:
             response.raise_for_status()
         waits = [
