@@ -5,8 +5,9 @@ Each app owns its metrics registry and its scoring pool, so several apps (tests)
 state; routes reach them through :mod:`jdt_service.dependencies`. Everything under ``/v1``
 is one router (:mod:`jdt_service.routers.v1`) behind the API-key dependency. On start-up the
 app warns about ``JDT_*`` variables that match no setting (when it reads the environment)
-and removes upload folders left by killed processes. ``uvicorn jdt_service.app:create_app
---factory`` serves it directly.
+and removes upload folders left by killed processes; it also fixes glibc's allocator
+thresholds for the scoring threads (:mod:`jdt_service.allocator`).
+``uvicorn jdt_service.app:create_app --factory`` serves it directly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from jdt_service.allocator import tune_allocator
 from jdt_service.auth import require_api_key
 from jdt_service.errors import install_error_handlers
 from jdt_service.logs import RequestLogMiddleware, configure_logging
@@ -59,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if tune_allocator():
+            logger.debug("glibc allocator thresholds set for the scoring threads")
         pool.remove_stale_workdirs()
         yield
         pool.shutdown()
