@@ -33,7 +33,7 @@ _bearer = HTTPBearer(
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def key_table(request: Request, settings: SettingsDep) -> KeyTable:
+async def key_table(request: Request, settings: SettingsDep) -> KeyTable:
     """The app's key table, built once from its settings (kept with the app)."""
     state = request.app.state
     table: KeyTable | None = getattr(state, "key_table", None)

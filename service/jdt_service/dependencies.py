@@ -1,7 +1,9 @@
 """FastAPI dependencies: the app's settings, metrics, scoring pool and scoring function.
 
 Routes declare what they use (``settings: SettingsDep``) instead of reading
-``request.app.state``; tests replace any of them with ``app.dependency_overrides``.
+``request.app.state``; tests replace any of them with ``app.dependency_overrides``. They are
+``async`` although they never await: FastAPI runs a plain ``def`` dependency on its thread
+pool, a thread hop per dependency and request.
 """
 
 from __future__ import annotations
@@ -32,25 +34,25 @@ __all__ = [
 Scorer = Callable[..., CaseReport]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The settings the app was built with."""
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     """The app's Prometheus metrics."""
     metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
 
-def get_pool(request: Request) -> ScoringPool:
+async def get_pool(request: Request) -> ScoringPool:
     """The app's scoring pool (uploads, jobs, memory budget)."""
     pool: ScoringPool = request.app.state.pool
     return pool
 
 
-def get_scorer() -> Scorer:
+async def get_scorer() -> Scorer:
     """The function that scores two files: :func:`monai_jdt.scoring.score_files`."""
     return score_files
 
