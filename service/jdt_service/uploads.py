@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +155,7 @@ class _FormWriter:
                     "upload_too_large",
                     f"{self._name} is larger than the limit of {self.max_file_bytes} bytes",
                 )
-            self._file.write(data[start:end])
+            self._file.write(memoryview(data)[start:end])  # no copy of the chunk
         else:
             if self._size > MAX_FIELD_BYTES:
                 raise ApiError(
@@ -214,28 +213,59 @@ def _name_by_content(path: Path) -> Path:
     return target
 
 
-async def _paced(
-    chunks: AsyncIterator[bytes], min_rate: float, grace: float
-) -> AsyncIterator[bytes]:
-    """``chunks``, or 408 once the body falls behind ``grace + received / min_rate`` seconds."""
-    started = time.monotonic()
-    received = 0
-    iterator = chunks.__aiter__()
-    while True:
-        remaining = started + grace + received / min_rate - time.monotonic()
-        try:
-            chunk = await asyncio.wait_for(iterator.__anext__(), max(remaining, 0.0))
-        except StopAsyncIteration:
-            return
-        except asyncio.TimeoutError:
-            raise ApiError(
-                408,
-                "upload_too_slow",
-                f"the upload arrived slower than {min_rate:g} bytes/s ({received} bytes in "
-                f"{time.monotonic() - started:.1f} s)",
-            ) from None
-        received += len(chunk)
-        yield chunk
+class _Pace:
+    """The minimum upload rate, as one timer: past ``grace + received / min_rate`` seconds
+    (``received`` counted by the caller) the receiving task is cancelled and :attr:`expired`
+    set, which the caller turns into 408 ``upload_too_slow``.
+
+    The timer only looks at the count when it fires and then moves itself to the deadline that
+    count allows, so a chunk costs one addition (``asyncio.wait_for`` per chunk made a task per
+    chunk: thousands for a dataset archive). Leaving the ``with`` block cancels the timer.
+    """
+
+    def __init__(self, min_rate: float, grace: float) -> None:
+        self.min_rate = min_rate
+        self.grace = grace
+        self.received = 0
+        self.expired = False
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._started = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> _Pace:
+        if self.grace != float("inf"):
+            self._arm()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        deadline = self._started + self.grace + self.received / self.min_rate
+        self._timer = self._loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        if self._started + self.grace + self.received / self.min_rate > self._loop.time():
+            self._arm()  # more bytes came since: a later deadline
+        elif self._task is not None:
+            self._timer = None
+            self.expired = True
+            self._task.cancel()
+
+    def too_slow(self) -> ApiError:
+        """The 408, after the cancellation has been caught (and taken back on Python 3.11+)."""
+        uncancel = getattr(self._task, "uncancel", None)
+        if uncancel is not None:
+            uncancel()
+        return ApiError(
+            408,
+            "upload_too_slow",
+            f"the upload arrived slower than {self.min_rate:g} bytes/s ({self.received} bytes "
+            f"in {self._loop.time() - self._started:.1f} s)",
+        )
 
 
 async def receive_form(
@@ -270,34 +300,40 @@ async def receive_form(
         raise ApiError(413, "upload_too_large", too_large)
     writer = _FormWriter(workdir, max_file_bytes, text_fields, file_fields)
     close_delimiter = b"\r\n--" + boundary + b"--"
-    received = epilogue = 0
+    epilogue = 0
     tail = b""
+    pace = _Pace(min_rate, grace)
     try:
         parser = MultipartParser(boundary, writer.callbacks())  # type: ignore[arg-type]
-        async for chunk in _paced(chunks, min_rate, grace):
-            received += len(chunk)
-            if received > limit:
-                raise ApiError(413, "upload_too_large", too_large)
-            if writer.finished:
-                epilogue += len(chunk)
-            else:
-                parser.write(chunk)
-                if writer.finished:  # the close delimiter is in this chunk (or spans into it)
-                    window = tail + chunk
-                    end = window.find(close_delimiter)
-                    epilogue = len(window) - end - len(close_delimiter) if end >= 0 else 0
-                tail = chunk[-len(close_delimiter) :]
-            if epilogue > MAX_EPILOGUE_BYTES:
-                raise ApiError(
-                    413,
-                    "upload_too_large",
-                    f"more than {MAX_EPILOGUE_BYTES} bytes follow the form's final boundary",
-                )
+        with pace:
+            async for chunk in chunks:
+                pace.received += len(chunk)
+                if pace.received > limit:
+                    raise ApiError(413, "upload_too_large", too_large)
+                if writer.finished:
+                    epilogue += len(chunk)
+                else:
+                    parser.write(chunk)
+                    if writer.finished:  # the close delimiter is in this chunk (or spans into it)
+                        window = tail + chunk
+                        end = window.find(close_delimiter)
+                        epilogue = len(window) - end - len(close_delimiter) if end >= 0 else 0
+                    tail = chunk[-len(close_delimiter) :]
+                if epilogue > MAX_EPILOGUE_BYTES:
+                    raise ApiError(
+                        413,
+                        "upload_too_large",
+                        f"more than {MAX_EPILOGUE_BYTES} bytes follow the form's final boundary",
+                    )
         parser.finalize()
     except FormParserError as exc:
         raise ApiError(
             400, "malformed_multipart", f"the multipart body is malformed: {exc}"
         ) from None
+    except asyncio.CancelledError:
+        if pace.expired:
+            raise pace.too_slow() from None
+        raise
     finally:
         writer.close()
     if not writer.finished:
