@@ -108,13 +108,38 @@ def submit(archive_bytes) -> Callable[..., dict[str, Any]]:
 
 
 def wait_finished(client: TestClient, job_id: str, headers: dict[str, str]) -> dict[str, Any]:
-    """Poll until the job is finished (bounded, so a hang fails instead of blocking CI)."""
-    for _ in range(1200):
-        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    """Long-poll until the job is finished (bounded, so a hang fails instead of blocking CI)."""
+    for _ in range(4):
+        body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}?wait=30", headers=headers).json()
         if body["status"] in ("done", "failed", "cancelled"):
             return body
-        time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+def test_long_poll_answers_at_the_deadline_or_when_the_job_ends(
+    client: TestClient, case_files, create_set, submit
+) -> None:
+    preds, refs = case_files(2, seed=31)
+    ref_set = create_set(client, refs)
+    client.app.state.jobs_runner.stop()  # type: ignore[attr-defined]  # jobs stay queued
+    job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    url = f"/v1/jobs/{job['id']}"
+    assert client.get(url + "?wait=0.2", headers=TEAM_A).json()["status"] == "queued"
+    for bad in ("-1", "61", "soon"):
+        answer = client.get(url + f"?wait={bad}", headers=TEAM_A)
+        assert answer.status_code == 422, answer.text
+    assert client.get(url + "?wait=0.1", headers=TEAM_B).status_code == 404  # another team's
+
+    waited: list[dict[str, Any]] = []
+    poll = threading.Thread(
+        target=lambda: waited.append(client.get(url + "?wait=30", headers=TEAM_A).json())
+    )
+    poll.start()
+    time.sleep(0.3)
+    assert waited == []  # still waiting: the job has not ended
+    assert client.delete(url, headers=TEAM_A).json()["status"] == "cancelled"
+    poll.join(timeout=30)
+    assert [body["status"] for body in waited] == ["cancelled"]
 
 
 def test_migrations_build_the_schema(tmp_path: Path, database_url: str | None) -> None:

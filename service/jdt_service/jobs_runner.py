@@ -75,9 +75,14 @@ def make_executor(settings: Settings) -> tuple[Executor, Any]:
 class JobRunner:
     """Claims and runs jobs until :meth:`stop`; one per app."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, on_finished: Callable[[], None] | None = None
+    ) -> None:
+        """``on_finished`` is called (on the runner's thread) after a job of this replica is
+        stored as ``done`` or ``failed``."""
         self.db = db
         self.settings = settings
+        self.on_finished = on_finished
         self.worker = f"{os.uname().nodename[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -160,6 +165,11 @@ class JobRunner:
                 )
             )
         self.db.audit(job.team, "job.failed", job_id=job.id)
+        self._finished()
+
+    def _finished(self) -> None:
+        if self.on_finished is not None:
+            self.on_finished()
 
     def _run(self, job: Job) -> None:
         try:
@@ -334,3 +344,5 @@ class JobRunner:
                         team=job.team, action="job.done", job_id=job.id, cases=len(job.cases)
                     )
                 )
+        if finished:
+            self._finished()

@@ -5,13 +5,15 @@
 both at shutdown, so the app includes this one router.
 
 A team sees only its own jobs: another team's job id answers 404 and lists never show it.
+``GET /v1/jobs/{id}?wait=S`` is a long poll: it answers once the job is finished, or after
+``S`` seconds with its status then (see :class:`JobEvents`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,12 +46,47 @@ from monai_jdt.scoring import pair_cases
 __all__ = ["router"]
 
 
+#: the longest long poll, in seconds
+MAX_WAIT_S = 60.0
+#: how often a long poll reads the job again without being woken (a job run by another replica)
+_RECHECK_S = 1.0
+
+
+class JobEvents:
+    """Wakes the long polls of ``GET /v1/jobs/{id}?wait=`` when a job finishes.
+
+    The runner of this replica calls :meth:`notify` from its thread after it stores a job as
+    done or failed, and ``DELETE`` after a cancellation; a waiting request then reads its job
+    again at once. A job finished by another replica is seen within ``_RECHECK_S``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake every waiting request (from any thread)."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()  # the next waits wait for the next change
+
+    async def wait(self, timeout: float) -> None:
+        """Return at the next change, or after ``timeout`` seconds."""
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     db = await asyncio.to_thread(open_database, settings.data_dir, settings.database_url)
-    runner = JobRunner(db, settings)
+    events = JobEvents(asyncio.get_running_loop())
+    runner = JobRunner(db, settings, on_finished=events.notify)
     app.state.jobs_db = db
+    app.state.job_events = events
     app.state.jobs_runner = runner
     runner.start()
     try:
@@ -212,8 +249,29 @@ async def list_jobs(
 
 
 @jobs_router.get("/v1/jobs/{job_id}", summary="A job's status and progress")
-async def read_job(job_id: str, request: Request, caller: AnyCaller) -> dict[str, Any]:
-    return job_dict(own_job(database(request), job_id, caller))
+async def read_job(
+    job_id: str,
+    request: Request,
+    caller: AnyCaller,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Seconds to wait for the job to finish before answering (a long poll: "
+            "the answer comes as soon as it is done, failed or cancelled); 0 answers at once.",
+        ),
+    ] = 0,
+) -> dict[str, Any]:
+    db = database(request)
+    events: JobEvents = request.app.state.job_events
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    job = own_job(db, job_id, caller)
+    while job.status not in FINISHED and (left := deadline - loop.time()) > 0:
+        await events.wait(min(left, _RECHECK_S))
+        job = own_job(db, job_id, caller)
+    return job_dict(job)
 
 
 @jobs_router.get("/v1/jobs/{job_id}/report", summary="The same JSON as `score-dir -o`")
@@ -264,6 +322,7 @@ async def delete_job(job_id: str, request: Request, caller: AnyCaller) -> Respon
         return Response(status_code=204)
     remove_folder(Path(job.folder) / "predictions")
     db.audit(caller.team, action, job_id=job_id, cases=job.cases_done)
+    request.app.state.job_events.notify()
     return JSONResponse(job_dict(own_job(db, job_id, caller)))
 
 
