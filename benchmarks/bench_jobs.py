@@ -3,11 +3,12 @@
 Writes ``--cases`` label-map pairs (``--size``, ``--labels`` labels as random blocks with 10 %
 of the voxels changed in the prediction) as ``.nii.gz``, then times, best of ``--repeat``:
 
-  score-dir   ``score_directory(..., workers=W)`` in this process (threads);
-  job         a real service (``uvicorn jdt_service.app:create_app --factory`` on 127.0.0.1,
+  score-dir   ``score_directory(..., workers=W)`` in this process (threads), alternating with
+              the job runs;
+  job         a real service (``python -m jdt_service``, as ``monai-jdt serve``, on 127.0.0.1,
               ``JDT_JOB_WORKERS=W``, SQLite) with the references as a server-side reference
-              set: from ``POST /v1/jobs`` (the predictions zip already in memory; upload and
-              unpacking included) until ``GET /v1/jobs/{id}`` says ``done``, polled every 50 ms.
+              set: from ``POST /v1/jobs`` (the predictions zip streamed from its file; upload and
+              unpacking included) until ``GET /v1/jobs/{id}?wait=60`` (a long poll) says ``done``.
 
   burst       ``--burst`` jobs (default 20) submitted at once by 4 teams, each the first
               ``--burst-cases`` cases: the wall time until all are done and the peak resident
@@ -21,7 +22,6 @@ size; the default is smaller).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import signal
 import subprocess
@@ -82,20 +82,39 @@ def session_rss(session: int) -> int:
     return total
 
 
-def zip_of(paths: list[Path]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+def zip_of(paths: list[Path], target: Path) -> Path:
+    """Write ``paths`` into the zip ``target`` (stored: the volumes are gzip already)."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:
         for path in paths:
             archive.write(path, path.name)
-    return buf.getvalue()
+    return target
+
+
+def post_job(url: str, set_id: str, archive: Path, headers: dict[str, str]) -> httpx.Response:
+    """POST ``archive`` as a job's predictions, streamed from its file as a user's client does.
+
+    (Passing the archive as one ``bytes`` object instead makes httpcore's socket write loop
+    copy the unsent rest after every ``send``: quadratic, seconds for a few hundred MB.)
+    """
+    with open(archive, "rb") as handle:
+        return httpx.post(
+            url + "/v1/jobs",
+            data={"reference_set": set_id},
+            files={"predictions": ("p.zip", handle, "application/zip")},
+            headers=headers,
+            timeout=600,
+        )
 
 
 def wait_done(url: str, location: str, headers: dict[str, str]) -> None:
-    while httpx.get(url + location, headers=headers, timeout=60).json()["status"] != "done":
-        time.sleep(0.05)
+    """Long-poll the job (``?wait=60``) until it is done: the answer comes when it ends."""
+    while httpx.get(url + location + "?wait=60", headers=headers, timeout=90).json()["status"] != (
+        "done"
+    ):
+        pass
 
 
-def burst(url: str, set_id: str, body: bytes, jobs: int, session: int) -> tuple[float, int]:
+def burst(url: str, set_id: str, archive: Path, jobs: int, session: int) -> tuple[float, int]:
     """Submit ``jobs`` jobs from 4 teams at once; (seconds until all done, peak RSS bytes)."""
     peak = session_rss(session)
     start = time.perf_counter()
@@ -103,13 +122,7 @@ def burst(url: str, set_id: str, body: bytes, jobs: int, session: int) -> tuple[
     def submit(t: int) -> httpx.Response:
         """POST one job; a 503 (all upload places taken) is retried after its Retry-After."""
         while True:
-            response = httpx.post(
-                url + "/v1/jobs",
-                data={"reference_set": set_id},
-                files={"predictions": ("p.zip", body, "application/zip")},
-                headers=team(t),
-                timeout=600,
-            )
+            response = post_job(url, set_id, archive, team(t))
             if response.status_code != 503:
                 return response
             time.sleep(float(response.headers.get("retry-after", "1")))
@@ -132,9 +145,10 @@ def burst(url: str, set_id: str, body: bytes, jobs: int, session: int) -> tuple[
 
 def time_job(
     base: Path, workers: int, repeat: int, burst_jobs: int, burst_cases: int
-) -> tuple[list[tuple[float, float]], tuple[float, int]]:
-    """``(submit -> done, submit -> 202)`` seconds of each run but the first, and the burst's
-    ``(seconds, peak RSS)``."""
+) -> tuple[list[float], list[tuple[float, float]], tuple[float, int]]:
+    """``score-dir`` seconds and the job's ``(submit -> done, submit -> 202)`` seconds, run
+    alternately ``repeat`` times (after a first job that also starts the worker processes), so
+    both see the same background load; then the burst's ``(seconds, peak RSS)``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
@@ -148,9 +162,8 @@ def time_job(
         JDT_API_KEYS=",".join(f"team-{t}:key-{t}" for t in range(TEAMS)),
         JDT_ADMIN_KEYS="admin-key",
     )
-    cmd = [sys.executable, "-m", "uvicorn", "jdt_service.app:create_app", "--factory"]
     server = subprocess.Popen(
-        [*cmd, "--port", str(port), "--log-level", "warning"], env=env, start_new_session=True
+        [sys.executable, "-m", "jdt_service", "--port", str(port)], env=env, start_new_session=True
     )
     try:
         for _ in range(600):
@@ -167,23 +180,22 @@ def time_job(
         )
         made.raise_for_status()
         predictions = sorted((base / "preds").iterdir())
-        body = zip_of(predictions)
+        archive = zip_of(predictions, base / "predictions.zip")
+        direct: list[float] = []
         times: list[tuple[float, float]] = []
-        for _ in range(repeat + 1):  # the first run also starts the worker processes
+        for run in range(repeat + 1):
+            if run:
+                start = time.perf_counter()
+                score_directory(base / "preds", base / "refs", workers=workers)
+                direct.append(time.perf_counter() - start)
             start = time.perf_counter()
-            job = httpx.post(
-                url + "/v1/jobs",
-                data={"reference_set": made.json()["id"]},
-                files={"predictions": ("p.zip", body, "application/zip")},
-                headers=team(0),
-                timeout=600,
-            )
+            job = post_job(url, made.json()["id"], archive, team(0))
             job.raise_for_status()
             submitted = time.perf_counter() - start
             wait_done(url, job.headers["location"], team(0))
             times.append((time.perf_counter() - start, submitted))
-        small = zip_of(predictions[:burst_cases])
-        return times[1:], burst(url, made.json()["id"], small, burst_jobs, server.pid)
+        small = zip_of(predictions[:burst_cases], base / "burst.zip")
+        return direct, times[1:], burst(url, made.json()["id"], small, burst_jobs, server.pid)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
@@ -203,12 +215,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="jdt-bench-jobs-") as tmp:
         base = Path(tmp)
         write_cases(base, args.cases, shape, args.labels)
-        direct = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            score_directory(base / "preds", base / "refs", workers=args.workers)
-            direct.append(time.perf_counter() - start)
-        job, (burst_s, burst_rss) = time_job(
+        direct, job, (burst_s, burst_rss) = time_job(
             base, args.workers, args.repeat, args.burst, args.burst_cases
         )
     best_direct, (best_job, submit) = min(direct), min(job)
