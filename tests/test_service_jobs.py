@@ -142,6 +142,29 @@ def test_long_poll_answers_at_the_deadline_or_when_the_job_ends(
     assert [body["status"] for body in waited] == ["cancelled"]
 
 
+def test_long_polls_answer_at_once_when_the_server_starts_stopping(
+    client: TestClient, case_files, create_set, submit
+) -> None:
+    preds, refs = case_files(1, seed=32)
+    ref_set = create_set(client, refs)
+    client.app.state.jobs_runner.stop()  # type: ignore[attr-defined]  # the job stays queued
+    job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    waited: list[dict[str, Any]] = []
+    poll = threading.Thread(
+        target=lambda: waited.append(
+            client.get(f"/v1/jobs/{job['id']}?wait=60", headers=TEAM_A).json()
+        )
+    )
+    poll.start()
+    time.sleep(0.3)
+    assert waited == []
+    events = client.app.state.job_events  # type: ignore[attr-defined]
+    assert client.portal is not None
+    client.portal.call(events.stopping.set)  # what the protocol does when a shutdown begins
+    poll.join(timeout=10)  # well before the 60 s the poll asked for
+    assert [body["status"] for body in waited] == ["queued"]
+
+
 def test_migrations_build_the_schema(tmp_path: Path, database_url: str | None) -> None:
     db = open_database(tmp_path / "data", database_url)
     try:

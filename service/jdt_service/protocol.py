@@ -15,6 +15,11 @@ accepts request heads of any size. :class:`BoundedH11Protocol` adds, per connect
 * a **connection cap**: past ``max_connections`` open connections, a new one gets ``503``
   with ``Retry-After`` and is closed at once.
 
+It also tells the app when uvicorn begins a graceful shutdown (before uvicorn waits for the
+requests in flight): it sets the ``asyncio.Event`` the app keeps in its lifespan state under
+:data:`STOPPING_STATE`, so long polls (``GET /v1/jobs/{id}?wait=``) answer at once instead of
+holding the shutdown.
+
 The limits come from :class:`jdt_service.settings.Settings` (``JDT_*``, which
 :func:`jdt_service.server.run` exports for every worker process), read once per process.
 """
@@ -31,7 +36,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from jdt_service.settings import Settings
 
-__all__ = ["BoundedH11Protocol", "raw_error"]
+__all__ = ["STOPPING_STATE", "BoundedH11Protocol", "raw_error"]
+
+#: the lifespan-state key of the ``asyncio.Event`` set when the server starts shutting down
+STOPPING_STATE = "jdt_stopping"
 
 
 @functools.cache
@@ -90,6 +98,12 @@ class BoundedH11Protocol(H11Protocol):
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._start_header_timer()  # the next request's head must come in time too
+
+    def shutdown(self) -> None:
+        stopping = self.app_state.get(STOPPING_STATE)
+        if isinstance(stopping, asyncio.Event):
+            stopping.set()
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         buffered, _ = self.conn.trailing_data

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +37,7 @@ from jdt_service.jobs import (
     remove_folder,
 )
 from jdt_service.jobs_runner import JobRunner
+from jdt_service.protocol import STOPPING_STATE
 from jdt_service.routers import reference_sets
 from jdt_service.routers.reference_sets import database, get_set, receive_upload, unpack_upload
 from jdt_service.settings import Settings
@@ -57,12 +58,15 @@ class JobEvents:
 
     The runner of this replica calls :meth:`notify` from its thread after it stores a job as
     done or failed, and ``DELETE`` after a cancellation; a waiting request then reads its job
-    again at once. A job finished by another replica is seen within ``_RECHECK_S``.
+    again at once. A job finished by another replica is seen within ``_RECHECK_S``. Once
+    ``stopping`` is set (the server shuts down, see :mod:`jdt_service.protocol`) every wait
+    returns at once, so long polls never hold up a shutdown.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
         self._loop = loop
         self._event = asyncio.Event()
+        self.stopping = stopping
 
     def notify(self) -> None:
         """Wake every waiting request (from any thread)."""
@@ -74,23 +78,28 @@ class JobEvents:
         self._event = asyncio.Event()  # the next waits wait for the next change
 
     async def wait(self, timeout: float) -> None:
-        """Return at the next change, or after ``timeout`` seconds."""
-        with suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+        """Return at the next change, when the server starts stopping, or after ``timeout``."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._event, self.stopping)]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     db = await asyncio.to_thread(open_database, settings.data_dir, settings.database_url)
-    events = JobEvents(asyncio.get_running_loop())
+    stopping = asyncio.Event()
+    events = JobEvents(asyncio.get_running_loop(), stopping)
     runner = JobRunner(db, settings, on_finished=events.notify)
     app.state.jobs_db = db
-    app.state.job_events = events
     app.state.jobs_runner = runner
+    app.state.job_events = events
     runner.start()
     try:
-        yield
+        yield {STOPPING_STATE: stopping}  # set by the protocol when a shutdown begins
     finally:
         await asyncio.to_thread(runner.stop)
         db.dispose()
@@ -268,7 +277,11 @@ async def read_job(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     job = own_job(db, job_id, caller)
-    while job.status not in FINISHED and (left := deadline - loop.time()) > 0:
+    while (
+        job.status not in FINISHED
+        and not events.stopping.is_set()
+        and (left := deadline - loop.time()) > 0
+    ):
         await events.wait(min(left, _RECHECK_S))
         job = own_job(db, job_id, caller)
     return job_dict(job)
