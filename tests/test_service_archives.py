@@ -8,6 +8,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jdt_service.archives import ArchiveError, unpack_archive
@@ -165,3 +166,43 @@ def test_good_archive_flattens_by_case_id(tmp_path: Path, kind: str) -> None:
     assert out.total_bytes == 15
     assert out.skipped == 2
     assert sorted(p.name for p in dest.iterdir()) == ["c1.nii.gz", "c2.nii", "c3.nrrd", "c4.mha"]
+
+
+def _many_members(n: int = 8, size: int = 3 << 19) -> dict[str, bytes]:
+    """``n`` members of 1.5 MiB of random bytes: more than one read chunk each, so the members
+    of a zip are inflated on several threads with their chunks interleaved."""
+    rng = np.random.default_rng(5)
+    return {f"c{i}.nii": rng.integers(0, 256, size, dtype=np.uint8).tobytes() for i in range(n)}
+
+
+def test_members_inflated_on_several_threads_are_byte_identical(tmp_path: Path) -> None:
+    members = _many_members()
+    src = tmp_path / "upload"
+    src.write_bytes(_zip(members))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    out = unpack_archive(src, dest, field="f", max_members=len(members), max_bytes=64 << 20)
+    assert {case: path.read_bytes() for case, path in out.files.items()} == {
+        name.removesuffix(".nii"): data for name, data in members.items()
+    }
+    assert out.total_bytes == sum(len(d) for d in members.values())
+    assert sorted(p.name for p in dest.iterdir()) == sorted(members)
+
+
+def test_one_corrupt_member_among_many_refuses_the_archive_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    members = _many_members()
+    data = bytearray(_zip(members))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as z:
+        info = z.getinfo("c5.nii")
+    # flip a byte in the middle of member 5's compressed data: its CRC no longer matches
+    data[info.header_offset + 30 + len(info.filename) + info.compress_size // 2] ^= 0xFF
+    src = tmp_path / "upload"
+    src.write_bytes(bytes(data))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(ArchiveError) as caught:
+        unpack_archive(src, dest, field="f", max_members=len(members), max_bytes=64 << 20)
+    assert caught.value.status == 422 and caught.value.code == "archive_invalid"
+    assert list(dest.iterdir()) == []

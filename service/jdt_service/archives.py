@@ -31,9 +31,11 @@ import gzip
 import shutil
 import stat
 import tarfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -58,6 +60,8 @@ ARCHIVE_VOLUME_SUFFIXES = tuple(s for s in VOLUME_SUFFIXES if s not in DETACHED_
 _KINDS = ", ".join(ARCHIVE_VOLUME_SUFFIXES)
 MAX_CASE_ID = 200
 _CHUNK = 1024 * 1024
+#: threads that inflate the members of a zip at once
+_UNPACK_THREADS = 2
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -81,7 +85,7 @@ class UnpackedArchive:
 
 
 class _Budget:
-    """Counts members and inflated bytes against the limits."""
+    """Counts members and inflated bytes against the limits (not thread-safe: see _Writer)."""
 
     def __init__(self, field: str, max_members: int, max_bytes: int) -> None:
         self.field = field
@@ -180,7 +184,11 @@ def _case_of(field: str, name: str, member_number: int) -> tuple[str, str] | Non
 
 
 class _Writer:
-    """Writes kept members into ``dest`` under their case ids, refusing duplicates."""
+    """Writes kept members into ``dest`` under their case ids, refusing duplicates.
+
+    :meth:`claim` (in member order, one thread) reserves a case's file name; :meth:`write`
+    may then run on several threads at once (the budget is shared under a lock).
+    """
 
     def __init__(self, field: str, dest: Path, budget: _Budget) -> None:
         self.field = field
@@ -188,8 +196,10 @@ class _Writer:
         self.budget = budget
         self.files: dict[str, Path] = {}
         self.skipped = 0
+        self._lock = threading.Lock()
 
-    def add(self, case: str, suffix: str, source: IO[bytes], declared: int) -> None:
+    def claim(self, case: str, suffix: str) -> Path:
+        """The file ``case`` will be written to; raise if the case came before."""
         if case in self.files:
             raise ArchiveError(
                 self.field,
@@ -197,23 +207,34 @@ class _Writer:
                 "archive_duplicate_case",
                 f"case {case!r} appears twice in the archive",
             )
-        target = self.dest / ".partial"  # hidden: no case id starts with a dot
+        final = self.files[case] = self.dest / f"{case}{suffix}"
+        return final
+
+    def write(self, final: Path, source: IO[bytes], declared: int) -> None:
+        """Copy ``source`` to ``final`` (through a hidden partial file: no case id starts with
+        a dot), counting its bytes against the budget and its declared size."""
+        target = final.with_name(f".partial-{final.name}")
         with open(target, "xb") as out:
             size = 0
             while chunk := source.read(_CHUNK):
                 size += len(chunk)
-                self.budget.write(len(chunk))
+                with self._lock:
+                    self.budget.write(len(chunk))
                 if size > declared:
-                    raise _unsafe(self.field, f"case {case!r} is longer than its declared size")
+                    raise _unsafe(
+                        self.field, f"case {final.name!r} is longer than its declared size"
+                    )
                 out.write(chunk)
-        final = self.dest / f"{case}{suffix}"
         target.rename(final)
-        self.files[case] = final
 
 
 def _unpack_zip(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
+    """Check every member from the central directory first, then inflate the kept ones on
+    ``_UNPACK_THREADS`` threads (reading, CRC checks and writing release the GIL; zipfile
+    serialises the reads of one archive)."""
     field = writer.field
     with zipfile.ZipFile(handle) as archive:
+        plan: list[tuple[zipfile.ZipInfo, Path]] = []
         for number, info in enumerate(archive.infolist(), 1):
             mode = info.external_attr >> 16
             if info.is_dir():
@@ -227,8 +248,20 @@ def _unpack_zip(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
                 continue
             if info.flag_bits & 0x1:
                 raise ArchiveError(field, 422, "archive_invalid", f"member {number} is encrypted")
+            plan.append((info, writer.claim(*kept)))
+
+        def extract(info: zipfile.ZipInfo, final: Path) -> None:
             with archive.open(info) as source:
-                writer.add(*kept, source, info.file_size)
+                writer.write(final, source, info.file_size)
+
+        with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="jdt-unzip") as pool:
+            futures = [pool.submit(extract, info, final) for info, final in plan]
+            try:
+                for future in futures:
+                    future.result()
+            finally:  # on an error, members not started are dropped; the others end first
+                for future in futures:
+                    future.cancel()
 
 
 def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
@@ -246,9 +279,10 @@ def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
             if kept is None:
                 writer.skipped += 1
                 continue
+            final = writer.claim(*kept)
             source = archive.extractfile(info)
             assert source is not None  # a regular file always has data
-            writer.add(*kept, source, info.size)
+            writer.write(final, source, info.size)
 
 
 @contextmanager
