@@ -22,7 +22,9 @@ files and hidden files (``.*``, ``__MACOSX/``) are skipped. The kept files land 
 two such folders as ``score-dir`` does; their headers are checked when they are scored (an
 ``.nrrd`` / ``.mha`` whose header points to another file is refused then). On any
 error ``dest`` is emptied before the exception leaves, so a refused archive leaves no files.
-Client file names are only ever used as case ids, never as paths.
+Client file names are only ever used as case ids, never as paths. The members of a zip that
+:mod:`jdt_service.zip_prefetch` inflated while the upload arrived are used where the central
+directory describes them exactly, after the same checks.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import tarfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
 from jdt_service.errors import ApiError
+from jdt_service.zip_prefetch import Prefetched
 from monai_jdt.scoring.files import VOLUME_SUFFIXES
 
 __all__ = [
@@ -227,11 +230,39 @@ class _Writer:
                 out.write(chunk)
         target.rename(final)
 
+    def adopt(self, final: Path, path: Path, size: int) -> None:
+        """Move a member inflated and checked beforehand (``size`` bytes) to ``final``."""
+        with self._lock:
+            self.budget.write(size)
+        path.rename(final)
 
-def _unpack_zip(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
-    """Check every member from the central directory first, then inflate the kept ones on
-    ``_UNPACK_THREADS`` threads (reading, CRC checks and writing release the GIL; zipfile
-    serialises the reads of one archive)."""
+
+def _matches(info: zipfile.ZipInfo, member: Prefetched | None) -> bool:
+    """Whether the central directory describes exactly the member prefetched at its offset."""
+    return member is not None and (
+        member.name,
+        member.flags,
+        member.method,
+        member.compressed_size,
+        member.size,
+        member.crc,
+    ) == (
+        info.orig_filename,
+        info.flag_bits,
+        info.compress_type,
+        info.compress_size,
+        info.file_size,
+        info.CRC,
+    )
+
+
+def _unpack_zip(
+    handle: BinaryIO, writer: _Writer, budget: _Budget, prefetched: Mapping[int, Prefetched]
+) -> None:
+    """Check every member from the central directory first, then take the ones prefetched
+    while the upload arrived (:mod:`jdt_service.zip_prefetch`) when the directory describes
+    them exactly, and inflate the others on ``_UNPACK_THREADS`` threads (reading, CRC checks
+    and writing release the GIL; zipfile serialises the reads of one archive)."""
     field = writer.field
     with zipfile.ZipFile(handle) as archive:
         plan: list[tuple[zipfile.ZipInfo, Path]] = []
@@ -250,7 +281,14 @@ def _unpack_zip(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
                 raise ArchiveError(field, 422, "archive_invalid", f"member {number} is encrypted")
             plan.append((info, writer.claim(*kept)))
 
+        unused = dict(prefetched)  # each prefetched file is taken at most once
+
         def extract(info: zipfile.ZipInfo, final: Path) -> None:
+            member = unused.pop(info.header_offset, None)
+            if _matches(info, member):
+                assert member is not None
+                writer.adopt(final, member.path, member.size)
+                return
             with archive.open(info) as source:
                 writer.write(final, source, info.file_size)
 
@@ -299,11 +337,20 @@ def _empty_on_error(dest: Path) -> Iterator[None]:
 
 
 def unpack_archive(
-    archive: Path, dest: Path, *, field: str, max_members: int, max_bytes: int
+    archive: Path,
+    dest: Path,
+    *,
+    field: str,
+    max_members: int,
+    max_bytes: int,
+    prefetched: Mapping[int, Prefetched] | None = None,
 ) -> UnpackedArchive:
     """Unpack ``archive`` (zip or tar.gz, told apart by their first bytes) into ``dest``.
 
     ``dest`` must exist and be empty. ``field`` names the upload in error messages.
+    ``prefetched``: the zip members a :class:`~jdt_service.zip_prefetch.ZipPrefetch` inflated
+    while the archive arrived, by header offset (each is used only where the central
+    directory describes it exactly; the checks are the same either way).
 
     Raises:
         ArchiveError: 422 ``archive_invalid`` (not a zip / tar.gz, corrupt, encrypted),
@@ -318,7 +365,7 @@ def unpack_archive(
         handle.seek(0)
         try:
             if head in (_ZIP_MAGIC, _EMPTY_ZIP_MAGIC):
-                _unpack_zip(handle, writer, budget)
+                _unpack_zip(handle, writer, budget, prefetched or {})
             elif head[:2] == _GZIP_MAGIC:
                 _unpack_tar(handle, writer, budget)
             else:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Collection
+import threading
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +34,7 @@ __all__ = [
     "FILE_FIELDS",
     "MAX_EPILOGUE_BYTES",
     "MAX_FIELD_BYTES",
+    "GrowingFile",
     "UploadedForm",
     "body_limit",
     "receive_form",
@@ -73,6 +75,40 @@ class UploadedForm:
     fields: dict[str, str] = field(default_factory=dict)
 
 
+class GrowingFile:
+    """A file field while it is written: other threads may read what is on disk so far.
+
+    The part's bytes go to ``path`` unbuffered, so ``size`` bytes are in the file when
+    :meth:`wait_for` reports them.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self.ended = False
+        self._wanted = 0  # the size a reader waits for: it is woken only then
+        self._changed = threading.Condition()
+
+    def grow(self, n: int) -> None:
+        with self._changed:
+            self.size += n
+            if self.size >= self._wanted:
+                self._changed.notify_all()
+
+    def end(self) -> None:
+        """No more bytes will come (the part ended, or the upload was refused)."""
+        with self._changed:
+            self.ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, size: int) -> int:
+        """Block until ``size`` bytes are on disk or the part ended; the bytes on disk."""
+        with self._changed:
+            self._wanted = size
+            self._changed.wait_for(lambda: self.size >= size or self.ended)
+            return self.size
+
+
 class _FormWriter:
     """Callbacks for :class:`MultipartParser`: route each part to a file or a text field."""
 
@@ -82,8 +118,10 @@ class _FormWriter:
         max_file_bytes: int,
         text_fields: Collection[str],
         file_fields: Collection[str],
+        on_file: Callable[[str, GrowingFile], None] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.on_file = on_file
         self.file_fields = file_fields
         self.max_file_bytes = max_file_bytes
         self.text_fields = text_fields
@@ -94,6 +132,7 @@ class _FormWriter:
         self._headers: dict[bytes, bytes] = {}
         self._name = ""
         self._file: BinaryIO | None = None
+        self._growing: GrowingFile | None = None
         self._text = bytearray()
         self._size = 0
 
@@ -113,6 +152,9 @@ class _FormWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._growing is not None:
+            self._growing.end()
+            self._growing = None
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -140,8 +182,12 @@ class _FormWriter:
         self._name = name
         if name in self.file_fields:
             path = self.workdir / f"{name}.upload"
-            self._file = open(path, "xb")  # noqa: SIM115 (closed in _part_end / close)
+            # unbuffered, so that a GrowingFile's readers see every byte written
+            self._file = open(path, "xb", buffering=0)  # noqa: SIM115 (closed in close)
             self.form.files[name] = path
+            if self.on_file is not None:
+                self._growing = GrowingFile(path)
+                self.on_file(name, self._growing)
         elif name not in self.text_fields:
             known = ", ".join([*self.file_fields, *sorted(self.text_fields)])
             raise ApiError(422, "unknown_option", f"unknown form field {name!r}; known: {known}")
@@ -155,7 +201,11 @@ class _FormWriter:
                     "upload_too_large",
                     f"{self._name} is larger than the limit of {self.max_file_bytes} bytes",
                 )
-            self._file.write(memoryview(data)[start:end])  # no copy of the chunk
+            chunk = memoryview(data)[start:end]  # no copy of the chunk
+            while chunk:  # an unbuffered write may write less than it was given
+                chunk = chunk[self._file.write(chunk) :]
+            if self._growing is not None:
+                self._growing.grow(end - start)
         else:
             if self._size > MAX_FIELD_BYTES:
                 raise ApiError(
@@ -280,6 +330,7 @@ async def receive_form(
     grace: float = float("inf"),
     file_fields: Collection[str] = SCORE_FILE_FIELDS,
     required_files: Collection[str] = FILE_FIELDS,
+    on_file: Callable[[str, GrowingFile], None] | None = None,
 ) -> UploadedForm:
     """Parse the body from ``chunks`` into ``workdir``; raise :class:`ApiError` on bad input.
 
@@ -289,6 +340,8 @@ async def receive_form(
     The body must arrive within ``grace + received / min_rate`` seconds (408).
     ``file_fields`` are the fields written to files (the pair and its optional image by
     default; the archives of ``POST /v1/jobs``), ``required_files`` those that must come.
+    ``on_file(name, growing)`` is called as each file part begins, with the file as it grows
+    (its readers are released when the part ends or the upload is refused).
     """
     boundary = _boundary(content_type)
     limit = body_limit(max_file_bytes, len(text_fields), len(file_fields))
@@ -298,7 +351,7 @@ async def receive_form(
     )
     if content_length is not None and content_length.isdecimal() and int(content_length) > limit:
         raise ApiError(413, "upload_too_large", too_large)
-    writer = _FormWriter(workdir, max_file_bytes, text_fields, file_fields)
+    writer = _FormWriter(workdir, max_file_bytes, text_fields, file_fields, on_file)
     close_delimiter = b"\r\n--" + boundary + b"--"
     epilogue = 0
     tail = b""

@@ -183,16 +183,16 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
     folder = settings.data_dir / "jobs" / job_id
     (folder / "upload").mkdir(parents=True)
     try:
-        form = await receive_upload(
+        upload = await receive_upload(
             request,
             folder / "upload",
             _JOB_FIELDS,
             ("predictions", "references"),
             required_files=("predictions",),
         )
-        fields = dict(form.fields)
+        fields = dict(upload.form.fields)
         set_id = fields.pop("reference_set", "").strip() or None
-        if (set_id is None) == ("references" not in form.files):
+        if (set_id is None) == ("references" not in upload.form.files):
             raise ApiError(
                 422,
                 "missing_field",
@@ -206,11 +206,9 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
         else:
             references = folder / "references"
         job_options(options, settings)  # 422 before anything is unpacked
-        await unpack_upload(
-            form.files["predictions"], folder / "predictions", "predictions", settings
-        )
+        await unpack_upload(upload, "predictions", folder / "predictions", settings)
         if set_id is None:
-            await unpack_upload(form.files["references"], references, "references", settings)
+            await unpack_upload(upload, "references", references, settings)
         pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
         if not pairs:
             raise ApiError(422, "no_cases", "no prediction has a reference with the same case id")

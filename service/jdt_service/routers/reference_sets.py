@@ -10,7 +10,8 @@ files: only names, case ids, shapes and spacing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -36,9 +37,10 @@ from jdt_service.jobs import (
 )
 from jdt_service.scoring_pool import ScoringPool
 from jdt_service.settings import Settings
-from jdt_service.uploads import UploadedForm, receive_form
+from jdt_service.uploads import GrowingFile, UploadedForm, receive_form
+from jdt_service.zip_prefetch import Prefetched, ZipPrefetch
 
-__all__ = ["receive_upload", "router", "unpack_upload"]
+__all__ = ["ArchiveUpload", "receive_upload", "router", "unpack_upload"]
 
 router = APIRouter(tags=["reference sets"], responses=ERROR_RESPONSES)
 
@@ -84,18 +86,29 @@ def get_set(db: Database, set_id: str) -> tuple[ReferenceSet, list[ReferenceCase
     return ref_set, cases
 
 
+@dataclass(frozen=True)
+class ArchiveUpload:
+    """A received form with archives: the form, and per archive field the zip members
+    inflated while it arrived (by header offset, see :mod:`jdt_service.zip_prefetch`)."""
+
+    form: UploadedForm
+    prefetched: Mapping[str, Mapping[int, Prefetched]]
+
+
 async def receive_upload(
     request: Request,
     folder: Path,
     text_fields: Collection[str],
     file_fields: Collection[str],
     required_files: Collection[str],
-) -> UploadedForm:
+) -> ArchiveUpload:
     """Receive the multipart body of ``/v1/jobs`` or ``/v1/reference-sets`` into ``folder``,
     bounded as a score upload is: one of the ``JDT_MAX_UPLOADS`` places while it arrives (503
     ``server_busy``), ``JDT_MAX_UPLOAD_BYTES`` per archive and the whole-body limit (413), the
     minimum upload rate after the header timeout (408). A body refused before it all arrived
-    gets ``Connection: close``, so the server does not read the rest.
+    gets ``Connection: close``, so the server does not read the rest. Each archive is followed
+    while it arrives by a :class:`~jdt_service.zip_prefetch.ZipPrefetch` (writing into
+    ``folder``), which has ended when this returns or raises.
 
     Raises:
         ApiError: those statuses, 400 ``client_disconnected``, ``malformed_multipart``, 422
@@ -103,9 +116,16 @@ async def receive_upload(
     """
     settings: Settings = request.app.state.settings
     pool: ScoringPool = request.app.state.pool
+    followers: dict[str, ZipPrefetch] = {}
+
+    def follow(name: str, growing: GrowingFile) -> None:
+        followers[name] = ZipPrefetch(
+            growing, folder, settings.max_cases, settings.max_archive_bytes
+        )
+
     try:
         with pool.upload_place():
-            return await receive_form(
+            form = await receive_form(
                 request.headers.get("content-type"),
                 request.headers.get("content-length"),
                 request.stream(),
@@ -116,17 +136,28 @@ async def receive_upload(
                 grace=settings.header_timeout,
                 file_fields=file_fields,
                 required_files=required_files,
+                on_file=follow,
             )
-    except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client closed the upload") from None
-    except ApiError as error:
-        error.headers["Connection"] = "close"
+    except BaseException as exc:
+        for follower in followers.values():
+            await asyncio.to_thread(follower.cancel)
+        if isinstance(exc, ClientDisconnect):
+            raise ApiError(400, "client_disconnected", "the client closed the upload") from None
+        if isinstance(exc, ApiError):
+            exc.headers["Connection"] = "close"
         raise
+    prefetched = await asyncio.to_thread(
+        lambda: {name: f.finish() for name, f in followers.items()}
+    )
+    return ArchiveUpload(form, prefetched)
 
 
-async def unpack_upload(archive: Path, folder: Path, field: str, settings: Settings) -> None:
-    """Unpack the uploaded ``archive`` into the new ``folder`` under the archive limits
+async def unpack_upload(
+    upload: ArchiveUpload, field: str, folder: Path, settings: Settings
+) -> None:
+    """Unpack the archive of ``field`` into the new ``folder`` under the archive limits
     (``JDT_MAX_CASES``, ``JDT_MAX_ARCHIVE_BYTES``), then delete the archive."""
+    archive = upload.form.files[field]
     folder.mkdir()
     await asyncio.to_thread(
         unpack_archive,
@@ -135,6 +166,7 @@ async def unpack_upload(archive: Path, folder: Path, field: str, settings: Setti
         field=field,
         max_members=settings.max_cases,
         max_bytes=settings.max_archive_bytes,
+        prefetched=upload.prefetched.get(field),
     )
     archive.unlink()
 
@@ -188,10 +220,10 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
     (target / "upload").mkdir(parents=True)
     owned = True
     try:
-        form = await receive_upload(
+        upload = await receive_upload(
             request, target / "upload", _SET_FIELDS, ("references",), required_files=()
         )
-        fields = dict(form.fields)
+        fields = dict(upload.form.fields)
         name = fields.pop("name", "").strip()
         if not name or len(name) > MAX_NAME:
             raise ApiError(
@@ -200,7 +232,7 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
         folder_text = fields.pop("folder", "").strip()
         options = {key: value for key, value in fields.items() if value.strip()}
         job_options(options, settings)  # refuse bad defaults now (422)
-        archive = form.files.get("references")
+        archive = upload.form.files.get("references")
         if (archive is None) == (not folder_text):
             raise ApiError(
                 422,
@@ -209,7 +241,7 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
             )
         if archive is not None:
             folder = target / "references"
-            await unpack_upload(archive, folder, "references", settings)
+            await unpack_upload(upload, "references", folder, settings)
         else:
             folder = _server_folder(settings, folder_text)
             owned = False
