@@ -138,20 +138,72 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
         )
 
 
-def _softness(y: torch.Tensor) -> tuple[float, float]:
-    """Min and max of ``y - y^2`` in one fused pass: min < 0 (or NaN) where some value lies
-    outside [0, 1], max > 0 where some value lies strictly between 0 and 1."""
+#: elements per block of the CPU value check (1 MiB of float32: a block stays in cache)
+_CHECK_BLOCK = 1 << 18
+#: the integer dtype of the same width as a float dtype, and the bits of +inf in it
+_BITS = {
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+}
+
+
+def _contiguous_parts(t: torch.Tensor) -> list[torch.Tensor] | None:
+    """``t`` as contiguous pieces: itself, or its batch items (e.g. ``t[:, 1:]`` of a
+    contiguous tensor); None for other layouts."""
+    if t.is_contiguous():
+        return [t]
+    parts = list(t.unbind(0)) if t.ndim > 1 else []
+    return parts if parts and all(p.is_contiguous() for p in parts) else None
+
+
+def _bit_range(q_of: torch.Tensor, ints: torch.dtype) -> tuple[int, int]:
+    """Min and max of the bits of ``q = y - y^2`` for ``y = q_of``, read as signed integers.
+
+    On CPU a large ``y`` goes through in blocks of ``_CHECK_BLOCK`` elements that reuse one
+    small buffer, so ``q`` is never materialised at full size (a volume-sized temporary costs a
+    fresh allocation and a round trip through memory per step); elsewhere in one pass.
+    """
+    parts = _contiguous_parts(q_of) if q_of.device.type == "cpu" else None
+    if parts is None or q_of.numel() <= _CHECK_BLOCK:
+        lo, hi = torch.aminmax(torch.addcmul(q_of, q_of, q_of, value=-1.0).view(ints))
+        return int(lo.item()), int(hi.item())
+    blocks = [b for part in parts for b in part.reshape(-1).split(_CHECK_BLOCK)]
+    buffer = torch.empty(_CHECK_BLOCK, dtype=q_of.dtype)
+    bits = buffer.view(ints)
+    ranges = torch.empty(2, len(blocks), dtype=ints)
+    for i, block in enumerate(blocks):
+        n = block.numel()
+        torch.addcmul(block, block, block, value=-1.0, out=buffer[:n])
+        torch.aminmax(bits[:n], out=(ranges[0, i], ranges[1, i]))
+    return int(ranges[0].min().item()), int(ranges[1].max().item())
+
+
+def _softness(y: torch.Tensor) -> tuple[bool, bool]:
+    """Whether every value of ``y`` lies in [0, 1] (no NaN), and whether all are 0 or 1.
+
+    Both come from ``q = y - y^2``, exactly: the rounded ``q`` is +0 for 0 and 1, > 0 for
+    every ``v`` in (0, 1), and < 0 or NaN outside [0, 1]. They are read off the min and max of
+    ``q``'s bits as integers (faster than a float min/max): floats >= +0 keep their order
+    there, +inf and NaN come above every finite value and anything with the sign bit is
+    negative. A sign bit or a NaN (an invalid target, or -0.0 in ``y``) is decided again on the
+    floats.
+    """
     y = y.detach()
-    lo, hi = torch.aminmax(torch.addcmul(y, y, y, value=-1.0))
-    return lo.item(), hi.item()
+    if y.dtype in _BITS:
+        ints, inf_bits = _BITS[y.dtype]
+        lo, hi = _bit_range(y, ints)
+        if lo >= 0 and hi < inf_bits:
+            return True, hi == 0
+    lo_q, hi_q = (v.item() for v in torch.aminmax(torch.addcmul(y, y, y, value=-1.0)))
+    return lo_q >= 0, hi_q == 0  # NaN: neither
 
 
 def _check_target(y: torch.Tensor) -> bool:
     """Target values in [0, 1] (ValueError otherwise); returns whether they are all 0 or 1."""
-    lo, hi = _softness(y)
-    if not lo >= 0:  # also NaN
+    in_range, hard = _softness(y)
+    if not in_range:
         _check_unit("target", y)  # raises, naming the target's own range
-    return hi == 0
+    return hard
 
 
 def _check_labels(labels: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
@@ -289,4 +341,4 @@ def is_hard(prepared: Prepared) -> bool:
     """Whether the (masked) target holds only 0 and 1: hard labels, one-hot or a label map."""
     if prepared.binary_target is not None:
         return prepared.binary_target
-    return _softness(prepared.y)[1] == 0
+    return _softness(prepared.y)[1]
