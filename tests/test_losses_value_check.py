@@ -20,7 +20,7 @@ from monai.losses import DiceLoss
 import monai_jdt.losses._inputs as inputs
 from monai_jdt.losses import DiceSemimetricLoss, JDTLoss
 
-SHAPE = (2, 3, 40, 40, 40)  # 384,000 target values: two blocks, the second a short one
+SHAPE = (2, 3, 48, 48, 48)  # 663,552 target values: two blocks, the second a short one
 N_VALUES = math.prod(SHAPE)
 ABSENT = 2  # the class that a hard target of ``_target`` never holds
 #: flat positions of an odd value: first, last of the first block, first of the second, last
@@ -117,7 +117,7 @@ def test_non_contiguous_targets_are_checked_whole():
     """Without the background channel the target is a strided view, checked per batch item; a
     transposed target is checked in one pass. Either way every value is seen."""
     logits, target = _logits(), _target()
-    last = (1, ABSENT, 39, 39, 39)  # the last voxel, in a kept channel
+    last = (1, ABSENT, 47, 47, 47)  # the last voxel, in a kept channel
     dice_kept = DiceSemimetricLoss(softmax=True, include_background=False)
     torch.testing.assert_close(
         dice_kept(logits, target), DiceLoss(softmax=True, include_background=False)(logits, target)

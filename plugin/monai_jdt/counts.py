@@ -69,9 +69,9 @@ class SoftCounts(NamedTuple):
     fp: torch.Tensor
     fn: torch.Tensor
 
-    def sum(self, dim: int) -> SoftCounts:
+    def sum(self, dim: int, keepdim: bool = False) -> SoftCounts:
         """Pool the counts over ``dim`` (e.g. the batch, for the dataset level)."""
-        return SoftCounts(self.tp.sum(dim), self.fp.sum(dim), self.fn.sum(dim))
+        return SoftCounts(*(c.sum(dim, keepdim=keepdim) for c in self))
 
 
 def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:

@@ -138,8 +138,8 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
         )
 
 
-#: elements per block of the CPU value check (1 MiB of float32: a block stays in cache)
-_CHECK_BLOCK = 1 << 18
+#: elements per block of the CPU value check (2 MiB of float32: a block stays in cache)
+_CHECK_BLOCK = 1 << 19
 #: the integer dtype of the same width as a float dtype, and the bits of +inf in it
 _BITS = {
     torch.float32: (torch.int32, 0x7F800000),
@@ -167,15 +167,18 @@ def _bit_range(q_of: torch.Tensor, ints: torch.dtype) -> tuple[int, int]:
     if parts is None or q_of.numel() <= _CHECK_BLOCK:
         lo, hi = torch.aminmax(torch.addcmul(q_of, q_of, q_of, value=-1.0).view(ints))
         return int(lo.item()), int(hi.item())
-    blocks = [b for part in parts for b in part.reshape(-1).split(_CHECK_BLOCK)]
     buffer = torch.empty(_CHECK_BLOCK, dtype=q_of.dtype)
     bits = buffer.view(ints)
-    ranges = torch.empty(2, len(blocks), dtype=ints)
-    for i, block in enumerate(blocks):
-        n = block.numel()
-        torch.addcmul(block, block, block, value=-1.0, out=buffer[:n])
-        torch.aminmax(bits[:n], out=(ranges[0, i], ranges[1, i]))
-    return int(ranges[0].min().item()), int(ranges[1].max().item())
+    lows, highs = [], []
+    for part in parts:
+        for block in part.reshape(-1).split(_CHECK_BLOCK):
+            n = block.numel()
+            out, out_bits = (buffer, bits) if n == _CHECK_BLOCK else (buffer[:n], bits[:n])
+            torch.addcmul(block, block, block, value=-1.0, out=out)
+            low, high = torch.aminmax(out_bits)
+            lows.append(low)
+            highs.append(high)
+    return int(torch.stack(lows).min().item()), int(torch.stack(highs).max().item())
 
 
 def _softness(y: torch.Tensor) -> tuple[bool, bool]:
