@@ -1,7 +1,9 @@
 """The target value check on large CPU targets, which goes through them in cache-sized blocks
-and reads the integer bits of ``y - y^2``: wherever a value sits (first voxel, a block boundary,
-the last, short block) it decides hard against soft labels and refuses values outside [0, 1]
-exactly as a single pass over the whole target would.
+(whole rows of one image and class, or pieces of a long row), reads the integer bits of
+``y - y^2`` and takes the row sums of ``y`` on the way: wherever a value sits (first voxel, a
+block boundary, the last, short block) it decides hard against soft labels and refuses values
+outside [0, 1] exactly as a single pass over the whole target would, and the counts built on
+its sums are the right ones.
 
 Known answers: MONAI's ``DiceLoss`` for hard targets, and float64 numpy counts (classic with
 the present classes for hard targets, semimetric with every class for soft ones) for JDTLoss's
@@ -20,23 +22,26 @@ from monai.losses import DiceLoss
 import monai_jdt.losses._inputs as inputs
 from monai_jdt.losses import DiceSemimetricLoss, JDTLoss
 
-SHAPE = (2, 3, 48, 48, 48)  # 663,552 target values: two blocks, the second a short one
+SHAPE = (2, 3, 48, 48, 48)  # 6 rows of 110,592 values: blocks of 4 rows and of 2
 N_VALUES = math.prod(SHAPE)
+ROW = math.prod(SHAPE[2:])
+FIRST_BLOCK = inputs._CHECK_BLOCK // ROW * ROW
 ABSENT = 2  # the class that a hard target of ``_target`` never holds
 #: flat positions of an odd value: first, last of the first block, first of the second, last
-POSITIONS = [0, inputs._CHECK_BLOCK - 1, inputs._CHECK_BLOCK, N_VALUES - 1]
+POSITIONS = [0, FIRST_BLOCK - 1, FIRST_BLOCK, N_VALUES - 1]
+LONG_ROWS = (1, 3, 82, 82, 82)  # rows of 551,368 values: each in a full piece and a short one
 
 
-def _logits(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _logits(dtype: torch.dtype = torch.float32, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(SHAPE, generator=g, dtype=dtype)
+    return torch.randn(shape, generator=g, dtype=dtype)
 
 
-def _target(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def _target(dtype: torch.dtype = torch.float32, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
     """One-hot float target of classes 0 and 1 only (class ``ABSENT`` is empty)."""
     g = torch.Generator().manual_seed(1)
-    labels = torch.randint(0, 2, (SHAPE[0], 1, *SHAPE[2:]), generator=g)
-    return torch.zeros(SHAPE, dtype=dtype).scatter_(1, labels, 1.0)
+    labels = torch.randint(0, 2, (shape[0], 1, *shape[2:]), generator=g)
+    return torch.zeros(shape, dtype=dtype).scatter_(1, labels, 1.0)
 
 
 def _with(target: torch.Tensor, position: int, value: float) -> torch.Tensor:
@@ -143,15 +148,35 @@ def test_non_contiguous_targets_are_checked_whole():
     assert got == pytest.approx(_jdt_default_answer(logits, soft), rel=1e-5)
 
 
-def test_small_blocks_cover_every_value(monkeypatch):
+def test_rows_longer_than_a_block():
+    """A row (one image and class) longer than a block goes through in pieces; its sum is put
+    together from theirs."""
+    logits, target = _logits(shape=LONG_ROWS), _target(shape=LONG_ROWS)
+    row = math.prod(LONG_ROWS[2:])
+    assert row > inputs._CHECK_BLOCK
+    torch.testing.assert_close(
+        _value_and_grad(DiceSemimetricLoss(softmax=True), logits, target),
+        _value_and_grad(DiceLoss(softmax=True), logits, target),
+    )
+    for position in (inputs._CHECK_BLOCK - 1, inputs._CHECK_BLOCK, row, 3 * row - 1):
+        soft = _with(target, position, 0.5)
+        got = JDTLoss(softmax=True)(logits, soft).item()
+        assert got == pytest.approx(_jdt_default_answer(logits, soft), rel=1e-5)
+        with pytest.raises(ValueError, match="target values"):
+            JDTLoss(softmax=True)(logits, _with(target, position, 1.5))
+
+
+@pytest.mark.parametrize("block", [300, 2500])  # pieces of rows; two rows per block
+def test_small_blocks_cover_every_value(monkeypatch, block):
     """Many blocks and a short last one (a block size that does not divide the size)."""
-    monkeypatch.setattr(inputs, "_CHECK_BLOCK", 1000)
+    monkeypatch.setattr(inputs, "_CHECK_BLOCK", block)
     logits = _logits()[:, :, :10, :10, :10].contiguous()
     target = _target()[:, :, :10, :10, :10].contiguous()
     torch.testing.assert_close(
-        DiceSemimetricLoss(softmax=True)(logits, target), DiceLoss(softmax=True)(logits, target)
+        _value_and_grad(DiceSemimetricLoss(softmax=True), logits, target),
+        _value_and_grad(DiceLoss(softmax=True), logits, target),
     )
-    for position in (0, 999, 1000, target.numel() - 1):
+    for position in (0, block - 1, block, target.numel() - 1):
         with pytest.raises(ValueError, match="target values"):
             DiceSemimetricLoss(softmax=True)(logits, _with(target, position, 1.25))
         soft = _with(target, position, 0.75)

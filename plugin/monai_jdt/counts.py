@@ -138,6 +138,16 @@ def _shift_scale(
     return out
 
 
+def _norm1(
+    y: torch.Tensor, dims: tuple[int, ...], y_total: torch.Tensor | None, nonnegative: bool
+) -> torch.Tensor:
+    """``|y|_1`` over ``dims``: the caller's ``y_total`` where given (a copy: an output of an
+    autograd function must not be one of its inputs), else ``sum(y)`` or ``sum(|y|)``."""
+    if y_total is not None:
+        return y_total.to(dtype=y.dtype, copy=True)
+    return y.sum(dim=dims) if nonnegative else y.abs().sum(dim=dims)
+
+
 class _L1SemimetricCounts(torch.autograd.Function):
     """``(|x|_1, |y|_1, tp)`` over ``dims``, ``tp = (|x|_1 + |y|_1 - |x - y|_1) / 2``, with a
     lean backward.
@@ -152,19 +162,25 @@ class _L1SemimetricCounts(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...], nonnegative: bool
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        dims: tuple[int, ...],
+        nonnegative: bool,
+        y_total: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x, y)
         ctx.dims, ctx.nonnegative = dims, nonnegative
+        py = _norm1(y, dims, y_total, nonnegative)
         if nonnegative:
-            return x.sum(dim=dims), y.sum(dim=dims), torch.minimum(x, y).sum(dim=dims)
-        px, py = x.abs().sum(dim=dims), y.abs().sum(dim=dims)
+            return x.sum(dim=dims), py, torch.minimum(x, y).sum(dim=dims)
+        px = x.abs().sum(dim=dims)
         return px, py, (px + py - (x - y).abs_().sum(dim=dims)) / 2
 
     @staticmethod
     def backward(
         ctx: Any, g_px: torch.Tensor, g_py: torch.Tensor, g_tp: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         x, y = ctx.saved_tensors
         dims, n = ctx.dims, x.ndim
         g_px, g_py, half = (_unreduce(g, n, dims) for g in (g_px, g_py, g_tp / 2))
@@ -181,7 +197,7 @@ class _L1SemimetricCounts(torch.autograd.Function):
                 grad_y.add_(g_py + half)
             else:
                 grad_y.addcmul_(y.sign(), g_py + half)
-        return grad_x, grad_y, None, None
+        return grad_x, grad_y, None, None, None
 
 
 class _ClassicCounts(torch.autograd.Function):
@@ -198,19 +214,24 @@ class _ClassicCounts(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...], norm: int
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        dims: tuple[int, ...],
+        norm: int,
+        y_total: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x, y)
         ctx.dims, ctx.norm = dims, norm
         tp = _dot(x, y, dims)
         if norm == 1:
-            return x.sum(dim=dims), y.sum(dim=dims), tp
+            return x.sum(dim=dims), _norm1(y, dims, y_total, True), tp
         return _dot(x, x, dims), _dot(y, y, dims), tp
 
     @staticmethod
     def backward(
         ctx: Any, g_px: torch.Tensor, g_py: torch.Tensor, g_tp: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         x, y = ctx.saved_tensors
         dims, n = ctx.dims, x.ndim
 
@@ -223,7 +244,7 @@ class _ClassicCounts(torch.autograd.Function):
 
         grad_x = grad(x, y, g_px) if ctx.needs_input_grad[0] else None
         grad_y = grad(y, x, g_py) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_y, None, None
+        return grad_x, grad_y, None, None, None
 
 
 def soft_counts(
@@ -233,6 +254,7 @@ def soft_counts(
     norm: int = 1,
     semimetric: bool = True,
     nonnegative: bool = False,
+    y_total: torch.Tensor | None = None,
 ) -> SoftCounts:
     """Soft ``tp, fp, fn`` of ``x`` against ``y``, summed over ``dims``.
 
@@ -246,6 +268,9 @@ def soft_counts(
             p = 1, as MONAI computes it).
         nonnegative: the caller guarantees ``x >= 0`` and ``y >= 0`` (e.g. a softmax output
             and a checked target), so ``|x|_1 = sum(x)``: saves passes (p = 1 semimetric only).
+        y_total: ``|y|_1`` over ``dims`` (``sum(y)`` for a target in [0, 1]) where the caller
+            already has it, e.g. taken by a value check on its way; the shape of the result.
+            Saves a pass over ``y`` for p = 1 (not used for p = 2).
 
     Returns:
         ``SoftCounts(tp, fp, fn)`` in float32 (float64 for float64 inputs), shaped as ``x``
@@ -266,10 +291,10 @@ def soft_counts(
         x = x.to(dtype)
         y = y.to(dtype)
         if norm == 1 and semimetric:
-            px, py, tp = _L1SemimetricCounts.apply(x, y, dims, nonnegative)
+            px, py, tp = _L1SemimetricCounts.apply(x, y, dims, nonnegative, y_total)
         else:
             # p = 2: (|x|^2 + |y|^2 - |x-y|^2) / 2 == sum(x*y) exactly, so both forms agree.
-            px, py, tp = _ClassicCounts.apply(x, y, dims, norm)
+            px, py, tp = _ClassicCounts.apply(x, y, dims, norm, y_total)
     return SoftCounts(tp, px - tp, py - tp)
 
 

@@ -183,6 +183,7 @@ class OverlapLoss(_Loss):
             norm=self.norm,
             semimetric=self.soft_label and not (hard and prepared.nonnegative),
             nonnegative=prepared.nonnegative,
+            y_total=prepared.y_sums,
         )
         if self.options.check_values:
             check_counts(counts.tp + counts.fp)
