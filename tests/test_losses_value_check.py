@@ -22,14 +22,14 @@ from monai.losses import DiceLoss
 import monai_jdt.losses._inputs as inputs
 from monai_jdt.losses import DiceSemimetricLoss, JDTLoss
 
-SHAPE = (2, 3, 48, 48, 48)  # 6 rows of 110,592 values: blocks of 4 rows and of 2
+SHAPE = (2, 3, 48, 48, 48)  # 6 rows (image, class) of 110,592 values, several per block
 N_VALUES = math.prod(SHAPE)
 ROW = math.prod(SHAPE[2:])
 FIRST_BLOCK = inputs._CHECK_BLOCK // ROW * ROW
 ABSENT = 2  # the class that a hard target of ``_target`` never holds
 #: flat positions of an odd value: first, last of the first block, first of the second, last
 POSITIONS = [0, FIRST_BLOCK - 1, FIRST_BLOCK, N_VALUES - 1]
-LONG_ROWS = (1, 3, 82, 82, 82)  # rows of 551,368 values: each in a full piece and a short one
+LONG_ROWS = (1, 3, 82, 82, 82)  # rows of 551,368 values, each in pieces (the last short)
 
 
 def _logits(dtype: torch.dtype = torch.float32, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:

@@ -141,8 +141,8 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
         )
 
 
-#: elements per block of the CPU value check (2 MiB of float32: a block stays in cache)
-_CHECK_BLOCK = 1 << 19
+#: elements per block of the CPU value check (1 MiB of float32: a block stays in cache)
+_CHECK_BLOCK = 1 << 18
 #: the integer dtype of the same width as a float dtype, and the bits of +inf in it
 _BITS = {
     torch.float32: (torch.int32, 0x7F800000),
