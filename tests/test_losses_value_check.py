@@ -22,14 +22,21 @@ from monai.losses import DiceLoss
 import monai_jdt.losses._inputs as inputs
 from monai_jdt.losses import DiceSemimetricLoss, JDTLoss
 
+BLOCK = 1 << 18  # elements per block, whatever the number of threads (see _blocks)
 SHAPE = (2, 3, 48, 48, 48)  # 6 rows (image, class) of 110,592 values, several per block
 N_VALUES = math.prod(SHAPE)
 ROW = math.prod(SHAPE[2:])
-FIRST_BLOCK = inputs._CHECK_BLOCK // ROW * ROW
+FIRST_BLOCK = BLOCK // ROW * ROW
 ABSENT = 2  # the class that a hard target of ``_target`` never holds
 #: flat positions of an odd value: first, last of the first block, first of the second, last
 POSITIONS = [0, FIRST_BLOCK - 1, FIRST_BLOCK, N_VALUES - 1]
 LONG_ROWS = (1, 3, 82, 82, 82)  # rows of 551,368 values, each in pieces (the last short)
+
+
+@pytest.fixture(autouse=True)
+def _blocks(monkeypatch):
+    """Blocks of ``BLOCK`` elements (the check scales its block with the number of threads)."""
+    monkeypatch.setattr(inputs, "_check_block", lambda: BLOCK)
 
 
 def _logits(dtype: torch.dtype = torch.float32, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
@@ -75,6 +82,7 @@ def _value_and_grad(loss_fn, logits, target):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_hard_large_target_gives_monai_value_and_gradient(dtype):
     logits, target = _logits(dtype), _target(dtype)
+    assert inputs._softness(target).sums is not None  # the blocked scan (it takes the sums)
     ours = _value_and_grad(DiceSemimetricLoss(softmax=True), logits, target)
     theirs = _value_and_grad(DiceLoss(softmax=True), logits, target)
     torch.testing.assert_close(ours, theirs)
@@ -123,6 +131,8 @@ def test_non_contiguous_targets_are_checked_whole():
     transposed target is checked in one pass. Either way every value is seen."""
     logits, target = _logits(), _target()
     last = (1, ABSENT, 47, 47, 47)  # the last voxel, in a kept channel
+    assert inputs._softness(target[:, 1:]).sums is not None  # blocked, per image
+    assert inputs._softness(target.transpose(2, 4)).sums is None  # one pass
     dice_kept = DiceSemimetricLoss(softmax=True, include_background=False)
     torch.testing.assert_close(
         dice_kept(logits, target), DiceLoss(softmax=True, include_background=False)(logits, target)
@@ -153,12 +163,13 @@ def test_rows_longer_than_a_block():
     together from theirs."""
     logits, target = _logits(shape=LONG_ROWS), _target(shape=LONG_ROWS)
     row = math.prod(LONG_ROWS[2:])
-    assert row > inputs._CHECK_BLOCK
+    assert row > BLOCK
+    torch.testing.assert_close(inputs._softness(target).sums, target.sum((2, 3, 4)))
     torch.testing.assert_close(
         _value_and_grad(DiceSemimetricLoss(softmax=True), logits, target),
         _value_and_grad(DiceLoss(softmax=True), logits, target),
     )
-    for position in (inputs._CHECK_BLOCK - 1, inputs._CHECK_BLOCK, row, 3 * row - 1):
+    for position in (BLOCK - 1, BLOCK, row, 3 * row - 1):
         soft = _with(target, position, 0.5)
         got = JDTLoss(softmax=True)(logits, soft).item()
         assert got == pytest.approx(_jdt_default_answer(logits, soft), rel=1e-5)
@@ -169,9 +180,10 @@ def test_rows_longer_than_a_block():
 @pytest.mark.parametrize("block", [300, 2500])  # pieces of rows; two rows per block
 def test_small_blocks_cover_every_value(monkeypatch, block):
     """Many blocks and a short last one (a block size that does not divide the size)."""
-    monkeypatch.setattr(inputs, "_CHECK_BLOCK", block)
+    monkeypatch.setattr(inputs, "_check_block", lambda: block)
     logits = _logits()[:, :, :10, :10, :10].contiguous()
     target = _target()[:, :, :10, :10, :10].contiguous()
+    torch.testing.assert_close(inputs._softness(target).sums, target.sum((2, 3, 4)))
     torch.testing.assert_close(
         _value_and_grad(DiceSemimetricLoss(softmax=True), logits, target),
         _value_and_grad(DiceLoss(softmax=True), logits, target),

@@ -141,7 +141,8 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
         )
 
 
-#: elements per block of the CPU value check (1 MiB of float32: a block stays in cache)
+#: elements per block and thread of the CPU value check (1 MiB of float32 per thread: a block
+#: stays in the threads' caches)
 _CHECK_BLOCK = 1 << 18
 #: the integer dtype of the same width as a float dtype, and the bits of +inf in it
 _BITS = {
@@ -175,22 +176,29 @@ def _row_matrices(t: torch.Tensor) -> list[torch.Tensor] | None:
     return None
 
 
+def _check_block() -> int:
+    """Elements per block of the CPU value check: ``_CHECK_BLOCK`` per intra-op thread (each
+    op on a block is split among the threads; fewer, larger blocks also mean fewer parallel
+    regions, which a machine shared with other jobs makes costly)."""
+    return _CHECK_BLOCK * max(1, torch.get_num_threads())
+
+
 def _scan_blocks(matrices: list[torch.Tensor], ints: torch.dtype) -> tuple[int, int, torch.Tensor]:
     """Min and max of the bits of ``q = y - y^2`` (as signed integers) and the row sums of
-    ``y``, given as row matrices, in blocks of at most ``_CHECK_BLOCK`` elements.
+    ``y``, given as row matrices, in blocks of at most ``_check_block()`` elements.
 
     A block is a few whole rows or a piece of one row; it goes through one small buffer that
     stays in cache, and its row sums are taken while it is there, so ``q`` is never
     materialised at full size and the counts need no second pass over ``y`` for ``sum(y)``.
     """
-    n = matrices[0].shape[1]
-    buffer = torch.empty(_CHECK_BLOCK, dtype=matrices[0].dtype)
+    n, size = matrices[0].shape[1], _check_block()
+    buffer = torch.empty(size, dtype=matrices[0].dtype)
     lows, highs, sums = [], [], []
     for rows in matrices:
-        if n <= _CHECK_BLOCK:
-            blocks = list(rows.split(_CHECK_BLOCK // n))
+        if n <= size:
+            blocks = list(rows.split(size // n))
         else:
-            blocks = [piece[None] for row in rows for piece in row.split(_CHECK_BLOCK)]
+            blocks = [piece[None] for row in rows for piece in row.split(size)]
         for block in blocks:
             q = buffer[: block.numel()].view(block.shape)
             torch.addcmul(block, block, block, value=-1.0, out=q)
@@ -199,8 +207,8 @@ def _scan_blocks(matrices: list[torch.Tensor], ints: torch.dtype) -> tuple[int, 
             highs.append(high)
             sums.append(block.sum(1))
     row_sums = torch.cat(sums)
-    if n > _CHECK_BLOCK:  # every row came in the same number of pieces, one after another
-        row_sums = row_sums.view(-1, -(-n // _CHECK_BLOCK)).sum(1)
+    if n > size:  # every row came in the same number of pieces, one after another
+        row_sums = row_sums.view(-1, -(-n // size)).sum(1)
     return int(torch.stack(lows).min().item()), int(torch.stack(highs).max().item()), row_sums
 
 
@@ -221,7 +229,7 @@ def _softness(y: torch.Tensor) -> _Scan:
         ints, inf_bits = _BITS[y.dtype]
         matrices = _row_matrices(y) if y.device.type == "cpu" else None
         sums = None
-        if matrices is None or y.numel() <= _CHECK_BLOCK:
+        if matrices is None or y.numel() <= _check_block():
             low, high = (int(v.item()) for v in torch.aminmax(_semi(y).view(ints)))
         else:
             low, high, row_sums = _scan_blocks(matrices, ints)
