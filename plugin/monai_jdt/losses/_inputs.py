@@ -151,9 +151,9 @@ _BITS = {
 }
 
 
-def _semi(y: torch.Tensor) -> torch.Tensor:
-    """``y - y^2`` in one fused pass."""
-    return torch.addcmul(y, y, y, value=-1.0)
+def _semi(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y - y^2`` in one fused pass (into ``out`` where given)."""
+    return torch.addcmul(y, y, y, value=-1.0, out=out)
 
 
 class _Scan(NamedTuple):
@@ -200,8 +200,7 @@ def _scan_blocks(matrices: list[torch.Tensor], ints: torch.dtype) -> tuple[int, 
         else:
             blocks = [piece[None] for row in rows for piece in row.split(size)]
         for block in blocks:
-            q = buffer[: block.numel()].view(block.shape)
-            torch.addcmul(block, block, block, value=-1.0, out=q)
+            q = _semi(block, out=buffer[: block.numel()].view(block.shape))
             low, high = torch.aminmax(q.view(ints))
             lows.append(low)
             highs.append(high)
@@ -365,7 +364,8 @@ def prepare_inputs(
     if onehot and (mask is None or mask.dtype == torch.bool):
         binary = True
     elif opts.check_values and not onehot:
-        binary, y_sums = _check_target(y)[1:]
+        scan = _check_target(y)
+        binary, y_sums = scan.hard, scan.sums
     # targets lie in [0, 1]: checked above, or vouched for with check_values=False
     nonnegative = opts.sigmoid or (opts.softmax and n_ch > 1)
     return Prepared(x, y, keep, labels, nonnegative, binary, y_sums)
