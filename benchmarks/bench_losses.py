@@ -5,6 +5,7 @@ A 3D batch ``B x C x S^3`` of logits (softmax) and one-hot targets, default 2 x 
     python benchmarks/bench_losses.py                      # CPU, 2 x 4 x 96^3
     python benchmarks/bench_losses.py --size 48 --repeats 3
     python benchmarks/bench_losses.py --device cuda
+    python benchmarks/bench_losses.py --threads 1 --only DiceLoss
 
 Time: both losses of a pair run in the same process, alternately, ``--repeats`` times each after
 one warm-up; the fastest run is reported (the least disturbed by other work), the median next to
@@ -172,6 +173,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op threads (torch.set_num_threads; default: torch's choice). One thread "
+        "on a machine shared with other jobs: no waiting for a descheduled second thread",
+    )
     parser.add_argument("--only", nargs="*", help="run only these pairs (names as printed)")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -186,6 +193,8 @@ def main() -> None:
         print(json.dumps({"bytes": peak_extra_bytes(pair[int(which)](), x, y)}))
         return
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     x, targets = make_inputs(args.batch, args.classes, args.size, args.device)
     mib = 2**20
     print(

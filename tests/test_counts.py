@@ -121,6 +121,8 @@ def test_classic_counts_values_and_gradients(norm, shape, dims):
         return 2 * c.tp + 0.3 * c.fp + 0.7 * c.fn  # every count reaches the gradient
 
     assert torch.autograd.gradcheck(weighted, (x, y))
+    # a differentiable backward (create_graph=True) keeps the row values as tensors
+    assert torch.autograd.gradgradcheck(weighted, (x, y))
     # the same values in a non-contiguous layout give the same counts
     strided = x.detach().transpose(0, 1).contiguous().transpose(0, 1)
     assert not strided.is_contiguous()

@@ -69,9 +69,9 @@ class SoftCounts(NamedTuple):
     fp: torch.Tensor
     fn: torch.Tensor
 
-    def sum(self, dim: int) -> SoftCounts:
+    def sum(self, dim: int, keepdim: bool = False) -> SoftCounts:
         """Pool the counts over ``dim`` (e.g. the batch, for the dataset level)."""
-        return SoftCounts(self.tp.sum(dim), self.fp.sum(dim), self.fn.sum(dim))
+        return SoftCounts(*(c.sum(dim, keepdim=keepdim) for c in self))
 
 
 def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
@@ -86,31 +86,66 @@ def _unreduce(g: torch.Tensor, ndim: int, dims: tuple[int, ...]) -> torch.Tensor
     return g.reshape(shape)
 
 
-#: at most this many rows take one BLAS dot product each (see ``_dot``)
-_DOT_ROWS = 64
+#: at most this many rows take one BLAS call each (see ``_rows``)
+_ROW_LIMIT = 64
+
+
+def _rows(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
+    """``t`` as a ``[rows, n]`` view, one row per entry of the reduced shape, where row-wise
+    kernels pay: ``dims`` are the trailing axes of a contiguous CPU tensor and the other axes
+    hold few rows (``B * C`` of a loss). None elsewhere (GPU, other layouts, many rows)."""
+    n_rows = math.prod(t.shape[: t.ndim - len(dims)])
+    trailing = sorted(dims) == list(range(t.ndim - len(dims), t.ndim))
+    if t.device.type == "cpu" and trailing and 0 < n_rows <= _ROW_LIMIT and t.is_contiguous():
+        return t.view(n_rows, -1)
+    return None
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """``sum(a * b)`` over ``dims`` (a and b of one shape and dtype).
 
-    Where ``dims`` are the trailing axes of contiguous CPU tensors and the other axes hold few
-    rows (``B * C`` of a loss), each row is one ``torch.dot``: a BLAS dot product reads both
+    Row-wise (see ``_rows``) each row is one ``torch.dot``: a BLAS dot product reads both
     inputs once and writes no ``a * b`` temporary, about twice as fast as the product and its
-    sum. Elsewhere (GPU, other layouts, many rows) the product and its sum.
+    sum. Elsewhere the product and its sum.
     """
-    n_rows = math.prod(a.shape[: a.ndim - len(dims)])
-    trailing = sorted(dims) == list(range(a.ndim - len(dims), a.ndim))
-    if (
-        a.device.type == "cpu"
-        and trailing
-        and 0 < n_rows <= _DOT_ROWS
-        and a.is_contiguous()
-        and b.is_contiguous()
+    rows_a, rows_b = _rows(a, dims), _rows(b, dims)
+    if rows_a is None or rows_b is None:
+        return (a * b).sum(dim=dims)
+    out = torch.stack([torch.dot(p, q) for p, q in zip(rows_a, rows_b, strict=True)])
+    return out.reshape(a.shape[: a.ndim - len(dims)])
+
+
+def _shift_scale(
+    shift: torch.Tensor, scale: torch.Tensor, t: torch.Tensor, dims: tuple[int, ...]
+) -> torch.Tensor:
+    """``shift + scale * t``, with ``shift`` and ``scale`` of the reduced shape (one value per
+    row) broadcast over ``dims``.
+
+    ``addcmul`` with two broadcast operands takes torch's scalar (unvectorised) CPU loop, 2 to 3
+    times slower than a vectorised pass; row-wise (see ``_rows``, and only outside a
+    differentiable backward, as the row values are read out as numbers) each row is one
+    vectorised ``torch.add(shift_r, t_r, alpha=scale_r)``.
+    """
+    rows = _rows(t, dims) if not torch.is_grad_enabled() else None
+    if rows is None:
+        n = t.ndim
+        return torch.addcmul(_unreduce(shift, n, dims), _unreduce(scale, n, dims), t)
+    out = torch.empty_like(t)
+    for out_r, t_r, shift_r, scale_r in zip(
+        out.view_as(rows), rows, shift.reshape(-1), scale.reshape(-1).tolist(), strict=True
     ):
-        rows_a, rows_b = a.reshape(n_rows, -1), b.reshape(n_rows, -1)
-        out = torch.stack([torch.dot(p, q) for p, q in zip(rows_a, rows_b, strict=True)])
-        return out.reshape(a.shape[: a.ndim - len(dims)])
-    return (a * b).sum(dim=dims)
+        torch.add(shift_r, t_r, alpha=scale_r, out=out_r)
+    return out
+
+
+def _norm1(
+    y: torch.Tensor, dims: tuple[int, ...], y_total: torch.Tensor | None, nonnegative: bool
+) -> torch.Tensor:
+    """``|y|_1`` over ``dims``: the caller's ``y_total`` where given (a copy: an output of an
+    autograd function must not be one of its inputs), else ``sum(y)`` or ``sum(|y|)``."""
+    if y_total is not None:
+        return y_total.to(dtype=y.dtype, copy=True)
+    return y.sum(dim=dims) if nonnegative else y.abs().sum(dim=dims)
 
 
 class _L1SemimetricCounts(torch.autograd.Function):
@@ -127,19 +162,25 @@ class _L1SemimetricCounts(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...], nonnegative: bool
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        dims: tuple[int, ...],
+        nonnegative: bool,
+        y_total: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x, y)
         ctx.dims, ctx.nonnegative = dims, nonnegative
+        py = _norm1(y, dims, y_total, nonnegative)
         if nonnegative:
-            return x.sum(dim=dims), y.sum(dim=dims), torch.minimum(x, y).sum(dim=dims)
-        px, py = x.abs().sum(dim=dims), y.abs().sum(dim=dims)
+            return x.sum(dim=dims), py, torch.minimum(x, y).sum(dim=dims)
+        px = x.abs().sum(dim=dims)
         return px, py, (px + py - (x - y).abs_().sum(dim=dims)) / 2
 
     @staticmethod
     def backward(
         ctx: Any, g_px: torch.Tensor, g_py: torch.Tensor, g_tp: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         x, y = ctx.saved_tensors
         dims, n = ctx.dims, x.ndim
         g_px, g_py, half = (_unreduce(g, n, dims) for g in (g_px, g_py, g_tp / 2))
@@ -156,7 +197,7 @@ class _L1SemimetricCounts(torch.autograd.Function):
                 grad_y.add_(g_py + half)
             else:
                 grad_y.addcmul_(y.sign(), g_py + half)
-        return grad_x, grad_y, None, None
+        return grad_x, grad_y, None, None, None
 
 
 class _ClassicCounts(torch.autograd.Function):
@@ -165,7 +206,7 @@ class _ClassicCounts(torch.autograd.Function):
 
     Autograd would take a product, a broadcast and a sum of partial gradients (three full-size
     passes) for ``dtp/dx = y`` plus ``dpx/dx = 1`` (p = 1) or ``2 x`` (p = 2); here each input's
-    gradient is one ``addcmul`` (two for p = 2)::
+    gradient is one pass (``_shift_scale``; two for p = 2)::
 
         grad_x = g_px * (1 or 2 x) + g_tp * y
         grad_y = g_py * (1 or 2 y) + g_tp * x
@@ -173,31 +214,37 @@ class _ClassicCounts(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, y: torch.Tensor, dims: tuple[int, ...], norm: int
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        dims: tuple[int, ...],
+        norm: int,
+        y_total: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(x, y)
         ctx.dims, ctx.norm = dims, norm
         tp = _dot(x, y, dims)
         if norm == 1:
-            return x.sum(dim=dims), y.sum(dim=dims), tp
+            return x.sum(dim=dims), _norm1(y, dims, y_total, True), tp
         return _dot(x, x, dims), _dot(y, y, dims), tp
 
     @staticmethod
     def backward(
         ctx: Any, g_px: torch.Tensor, g_py: torch.Tensor, g_tp: torch.Tensor
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None, None]:
         x, y = ctx.saved_tensors
         dims, n = ctx.dims, x.ndim
-        g_px, g_py, g_tp = (_unreduce(g, n, dims) for g in (g_px, g_py, g_tp))
 
         def grad(own: torch.Tensor, other: torch.Tensor, g_own: torch.Tensor) -> torch.Tensor:
             if ctx.norm == 1:
-                return torch.addcmul(g_own, g_tp, other)
-            return torch.mul(own, 2 * g_own).addcmul_(g_tp, other)
+                return _shift_scale(g_own, g_tp, other, dims)
+            return torch.mul(own, 2 * _unreduce(g_own, n, dims)).addcmul_(
+                _unreduce(g_tp, n, dims), other
+            )
 
         grad_x = grad(x, y, g_px) if ctx.needs_input_grad[0] else None
         grad_y = grad(y, x, g_py) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_y, None, None
+        return grad_x, grad_y, None, None, None
 
 
 def soft_counts(
@@ -207,6 +254,7 @@ def soft_counts(
     norm: int = 1,
     semimetric: bool = True,
     nonnegative: bool = False,
+    y_total: torch.Tensor | None = None,
 ) -> SoftCounts:
     """Soft ``tp, fp, fn`` of ``x`` against ``y``, summed over ``dims``.
 
@@ -220,6 +268,9 @@ def soft_counts(
             p = 1, as MONAI computes it).
         nonnegative: the caller guarantees ``x >= 0`` and ``y >= 0`` (e.g. a softmax output
             and a checked target), so ``|x|_1 = sum(x)``: saves passes (p = 1 semimetric only).
+        y_total: ``|y|_1`` over ``dims`` (``sum(y)`` for a target in [0, 1]) where the caller
+            already has it, e.g. taken by a value check on its way; the shape of the result.
+            Saves a pass over ``y`` for p = 1 (not used for p = 2).
 
     Returns:
         ``SoftCounts(tp, fp, fn)`` in float32 (float64 for float64 inputs), shaped as ``x``
@@ -240,10 +291,10 @@ def soft_counts(
         x = x.to(dtype)
         y = y.to(dtype)
         if norm == 1 and semimetric:
-            px, py, tp = _L1SemimetricCounts.apply(x, y, dims, nonnegative)
+            px, py, tp = _L1SemimetricCounts.apply(x, y, dims, nonnegative, y_total)
         else:
             # p = 2: (|x|^2 + |y|^2 - |x-y|^2) / 2 == sum(x*y) exactly, so both forms agree.
-            px, py, tp = _ClassicCounts.apply(x, y, dims, norm)
+            px, py, tp = _ClassicCounts.apply(x, y, dims, norm, y_total)
     return SoftCounts(tp, px - tp, py - tp)
 
 

@@ -74,6 +74,8 @@ class Prepared(NamedTuple):
             vouched for), so ``|x|_1 = sum(x)`` and ``|y|_1 = sum(y)``.
         binary_target: ``y`` holds only 0 and 1 (one-hot encoded here and masked by a 0/1
             mask, or seen by the value check); None when nobody looked (see ``is_hard``).
+        y_sums: ``y`` summed over the spatial axes ``[B, C']`` where the value check took the
+            sums on its way (large CPU targets), else None.
     """
 
     x: torch.Tensor
@@ -82,6 +84,7 @@ class Prepared(NamedTuple):
     labels: torch.Tensor | None
     nonnegative: bool
     binary_target: bool | None
+    y_sums: torch.Tensor | None = None
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -138,20 +141,110 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
         )
 
 
-def _softness(y: torch.Tensor) -> tuple[float, float]:
-    """Min and max of ``y - y^2`` in one fused pass: min < 0 (or NaN) where some value lies
-    outside [0, 1], max > 0 where some value lies strictly between 0 and 1."""
+#: elements per block and thread of the CPU value check (1 MiB of float32 per thread: a block
+#: stays in the threads' caches)
+_CHECK_BLOCK = 1 << 18
+#: the integer dtype of the same width as a float dtype, and the bits of +inf in it
+_BITS = {
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+}
+
+
+def _semi(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y - y^2`` in one fused pass (into ``out`` where given)."""
+    return torch.addcmul(y, y, y, value=-1.0, out=out)
+
+
+class _Scan(NamedTuple):
+    """What one pass of the value check learns about a target ``y`` ``[B, C, *spatial]``."""
+
+    in_range: bool  # every value in [0, 1], no NaN
+    hard: bool  # every value 0 or 1 (meaningful when in_range)
+    sums: torch.Tensor | None  # y summed over the spatial axes, [B, C], where taken on the way
+
+
+def _row_matrices(t: torch.Tensor) -> list[torch.Tensor] | None:
+    """``t`` ``[B, C, *spatial]`` as contiguous ``[rows, voxels]`` matrices in (image, class)
+    order: one for a contiguous ``t``, one per image for e.g. ``t[:, 1:]`` of a contiguous
+    tensor; None for other layouts."""
+    if t.is_contiguous():
+        return [t.reshape(t.shape[0] * t.shape[1], -1)]
+    items = t.unbind(0)
+    if all(item.is_contiguous() for item in items):
+        return [item.reshape(item.shape[0], -1) for item in items]
+    return None
+
+
+def _check_block() -> int:
+    """Elements per block of the CPU value check: ``_CHECK_BLOCK`` per intra-op thread (each
+    op on a block is split among the threads; fewer, larger blocks also mean fewer parallel
+    regions, which a machine shared with other jobs makes costly)."""
+    return _CHECK_BLOCK * max(1, torch.get_num_threads())
+
+
+def _scan_blocks(matrices: list[torch.Tensor], ints: torch.dtype) -> tuple[int, int, torch.Tensor]:
+    """Min and max of the bits of ``q = y - y^2`` (as signed integers) and the row sums of
+    ``y``, given as row matrices, in blocks of at most ``_check_block()`` elements.
+
+    A block is a few whole rows or a piece of one row; it goes through one small buffer that
+    stays in cache, and its row sums are taken while it is there, so ``q`` is never
+    materialised at full size and the counts need no second pass over ``y`` for ``sum(y)``.
+    """
+    n, size = matrices[0].shape[1], _check_block()
+    buffer = torch.empty(size, dtype=matrices[0].dtype)
+    lows, highs, sums = [], [], []
+    for rows in matrices:
+        if n <= size:
+            blocks = list(rows.split(size // n))
+        else:
+            blocks = [piece[None] for row in rows for piece in row.split(size)]
+        for block in blocks:
+            q = _semi(block, out=buffer[: block.numel()].view(block.shape))
+            low, high = torch.aminmax(q.view(ints))
+            lows.append(low)
+            highs.append(high)
+            sums.append(block.sum(1))
+    row_sums = torch.cat(sums)
+    if n > size:  # every row came in the same number of pieces, one after another
+        row_sums = row_sums.view(-1, -(-n // size)).sum(1)
+    return int(torch.stack(lows).min().item()), int(torch.stack(highs).max().item()), row_sums
+
+
+def _softness(y: torch.Tensor) -> _Scan:
+    """Whether every value of ``y`` ``[B, C, *spatial]`` lies in [0, 1] (no NaN), whether all
+    are 0 or 1, and (large CPU targets) their sums per (image, class).
+
+    Both tests come from ``q = y - y^2``, exactly: the rounded ``q`` is +0 for 0 and 1, > 0 for
+    every ``v`` in (0, 1), and < 0 or NaN outside [0, 1]. They are read off the min and max of
+    ``q``'s bits as integers (faster than a float min/max): floats >= +0 keep their order
+    there, +inf and NaN come above every finite value and anything with the sign bit is
+    negative. A sign bit or a NaN (an invalid target, or -0.0 in ``y``) is decided again on the
+    floats. On CPU a large ``y`` goes through in cache-sized blocks (see ``_scan_blocks``);
+    elsewhere in one pass.
+    """
     y = y.detach()
-    lo, hi = torch.aminmax(torch.addcmul(y, y, y, value=-1.0))
-    return lo.item(), hi.item()
+    if y.dtype in _BITS:
+        ints, inf_bits = _BITS[y.dtype]
+        matrices = _row_matrices(y) if y.device.type == "cpu" else None
+        sums = None
+        if matrices is None or y.numel() <= _check_block():
+            low, high = (int(v.item()) for v in torch.aminmax(_semi(y).view(ints)))
+        else:
+            low, high, row_sums = _scan_blocks(matrices, ints)
+            sums = row_sums.view(y.shape[:2])
+        if low >= 0 and high < inf_bits:
+            return _Scan(True, high == 0, sums)
+    lo_q, hi_q = (v.item() for v in torch.aminmax(_semi(y)))
+    return _Scan(lo_q >= 0, hi_q == 0, None)  # NaN: neither
 
 
-def _check_target(y: torch.Tensor) -> bool:
-    """Target values in [0, 1] (ValueError otherwise); returns whether they are all 0 or 1."""
-    lo, hi = _softness(y)
-    if not lo >= 0:  # also NaN
+def _check_target(y: torch.Tensor) -> _Scan:
+    """Target values in [0, 1] (ValueError otherwise); what the check learnt on the way."""
+    scan = _softness(y)
+    if not scan.in_range:
         _check_unit("target", y)  # raises, naming the target's own range
-    return hi == 0
+    return scan
 
 
 def _check_labels(labels: torch.Tensor, n_classes: int, ignore_index: int | None) -> None:
@@ -267,13 +360,15 @@ def prepare_inputs(
     if keep is not None:
         x, y = x * keep, y * keep
     binary: bool | None = None  # whether y holds only 0 and 1, where known without a pass
+    y_sums = None
     if onehot and (mask is None or mask.dtype == torch.bool):
         binary = True
     elif opts.check_values and not onehot:
-        binary = _check_target(y)
+        scan = _check_target(y)
+        binary, y_sums = scan.hard, scan.sums
     # targets lie in [0, 1]: checked above, or vouched for with check_values=False
     nonnegative = opts.sigmoid or (opts.softmax and n_ch > 1)
-    return Prepared(x, y, keep, labels, nonnegative, binary)
+    return Prepared(x, y, keep, labels, nonnegative, binary, y_sums)
 
 
 def check_counts(px: torch.Tensor) -> None:
@@ -289,4 +384,4 @@ def is_hard(prepared: Prepared) -> bool:
     """Whether the (masked) target holds only 0 and 1: hard labels, one-hot or a label map."""
     if prepared.binary_target is not None:
         return prepared.binary_target
-    return _softness(prepared.y)[1] == 0
+    return _softness(prepared.y).hard

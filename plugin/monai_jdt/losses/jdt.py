@@ -183,6 +183,7 @@ class OverlapLoss(_Loss):
             norm=self.norm,
             semimetric=self.soft_label and not (hard and prepared.nonnegative),
             nonnegative=prepared.nonnegative,
+            y_total=prepared.y_sums,
         )
         if self.options.check_values:
             check_counts(counts.tp + counts.fp)
@@ -370,9 +371,9 @@ class JDTLoss(OverlapLoss):
         s_nr, s_dr = self.smooth_nr * self.smooth_scale, self.smooth_dr * self.smooth_scale
         total: torch.Tensor | None = None
         for level, level_weight in self.aggregation.items():
-            pooled = SoftCounts(*(c.sum(0, keepdim=True) for c in counts))
+            pooled = counts.sum(0, keepdim=True) if level == "batch" else counts
             index = tversky_index(
-                pooled if level == "batch" else counts,
+                pooled,
                 self.alpha,
                 self.beta,
                 s_nr,
