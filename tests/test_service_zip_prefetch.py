@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jdt_service import archives
 from jdt_service.archives import ArchiveError, unpack_archive
 from jdt_service.uploads import GrowingFile
 from jdt_service.zip_prefetch import ZipPrefetch
@@ -86,25 +87,34 @@ def _unpack(archive: Path, dest: Path, follower: ZipPrefetch | None) -> dict[str
     return {case: path.read_bytes() for case, path in out.files.items()}
 
 
+def _count_adoptions(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The prefetched files ``unpack_archive`` adopts, recorded as it adopts them."""
+    adopted: list[Path] = []
+    adopt = archives._Writer.adopt
+
+    def recording(self: archives._Writer, final: Path, path: Path, size: int) -> None:
+        adopted.append(path)
+        adopt(self, final, path, size)
+
+    monkeypatch.setattr(archives._Writer, "adopt", recording)
+    return adopted
+
+
 def _expected() -> dict[str, bytes]:
     return {"c0": _members()["c0.nii.gz"], "c1": bytes(200_000), "c2": b""}
 
 
 @pytest.mark.parametrize("method", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
 def test_followed_members_are_adopted_and_equal_zipfiles_extraction(
-    tmp_path: Path, method: int
+    tmp_path: Path, method: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = _zip(_members(), method)
     archive, follower = _arrive(data, tmp_path)
     assert len(follower.members) == 4  # every local header was followed
+    adopted = _count_adoptions(monkeypatch)
     assert _unpack(archive, tmp_path / "out", follower) == _expected()
-    # the kept members were adopted (moved), the skipped one's prefetch is left to the
-    # upload folder's removal
-    assert sorted(p.name for p in tmp_path.glob(".prefetch-*")) == [
-        f".prefetch-predictions.upload-{offset}"
-        for offset, member in follower.members.items()
-        if member.name == "notes.txt"
-    ]
+    assert len(adopted) == 3  # the kept members were moved, not inflated again
+    assert list(tmp_path.glob(".prefetch-*")) == []  # the skipped one's was removed
 
 
 def test_members_with_a_data_descriptor_are_left_to_zipfile(tmp_path: Path) -> None:
@@ -166,7 +176,7 @@ def test_cancel_releases_a_follower_waiting_for_bytes(tmp_path: Path) -> None:
 
 
 def test_a_prefetched_member_the_directory_describes_otherwise_is_extracted_again(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Member 0's local flags differ from the directory's (bit 11, harmless for an ASCII
     name): the follower takes it, but it is not adopted, and zipfile extracts it instead."""
@@ -174,5 +184,7 @@ def test_a_prefetched_member_the_directory_describes_otherwise_is_extracted_agai
     struct.pack_into("<H", data, 6, 0x800)
     archive, follower = _arrive(bytes(data), tmp_path)
     assert 0 in follower.members
+    adopted = _count_adoptions(monkeypatch)
     assert _unpack(archive, tmp_path / "out", follower) == _expected()
-    assert (tmp_path / ".prefetch-predictions.upload-0").exists()  # left, not moved
+    assert len(adopted) == len(follower.members) - 2  # not member 0, not the skipped notes
+    assert list(tmp_path.glob(".prefetch-*")) == []  # member 0's prefetch was dropped

@@ -237,9 +237,9 @@ class _Writer:
         path.rename(final)
 
 
-def _matches(info: zipfile.ZipInfo, member: Prefetched | None) -> bool:
+def _matches(info: zipfile.ZipInfo, member: Prefetched) -> bool:
     """Whether the central directory describes exactly the member prefetched at its offset."""
-    return member is not None and (
+    return (
         member.name,
         member.flags,
         member.method,
@@ -285,21 +285,26 @@ def _unpack_zip(
 
         def extract(info: zipfile.ZipInfo, final: Path) -> None:
             member = unused.pop(info.header_offset, None)
-            if _matches(info, member):
-                assert member is not None
+            if member is not None and _matches(info, member):
                 writer.adopt(final, member.path, member.size)
                 return
+            if member is not None:  # prefetched, but not what the directory says: dropped
+                member.path.unlink(missing_ok=True)
             with archive.open(info) as source:
                 writer.write(final, source, info.file_size)
 
-        with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="jdt-unzip") as pool:
-            futures = [pool.submit(extract, info, final) for info, final in plan]
-            try:
-                for future in futures:
-                    future.result()
-            finally:  # on an error, members not started are dropped; the others end first
-                for future in futures:
-                    future.cancel()
+        try:
+            with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="jdt-unzip") as pool:
+                futures = [pool.submit(extract, info, final) for info, final in plan]
+                try:
+                    for future in futures:
+                        future.result()
+                finally:  # on an error, members not started are dropped; the others end first
+                    for future in futures:
+                        future.cancel()
+        finally:  # prefetched files nothing took (skipped or unlisted members) go at once
+            for member in unused.values():
+                member.path.unlink(missing_ok=True)
 
 
 def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
