@@ -293,12 +293,14 @@ class _Pace:
             self._timer.cancel()
             self._timer = None
 
+    def _deadline(self) -> float:
+        return self._started + self.grace + self.received / self.min_rate
+
     def _arm(self) -> None:
-        deadline = self._started + self.grace + self.received / self.min_rate
-        self._timer = self._loop.call_at(deadline, self._check)
+        self._timer = self._loop.call_at(self._deadline(), self._check)
 
     def _check(self) -> None:
-        if self._started + self.grace + self.received / self.min_rate > self._loop.time():
+        if self._deadline() > self._loop.time():
             self._arm()  # more bytes came since: a later deadline
         elif self._task is not None:
             self._timer = None
