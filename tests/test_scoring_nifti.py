@@ -22,6 +22,7 @@ from monai_jdt.scoring import (
     score_arrays,
     score_files,
 )
+from monai_jdt.scoring.sitk_formats import inspect_volume
 
 SHAPE = (30, 26, 20)
 AFFINE = np.diag([0.8, 0.9, 2.5, 1.0])
@@ -57,6 +58,27 @@ def test_round_trip_matches_numpy(
         assert row.metrics["jaccard"] == pytest.approx(expected["jaccard"], rel=1e-12)
         voxel_ml = 0.8 * 0.9 * 2.5 / 1000
         assert row.reference_ml == pytest.approx(np.sum(ref == row.label) * voxel_ml, rel=1e-6)
+
+
+def test_headers_read_beforehand_are_used_as_given(
+    tmp_path: Path, pair, numpy_scores, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """``inspected=`` (the service's memory estimate read the headers): the same numbers, and
+    the headers are not read a second time."""
+    import monai_jdt.scoring.files as files
+
+    pred, ref = pair
+    p = save(tmp_path / "case_8.nii.gz", pred.astype(np.uint8))
+    r = save(tmp_path / "ref.nii.gz", ref.astype(np.uint8))
+    infos = (inspect_volume(p, 10**8), inspect_volume(r, 10**8))
+    calls: list[object] = []
+    monkeypatch.setattr(files, "inspect_volume", lambda *a: calls.append(a))
+    report = score_files(p, r, ScoringOptions(max_voxels=10**8), inspected=infos)
+    assert calls == []
+    for row in report.labels:
+        assert row.metrics["dice"] == pytest.approx(
+            numpy_scores(pred, ref, row.label)["dice"], rel=1e-12
+        )
 
 
 def test_big_endian_and_nifti2(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]

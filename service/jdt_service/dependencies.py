@@ -30,7 +30,8 @@ __all__ = [
     "get_settings",
 ]
 
-#: ``score_files``'s signature: ``(prediction, reference, options, *, case_id) -> CaseReport``
+#: ``score_files``'s signature:
+#: ``(prediction, reference, options, *, case_id, inspected) -> CaseReport``
 Scorer = Callable[..., CaseReport]
 
 

@@ -219,6 +219,7 @@ def score_files(
     options: ScoringOptions = DEFAULT_OPTIONS,
     *,
     case_id: str | None = None,
+    inspected: tuple[VolumeInfo, VolumeInfo] | None = None,
 ) -> CaseReport:
     """Score a prediction file against a reference file: NIfTI (``.nii`` / ``.nii.gz``), or
     NRRD / MetaImage (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, with the ``formats`` extra), in
@@ -228,6 +229,8 @@ def score_files(
     axis after the spatial ones (``(X, Y, Z, C)`` or ``(X, Y, Z, 1, C)``); the reference is a
     label map (or probabilities of the prediction's shape). Volumes in mL use the reference's
     voxel spacing. ``case_id`` defaults to the prediction's file name without extension.
+    ``inspected``: the two headers as ``sitk_formats.inspect_volume(path, options.max_voxels)``
+    already read them (a caller that checked them first), so they are not read again.
 
     Raises:
         ScoringError: the subclasses of ``inspect_volume`` and ``score_arrays``, plus, from the
@@ -237,8 +240,12 @@ def score_files(
             without a valid affine, unless ``ignore_affine``).
     """
     started = time.perf_counter()
-    pred = inspect_volume(prediction, options.max_voxels)
-    ref = inspect_volume(reference, options.max_voxels)
+    if inspected is None:
+        inspected = (
+            inspect_volume(prediction, options.max_voxels),
+            inspect_volume(reference, options.max_voxels),
+        )
+    pred, ref = inspected
     ref_spatial = _check_layouts(pred, ref, options)
     if not options.ignore_affine:
         _check_affines(pred, ref, options.affine_tol)

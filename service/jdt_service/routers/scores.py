@@ -52,7 +52,7 @@ from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 from jdt_service.uploads import receive_form
 from monai_jdt.scoring import CaseReport, ScoringOptions
-from monai_jdt.scoring.sitk_formats import inspect_volume
+from monai_jdt.scoring.sitk_formats import VolumeInfo, inspect_volume
 
 __all__ = ["router"]
 
@@ -112,21 +112,24 @@ def _score_job(
     prediction: Path,
     reference: Path,
     options: ScoringOptions,
+    inspected: tuple[VolumeInfo, VolumeInfo],
     case_id: str | None,
     metrics: ServiceMetrics,
     submitted: float,
 ) -> _JobResult:
-    """Runs on a scoring thread; retries on the CPU once if CUDA runs out of memory."""
+    """Runs on a scoring thread; retries on the CPU once if CUDA runs out of memory.
+    ``inspected``: the headers the memory estimate read (not read again)."""
     started = time.perf_counter()
     fallback = False
     try:
-        report = scorer(prediction, reference, options)
+        report = scorer(prediction, reference, options, inspected=inspected)
     except torch.OutOfMemoryError:
         fallback = True
         metrics.gpu_fallbacks.inc()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        report = scorer(prediction, reference, options.replace(device="cpu"))
+        cpu = options.replace(device="cpu")
+        report = scorer(prediction, reference, cpu, inspected=inspected)
     report = dataclasses.replace(report, case_id=case_id)  # null unless the client gave one
     ended = time.perf_counter()
     metrics.scoring_seconds.labels(str(report.device)).observe(ended - started)
@@ -135,8 +138,9 @@ def _score_job(
 
 def _estimate(
     prediction: Path, reference: Path, options: ScoringOptions, max_boundary_voxels: int
-) -> int:
-    """The job's memory from the two headers (the header errors are the scoring core's).
+) -> tuple[int, tuple[VolumeInfo, VolumeInfo]]:
+    """The job's memory from the two headers (the header errors are the scoring core's),
+    and the headers.
 
     Raises:
         ApiError: 413 ``boundary_too_large`` when boundary metrics are asked for on a volume
@@ -149,7 +153,7 @@ def _estimate(
     refusal = boundary_refusal(*infos, options, max_boundary_voxels)
     if refusal is not None:
         raise ApiError(413, "boundary_too_large", refusal)
-    return job_bytes(*infos, options)
+    return job_bytes(*infos, options), infos
 
 
 async def _score(
@@ -182,14 +186,16 @@ async def _score(
         form.fields, device=settings.device, max_voxels=settings.max_voxels
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
-    memory_bytes = await asyncio.to_thread(
+    memory_bytes, inspected = await asyncio.to_thread(
         _estimate, prediction, reference, options, settings.max_boundary_voxels
     )
     state.job_bytes = memory_bytes
     submitted = time.perf_counter()
 
     def job() -> tuple[_JobResult, dict[str, Any] | None]:
-        scored = _score_job(scorer, prediction, reference, options, case_id, metrics, submitted)
+        scored = _score_job(
+            scorer, prediction, reference, options, inspected, case_id, metrics, submitted
+        )
         if overlays is None:
             return scored, None
         return scored, overlays.render(prediction, reference, scored.report.to_dict()).model_dump()
