@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -390,3 +391,22 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
         return None
     server = request.getfixturevalue("pg_server")
     return _new_database(server, f"jdt_test_{next(_databases)}")
+
+
+# ------------------------------------------------------------------------------------------
+# service: the upload folder once the cleanup thread has emptied it
+
+
+def _emptied(folder: Path, timeout: float = 10.0) -> list[Path]:
+    deadline = time.monotonic() + timeout
+    while (left := sorted(folder.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return left
+
+
+@pytest.fixture(scope="session")
+def emptied() -> Callable[..., list[Path]]:
+    """``emptied(folder, timeout=10.0)``: what is left in ``folder`` once it is empty, or after
+    ``timeout`` seconds. The service deletes a released work directory on its cleanup thread,
+    so right after a response the directory may still be there."""
+    return _emptied

@@ -160,7 +160,7 @@ def test_metrics_count_requests_voxels_and_errors(client: TestClient, pair, nift
 
 @pytest.mark.parametrize("gz", [True, False], ids=["nii.gz", "nii"])
 def test_scores_match_numpy(
-    client: TestClient, pair, gz: bool, tmp_path: Path, dice_f64, nifti_bytes
+    client: TestClient, pair, gz: bool, tmp_path: Path, dice_f64, nifti_bytes, emptied
 ) -> None:
     pred, ref = pair
     r = client.post(
@@ -173,7 +173,7 @@ def test_scores_match_numpy(
         assert rows[label]["dice"] == pytest.approx(dice_f64(pred, ref, label), abs=1e-6)
         tp = int(((pred == label) & (ref == label)).sum())
         assert rows[label]["tp"] == tp
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 def test_response_is_the_library_report(
@@ -336,7 +336,7 @@ def test_multipart_cut_before_its_end(client: TestClient) -> None:
     assert_error(r, 400, "malformed_multipart")
 
 
-def test_upload_over_the_size_limit(tmp_path: Path, nifti_bytes) -> None:
+def test_upload_over_the_size_limit(tmp_path: Path, nifti_bytes, emptied) -> None:
     big = np.zeros((40, 40, 40), np.uint8)  # 64000 bytes raw
     with make_client(tmp_path, max_upload_bytes=20_000) as c:
         r = c.post("/v1/scores", files=files_for(nifti_bytes(big, gz=False), nifti_bytes(big)))
@@ -351,7 +351,7 @@ def test_upload_over_the_size_limit(tmp_path: Path, nifti_bytes) -> None:
             },
         )
         assert_error(r, 413, "upload_too_large")
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 def test_volume_over_the_voxel_limit_is_refused_from_its_header(
@@ -420,7 +420,7 @@ async def _post_many(app, n: int, files: dict) -> list[httpx.Response]:
         return await asyncio.gather(*(ac.post("/v1/scores", files=files) for _ in range(n)))
 
 
-def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, nifti_bytes) -> None:
+def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, nifti_bytes, emptied) -> None:
     """One slot, three queue places: four concurrent requests all succeed, one at a time."""
     pred, ref = pair
     running, peak = [0], [0]
@@ -443,11 +443,11 @@ def test_queued_requests_wait_for_a_slot(tmp_path: Path, pair, nifti_bytes) -> N
     )
     assert [r.status_code for r in responses] == [200] * 4
     assert peak[0] == 1
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
-    tmp_path: Path, pair, nifti_bytes
+    tmp_path: Path, pair, nifti_bytes, emptied
 ) -> None:
     pred, ref = pair
     release = threading.Event()
@@ -466,7 +466,29 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
             if not leftovers(tmp_path) and c.app.state.pool.admitted == 0:
                 break
             time.sleep(0.02)
+    assert emptied(tmp_path / "uploads") == []
+
+
+def test_work_directories_are_deleted_off_the_response_path_and_at_shutdown(
+    tmp_path: Path, pair, nifti_bytes, emptied
+) -> None:
+    pred, ref = pair
+    files = files_for(nifti_bytes(pred), nifti_bytes(ref))
+    with make_client(tmp_path) as c:
+        pool = c.app.state.pool
+        assert c.post("/v1/scores", files=files).status_code == 200
+        assert emptied(tmp_path / "uploads") == []  # the cleanup thread deleted it
+        assert pool.deleting == 0
+        held = threading.Event()
+        pool._cleanup.submit(held.wait)  # the cleanup thread is busy: deletions wait
+        assert c.post("/v1/scores", files=files).status_code == 200
+        assert c.post("/v1/scores", files=files).status_code == 200
+        assert len(leftovers(tmp_path)) == 2 and pool.deleting == 2
+        assert pool.admitted == 0  # places and memory are given back at once
+        assert pool.reserved_bytes == 0
+    # the app's shutdown deletes what the cleanup thread had not reached
     assert leftovers(tmp_path) == []
+    held.set()
 
 
 def test_cuda_out_of_memory_retries_on_cpu(
@@ -495,7 +517,7 @@ def test_cuda_out_of_memory_retries_on_cpu(
 
 
 def test_unexpected_failure_is_a_json_500_without_details(
-    tmp_path: Path, pair, caplog, nifti_bytes
+    tmp_path: Path, pair, caplog, nifti_bytes, emptied
 ) -> None:
     pred, ref = pair
 
@@ -508,7 +530,7 @@ def test_unexpected_failure_is_a_json_500_without_details(
     assert "patient" not in r.text
     logged = " ".join(rec.getMessage() for rec in caplog.records)
     assert "RuntimeError" in logged and "patient" not in logged
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 # ---------------------------------------------------------------- logs, CORS, OpenAPI
@@ -604,7 +626,7 @@ def test_gpu_ready_info_and_scoring(tmp_path: Path, nifti_bytes) -> None:
     [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried ...")],
     ids=["numpy", "torch-cpu"],
 )
-def test_host_out_of_memory_is_503(tmp_path: Path, pair, error, nifti_bytes) -> None:
+def test_host_out_of_memory_is_503(tmp_path: Path, pair, error, nifti_bytes, emptied) -> None:
     pred, ref = pair
 
     def no_memory(*args, **kwargs):
@@ -614,7 +636,7 @@ def test_host_out_of_memory_is_503(tmp_path: Path, pair, error, nifti_bytes) -> 
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
     assert_error(r, 503, "out_of_memory")
     assert r.headers["retry-after"] == "9"
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 # ---------------------------------------------------------------- hostile clients and memory
@@ -645,7 +667,9 @@ def test_boundary_over_256_characters_is_a_400(client: TestClient, pair, nifti_b
     assert "256" in detail["message"]
 
 
-def test_epilogue_after_the_final_boundary_is_bounded(tmp_path: Path, pair, nifti_bytes) -> None:
+def test_epilogue_after_the_final_boundary_is_bounded(
+    tmp_path: Path, pair, nifti_bytes, emptied
+) -> None:
     pred, ref = pair
     body = multipart_body("XyZ", nifti_bytes(pred), nifti_bytes(ref))
     headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
@@ -670,10 +694,12 @@ def test_epilogue_after_the_final_boundary_is_bounded(tmp_path: Path, pair, nift
     assert_error(bomb, 413, "upload_too_large")
     assert sent[0] < 8  # the epilogue was not read to its end
     assert fine.status_code == 200, fine.text
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
-def test_endless_chunked_upload_is_cut_at_the_limit(tmp_path: Path, pair, nifti_bytes) -> None:
+def test_endless_chunked_upload_is_cut_at_the_limit(
+    tmp_path: Path, pair, nifti_bytes, emptied
+) -> None:
     from jdt_service.uploads import body_limit
 
     pred, _ = pair
@@ -698,10 +724,12 @@ def test_endless_chunked_upload_is_cut_at_the_limit(tmp_path: Path, pair, nifti_
 
     assert_error(asyncio.run(drive()), 413, "upload_too_large")
     assert received[0] <= body_limit(1 << 20, 20) + 65536
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
-def test_slow_upload_gets_408_and_frees_its_place(tmp_path: Path, pair, nifti_bytes) -> None:
+def test_slow_upload_gets_408_and_frees_its_place(
+    tmp_path: Path, pair, nifti_bytes, emptied
+) -> None:
     pred, ref = pair
     body = multipart_body("XyZ", nifti_bytes(pred), nifti_bytes(ref))
     app = make_client(tmp_path, min_upload_rate=1000, header_timeout=0.2, max_uploads=1).app
@@ -726,10 +754,10 @@ def test_slow_upload_gets_408_and_frees_its_place(tmp_path: Path, pair, nifti_by
     assert_error(slow, 408, "upload_too_slow")
     assert fast.status_code == 200, fast.text
     assert app.state.pool.admitted == 0
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
-def test_uploading_does_not_take_a_scoring_slot(tmp_path: Path, pair, nifti_bytes) -> None:
+def test_uploading_does_not_take_a_scoring_slot(tmp_path: Path, pair, nifti_bytes, emptied) -> None:
     """One scoring slot, no queue: a request still uploading leaves it to a finished upload."""
     pred, ref = pair
     with make_client(tmp_path, max_concurrency=1, max_queue=0, max_uploads=2) as c:
@@ -737,14 +765,16 @@ def test_uploading_does_not_take_a_scoring_slot(tmp_path: Path, pair, nifti_byte
         r = c.post("/v1/scores", files=files_for(nifti_bytes(pred), nifti_bytes(ref)))
         assert r.status_code == 200, r.text
         asyncio.run(uploading.__aexit__(None, None, None))
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 def never_called(*args, **kwargs):
     raise AssertionError("the scorer must not run for a job refused by its memory estimate")
 
 
-def test_job_over_the_memory_limit_is_413_before_scoring(tmp_path: Path, nifti_bytes) -> None:
+def test_job_over_the_memory_limit_is_413_before_scoring(
+    tmp_path: Path, nifti_bytes, emptied
+) -> None:
     from jdt_service.job_memory import job_bytes
     from monai_jdt.scoring import ScoringOptions
     from monai_jdt.scoring.nifti import inspect_nifti
@@ -763,11 +793,11 @@ def test_job_over_the_memory_limit_is_413_before_scoring(tmp_path: Path, nifti_b
     assert "MiB" in detail["message"]
     with make_client(tmp_path, max_job_bytes=need) as c:
         assert c.post("/v1/scores", files=files).status_code == 200
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 def test_memory_budget_across_jobs_gives_503_with_retry_after(
-    tmp_path: Path, pair, nifti_bytes
+    tmp_path: Path, pair, nifti_bytes, emptied
 ) -> None:
     from jdt_service.job_memory import CHUNK_OVERHEAD_BYTES
 
@@ -804,7 +834,7 @@ def test_memory_budget_across_jobs_gives_503_with_retry_after(
     assert_error(second, 503, "server_busy")
     assert second.headers["retry-after"] == "4" and "budget" in second.json()["detail"]["message"]
     assert app.state.pool.reserved_bytes == 0
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []
 
 
 def test_unhandled_error_logs_a_path_relative_to_its_package(
@@ -827,7 +857,9 @@ def test_unhandled_error_logs_a_path_relative_to_its_package(
     assert str(Path(__file__).parent) not in line
 
 
-def test_boundary_metrics_above_the_voxel_limit_are_413(tmp_path: Path, pair, nifti_bytes) -> None:
+def test_boundary_metrics_above_the_voxel_limit_are_413(
+    tmp_path: Path, pair, nifti_bytes, emptied
+) -> None:
     pred, ref = pair
     voxels = math.prod(SHAPE)
     files = files_for(nifti_bytes(pred), nifti_bytes(ref))
@@ -842,4 +874,4 @@ def test_boundary_metrics_above_the_voxel_limit_are_413(tmp_path: Path, pair, ni
         r = c.post("/v1/scores", files=files, data={"metrics": "dice,hd95"})
         assert r.status_code == 200, r.text
         assert all("hd95" in row for row in r.json()["labels"])
-    assert leftovers(tmp_path) == []
+    assert emptied(tmp_path / "uploads") == []

@@ -25,7 +25,7 @@ def service(tmp_path_factory):
         yield client, temp
 
 
-def test_bad_pair_is_refused_with_its_code(service, bad_file_case) -> None:
+def test_bad_pair_is_refused_with_its_code(service, bad_file_case, emptied) -> None:
     client, temp = service
     name, pred, ref, statuses, codes = bad_file_case
     r = client.post("/v1/scores", files={"prediction": ("p", pred), "reference": ("r", ref)})
@@ -36,7 +36,7 @@ def test_bad_pair_is_refused_with_its_code(service, bad_file_case) -> None:
     # either order: the bad file as reference is refused as well
     r = client.post("/v1/scores", files={"prediction": ("p", ref), "reference": ("r", pred)})
     assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
-    assert list(Path(temp).iterdir()) == []
+    assert emptied(Path(temp)) == []
 
 
 def test_shape_mismatch_names_both_shapes(service, label_pair, nifti_bytes) -> None:
@@ -71,7 +71,7 @@ def test_float_values_read_as_labels_are_refused(service, label_pair, nifti_byte
 )
 @given(draw=st.data(), gz=st.booleans())
 def test_mutated_files_never_give_a_server_error(
-    service, label_pair, nifti_bytes, draw: st.DataObject, gz: bool
+    service, label_pair, nifti_bytes, emptied, draw: st.DataObject, gz: bool
 ) -> None:
     """Header bytes flipped, files cut anywhere, raw or gzip: always a 2xx or a 4xx."""
     client, temp = service
@@ -95,7 +95,7 @@ def test_mutated_files_never_give_a_server_error(
     assert r.status_code == 200 or 400 <= r.status_code < 500, (r.status_code, r.text)
     if r.status_code != 200:
         assert set(r.json()["detail"]) == {"code", "message"}
-    assert list(Path(temp).iterdir()) == []
+    assert emptied(Path(temp)) == []
 
 
 def gzip_bomb(shape: tuple[int, int, int]) -> bytes:
@@ -112,11 +112,11 @@ def gzip_bomb(shape: tuple[int, int, int]) -> bytes:
     return b"".join([*parts, z.flush()])
 
 
-def test_gzip_bomb_is_refused_before_it_is_inflated(service) -> None:
+def test_gzip_bomb_is_refused_before_it_is_inflated(service, emptied) -> None:
     client, temp = service  # the service's voxel limit is 10**7
     bomb = gzip_bomb((512, 512, 128))  # 32 Mi voxels
     assert len(bomb) < 200_000
     r = client.post("/v1/scores", files={"prediction": ("p", bomb), "reference": ("r", bomb)})
     assert r.status_code == 413 and r.json()["detail"]["code"] == "volume_too_large"
     assert "33554432" in r.json()["detail"]["message"]
-    assert list(Path(temp).iterdir()) == []
+    assert emptied(Path(temp)) == []

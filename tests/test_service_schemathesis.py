@@ -24,7 +24,7 @@ from jdt_service import Settings, create_app
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=lambda m: m.value)
-def test_api_conforms_to_its_schema(tmp_path: Path, mode: GenerationMode) -> None:
+def test_api_conforms_to_its_schema(tmp_path: Path, mode: GenerationMode, emptied) -> None:
     uploads = tmp_path / "uploads"
     uploads.mkdir()
     service = Settings(
@@ -48,6 +48,6 @@ def test_api_conforms_to_its_schema(tmp_path: Path, mode: GenerationMode) -> Non
         @given(case=operation.as_strategy(generation_mode=mode))
         def conforms(case) -> None:  # type: ignore[no-untyped-def]
             case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
-            assert list(uploads.iterdir()) == []
+            assert emptied(uploads) == []
 
         conforms()

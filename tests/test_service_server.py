@@ -75,7 +75,7 @@ def test_health_and_readiness(server: Server) -> None:
     assert httpx.get(server.url + "/readyz").json()["status"] == "ready"
 
 
-def test_real_upload(server: Server, dice_f64, label_pair, nifti_bytes) -> None:
+def test_real_upload(server: Server, dice_f64, label_pair, nifti_bytes, emptied) -> None:
     pred, ref = label_pair((20, 16, 12), seed=11)
     r = httpx.post(
         server.url + "/v1/scores",
@@ -88,11 +88,11 @@ def test_real_upload(server: Server, dice_f64, label_pair, nifti_bytes) -> None:
     assert r.status_code == 200, r.text
     rows = {row["label"]: row for row in r.json()["labels"]}
     assert rows[1]["dice"] == pytest.approx(dice_f64(pred, ref, 1), abs=1e-6)
-    assert list(server.temp.iterdir()) == []
+    assert emptied(server.temp) == []
 
 
 def test_sixteen_concurrent_uploads_are_all_correct(
-    server: Server, dice_f64, label_pair, nifti_bytes
+    server: Server, dice_f64, label_pair, nifti_bytes, emptied
 ) -> None:
     pairs = [label_pair((16, 16, 12), seed=100 + i) for i in range(16)]
 
@@ -118,10 +118,10 @@ def test_sixteen_concurrent_uploads_are_all_correct(
         rows = {row["label"]: row for row in r.json()["labels"]}
         for label in (1, 2):
             assert rows[label]["dice"] == pytest.approx(dice_f64(pred, ref, label), abs=1e-6)
-    assert list(server.temp.iterdir()) == []
+    assert emptied(server.temp) == []
 
 
-def test_client_that_disconnects_mid_upload_leaves_no_file(server: Server) -> None:
+def test_client_that_disconnects_mid_upload_leaves_no_file(server: Server, emptied) -> None:
     boundary = "cutcutcut"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="prediction"; filename="p"\r\n'
@@ -138,10 +138,7 @@ def test_client_that_disconnects_mid_upload_leaves_no_file(server: Server) -> No
         while not any(server.temp.rglob("*.upload")) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert any(server.temp.rglob("*.upload")), "the upload never reached the temp dir"
-    deadline = time.monotonic() + 10
-    while list(server.temp.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(server.temp.iterdir()) == []
+    assert emptied(server.temp) == []
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
@@ -308,7 +305,7 @@ def test_slow_bodies_do_not_hold_the_scoring_slot(
 
 
 def test_chunked_epilogue_is_refused_before_its_end(
-    strict_server: Server, label_pair, nifti_bytes
+    strict_server: Server, label_pair, nifti_bytes, emptied
 ) -> None:
     pred, ref = label_pair((10, 9, 8), seed=22)
     form, content_type = scores_form(nifti_bytes(pred), nifti_bytes(ref))
@@ -337,7 +334,7 @@ def test_chunked_epilogue_is_refused_before_its_end(
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b'"upload_too_large"' in answer
     assert sent[0] < 192 << 20
-    assert list(strict_server.temp.iterdir()) == []
+    assert emptied(strict_server.temp) == []
 
 
 _RUNAWAY = """

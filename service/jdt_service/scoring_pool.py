@@ -18,8 +18,10 @@ event loop never scores, and a job that cannot be stopped (the scoring core has 
 cancellation point) never holds the process at exit: shutdown takes at most the request
 timeout, whatever the jobs do. A request that times out or whose client goes away while its
 job still runs keeps its place and memory until the thread ends, and its files are deleted
-then; a job still waiting in the queue is cancelled instead. On shutdown the work
-directories of jobs still running are deleted, and on start-up those left by processes of
+then; a job still waiting in the queue is cancelled instead. A released work directory is
+deleted on a cleanup thread, so its deletion (a few file-system calls, 0.1-0.4 ms on the
+event loop) is not on the response's path. On shutdown the work directories of jobs still
+running and those not yet deleted are deleted, and on start-up those left by processes of
 this service that are gone (killed) are removed (:meth:`ScoringPool.remove_stale_workdirs`).
 """
 
@@ -133,8 +135,10 @@ class ScoringPool:
         self.temp_dir = settings.temp_dir
         self.metrics = metrics
         self._threads = _DaemonThreads(settings.max_concurrency, "jdt-score")
+        self._cleanup = _DaemonThreads(1, "jdt-cleanup")
         self._lock = threading.Lock()
         self._open: set[Admission] = set()
+        self._deleting: set[Path] = set()  # released work directories not yet deleted
         self._uploads = 0
         self._jobs = 0
         self._running = 0
@@ -144,6 +148,11 @@ class ScoringPool:
     def admitted(self) -> int:
         """Requests admitted and not yet released (uploading, waiting or scoring)."""
         return len(self._open)
+
+    @property
+    def deleting(self) -> int:
+        """Released work directories the cleanup thread has not deleted yet."""
+        return len(self._deleting)
 
     @property
     def reserved_bytes(self) -> int:
@@ -224,14 +233,25 @@ class ScoringPool:
             self._publish()
 
     def _release(self, admission: Admission, uploading: bool, memory_bytes: int | None) -> None:
+        """Give back the admission's places and memory; its directory goes to the cleanup
+        thread (and is deleted at the latest on :meth:`shutdown`)."""
+        workdir = admission.workdir
         with self._lock:
             self._open.discard(admission)
+            self._deleting.add(workdir)
             if uploading:
                 self._uploads -= 1
             if memory_bytes is not None:
                 self._jobs -= 1
                 self._reserved -= memory_bytes
             self._publish()
+
+        def delete() -> None:
+            shutil.rmtree(workdir, ignore_errors=True)
+            with self._lock:
+                self._deleting.discard(workdir)
+
+        self._cleanup.submit(delete)
 
     def _end_upload(self) -> None:
         with self._lock:
@@ -259,20 +279,24 @@ class ScoringPool:
         return removed
 
     def shutdown(self) -> None:
-        """Cancel queued jobs and delete every open work directory (running jobs end with the
-        process). A later job starts fresh threads (an app may be started again, as in tests)."""
+        """Cancel queued jobs and delete every open or released work directory (running jobs
+        end with the process). A later job starts fresh threads (an app may be started again,
+        as in tests)."""
         self._threads.shutdown()
+        self._cleanup.shutdown()
         with self._lock:
-            still_open = list(self._open)
-        for admission in still_open:
-            shutil.rmtree(admission.workdir, ignore_errors=True)
+            workdirs = [admission.workdir for admission in self._open] + list(self._deleting)
+            self._deleting.clear()
+        for workdir in workdirs:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 class Admission:
     """One admitted request: its work directory, its upload place and at most one job.
 
     Use as ``async with pool.admit() as adm:``; leaving the block releases the places and the
-    memory and deletes the directory now, or when the job's thread ends if it still runs.
+    memory and hands the directory to the cleanup thread now, or when the job's thread ends if
+    it still runs.
     """
 
     def __init__(self, pool: ScoringPool, workdir: Path) -> None:
@@ -323,7 +347,6 @@ class Admission:
             self._finish()
 
     def _finish(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
         self.pool._release(self, self._uploading, self._memory_bytes)
         self._uploading = False
         self._memory_bytes = None
