@@ -1,0 +1,90 @@
+"""A bare server: the least an HTTP server in Python adds to a score (the service's floor).
+
+A bare asyncio HTTP/1.1 server (no framework, no limits, no logging, no checks of the
+request: for benchmarks only, never expose it) that answers ``POST /v1/scores`` with the same
+work as the service: the two multipart parts go to files in a fresh temporary folder,
+``monai_jdt.scoring.score_files`` scores them on a worker thread, the report goes back as
+JSON and the folder is deleted. ``GET`` answers ``ok``. ``run_load.py --bare`` drives it
+alongside the real service, so the difference between the two is what FastAPI, uvicorn and
+the service's own bounds cost.
+
+    python benchmarks/load/bare_server.py --port 8800
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from jdt_service.allocator import tune_allocator
+from monai_jdt.scoring import ScoringOptions, score_files
+
+_OPTIONS = ScoringOptions(device="cpu")
+_SCORER = ThreadPoolExecutor(1)
+
+
+def score_body(body: bytes, boundary: bytes) -> bytes:
+    """The report of the two file parts of a multipart ``body``, as JSON bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="jdt-bare-"))
+    try:
+        paths = []
+        for index, part in enumerate(body.split(b"--" + boundary)[1:3]):
+            path = folder / f"{index}.nii.gz"
+            path.write_bytes(part.split(b"\r\n\r\n", 1)[1][:-2])  # part headers, final CRLF
+            paths.append(path)
+        return json.dumps(score_files(paths[0], paths[1], _OPTIONS).to_dict()).encode()
+    finally:
+        shutil.rmtree(folder)
+
+
+class _Connection(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+        self.answering: set[asyncio.Task[None]] = set()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+            length = int(headers.get("content-length", 0))
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            if length == 0:
+                self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            else:
+                boundary = headers["content-type"].split("boundary=", 1)[1].encode()
+                task = asyncio.ensure_future(self._answer(body, boundary))
+                self.answering.add(task)  # one request at a time per connection (no pipelining)
+                task.add_done_callback(self.answering.discard)
+
+    async def _answer(self, body: bytes, boundary: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(_SCORER, score_body, body, boundary)
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        self.transport.write(head + b"content-length: %d\r\n\r\n" % len(report) + report)
+
+
+async def serve(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(_Connection, "127.0.0.1", port)
+    await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    tune_allocator()  # the service's malloc settings, so the scoring costs the same
+    asyncio.run(serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()
