@@ -63,7 +63,7 @@ def post_pair(nifti_bytes):  # type: ignore[no-untyped-def]
 
 
 def test_volumes_come_back_in_ras_order_with_the_spacing(
-    client: TestClient, dice_f64, post_pair
+    client: TestClient, dice_f64, post_pair, emptied
 ) -> None:
     pred, ref = _pair()
     # axes 0 and 1 point Left and Posterior (LPS, as DICOM): RAS order flips both
@@ -84,7 +84,7 @@ def test_volumes_come_back_in_ras_order_with_the_spacing(
         union = (flipped_ref == entry["label"]) | (flipped_pred == entry["label"])
         expected = [round(float(c.mean())) for c in np.nonzero(union)]
         assert entry["centre"] == expected
-    assert list(client.uploads.iterdir()) == []  # type: ignore[attr-defined]
+    assert emptied(client.uploads) == []  # type: ignore[attr-defined]
     # the answer is documented: it validates against the 200 schema of the OpenAPI document
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/v1/scores"]["post"]
@@ -126,7 +126,9 @@ def test_without_the_flag_there_are_no_overlays(client: TestClient, nifti_bytes)
     assert r.status_code == 200 and "overlays" not in r.json()
 
 
-def test_bad_overlay_input_is_refused_with_a_named_error(client: TestClient, nifti_bytes) -> None:
+def test_bad_overlay_input_is_refused_with_a_named_error(
+    client: TestClient, nifti_bytes, emptied
+) -> None:
     pred, ref = _pair()
     files = {
         "prediction": ("p.nii.gz", nifti_bytes(pred)),
@@ -142,7 +144,7 @@ def test_bad_overlay_input_is_refused_with_a_named_error(client: TestClient, nif
     junk = {**files, "image": ("ct.nii.gz", b"not an image at all" * 40)}
     r = client.post("/v1/scores", files=junk, data={"overlays": "true"})
     assert r.status_code == 415 and r.json()["detail"]["code"] == "not_nifti"
-    assert list(client.uploads.iterdir()) == []  # type: ignore[attr-defined]
+    assert emptied(client.uploads) == []  # type: ignore[attr-defined]
 
 
 def test_region_rows_get_overlays_of_their_labels(client: TestClient, post_pair) -> None:
