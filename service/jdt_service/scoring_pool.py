@@ -35,6 +35,7 @@ import re
 import shutil
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -71,55 +72,78 @@ class _DaemonThreads:
 
     ``ThreadPoolExecutor`` joins its threads at interpreter exit, so one runaway job would
     keep a stopped server alive; these threads end with the process.
+
+    A call goes to the thread that went idle last, so at low load one thread runs case after
+    case with its cache and malloc arena warm. Handing calls out round-robin (what a shared
+    queue does) costs 0.3 ms at 128³ and 1.2 ms at 256³ per request on two threads.
+    Threads start as calls need them, up to ``size``; calls beyond wait in order.
     """
 
     def __init__(self, size: int, name: str) -> None:
         self.size = size
         self.name = name
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] | None = None
+        self._pending: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._idle: list[queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]] = []
+        self._started = 0
+        self._generation = 0  # a shutdown starts a new one; older threads end
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
         with self._lock:
-            if self._queue is None:
-                self._queue = queue.SimpleQueue()
-                for i in range(self.size):
-                    thread = threading.Thread(
-                        target=self._work, args=(self._queue,), name=f"{self.name}-{i}", daemon=True
-                    )
-                    thread.start()
-            self._queue.put((future, fn))
+            if self._idle:
+                inbox = self._idle.pop()  # the thread that went idle last
+            elif self._started < self.size:
+                inbox = queue.SimpleQueue()
+                self._started += 1
+                thread = threading.Thread(
+                    target=self._work,
+                    args=(inbox, self._generation),
+                    name=f"{self.name}-{self._started - 1}",
+                    daemon=True,
+                )
+                thread.start()
+            else:
+                self._pending.append((future, fn))
+                return future
+        inbox.put((future, fn))
         return future
 
-    @staticmethod
-    def _work(jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None]) -> None:
-        while (item := jobs.get()) is not None:
+    def _work(
+        self,
+        inbox: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None],
+        generation: int,
+    ) -> None:
+        item = inbox.get()
+        while item is not None:
             future, fn = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn()
-            except BaseException as exc:  # handed to the awaiting request
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn()
+                except BaseException as exc:  # handed to the awaiting request
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            with self._lock:
+                if generation != self._generation:
+                    return  # shut down while this call ran
+                if self._pending:
+                    item = self._pending.popleft()
+                    continue
+                self._idle.append(inbox)
+            item = inbox.get()
 
     def shutdown(self) -> None:
-        """Cancel the queued calls and let the threads end after their current one."""
+        """Cancel the waiting calls and let the threads end after their current one."""
         with self._lock:
-            jobs, self._queue = self._queue, None
-        if jobs is None:
-            return
-        while True:
-            try:
-                item = jobs.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item[0].cancel()
-        for _ in range(self.size):
-            jobs.put(None)
+            pending, self._pending = self._pending, deque()
+            idle, self._idle = self._idle, []
+            self._started = 0
+            self._generation += 1
+        for future, _ in pending:
+            future.cancel()
+        for inbox in idle:
+            inbox.put(None)
 
 
 class ScoringPool:
