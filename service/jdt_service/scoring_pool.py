@@ -14,16 +14,16 @@ A request goes through two admissions, each with its own bound:
    slow upload therefore never holds a scoring slot.
 
 Jobs run on ``max_concurrency`` *daemon* threads, so the device is never oversubscribed, the
-event loop never scores, and a job that cannot be stopped (the scoring core has no
-cancellation point) never holds the process at exit: shutdown takes at most the request
-timeout, whatever the jobs do. Each job goes to the thread that went idle last, so that at
-low load one thread runs case after case with its cache warm. A request that times out or whose client goes away while its
-job still runs keeps its place and memory until the thread ends, and its files are deleted
-then; a job still waiting in the queue is cancelled instead. A released work directory is
-deleted on a cleanup thread, so its deletion (a few file-system calls, 0.1-0.4 ms on the
+event loop never scores, and a job that cannot be stopped (the scoring core has no cancellation
+point) never holds the process at exit: shutdown takes at most the request timeout, whatever
+the jobs do. Each job goes to the thread that went idle last, so that at low load one thread
+runs case after case with its cache warm. A request that times out or whose client goes away
+while its job still runs keeps its place and memory until the thread ends, and its files are
+deleted then; a job still waiting in the queue is cancelled instead. A released work directory
+is deleted on a cleanup thread, so its deletion (a few file-system calls, 0.1-0.4 ms on the
 event loop) is not on the response's path. On shutdown the work directories of jobs still
-running and those not yet deleted are deleted, and on start-up those left by processes of
-this service that are gone (killed) are removed (:meth:`ScoringPool.remove_stale_workdirs`).
+running and those not yet deleted are deleted, and on start-up those left by processes of this
+service that are gone (killed) are removed (:meth:`ScoringPool.remove_stale_workdirs`).
 """
 
 from __future__ import annotations
