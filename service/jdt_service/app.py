@@ -22,6 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from jdt_service.allocator import tune_allocator
 from jdt_service.auth import require_api_key
 from jdt_service.errors import install_error_handlers
+from jdt_service.gc_freeze import freeze_startup_objects, thaw
 from jdt_service.logs import RequestLogMiddleware, configure_logging
 from jdt_service.routers import health, info, jobs, metrics, scores, v1  # noqa: F401
 
@@ -64,8 +65,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if tune_allocator():
             logger.debug("glibc allocator thresholds set for the scoring threads")
         pool.remove_stale_workdirs()
+        frozen = freeze_startup_objects()
+        logger.debug("%d start-up objects frozen out of full garbage collections", frozen)
         yield
         pool.shutdown()
+        thaw()
 
     app = FastAPI(
         title="monai-jdt scoring service",
