@@ -84,7 +84,8 @@ def dice(pred: np.ndarray, ref: np.ndarray, label: int) -> float:
 
 
 def expected_dice(pred: np.ndarray, ref: np.ndarray) -> dict[int, float]:
-    labels = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v != 0)
+    # Python ints: numpy's union of uint64 and signed ids would compare them as float64
+    labels = sorted(({int(v) for v in np.unique(pred)} | {int(v) for v in np.unique(ref)}) - {0})
     return {label: dice(pred, ref, label) for label in labels}
 
 
@@ -387,6 +388,25 @@ def test_uint64_ids_of_2_63_or_more_are_refused(tmp_path: Path, suffix: str) -> 
         with pytest.raises(LabelIdTooLargeError, match="2\\*\\*63") as err:
             call()
         assert err.value.code == "label_id_too_large"
+
+
+@pytest.mark.parametrize("signed", [np.int8, np.int16, np.int64])
+def test_uint64_ids_above_2_53_against_a_signed_map_are_counted_exactly(
+    tmp_path: Path, suffix: str, signed: type
+) -> None:
+    """Ids 2**53 and 2**53 + 1 are one float64: they must stay two labels, with their ids."""
+    regions = labels_volume(21, 3)
+    pred = np.select([regions == 1, regions == 2], [2**53 + 1, 2**60 + 1], 0).astype(np.uint64)
+    if signed == np.int64:
+        ref = np.where(regions == 1, 2**53, np.where(regions == 3, 7, 0)).astype(np.int64)
+    else:
+        ref = np.where(regions == 3, 7, 0).astype(signed)
+    p = write(tmp_path / f"p{suffix}", nifti_bytes(pred, dtype=np.uint64))
+    r = write(tmp_path / f"r{suffix}", nifti_bytes(ref))
+    expected = expected_dice(nibabel_values(p), nibabel_values(r))
+    assert 2**53 + 1 in expected and 2**60 + 1 in expected
+    assert reported_dice(score_files(p, r)) == pytest.approx(expected, rel=1e-12)
+    assert reported_dice(score_arrays(pred, ref)) == pytest.approx(expected, rel=1e-12)
 
 
 def test_probabilities_against_uint64_ids_of_2_63_are_refused(tmp_path: Path) -> None:

@@ -228,8 +228,15 @@ def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray
 def _compact_histogram(
     prediction: np.ndarray, reference: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Large label ids: map the ids present to ``0..L-1`` first (sort-based, the rare path)."""
-    labels = np.union1d(np.unique(prediction), np.unique(reference)).astype(np.int64)
+    """Large label ids: map the ids present to ``0..L-1`` first (sort-based, the rare path).
+
+    Both chunks are cast to int64 first. ``update`` has checked that their ids lie in
+    ``0..MAX_LABEL_ID``, so the cast is exact; numpy would otherwise compare a uint64 chunk
+    with a signed one as float64 and merge ids above 2**53 that differ.
+    """
+    prediction = prediction.astype(np.int64, copy=False)
+    reference = reference.astype(np.int64, copy=False)
+    labels = np.union1d(np.unique(prediction), np.unique(reference))
     if labels.size > MAX_DISTINCT_LABELS:
         raise TooManyLabelsError(
             f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels ({labels.size} in "
