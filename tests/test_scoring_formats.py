@@ -307,3 +307,45 @@ def test_headers_cannot_point_at_other_files(tmp_path: Path) -> None:
     attached = tmp_path / "evil.nhdr"
     attached.write_bytes(evil.read_bytes().replace(b"data file: secret.bin", b"data file: d.raw"))
     np.testing.assert_array_equal(load_image(inspect_image(attached)), data)  # next to it: read
+
+
+def test_no_spelling_or_length_of_header_hides_a_data_file(tmp_path: Path) -> None:
+    """The readers accept more spellings of the data-file line than its canonical one
+    (MetaIO: leading blanks, ``:`` for ``=``), and a header can be padded past what a prefix
+    check reads: every such header is refused before SimpleITK opens it."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(64)))
+    data = np.zeros((4, 4, 4), np.uint8)
+    head = write(tmp_path / "n.nrrd", data, compress=False).read_bytes().split(b"\n\n", 1)[0]
+    padding = b"# a comment line to pad the header\n" * 2000  # 70 kB
+    nrrds = {
+        "padded.nrrd": (
+            head + b"\n" + padding + b"data file: " + str(secret).encode(),
+            "end within",
+        ),
+        "spelled.nrrd": (head + b"\n Data File: " + str(secret).encode(), "holds its own data"),
+        "twice.nhdr": (head + b"\ndata file: n.raw\ndatafile: " + str(secret).encode(), "2 times"),
+    }
+    for name, (header, message) in nrrds.items():
+        (tmp_path / name).write_bytes(header + b"\n\n" + bytes(64))
+        with pytest.raises(CorruptFileError, match=message):
+            inspect_image(tmp_path / name)
+    mha = write(tmp_path / "m.mha", data, compress=False).read_bytes()
+    for hostile in (b" ElementDataFile = ", b"\tElementDataFile = ", b"ElementDataFile : "):
+        evil = tmp_path / "evil.mha"
+        evil.write_bytes(
+            mha.replace(
+                b"ElementDataFile", hostile + str(secret).encode() + b"\nElementDataFile", 1
+            )
+        )
+        with pytest.raises(CorruptFileError, match="holds its own data"):
+            inspect_image(evil)
+    evil.write_bytes(
+        mha.replace(
+            b"ElementDataFile",
+            padding.decode().replace("#", "Comment =").encode() + b"ElementDataFile",
+            1,
+        )
+    )
+    with pytest.raises(CorruptFileError, match="end within"):
+        inspect_image(evil)

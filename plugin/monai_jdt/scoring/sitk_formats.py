@@ -72,7 +72,7 @@ SITK_SUFFIXES: tuple[str, ...] = tuple(_IMAGE_IO)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: deflate cannot inflate more than ~1032 bytes per compressed byte
 _DEFLATE_MAX_RATIO = 1032
-_HEADER_PROBE = 1 << 16  # bytes read to find the encoding and data file lines
+_HEADER_PROBE = 1 << 16  # the longest NRRD / MetaImage header read (a longer one is refused)
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,9 @@ def _dtypes(sitk: Any) -> dict[int, np.dtype]:
 
 
 def _header_text(path: Path) -> str:
+    """The first ``_HEADER_PROBE`` bytes of the file, plus one to tell whether there is more."""
     with open(path, "rb") as handle:
-        return handle.read(_HEADER_PROBE).decode("latin-1")
+        return handle.read(_HEADER_PROBE + 1).decode("latin-1")
 
 
 def _looks_like(text: str, suffix: str) -> bool:
@@ -161,23 +162,69 @@ class _Storage:
     ratio: int | None  # most bytes one stored byte decodes to (None: no bound known)
 
 
-def _storage(text: str, suffix: str) -> _Storage:
-    """Read the data location and encoding from the header ``text``."""
+#: a line naming the data's location, matched more loosely than the readers do (any case,
+#: spaces anywhere, ``=`` or ``:`` for MetaImage), so that no spelling a reader accepts is missed
+_NRRD_DATA_FILE = re.compile(r"^\s*data\s*file\s*:(.*)$", re.IGNORECASE)
+_META_DATA_FILE = re.compile(r"^\s*ElementDataFile\s*[=:](.*)$", re.IGNORECASE)
+
+
+def _header_lines(text: str, suffix: str) -> tuple[list[str], int | None, bool]:
+    """The header's lines, the bytes before the data (None when the data is not in this
+    file), and whether the header ends within ``_HEADER_PROBE`` bytes: an NRRD header at its
+    first empty line (a detached ``.nhdr`` header at the end of the file), a MetaImage
+    header at its ``ElementDataFile`` line."""
+    lines = text[:_HEADER_PROBE].splitlines(keepends=True)
+    all_read = len(text) <= _HEADER_PROBE
     if _IMAGE_IO[suffix] == "NrrdImageIO":
-        head, blank, _ = text.partition("\n\n")
-        found = re.search(r"^encoding:\s*(\S+)", head, re.MULTILINE)
-        encoding = found.group(1).lower() if found else "raw"
-        ratio = {"raw": 1, "gzip": _DEFLATE_MAX_RATIO, "gz": _DEFLATE_MAX_RATIO}.get(encoding)
-        data = re.search(r"^data ?file:\s*(.+?)\s*$", head, re.MULTILINE)
-        if data is not None:
-            return _Storage(data.group(1), None, ratio)
-        return _Storage(None, len(head) + len(blank) if blank else None, ratio)
-    compressed = re.search(r"^CompressedData\s*=\s*True", text, re.MULTILINE | re.IGNORECASE)
-    ratio = _DEFLATE_MAX_RATIO if compressed else 1
-    data = re.search(r"^ElementDataFile\s*=\s*(.+?)[ \t]*\r?\n", text, re.MULTILINE)
-    if data is None or data.group(1).upper() != "LOCAL":
-        return _Storage(None if data is None else data.group(1), None, ratio)
-    return _Storage(None, data.end(), ratio)
+        blank = next((i for i, line in enumerate(lines) if line in ("\n", "\r\n")), None)
+        if blank is None:
+            return lines, None, suffix == ".nhdr" and all_read
+        return lines[:blank], sum(len(line) for line in lines[: blank + 1]), True
+    last = next((i for i, line in enumerate(lines) if _META_DATA_FILE.match(line)), None)
+    if last is None:
+        return lines, None, False
+    head = lines[: last + 1]
+    return head, sum(len(line) for line in head), head[-1].endswith("\n") or all_read
+
+
+def _storage(text: str, suffix: str, name: str) -> _Storage:
+    """Read the data location and encoding from the header ``text`` (the file's start).
+
+    Every line of the header is searched for the data file, so that no header makes the
+    reader open a file that was not checked.
+
+    Raises:
+        CorruptFileError: the header does not end within ``_HEADER_PROBE`` bytes, or names
+            its data file more than once.
+        NotNiftiError: the same, for a file that does not start as its format does.
+    """
+    nrrd = _IMAGE_IO[suffix] == "NrrdImageIO"
+    head, header_bytes, complete = _header_lines(text, suffix)
+    pattern = _NRRD_DATA_FILE if nrrd else _META_DATA_FILE
+    found = [m.group(1).strip() for line in head if (m := pattern.match(line))]
+    if not complete or len(found) > 1:
+        kind = "NRRD" if nrrd else "MetaImage"
+        problem = (
+            f"names its data file {len(found)} times"
+            if complete
+            else f"does not end within its first {_HEADER_PROBE} bytes (longer headers are "
+            "not read)"
+        )
+        error = CorruptFileError if _looks_like(text, suffix) else NotNiftiError
+        raise error(f"{name}: the {kind} header {problem}.")
+    fields = "".join(head)
+    if nrrd:
+        encoding = re.search(r"^\s*encoding\s*:\s*(\S+)", fields, re.MULTILINE | re.IGNORECASE)
+        name_of = encoding.group(1).lower() if encoding else "raw"
+        ratio = {"raw": 1, "gzip": _DEFLATE_MAX_RATIO, "gz": _DEFLATE_MAX_RATIO}.get(name_of)
+    else:
+        compressed = re.search(
+            r"^\s*CompressedData\s*[=:]\s*True", fields, re.MULTILINE | re.IGNORECASE
+        )
+        ratio = _DEFLATE_MAX_RATIO if compressed else 1
+    if found and (nrrd or found[0].upper() != "LOCAL"):
+        return _Storage(found[0], None, ratio)
+    return _Storage(None, header_bytes, ratio)
 
 
 def _check_storage(file: Path, storage: _Storage, suffix: str) -> int | None:
@@ -220,8 +267,10 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
             read as its format (the ending decides: ``.nrrd``/``.nhdr`` NRRD, ``.mha``/``.mhd``
             MetaImage).
         CorruptFileError: an empty shape, a spacing that is not positive and finite, less
-            data on disk than the header declares, or a data file that is not one plain name
-            next to a ``.nhdr`` / ``.mhd`` header (``.nrrd`` / ``.mha`` hold their data).
+            data on disk than the header declares, a header longer than 64 KiB or naming its
+            data file twice, or a data file that is not one plain name next to a ``.nhdr`` /
+            ``.mhd`` header (``.nrrd`` / ``.mha`` hold their data); all checked before the
+            reader opens anything the header names.
         UnsupportedDataTypeError: complex or other non-numeric pixel types.
         VolumeTooLargeError: more voxels than ``max_voxels``.
     """
@@ -236,6 +285,8 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
     reader.SetFileName(str(file))
     kind = "NRRD" if _IMAGE_IO[suffix] == "NrrdImageIO" else "MetaImage"
     text = _header_text(file)
+    storage = _storage(text, suffix, name)  # before ITK opens anything the header names
+    stored = _check_storage(file, storage, suffix)
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
@@ -262,8 +313,6 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
         raise VolumeTooLargeError(
             f"{name}: {voxels} voxels (shape {shape}), above the limit of {max_voxels}."
         )
-    storage = _storage(text, suffix)
-    stored = _check_storage(file, storage, suffix)
     ratio = storage.ratio
     if stored is not None and ratio is not None and stored * ratio < voxels * dtype.itemsize:
         raise CorruptFileError(
