@@ -45,6 +45,7 @@ from monai_jdt.scoring.nifti import (
 # NIfTI-1 field offsets (little-endian files as nibabel writes them on this machine)
 DIM, VOX_OFFSET, SCL_SLOPE, SCL_INTER = 40, 108, 112, 116
 QFORM_CODE, SFORM_CODE, QUATERN_B = 252, 254, 256
+PIXDIM = 76  # float32[8]: qfac, then the voxel sizes
 N2_VOX_OFFSET = 168  # NIfTI-2: int64
 SHAPE = (9, 8, 7)
 IGNORE_AFFINE = ScoringOptions(ignore_affine=True)
@@ -598,3 +599,57 @@ def reference_for(values: np.ndarray) -> bytes:
         values = np.where(finite, np.rint(np.where(finite, values, 0)), 0)
     ids = np.clip(values, 0, 2**62).astype(np.int64)
     return nifti_bytes(np.roll(ids, 1, axis=0) if ids.ndim else ids, dtype=np.int64)
+
+
+def nifti_bytes_of(image: nib.Nifti1Image) -> bytes:
+    return bytes(image.to_bytes())
+
+
+GRID = np.array([[0.0, -2.0, 0.0, 10.0], [1.5, 0.0, 0.0, -4.0], [0.0, 0.0, 3.0, 7.0], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    ("field", "fmt", "value"),
+    [
+        (PIXDIM, "<f", 0.0),  # qfac 0: nifti1.h reads it as 1, as nibabel does
+        (PIXDIM + 4, "<f", -1.5),  # a negative voxel size: nibabel takes its magnitude
+        (PIXDIM + 8, "<f", 0.0),  # a zero voxel size: nibabel reads 1
+        (SFORM_CODE, "<h", 300),  # out-of-range codes: nibabel ignores that transform
+        (SFORM_CODE, "<h", -1),
+        (QFORM_CODE, "<h", 7),
+    ],
+)
+def test_the_grid_is_the_one_nibabel_loads_from_a_header_it_repairs(
+    tmp_path: Path, suffix: str, field: int, fmt: str, value: float
+) -> None:
+    image = nib.Nifti1Image(labels_volume(30), None)
+    image.header.set_qform(GRID, code=1)
+    if field == SFORM_CODE:  # an sform on another grid, which the repaired header ignores
+        image.header.set_sform(GRID @ np.diag([2.0, 1.0, 1.0, 1.0]), code=1)
+    else:  # the qform alone gives the grid
+        image.header.set_sform(None, code=0)
+    path = write(tmp_path / f"p{suffix}", edit(nifti_bytes_of(image), field, fmt, value))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = nib.load(path)
+        expected_affine, values = loaded.affine, np.asanyarray(loaded.dataobj)
+    info = inspect_nifti(path)
+    assert info.affine_problem is None
+    np.testing.assert_allclose(info.affine, expected_affine, atol=1e-6)
+    reference = nib.Nifti1Image(values, expected_affine)  # on the grid nibabel sees
+    ref = write(tmp_path / f"r{suffix}", nifti_bytes_of(reference))
+    assert reported_dice(score_files(path, ref)) == pytest.approx(
+        expected_dice(values, values), rel=1e-12
+    )
+
+
+def test_nifti2_header_changed_by_a_text_mode_transfer_is_refused(
+    tmp_path: Path, suffix: str
+) -> None:
+    raw = nifti_bytes(labels_volume(), nib.Nifti2Image)
+    assert raw[8:12] == b"\r\n\x1a\n"  # NIfTI-2's eol_check
+    path = write(tmp_path / f"p{suffix}", raw[:8] + b"\n\x1a\n\x00" + raw[12:])
+    with pytest.raises(nib.spatialimages.HeaderDataError):
+        nibabel_values(path)
+    with pytest.raises(CorruptFileError, match="EOL"):
+        score_files(path, path)

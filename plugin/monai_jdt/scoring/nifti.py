@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import logging
 import math
 import os
 import struct
@@ -68,6 +69,11 @@ _HEADERS = {
     540: (nib.Nifti2Header, 544, 4, b"n+2\x00", 2),
 }
 _UNIT_TO_MM = {1: 1000.0, 2: 1.0, 3: 1e-3}  # NIFTI_UNITS_METER, _MM, _MICRON
+#: where nibabel's header repairs are reported: nowhere (each is applied silently, as nibabel's
+#: own load does at its default log level)
+_NIBABEL_REPAIRS = logging.getLogger("monai_jdt.scoring.nibabel_repairs")
+_NIBABEL_REPAIRS.addHandler(logging.NullHandler())
+_NIBABEL_REPAIRS.propagate = False
 
 
 def _import_fast_zlib() -> ModuleType | None:
@@ -353,6 +359,24 @@ def _scaling(header: nib.Nifti1Header, name: str) -> tuple[float, float]:
     return slope, inter
 
 
+def _as_nibabel_loads(header: nib.Nifti1Header, name: str) -> nib.Nifti1Header:
+    """A copy of ``header`` with the repairs nibabel makes when it loads a file
+    (``check_fix``): ``qfac`` (``pixdim[0]``) other than -1 or 1 read as 1, negative
+    ``pixdim`` made positive and zero ones 1, out-of-range ``qform_code`` / ``sform_code`` set
+    to 0. Its affine is nibabel's ``img.affine``.
+
+    Raises:
+        CorruptFileError: a problem for which nibabel refuses the file (its level 40), such as
+            a NIfTI-2 ``eol_check`` changed by a text-mode (line-ending) transfer.
+    """
+    repaired = header.copy()
+    try:
+        repaired.check_fix(logger=_NIBABEL_REPAIRS, error_level=40)
+    except nib.spatialimages.HeaderDataError as err:
+        raise CorruptFileError(f"{name}: nibabel refuses this header ({err}).") from err
+    return repaired
+
+
 def _affine(header: nib.Nifti1Header) -> tuple[np.ndarray, str | None]:
     """The sform (else qform) affine, or NaNs and the reason when the header has none valid."""
     try:
@@ -424,7 +448,7 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
     unit = _UNIT_TO_MM.get(int(header["xyzt_units"]) % 8, 1.0)
     zooms = tuple(float(z) * unit for z in header["pixdim"][1 : 1 + min(3, len(shape))])
     spacing = zooms if all(math.isfinite(z) and z > 0 for z in zooms) else None
-    affine, affine_problem = _affine(header)
+    affine, affine_problem = _affine(_as_nibabel_loads(header, name))
     return NiftiInfo(
         path=str(path),
         shape=shape,
