@@ -7,6 +7,7 @@ for the downsampling, means of coordinates for the centres), not with the code u
 from __future__ import annotations
 
 import base64
+import tracemalloc
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jdt_service import Settings, create_app
+from jdt_service.overlays import OverlayRequest
+from monai_jdt.scoring import score_files
+from monai_jdt.scoring.nifti import inspect_nifti
 
 
 @pytest.fixture
@@ -159,3 +163,50 @@ def test_region_rows_get_overlays_of_their_labels(client: TestClient, post_pair)
     overlays = body["overlays"]
     assert overlays["worst_label"] == 2
     assert [entry["label"] for entry in overlays["centres"]] == [1, 2]
+
+
+def test_the_memory_estimate_bounds_the_rendering_and_counts_the_image(
+    tmp_path: Path, write_nifti
+) -> None:
+    """``OverlayRequest.memory_bytes`` is an upper bound of what rendering allocates
+    (``tracemalloc``), and a large float64 intensity image is part of it."""
+    pred, ref = _pair()
+    shape = (160, 150, 40)  # sampled with a step of 2 along the first two axes
+    big_ref = np.zeros(shape, np.uint8)
+    big_ref[: ref.shape[0], : ref.shape[1], : ref.shape[2]] = ref
+    big_pred = np.zeros(shape, np.uint8)
+    big_pred[: pred.shape[0], : pred.shape[1], : pred.shape[2]] = pred
+    p = write_nifti(tmp_path / "p.nii.gz", big_pred)
+    r = write_nifti(tmp_path / "r.nii.gz", big_ref)
+    image = write_nifti(tmp_path / "ct.nii.gz", np.ones(shape, np.float64))
+    report = score_files(p, r).to_dict()
+    infos = (inspect_nifti(p), inspect_nifti(r))
+    with_image = OverlayRequest(image, max_voxels=10**8)
+    estimate = with_image.memory_bytes(*infos)
+    assert estimate - OverlayRequest(None, 10**8).memory_bytes(*infos) >= 8 * big_ref.size
+    with_image.render(p, r, report)  # warm-up: imports and caches are not the request's
+    tracemalloc.start()
+    try:
+        with_image.render(p, r, report)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= estimate
+
+
+def test_overlays_past_the_job_memory_limit_are_refused(tmp_path: Path, nifti_bytes) -> None:
+    """The scoring of this pair streams in a few MiB; its float64 image does not fit."""
+    image = np.ones((400, 400, 200), np.float64)  # 256 MB loaded, 0.3 MB uploaded
+    files = {
+        "prediction": ("p.nii.gz", nifti_bytes(np.zeros(image.shape, np.uint8))),
+        "reference": ("r.nii.gz", nifti_bytes(np.zeros(image.shape, np.uint8))),
+        "image": ("ct.nii.gz", nifti_bytes(image)),
+    }
+    settings = Settings(
+        device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", max_job_bytes=200 * 2**20
+    )
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/v1/scores", files=files).status_code == 200  # overlays not asked for
+        r = c.post("/v1/scores", files=files, data={"overlays": "true"})
+        assert r.status_code == 413, r.text
+        assert r.json()["detail"]["code"] == "job_too_large"

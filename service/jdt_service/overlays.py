@@ -35,9 +35,11 @@ import nibabel as nib
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from jdt_service.job_memory import volume_bytes
 from jdt_service.schemas import ScoreReport
 from monai_jdt.scoring.errors import InvalidOptionError, ShapeMismatchError
 from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti, load_nifti
+from monai_jdt.scoring.sitk_formats import VolumeInfo
 
 __all__ = [
     "IMAGE_FIELD",
@@ -56,6 +58,9 @@ MAX_SIDE = 128
 OVERLAYS_FIELD = "overlays"
 IMAGE_FIELD = "image"
 _BOOL = TypeAdapter(bool)
+#: int64 / float64 arrays of the sampled grid alive at once while rendering: the sampled label
+#: maps before and after reorienting, and the voxel coordinates, counts and sums of _centres
+_SAMPLED_ARRAYS = 12
 LabelDtype = Literal["uint8", "uint16", "uint32"]
 _LABEL_DTYPES: tuple[LabelDtype, ...] = ("uint8", "uint16", "uint32")
 
@@ -145,6 +150,25 @@ class OverlayRequest:
             ) from None
         return cls(files.get(IMAGE_FIELD), max_voxels) if wanted else None
 
+    def memory_bytes(self, prediction: VolumeInfo, reference: VolumeInfo) -> int:
+        """Upper bound of the host memory of :meth:`render`, from the headers.
+
+        The rendering loads the reference, the prediction and the image whole, one at a
+        time (:func:`jdt_service.job_memory.volume_bytes` each), next to at most
+        ``_SAMPLED_ARRAYS`` int64 / float64 arrays of the sampled grid. It runs after the
+        scoring on the same thread, so a job needs the larger of this and the scoring's
+        estimate.
+
+        Raises:
+            NotNiftiError, CorruptFileError, UnsupportedDataTypeError, VolumeTooLargeError:
+                the ``image`` header, as :func:`render_overlays` would raise them.
+        """
+        volumes = [prediction, reference]
+        if self.image is not None:
+            volumes.append(inspect_nifti(self.image, self.max_voxels))
+        sampled = _Grid.of(reference).sampled_voxels
+        return max(volume_bytes(v) for v in volumes) + _SAMPLED_ARRAYS * 8 * sampled
+
     def render(self, prediction: Path, reference: Path, report: dict[str, Any]) -> Overlays:
         """:func:`render_overlays` of the scored pair."""
         return render_overlays(prediction, reference, self.image, report, self.max_voxels)
@@ -161,11 +185,16 @@ class _Grid:
     spacing: tuple[float, ...]
 
     @classmethod
-    def of(cls, info: NiftiInfo) -> _Grid:
+    def of(cls, info: VolumeInfo) -> _Grid:
         shape = (*info.shape[:3], 1, 1)[:3]
         zooms = (*(info.spacing or ()), 1.0, 1.0, 1.0)[:3]
         step = tuple(max(1, math.ceil(n / MAX_SIDE)) for n in shape)
         return cls(shape, step, nib.orientations.io_orientation(info.affine), zooms)
+
+    @property
+    def sampled_voxels(self) -> int:
+        """Voxels of a sampled volume (at most ``MAX_SIDE ** 3``)."""
+        return math.prod(math.ceil(n / k) for n, k in zip(self.shape, self.step, strict=True))
 
     def sample(self, data: np.ndarray) -> np.ndarray:
         """Every ``step``-th voxel of ``data`` (``[X, Y, Z, ...]``, at least 3-D after padding)."""

@@ -137,10 +137,14 @@ def _score_job(
 
 
 def _estimate(
-    prediction: Path, reference: Path, options: ScoringOptions, max_boundary_voxels: int
+    prediction: Path,
+    reference: Path,
+    options: ScoringOptions,
+    overlays: OverlayRequest | None,
+    max_boundary_voxels: int,
 ) -> tuple[int, tuple[VolumeInfo, VolumeInfo]]:
-    """The job's memory from the two headers (the header errors are the scoring core's),
-    and the headers.
+    """The job's memory from the headers (the header errors are the scoring core's): the
+    scoring's, or the overlays' when they are asked for and need more; and the two headers.
 
     Raises:
         ApiError: 413 ``boundary_too_large`` when boundary metrics are asked for on a volume
@@ -153,7 +157,10 @@ def _estimate(
     refusal = boundary_refusal(*infos, options, max_boundary_voxels)
     if refusal is not None:
         raise ApiError(413, "boundary_too_large", refusal)
-    return job_bytes(*infos, options), infos
+    memory = job_bytes(*infos, options)
+    if overlays is not None:
+        memory = max(memory, overlays.memory_bytes(*infos))
+    return memory, infos
 
 
 async def _score(
@@ -187,7 +194,7 @@ async def _score(
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
     memory_bytes, inspected = await asyncio.to_thread(
-        _estimate, prediction, reference, options, settings.max_boundary_voxels
+        _estimate, prediction, reference, options, overlays, settings.max_boundary_voxels
     )
     state.job_bytes = memory_bytes
     submitted = time.perf_counter()
