@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from monai_jdt.scoring import (
     CorruptFileError,
     NonIntegerLabelsError,
+    NotNiftiError,
     ProbabilityRangeError,
     ScoringError,
     ScoringOptions,
@@ -653,3 +654,36 @@ def test_nifti2_header_changed_by_a_text_mode_transfer_is_refused(
         nibabel_values(path)
     with pytest.raises(CorruptFileError, match="EOL"):
         score_files(path, path)
+
+
+@pytest.mark.parametrize(
+    ("name", "compress"),
+    [
+        ("p.nii.gz", False),  # raw bytes under the gzip ending
+        ("p.nii", True),  # gzip bytes under the raw ending
+        ("p.dat", False),
+        ("p", True),
+        ("p.nii.bz2", True),
+        ("p.hdr", False),
+    ],
+)
+def test_a_name_that_does_not_say_what_the_file_holds_is_refused_as_nibabel_does(
+    tmp_path: Path, name: str, compress: bool
+) -> None:
+    raw = nifti_bytes(labels_volume())
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    with pytest.raises(Exception):  # noqa: B017 - nibabel raises several types
+        nibabel_values(path)
+    with pytest.raises(NotNiftiError, match=r"rename it|not a NIfTI file name"):
+        score_files(path, path)
+
+
+def test_endings_in_upper_case_are_read_as_nibabel_reads_them(tmp_path: Path) -> None:
+    data = labels_volume(3)
+    for name, compress in (("P.NII", False), ("P.NII.GZ", True)):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(nifti_bytes(data)) if compress else nifti_bytes(data))
+        assert reported_dice(score_files(path, path)) == pytest.approx(
+            expected_dice(nibabel_values(path), nibabel_values(path)), rel=1e-12
+        )

@@ -159,6 +159,31 @@ def _name(path: str | os.PathLike[str]) -> str:
     return Path(path).name
 
 
+def _check_name(name: str, is_gzip: bool) -> None:
+    """The file name must say what the file holds, as nibabel requires (it picks its reader
+    from the name): ``.nii.gz`` for gzip-compressed NIfTI, ``.nii`` for uncompressed (any
+    case).
+
+    Raises:
+        NotNiftiError: another ending, or one that contradicts the content.
+    """
+    lower = name.lower()
+    if lower.endswith(".nii.gz") and not is_gzip:
+        raise NotNiftiError(
+            f"{name}: named .nii.gz but not gzip-compressed; rename it to .nii (nibabel "
+            "refuses it under this name)."
+        )
+    if lower.endswith(".nii") and is_gzip:
+        raise NotNiftiError(
+            f"{name}: named .nii but gzip-compressed; rename it to .nii.gz (nibabel refuses "
+            "it under this name)."
+        )
+    if not lower.endswith((".nii", ".nii.gz")):
+        raise NotNiftiError(
+            f"{name}: not a NIfTI file name; expected a name ending in .nii or .nii.gz."
+        )
+
+
 class _Stream:
     """The bytes of a file in order, inflated when it is gzip-compressed.
 
@@ -410,6 +435,7 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         raise NotNiftiError(f"{name}: cannot be read ({err.strerror}).") from err
     with handle:
         is_gzip = handle.read(2) == _GZIP_MAGIC
+        _check_name(name, is_gzip)
         handle.seek(0)
         stream = _Stream(handle, is_gzip, name)
         block = stream.read_exactly(544)
