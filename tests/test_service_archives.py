@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
 import tarfile
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 
-from jdt_service.archives import ArchiveError, unpack_archive
+from jdt_service import archives, zip_prefetch
+from jdt_service.archives import MEMBER_SLACK, ArchiveError, nifti_member_limit, unpack_archive
+from monai_jdt.scoring.nifti import MAX_DATA_OFFSET
 
 NII = b"\x5c\x01\x00\x00" + b"\x00" * 400  # bytes only: the archive layer never parses NIfTI
 
@@ -206,3 +212,188 @@ def test_one_corrupt_member_among_many_refuses_the_archive_and_leaves_nothing(
         unpack_archive(src, dest, field="f", max_members=len(members), max_bytes=64 << 20)
     assert caught.value.status == 422 and caught.value.code == "archive_invalid"
     assert list(dest.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------
+# zip bombs: a kept raw NIfTI member is written no further than its own header declares
+
+BOMB = 64 << 20  # inflated size of the bomb members (each deflates to about 64 KiB)
+ROOM = MAX_DATA_OFFSET + MEMBER_SLACK  # what a member without a readable header may hold
+
+
+def _zeros(n: int) -> Iterator[bytes]:
+    chunk = bytes(1 << 22)
+    for at in range(0, n, len(chunk)):
+        yield chunk[: n - at]
+
+
+def _zip_stream(name: str, parts: Iterable[bytes]) -> bytes:
+    """A zip of one deflated member written in pieces (never held whole in memory)."""
+    buf = io.BytesIO()
+    z = zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED)
+    with z, z.open(name, "w", force_zip64=True) as member:
+        for part in parts:
+            member.write(part)
+    return buf.getvalue()
+
+
+def _nifti_header(shape: tuple[int, ...], version: int = 1, endianness: str = "<") -> bytes:
+    """A single-file NIfTI header of uint8 voxels, extension flag included."""
+    kind = nib.Nifti1Header if version == 1 else nib.Nifti2Header
+    header = kind(endianness=endianness)
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352 if version == 1 else 544
+    return header.binaryblock + b"\0" * 4
+
+
+def _count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes written to each file ``archives`` (and ``zip_prefetch``) create, recorded as
+    they are written (a refused member's file is removed, so its size is measured here)."""
+    sizes: list[int] = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, file: IO[bytes]) -> None:
+            self.file = file
+            self.index = len(sizes)
+            sizes.append(0)
+
+        def write(self, data: bytes) -> int:
+            sizes[self.index] += len(data)
+            return self.file.write(data)
+
+        def __enter__(self) -> Counting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.file, name)
+
+    def counting_open(file: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        return Counting(handle) if "x" in mode or "w" in mode else handle
+
+    monkeypatch.setattr(archives, "open", counting_open, raising=False)
+    monkeypatch.setattr(zip_prefetch, "open", counting_open, raising=False)
+    return sizes
+
+
+def _refused(data: bytes, tmp_path: Path, **limits: Any) -> ArchiveError:
+    src = tmp_path / "upload"
+    src.write_bytes(data)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(ArchiveError) as caught:
+        unpack_archive(src, dest, field="predictions", max_members=5, **limits)
+    assert list(dest.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "upload"]
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        ("case_000.nii", b""),  # zeros only: no NIfTI header at all
+        ("case_000.nii.gz", b""),  # not gzip-compressed: the scorer would read it as raw
+        ("case_000.nii", _nifti_header((64, 64, 64))),  # declares 256 KiB of voxels
+        ("case_000.nii", _nifti_header((64, 64, 64), version=2)),
+        ("case_000.nii", _nifti_header((64, 64, 64), endianness=">")),
+    ],
+)
+def test_a_zip_bomb_member_is_refused_before_more_than_its_header_allows_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, header: bytes
+) -> None:
+    """The f04 bomb, smaller: a member of zeros that deflates 1000:1 and declares its true
+    size, well within the archive limit: refused once past ``ROOM``, not after ``BOMB``."""
+    data = _zip_stream(name, [header, *_zeros(BOMB)])
+    assert len(data) < BOMB // 200
+    sizes = _count_writes(monkeypatch)
+    error = _refused(data, tmp_path, max_bytes=1 << 30)
+    assert (error.status, error.code) == (413, "archive_too_large")
+    assert error.message.startswith("predictions: case 'case_000")
+    assert 0 < max(sizes) <= ROOM and sum(sizes) <= ROOM
+
+
+def test_a_tar_bomb_member_is_refused_before_more_than_its_header_allows_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as t:
+        info = tarfile.TarInfo("case_000.nii")
+        info.size = BOMB
+        t.addfile(info, io.BytesIO(bytes(BOMB)))
+    sizes = _count_writes(monkeypatch)
+    error = _refused(buf.getvalue(), tmp_path, max_bytes=1 << 30)
+    assert (error.status, error.code) == (413, "archive_too_large")
+    assert 0 < max(sizes) <= ROOM
+
+
+def test_a_member_is_bounded_by_its_header_and_by_max_voxels(tmp_path: Path) -> None:
+    """A header declaring 6 MiB of voxels (more than ``MAX_DATA_OFFSET``): the member may hold
+    them plus ``MEMBER_SLACK``, not more; with ``max_voxels`` below its shape, the voxels are
+    counted only up to ``max_voxels``."""
+    shape = (128, 128, 384)
+    header = _nifti_header(shape)
+    voxels = bytes(int(np.prod(shape)))
+    assert len(header) + len(voxels) > ROOM
+    good = tmp_path / "good"
+    good.mkdir()
+    src = tmp_path / "good.zip"
+    src.write_bytes(_zip({"c1.nii": header + voxels + bytes(MEMBER_SLACK)}))
+    out = unpack_archive(src, good, field="f", max_members=5, max_bytes=1 << 30)
+    assert out.files["c1"].stat().st_size == len(header) + len(voxels) + MEMBER_SLACK
+
+    (tmp_path / "over").mkdir()
+    over = _zip({"c1.nii": header + voxels + bytes(MEMBER_SLACK + 1)})
+    assert _refused(over, tmp_path / "over", max_bytes=1 << 30).code == "archive_too_large"
+    (tmp_path / "capped").mkdir()
+    capped = _zip({"c1.nii": header + voxels})
+    refused = _refused(capped, tmp_path / "capped", max_bytes=1 << 30, max_voxels=128**3)
+    assert refused.code == "archive_too_large"
+
+
+def test_compressed_and_other_volume_members_are_bounded_by_the_archive_limit_only(
+    tmp_path: Path,
+) -> None:
+    """A gzip-compressed ``.nii.gz`` (its voxels are bounded when it is scored), a ``.nrrd``
+    and a ``.mha`` larger than ``ROOM`` are kept as they are."""
+    rng = np.random.default_rng(7)
+    big = rng.integers(0, 256, ROOM + 1000, dtype=np.uint8).tobytes()
+    members = {"c1.nii.gz": gzip.compress(big, compresslevel=1), "c2.nrrd": big, "c3.mha": big}
+    src = tmp_path / "upload"
+    src.write_bytes(_zip(members))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    out = unpack_archive(src, dest, field="f", max_members=5, max_bytes=1 << 30)
+    assert {p.name: p.read_bytes() for p in out.files.values()} == {
+        "c1.nii.gz": members["c1.nii.gz"],
+        "c2.nrrd": big,
+        "c3.mha": big,
+    }
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"", ROOM),
+        (NII, ROOM),  # sizeof_hdr 348 but dim[0] = 0: declares nothing
+        (_nifti_header((512, 512, 64)), 352 + 512 * 512 * 64 + MEMBER_SLACK),
+        (_nifti_header((512, 512, 64), version=2), 544 + 512 * 512 * 64 + MEMBER_SLACK),
+        (_nifti_header((512, 512, 64), endianness=">"), 352 + 512 * 512 * 64 + MEMBER_SLACK),
+        (_nifti_header((32767,) * 7), None),  # 2**105 voxels: capped by max_voxels
+    ],
+)
+def test_nifti_member_limit(head: bytes, expected: int | None) -> None:
+    if expected is None:
+        assert nifti_member_limit(head, None) > 1 << 100
+        assert nifti_member_limit(head, 1000) == ROOM
+    else:
+        assert nifti_member_limit(head, None) == expected
+    hostile = bytearray(_nifti_header((4, 4, 4)))
+    struct.pack_into("<f", hostile, 108, float("inf"))  # vox_offset
+    assert nifti_member_limit(bytes(hostile), None) == ROOM
+    struct.pack_into("<f", hostile, 108, float(MAX_DATA_OFFSET + 16))  # past what is read
+    assert nifti_member_limit(bytes(hostile), None) == ROOM

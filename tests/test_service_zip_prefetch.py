@@ -12,14 +12,16 @@ import struct
 import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from jdt_service import archives
-from jdt_service.archives import ArchiveError, unpack_archive
+from jdt_service import archives, zip_prefetch
+from jdt_service.archives import MEMBER_SLACK, ArchiveError, unpack_archive
 from jdt_service.uploads import GrowingFile
 from jdt_service.zip_prefetch import ZipPrefetch
+from monai_jdt.scoring.nifti import MAX_DATA_OFFSET
 
 MAX_BYTES = 64 << 20
 
@@ -110,11 +112,11 @@ def test_followed_members_are_adopted_and_equal_zipfiles_extraction(
 ) -> None:
     data = _zip(_members(), method)
     archive, follower = _arrive(data, tmp_path)
-    assert len(follower.members) == 4  # every local header was followed
+    assert len(follower.members) == 3  # every kept member was followed (notes.txt is not)
     adopted = _count_adoptions(monkeypatch)
     assert _unpack(archive, tmp_path / "out", follower) == _expected()
     assert len(adopted) == 3  # the kept members were moved, not inflated again
-    assert list(tmp_path.glob(".prefetch-*")) == []  # the skipped one's was removed
+    assert list(tmp_path.glob(".prefetch-*")) == []
 
 
 def test_members_with_a_data_descriptor_are_left_to_zipfile(tmp_path: Path) -> None:
@@ -186,5 +188,105 @@ def test_a_prefetched_member_the_directory_describes_otherwise_is_extracted_agai
     assert 0 in follower.members
     adopted = _count_adoptions(monkeypatch)
     assert _unpack(archive, tmp_path / "out", follower) == _expected()
-    assert len(adopted) == len(follower.members) - 2  # not member 0, not the skipped notes
+    assert len(adopted) == len(follower.members) - 1  # not member 0
     assert list(tmp_path.glob(".prefetch-*")) == []  # member 0's prefetch was dropped
+
+
+# ------------------------------------------------------------------------------------------
+# only kept members are inflated, each no further than its header allows
+
+BOMB = 64 << 20
+ROOM = MAX_DATA_OFFSET + MEMBER_SLACK  # what a member without a readable header may hold
+
+
+def _deflated(members: dict[str, int | bytes]) -> bytes:
+    """A deflated zip whose ``int`` members are that many zeros, written in pieces."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, content in members.items():
+            if isinstance(content, bytes):
+                z.writestr(name, content)
+                continue
+            with z.open(name, "w") as member:  # below 4 GiB: no zip64 sizes, so followed
+                for at in range(0, content, 1 << 22):
+                    member.write(bytes(min(1 << 22, content - at)))
+    return buf.getvalue()
+
+
+def _prefetch_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes ``zip_prefetch`` writes to each file it creates."""
+    sizes: list[int] = []
+    real_open = open
+
+    def counting_open(file: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        if "x" not in mode and "w" not in mode:
+            return handle
+        index = len(sizes)
+        sizes.append(0)
+        write = handle.write
+
+        def counted(data: bytes) -> int:
+            sizes[index] += len(data)
+            return write(data)
+
+        handle.write = counted
+        return handle
+
+    monkeypatch.setattr(zip_prefetch, "open", counting_open, raising=False)
+    return sizes
+
+
+def test_skipped_members_are_stepped_over_not_inflated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """f04b: a large ``notes.txt`` and a hidden file are never inflated; the volume after
+    them still is, and is adopted."""
+    # the declared sizes stay within MAX_BYTES, so the follower goes on after them
+    skipped = {"notes.txt": BOMB // 3, "__MACOSX/._c0.nii": BOMB // 3}
+    data = _deflated({**skipped, "c0.nii": b"abc" * 1000})
+    sizes = _prefetch_writes(monkeypatch)
+    archive, follower = _arrive(data, tmp_path)
+    assert [m.name for m in follower.members.values()] == ["c0.nii"]
+    assert sizes == [3000]  # one file, c0.nii's bytes only
+    assert _unpack(archive, tmp_path / "out", follower) == {"c0": b"abc" * 1000}
+
+
+def test_the_follower_stops_at_a_member_the_archive_is_refused_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """f04b: a skipped bomb then a nested archive: nothing is written before the archive is
+    refused, and the volume after the nested archive is not followed either."""
+    nested = b"PK\x05\x06" + bytes(18)
+    data = _deflated({"notes.txt": BOMB // 2, "inner.zip": nested, "c1.nii": BOMB // 4})
+    sizes = _prefetch_writes(monkeypatch)
+    archive, follower = _arrive(data, tmp_path)
+    assert follower.members == {} and sizes == []
+    with pytest.raises(ArchiveError) as caught:
+        _unpack(archive, tmp_path / "out", follower)
+    assert caught.value.code == "archive_nested"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_bomb_member_is_not_prefetched_past_its_header_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept ``.nii`` of zeros whose local header declares its true 64 MiB: the follower
+    stops writing at ``ROOM`` and removes its file; the archive is then refused (413)."""
+    data = _deflated({"case_000.nii": BOMB})
+    sizes = _prefetch_writes(monkeypatch)
+    archive, follower = _arrive(data, tmp_path)
+    assert follower.members == {} and list(tmp_path.glob(".prefetch-*")) == []
+    assert len(sizes) == 1 and 0 < sizes[0] <= ROOM
+    with pytest.raises(ArchiveError) as caught:
+        _unpack(archive, tmp_path / "out", follower)
+    assert (caught.value.status, caught.value.code) == (413, "archive_too_large")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_follower_stops_at_the_archive_limits(tmp_path: Path) -> None:
+    """Declared sizes are summed over every member, skipped ones too, as unpack_archive
+    sums them: past ``max_bytes`` nothing more is followed."""
+    data = _deflated({"notes.txt": MAX_BYTES - 10, "c0.nii": b"x" * 100})
+    _, follower = _arrive(data, tmp_path)
+    assert follower.members == {}

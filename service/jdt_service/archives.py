@@ -10,6 +10,14 @@ inflate, so an archive is refused with a 4xx :class:`ArchiveError` as soon as it
 * an uncompressed total above ``max_bytes``: the sizes the archive declares are summed first,
   and the bytes actually inflated are counted too (a zip may lie about its sizes; a tar's
   gzip stream is counted as a whole, headers included);
+* a NIfTI member (``.nii``, or a ``.nii.gz`` that is not gzip-compressed: the scoring core
+  tells the two apart by their first bytes) that inflates past what its own header declares:
+  :func:`nifti_member_limit` bytes, at most the larger of the header's ``vox_offset`` plus
+  voxels x bytes per voxel (the voxels counted up to ``max_voxels``) and
+  ``MAX_DATA_OFFSET``, plus :data:`MEMBER_SLACK`. Writing stops there, so a member of zeros
+  that deflates 1000:1 costs a few MiB of disk, not its declared size. A compressed member
+  (gzip ``.nii.gz``, ``.nrrd``, ``.mha``) is bounded by ``max_bytes`` only (its voxels are
+  bounded from its header when it is scored);
 * two files with the same case id (the name without its ending, folders ignored);
 * a detached header (``.nhdr``, ``.mhd``): it names a separate data file, which the flat
   folder of renamed cases cannot keep next to it (and a header must not make the server read
@@ -24,7 +32,9 @@ two such folders as ``score-dir`` does; their headers are checked when they are 
 error ``dest`` is emptied before the exception leaves, so a refused archive leaves no files.
 Client file names are only ever used as case ids, never as paths. The members of a zip that
 :mod:`jdt_service.zip_prefetch` inflated while the upload arrived are used where the central
-directory describes them exactly, after the same checks.
+directory describes them exactly, after the same checks (prefetched files that are not used are
+removed before anything is extracted, so the files of one archive never hold more than
+``max_bytes`` together).
 """
 
 from __future__ import annotations
@@ -41,17 +51,25 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from jdt_service.errors import ApiError
-from jdt_service.zip_prefetch import Prefetched
+from monai_jdt.scoring.errors import ScoringError
 from monai_jdt.scoring.files import VOLUME_SUFFIXES
+from monai_jdt.scoring.nifti import MAX_DATA_OFFSET, declared_layout
+
+if TYPE_CHECKING:  # zip_prefetch applies this module's rules, so it imports this module
+    from jdt_service.zip_prefetch import Prefetched
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "ARCHIVE_VOLUME_SUFFIXES",
+    "MEMBER_SLACK",
     "ArchiveError",
+    "MemberLimit",
     "UnpackedArchive",
+    "kept_member",
+    "nifti_member_limit",
     "unpack_archive",
 ]
 
@@ -68,6 +86,14 @@ _UNPACK_THREADS = 2
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 _GZIP_MAGIC = b"\x1f\x8b"
+#: bytes a raw NIfTI member may hold past the end its header declares (or past
+#: ``MAX_DATA_OFFSET`` when that is larger, or when the member has no readable header)
+MEMBER_SLACK = 1 << 20
+#: the endings of members that may be raw NIfTI (a ``.nii.gz`` is read as raw when it is not
+#: gzip-compressed)
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: the bytes that hold a NIfTI-1 or NIfTI-2 header and its extension flag
+_NIFTI_HEAD = 544
 
 
 class ArchiveError(ApiError):
@@ -146,9 +172,80 @@ def _unsafe(field: str, message: str) -> ArchiveError:
     return ArchiveError(field, 422, "archive_unsafe_member", message)
 
 
-def _case_of(field: str, name: str, member_number: int) -> tuple[str, str] | None:
+def nifti_member_limit(head: bytes, max_voxels: int | None) -> int:
+    """The most bytes a raw (uncompressed) NIfTI member starting with ``head`` (its first
+    ``_NIFTI_HEAD`` bytes, or all of it when shorter) may hold: the end of the voxel data its
+    header declares (:func:`monai_jdt.scoring.nifti.declared_layout`, the voxels counted up
+    to ``max_voxels`` when given), at least ``MAX_DATA_OFFSET``, plus :data:`MEMBER_SLACK`.
+    A header the scoring core refuses declares nothing."""
+    try:
+        offset, voxels, itemsize = declared_layout(head, "member")
+    except ScoringError:
+        data_end = 0
+    else:
+        data_end = offset + min(voxels, max_voxels or voxels) * itemsize
+    return max(data_end, MAX_DATA_OFFSET) + MEMBER_SLACK
+
+
+class MemberLimit:
+    """Counts the bytes of one kept member as they inflate, and refuses (413
+    ``archive_too_large``) as soon as a raw NIfTI member is past :func:`nifti_member_limit`.
+
+    ``name`` is the member's file name in ``dest`` (``<case id><ending>``); members of other
+    endings, and gzip-compressed ones, are only counted (``max_bytes`` bounds them).
+    """
+
+    def __init__(self, field: str, name: str, max_voxels: int | None) -> None:
+        self.field = field
+        self.name = name
+        self.max_voxels = max_voxels
+        self.count = 0
+        self.limit: int | None = None
+        self._head = b""
+        self._decided = not name.lower().endswith(_NIFTI_SUFFIXES)
+
+    def add(self, data: bytes) -> None:
+        """Count ``data``, the next bytes of the member; raise once it is past the limit."""
+        self.count += len(data)
+        if not self._decided:
+            self._head += data[: _NIFTI_HEAD - len(self._head)]
+            if len(self._head) >= _NIFTI_HEAD:
+                self._decide()
+        self._check()
+
+    def end(self) -> None:
+        """The member is complete (one shorter than a header is decided and checked now)."""
+        if not self._decided:
+            self._decide()
+        self._check()
+
+    def check_file(self, path: Path, size: int) -> None:
+        """Check a member already written to ``path`` (``size`` bytes) as if it inflated."""
+        with open(path, "rb") as handle:
+            self.add(handle.read(_NIFTI_HEAD))
+        self.count = size
+        self.end()
+
+    def _decide(self) -> None:
+        self._decided = True
+        if not self._head.startswith(_GZIP_MAGIC):
+            self.limit = nifti_member_limit(self._head, self.max_voxels)
+
+    def _check(self) -> None:
+        if self.limit is not None and self.count > self.limit:
+            raise ArchiveError(
+                self.field,
+                413,
+                "archive_too_large",
+                f"case {self.name!r} inflates to more than {self.limit} bytes, more than its "
+                "NIfTI header declares (vox_offset + voxels x bytes per voxel, at least "
+                f"{MAX_DATA_OFFSET}, plus {MEMBER_SLACK})",
+            )
+
+
+def kept_member(field: str, name: str, member_number: int) -> tuple[str, str] | None:
     """``(case id, ending)`` of a member path, None when the member is skipped; raise when
-    unsafe."""
+    unsafe (the rules of this module's docstring)."""
     where = f"member {member_number}"
     if "\\" in name or "\x00" in name:
         raise _unsafe(field, f"{where} has a backslash or NUL in its path")
@@ -193,10 +290,13 @@ class _Writer:
     may then run on several threads at once (the budget is shared under a lock).
     """
 
-    def __init__(self, field: str, dest: Path, budget: _Budget) -> None:
+    def __init__(
+        self, field: str, dest: Path, budget: _Budget, max_voxels: int | None = None
+    ) -> None:
         self.field = field
         self.dest = dest
         self.budget = budget
+        self.max_voxels = max_voxels
         self.files: dict[str, Path] = {}
         self.skipped = 0
         self._lock = threading.Lock()
@@ -215,7 +315,9 @@ class _Writer:
 
     def write(self, final: Path, source: IO[bytes], declared: int) -> None:
         """Copy ``source`` to ``final`` (through a hidden partial file: no case id starts with
-        a dot), counting its bytes against the budget and its declared size."""
+        a dot), counting its bytes against the budget, its declared size and its
+        :class:`MemberLimit` before each chunk is written."""
+        limit = MemberLimit(self.field, final.name, self.max_voxels)
         target = final.with_name(f".partial-{final.name}")
         with open(target, "xb") as out:
             size = 0
@@ -227,11 +329,15 @@ class _Writer:
                     raise _unsafe(
                         self.field, f"case {final.name!r} is longer than its declared size"
                     )
+                limit.add(chunk)
                 out.write(chunk)
+            limit.end()
         target.rename(final)
 
     def adopt(self, final: Path, path: Path, size: int) -> None:
-        """Move a member inflated and checked beforehand (``size`` bytes) to ``final``."""
+        """Move a member inflated and checked beforehand (``size`` bytes) to ``final``, once
+        its :class:`MemberLimit` is checked again."""
+        MemberLimit(self.field, final.name, self.max_voxels).check_file(path, size)
         with self._lock:
             self.budget.write(size)
         path.rename(final)
@@ -264,36 +370,46 @@ def _unpack_zip(
     them exactly, and inflate the others on ``_UNPACK_THREADS`` threads (reading, CRC checks
     and writing release the GIL; zipfile serialises the reads of one archive)."""
     field = writer.field
-    with zipfile.ZipFile(handle) as archive:
-        plan: list[tuple[zipfile.ZipInfo, Path]] = []
-        for number, info in enumerate(archive.infolist(), 1):
-            mode = info.external_attr >> 16
-            if info.is_dir():
-                continue
-            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no Unix mode recorded
-                raise _unsafe(field, f"member {number} is a link or a special file")
-            kept = _case_of(field, info.filename, number)
-            budget.member(info.file_size)
-            if kept is None:
-                writer.skipped += 1
-                continue
-            if info.flag_bits & 0x1:
-                raise ArchiveError(field, 422, "archive_invalid", f"member {number} is encrypted")
-            plan.append((info, writer.claim(*kept)))
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            plan: list[tuple[zipfile.ZipInfo, Path]] = []
+            for number, info in enumerate(archive.infolist(), 1):
+                mode = info.external_attr >> 16
+                if info.is_dir():
+                    continue
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no Unix mode recorded
+                    raise _unsafe(field, f"member {number} is a link or a special file")
+                kept = kept_member(field, info.filename, number)
+                budget.member(info.file_size)
+                if kept is None:
+                    writer.skipped += 1
+                    continue
+                if info.flag_bits & 0x1:
+                    raise ArchiveError(
+                        field, 422, "archive_invalid", f"member {number} is encrypted"
+                    )
+                plan.append((info, writer.claim(*kept)))
 
-        unused = dict(prefetched)  # each prefetched file is taken at most once
+            # a prefetched file is taken (once) where the directory describes it exactly; the
+            # others (skipped or unlisted members, or not what the directory says) are dropped
+            # before anything is extracted, so the files on disk stay within the declared sizes
+            unused: dict[int, Prefetched] = {}
+            for info, _ in plan:
+                member = prefetched.get(info.header_offset)
+                if member is not None and _matches(info, member):
+                    unused.setdefault(info.header_offset, member)
+            for offset, member in prefetched.items():
+                if unused.get(offset) is not member:
+                    member.path.unlink(missing_ok=True)
 
-        def extract(info: zipfile.ZipInfo, final: Path) -> None:
-            member = unused.pop(info.header_offset, None)
-            if member is not None and _matches(info, member):
-                writer.adopt(final, member.path, member.size)
-                return
-            if member is not None:  # prefetched, but not what the directory says: dropped
-                member.path.unlink(missing_ok=True)
-            with archive.open(info) as source:
-                writer.write(final, source, info.file_size)
+            def extract(info: zipfile.ZipInfo, final: Path) -> None:
+                member = unused.pop(info.header_offset, None)
+                if member is not None:
+                    writer.adopt(final, member.path, member.size)
+                    return
+                with archive.open(info) as source:
+                    writer.write(final, source, info.file_size)
 
-        try:
             with ThreadPoolExecutor(_UNPACK_THREADS, thread_name_prefix="jdt-unzip") as pool:
                 futures = [pool.submit(extract, info, final) for info, final in plan]
                 try:
@@ -302,9 +418,9 @@ def _unpack_zip(
                 finally:  # on an error, members not started are dropped; the others end first
                     for future in futures:
                         future.cancel()
-        finally:  # prefetched files nothing took (skipped or unlisted members) go at once
-            for member in unused.values():
-                member.path.unlink(missing_ok=True)
+    finally:  # prefetched files nothing took (refused first, or an error) go at once
+        for member in prefetched.values():
+            member.path.unlink(missing_ok=True)
 
 
 def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
@@ -317,7 +433,7 @@ def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
                 continue
             if not info.isreg():
                 raise _unsafe(field, f"member {number} is a link or a special file")
-            kept = _case_of(field, info.name, number)
+            kept = kept_member(field, info.name, number)
             budget.member(info.size)
             if kept is None:
                 writer.skipped += 1
@@ -349,22 +465,26 @@ def unpack_archive(
     max_members: int,
     max_bytes: int,
     prefetched: Mapping[int, Prefetched] | None = None,
+    max_voxels: int | None = None,
 ) -> UnpackedArchive:
     """Unpack ``archive`` (zip or tar.gz, told apart by their first bytes) into ``dest``.
 
     ``dest`` must exist and be empty. ``field`` names the upload in error messages.
     ``prefetched``: the zip members a :class:`~jdt_service.zip_prefetch.ZipPrefetch` inflated
     while the archive arrived, by header offset (each is used only where the central
-    directory describes it exactly; the checks are the same either way).
+    directory describes it exactly; the checks are the same either way). ``max_voxels``: the
+    voxels counted at most per raw NIfTI member when bounding its size (see
+    :class:`MemberLimit`; without it, the header's own voxel count).
 
     Raises:
         ArchiveError: 422 ``archive_invalid`` (not a zip / tar.gz, corrupt, encrypted),
             ``archive_unsafe_member``, ``archive_nested``, ``archive_duplicate_case``,
             ``archive_bad_case_id``, ``archive_detached_header``, ``archive_empty``; 413
-            ``archive_too_many_members``, ``archive_too_large``.
+            ``archive_too_many_members``, ``archive_too_large`` (the total, or one raw NIfTI
+            member past :func:`nifti_member_limit`).
     """
     budget = _Budget(field, max_members, max_bytes)
-    writer = _Writer(field, dest, budget)
+    writer = _Writer(field, dest, budget, max_voxels)
     with _empty_on_error(dest), open(archive, "rb") as handle:
         head = handle.read(4)
         handle.seek(0)

@@ -43,6 +43,7 @@ __all__ = [
     "MAX_TRAILER_BYTES",
     "HeaderInfo",
     "NiftiInfo",
+    "declared_layout",
     "inspect_nifti",
     "iter_voxel_chunks",
     "load_nifti",
@@ -338,6 +339,35 @@ def _data_offset(header: nib.Nifti1Header, header_end: int, name: str) -> int:
     return int(raw)
 
 
+def _data_dtype(header: nib.Nifti1Header, name: str) -> np.dtype:
+    """The stored dtype; refuses unknown codes and types that cannot be scored."""
+    try:
+        dtype = header.get_data_dtype()
+    except Exception as err:  # nibabel raises several types for unknown codes
+        raise UnsupportedDataTypeError(f"{name}: unknown NIfTI data type ({err}).") from err
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise UnsupportedDataTypeError(
+            f"{name}: data type {dtype} cannot be scored; expected integer labels or float "
+            "probabilities."
+        )
+    return dtype
+
+
+def declared_layout(head: bytes, name: str) -> tuple[int, int, int]:
+    """``(vox_offset, voxels, bytes per voxel)`` of the uncompressed single-file NIfTI that
+    starts with ``head`` (at least its 348- or 540-byte header), read as
+    :func:`inspect_nifti` reads them; the file holds ``vox_offset + voxels * bytes`` bytes.
+
+    Raises:
+        NotNiftiError, CorruptFileError, UnsupportedDataTypeError: a header that
+            :func:`inspect_nifti` refuses for these reasons (``name`` is in the message).
+    """
+    header, header_end = _parse_header(head, name)
+    shape = _shape(header, name)
+    offset = _data_offset(header, header_end, name)
+    return offset, math.prod(shape), _data_dtype(header, name).itemsize
+
+
 def _version(header: nib.Nifti1Header) -> int:
     return 2 if isinstance(header, nib.Nifti2Header) else 1
 
@@ -446,15 +476,7 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
             size = offset - header_end
             _check_extensions(block[header_end:], stream, size, header.endianness, name)
         file_size = os.fstat(handle.fileno()).st_size
-    try:
-        dtype = header.get_data_dtype()
-    except Exception as err:  # nibabel raises several types for unknown codes
-        raise UnsupportedDataTypeError(f"{name}: unknown NIfTI data type ({err}).") from err
-    if dtype.kind not in "biuf" or dtype.fields is not None:
-        raise UnsupportedDataTypeError(
-            f"{name}: data type {dtype} cannot be scored; expected integer labels or float "
-            "probabilities."
-        )
+    dtype = _data_dtype(header, name)
     voxels = math.prod(shape)
     if max_voxels is not None and voxels > max_voxels:
         raise VolumeTooLargeError(

@@ -120,7 +120,7 @@ async def receive_upload(
 
     def follow(name: str, growing: GrowingFile) -> None:
         followers[name] = ZipPrefetch(
-            growing, folder, settings.max_cases, settings.max_archive_bytes
+            growing, folder, settings.max_cases, settings.max_archive_bytes, settings.max_voxels
         )
 
     try:
@@ -156,7 +156,8 @@ async def unpack_upload(
     upload: ArchiveUpload, field: str, folder: Path, settings: Settings
 ) -> None:
     """Unpack the archive of ``field`` into the new ``folder`` under the archive limits
-    (``JDT_MAX_CASES``, ``JDT_MAX_ARCHIVE_BYTES``), then delete the archive."""
+    (``JDT_MAX_CASES``, ``JDT_MAX_ARCHIVE_BYTES``, and ``JDT_MAX_VOXELS`` per raw NIfTI
+    member), then delete the archive."""
     archive = upload.form.files[field]
     folder.mkdir()
     await asyncio.to_thread(
@@ -167,6 +168,7 @@ async def unpack_upload(
         max_members=settings.max_cases,
         max_bytes=settings.max_archive_bytes,
         prefetched=upload.prefetched.get(field),
+        max_voxels=settings.max_voxels,
     )
     archive.unlink()
 
