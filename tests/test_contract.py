@@ -37,10 +37,11 @@ from monai_jdt.scoring import (
     TooManyLabelsError,
     parse_labels,
     score_arrays,
+    volumes,
 )
 from monai_jdt.scoring import errors as scoring_errors
 from monai_jdt.scoring.folders import FolderOptions, score_directory
-from monai_jdt.scoring.options import exposure
+from monai_jdt.scoring.options import MAX_LABEL_ID, exposure
 from monai_jdt.scoring.report import report_json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,6 +300,101 @@ def test_bad_label_specs_are_invalid_options(
     assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option", r.text
     assert main(["score", "p.nii.gz", "r.nii.gz", "--labels", spec]) == 2
     assert "[invalid_option]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("labels", str(2**63)),
+        ("labels", "1=liver,99999999999999999999999999"),
+        ("labels", "9" * 5000),  # past int()'s 4300 digits
+        ("ignore_label", str(2**63)),
+        ("ignore_label", str(2**70)),
+        ("regions", f"WT=1,{2**63}"),
+    ],
+)
+def test_label_ids_are_below_2_63_everywhere(
+    field: str, value: str, client: TestClient, capsys, organ_pair, post_pair
+) -> None:  # type: ignore[no-untyped-def]
+    """As in volumes (label_id_too_large): ids are int64 in the matrix and the report."""
+    with pytest.raises(InvalidOptionError) as text:
+        ScoringOptions.from_text({field: value})
+    assert text.value.option == field
+    pred, ref = organ_pair((10, 10, 8), 2, seed=3)
+    r = post_pair(client, pred, ref, **{field: value})
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option", r.text
+    assert field in r.json()["detail"]["message"]
+    flag = "--" + field.replace("_", "-")
+    assert main(["score", "p.nii.gz", "r.nii.gz", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_option]" in err and flag in err and err.count("\n") == 1
+
+
+def test_label_ids_up_to_2_63_minus_1_are_taken() -> None:
+    assert MAX_LABEL_ID == volumes.MAX_LABEL_ID == 2**63 - 1  # one definition, re-exported
+    top = str(MAX_LABEL_ID)
+    parsed = ScoringOptions.from_text({"labels": f"1,{top}=top", "regions": f"R=1,{top}"})
+    assert parsed.labels == {1: None, MAX_LABEL_ID: "top"}
+    assert parsed.regions == {"R": (1, MAX_LABEL_ID)}
+    assert ScoringOptions.from_text({"ignore_label": top}).ignore_label == MAX_LABEL_ID
+    assert parse_labels(f"000{top}") == {MAX_LABEL_ID: None}
+    for python in (
+        {"labels": {2**63: None}},
+        {"ignore_label": 2**63},
+        {"regions": {"R": (2**63,)}},
+    ):
+        with pytest.raises(InvalidOptionError):
+            ScoringOptions(**python)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tversky_alpha", "1_0"),
+        ("percentile", "9_5"),
+        ("affine_tol", "0x1"),
+        ("affine_tol", "inf"),
+        ("boundary_width", "\u0663"),  # ARABIC-INDIC DIGIT THREE: float() takes it
+        ("ignore_label", "1_0"),
+        ("max_labels", "1_000"),
+        ("max_labels", "\u0663"),
+    ],
+)
+def test_numbers_in_text_are_plain_decimals(
+    field: str, value: str, client: TestClient, capsys, organ_pair, post_pair
+) -> None:  # type: ignore[no-untyped-def]
+    """Python's int() and float() take '1_0' (10) and non-ASCII digits; text options do not."""
+    with pytest.raises(InvalidOptionError) as text:
+        ScoringOptions.from_text({field: value})
+    assert text.value.option == field and "decimal" in text.value.message
+    pred, ref = organ_pair((10, 10, 8), 2, seed=3)
+    r = post_pair(client, pred, ref, **{field: value})
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option", r.text
+    assert field in r.json()["detail"]["message"]
+    flag = "--" + field.replace("_", "-")
+    with pytest.raises(SystemExit) as usage:  # a usage error, as any text that is no number
+        main(["score", "p.nii.gz", "r.nii.gz", flag, value])
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert "decimal" in err and flag in err and err.count("\n") == 1
+
+
+def test_plain_decimals_and_non_numeric_text_options_still_parse() -> None:
+    parsed = ScoringOptions.from_text(
+        {"tversky_alpha": " 2 ", "affine_tol": "1e-4", "percentile": ".5", "ignore_label": "+3"}
+    )
+    assert (parsed.tversky_alpha, parsed.affine_tol, parsed.percentile) == (2.0, 1e-4, 0.5)
+    assert parsed.ignore_label == 3
+    folder = FolderOptions.from_text({"worst_q": "2.5", "workers": "2"})
+    assert (folder.worst_q, folder.workers) == (2.5, 2)
+    with pytest.raises(InvalidOptionError, match="worst_q"):
+        FolderOptions.from_text({"worst_q": "2_5"})
+    # a float or a mapping: the CLI hands the text to the option (it used to want a float)
+    args = build_parser("score").parse_args(["score", "p", "r", "--nsd-tolerance", "1=2,2=3"])
+    assert ScoringOptions.from_text({"nsd_tolerance": args.nsd_tolerance}).nsd_tolerance == {
+        1: 2.0,
+        2: 3.0,
+    }
 
 
 def test_label_names_allowed_and_duplicates_in_python_refused() -> None:

@@ -6,6 +6,9 @@ import asyncio
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -561,6 +564,46 @@ def test_one_log_line_per_request_without_names_or_content(
         text = formatter.format(lines[0])
         assert "patient_smith" not in text and "case-7" not in text
     assert json.loads(JsonFormatter().format(lines[0]))["status"] == 200
+
+
+_MALFORMED_FORM_LOGS = """
+import logging.config, sys
+from jdt_service.logs import uvicorn_log_config
+from jdt_service.settings import Settings
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser
+
+settings = Settings(temp_dir=sys.argv[1], data_dir=sys.argv[1] + "/data", log_format="json")
+logging.config.dictConfig(uvicorn_log_config(settings))  # as uvicorn does in the server
+try:  # what uploads.py does with a body whose boundary is not the declared one
+    MultipartParser(b"XBOUNDARYX").write(b"--OTHER\\r\\n")
+except FormParserError:
+    pass
+else:
+    raise AssertionError("the parser took a wrong boundary")
+logging.getLogger("python_multipart.multipart").error("an error of the form parser")
+"""
+
+
+def test_form_parser_lines_are_dropped_or_in_the_service_format(tmp_path: Path) -> None:
+    """python_multipart logs a warning (quoting the client's bytes) for each malformed body
+    before it raises: dropped, not written bare through logging's lastResort; its errors
+    are JSON lines. (The real server: test_service_server.py.)"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JDT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", _MALFORMED_FORM_LOGS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    assert "boundary character" not in done.stderr
+    assert [(line["logger"], line["level"], line["msg"]) for line in lines] == [
+        ("python_multipart.multipart", "error", "an error of the form parser")
+    ]
 
 
 def test_cors_origins(tmp_path: Path) -> None:

@@ -142,6 +142,34 @@ def test_client_that_disconnects_mid_upload_leaves_no_file(server: Server, empti
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
+def test_malformed_requests_log_json_lines_only(server: Server) -> None:
+    """A form with the wrong boundary makes python_multipart log a warning: none reaches the
+    log as bare text. A request with both body lengths gets a JSON 400 and a close."""
+    start = server.log.stat().st_size
+    body = b'--OTHER\r\nContent-Disposition: form-data; name="prediction"\r\n\r\nx\r\n'
+    r = httpx.post(
+        server.url + "/v1/scores",
+        content=body,
+        headers={"content-type": "multipart/form-data; boundary=XBOUNDARYX"},
+        timeout=10,
+    )
+    assert r.status_code == 400 and r.json()["detail"]["code"] == "malformed_multipart"
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/scores HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert b'"malformed_request"' in answer
+    time.sleep(0.5)  # the request's log line is written after its answer
+    with server.log.open("rb") as log:
+        log.seek(start)
+        lines = log.read().decode().splitlines()
+    assert lines and all(json.loads(line) for line in lines), lines  # every line is JSON
+    assert any(json.loads(line).get("error_code") == "malformed_multipart" for line in lines)
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(
     tmp_path: Path, label_pair, nifti_bytes, free_port
 ) -> None:

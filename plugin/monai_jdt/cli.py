@@ -101,14 +101,23 @@ def _add_model_flags(group: Any, model: type[BaseModel]) -> None:
         )
 
 
-def _number_type(annotation: Any) -> type[int] | type[float] | None:
-    """``int`` / ``float`` for a numeric field (optional or not), so that argparse refuses
-    text that is not a number as a usage error; None for the others (validated as text)."""
-    kinds = {annotation, *get_args(annotation)} - {type(None)}
-    for kind in (int, float):
-        if kind in kinds:
-            return kind
-    return None
+def _number_type(annotation: Any) -> Callable[[str], int | float] | None:
+    """The parser of a numeric field (optional or not), so that argparse refuses text that is
+    not a plain decimal number (``1_0``, ``inf``: ``text_number``) as a usage error; None for
+    the others (validated as text)."""
+    from monai_jdt.scoring.options import text_number
+
+    parse = text_number(annotation)
+    if parse is None:
+        return None
+
+    def number(text: str) -> int | float:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return number
 
 
 def _model_values(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:

@@ -107,7 +107,15 @@ class TextFormatter(logging.Formatter):
 def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn's loggers in the service's format, so that
     every line of the log (uvicorn's start-up and shutdown lines, Python warnings) has it;
-    uvicorn's access log stays off (the service writes its own)."""
+    uvicorn's access log stays off (the service writes its own).
+
+    ``python_multipart`` (the form parser) logs a warning for each malformed body before it
+    raises; without a handler those lines reached stderr as bare text (logging's
+    ``lastResort``). They are dropped below ``ERROR``: each one repeats a failure the client
+    already gets as ``400 malformed_multipart`` and the request's line already records
+    (``error_code``), a client can send them at will, and their text quotes the client's
+    bytes and header values (``Unknown Content-Type: ...``), which the log never holds.
+    What remains (errors) has the service's handler and format."""
     formatter = JsonFormatter if settings.log_format == "json" else TextFormatter
     level = settings.log_level.upper()
     return {
@@ -126,6 +134,7 @@ def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
             "uvicorn.error": {"level": level},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
             "py.warnings": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+            "python_multipart": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
         },
     }
 

@@ -15,6 +15,16 @@ accepts request heads of any size. :class:`BoundedH11Protocol` adds, per connect
 * a **connection cap**: past ``max_connections`` open connections, a new one gets ``503``
   with ``Retry-After`` and is closed at once.
 
+Two stricter rules about the request itself:
+
+* a request with both ``Content-Length`` and ``Transfer-Encoding`` gets ``400
+  malformed_request`` and the connection is closed (RFC 9112 section 6.1: h11 would read the
+  body as chunked and keep the connection open, so a front proxy that honours
+  ``Content-Length`` instead would see a different next request: request smuggling);
+* every request h11 cannot parse (a bad or duplicate ``Content-Length``, a
+  ``Transfer-Encoding`` other than ``chunked``, a bad request line or header) gets ``400
+  malformed_request`` in the service's JSON error shape, not uvicorn's plain text.
+
 It also tells the app when uvicorn begins a graceful shutdown (before uvicorn waits for the
 requests in flight): it sets the ``asyncio.Event`` the app keeps in its lifespan state under
 :data:`STOPPING_STATE`, so long polls (``GET /v1/jobs/{id}?wait=``) answer at once instead of
@@ -40,6 +50,8 @@ __all__ = ["STOPPING_STATE", "BoundedH11Protocol", "raw_error"]
 
 #: the lifespan-state key of the ``asyncio.Event`` set when the server starts shutting down
 STOPPING_STATE = "jdt_stopping"
+#: the ``detail.code`` of a request that is not valid HTTP/1.1
+MALFORMED_REQUEST = "malformed_request"
 
 
 @functools.cache
@@ -61,12 +73,33 @@ def raw_error(status: int, reason: str, code: str, message: str, retry_after: in
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+class _StrictConnection(h11.Connection):
+    """h11's connection, refusing a request that declares both ``Content-Length`` and
+    ``Transfer-Encoding`` (h11 would frame its body by ``Transfer-Encoding``)."""
+
+    #: set when the last request was refused for that
+    both_lengths = False
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}  # lower case in h11
+            if b"content-length" in names and b"transfer-encoding" in names:
+                self.both_lengths = True
+                raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding")
+        return event
+
+
 class BoundedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus a header timeout, a head size limit and a connection cap."""
 
     def __init__(self, config: Any, *args: Any, settings: Settings | None = None, **kwargs: Any):
         self.limits = settings or _settings()
         super().__init__(config, *args, **kwargs)
+        size = config.h11_max_incomplete_event_size  # as uvicorn builds its connection
+        self.conn = (
+            _StrictConnection(h11.SERVER) if size is None else _StrictConnection(h11.SERVER, size)
+        )
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -106,6 +139,9 @@ class BoundedH11Protocol(H11Protocol):
         super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 refused (``msg`` is uvicorn's fixed text, which
+        is logged): ``431`` past the head size limit, else ``400 malformed_request``, in the
+        service's JSON error shape; the connection is closed after it."""
         buffered, _ = self.conn.trailing_data
         if len(buffered) > self.limits.max_header_bytes:
             self._refuse(
@@ -117,7 +153,36 @@ class BoundedH11Protocol(H11Protocol):
                 )
             )
             return
-        super().send_400_response(msg)
+        self._cancel_header_timer()
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            # the app's response has begun (the request body went bad after it): no room
+            # for another one; uvicorn's own 400 would raise here
+            self.transport.close()
+            return
+        if isinstance(self.conn, _StrictConnection) and self.conn.both_lengths:
+            message = (
+                "the request has both Content-Length and Transfer-Encoding; send one "
+                "(RFC 9112 section 6.1)"
+            )
+        else:
+            message = (
+                "the request is not valid HTTP/1.1 (its request line, a header, "
+                "Content-Length, Transfer-Encoding or the chunked framing)"
+            )
+        body = json.dumps({"detail": {"code": MALFORMED_REQUEST, "message": message}}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        # through h11 as uvicorn does, so that its state knows a response was sent
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
 
     def _start_header_timer(self) -> None:
         self._cancel_header_timer()

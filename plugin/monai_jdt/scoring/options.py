@@ -15,7 +15,9 @@ everywhere). Adding an option is one field here plus its line in docs/scoring.md
 
 Text input (command line, form fields) is validated with :meth:`ScoringOptions.from_text`, which
 converts numbers and booleans from text; Python callers get strict types (``True`` is not a
-number, ``"0.5"`` is not a float).
+number, ``"0.5"`` is not a float). Numbers in text are plain decimals (:func:`text_number`:
+``2``, ``-1.5``, ``1e-4``), not everything Python's ``int`` / ``float`` take (``1_0``, ``inf``,
+``٣``); label ids are at most :data:`MAX_LABEL_ID`, as in volumes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from types import NoneType, UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -41,6 +44,8 @@ from typing_extensions import Self
 from monai_jdt.scoring.errors import InvalidOptionError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 __all__ = [
@@ -49,6 +54,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "INPUT_KINDS",
     "LABEL_WARNING_THRESHOLD",
+    "MAX_LABEL_ID",
     "METRICS",
     "Exposure",
     "OptionsModel",
@@ -58,6 +64,7 @@ __all__ = [
     "invalid_option",
     "parse_labels",
     "resolve_device",
+    "text_number",
 ]
 
 #: every per-label ratio the scoring core knows, in report order
@@ -70,6 +77,15 @@ INPUT_KINDS: tuple[str, ...] = ("auto", "labels", "probabilities")
 #: a label map with more distinct labels than this gets a warning in its report (an intensity
 #: image or an instance map passed as a label map?); ``max_labels`` refuses it instead
 LABEL_WARNING_THRESHOLD = 100
+#: the largest label id, in a volume (``label_id_too_large``) and in an option (``labels``,
+#: ``ignore_label``, ``regions``): ids are int64 in the confusion matrix, and larger JSON
+#: integers are not portable
+MAX_LABEL_ID = 2**63 - 1
+_MAX_ID_DIGITS = len(str(MAX_LABEL_ID))  # 19
+#: numbers in text (flags, form fields): ASCII decimal digits, an optional sign, fraction and
+#: exponent; no ``_`` separators, ``inf``/``nan``, hex or non-ASCII digits
+_DECIMAL_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 #: a label name: letters, digits, ``_ - .`` and spaces (no ``,`` ``;`` ``=`` of the list syntax)
 _LABEL_NAME = re.compile(r"^[^\W][\w.\- ]*$")
@@ -104,17 +120,62 @@ def exposure(field: FieldInfo) -> Exposure:
     return Exposure()
 
 
+def _decimal_int(text: str) -> int:
+    value = text.strip()
+    if not _DECIMAL_INT.fullmatch(value):
+        raise ValueError(f"{text!r} is not a whole number in plain decimal digits")
+    try:
+        return int(value)
+    except ValueError:  # past sys.get_int_max_str_digits() (4300) digits
+        raise ValueError(f"a number of {len(value)} digits is too large") from None
+
+
+def _decimal_float(text: str) -> float:
+    value = text.strip()
+    if not _DECIMAL_FLOAT.fullmatch(value):
+        raise ValueError(f"{text!r} is not a plain decimal number (such as 2, 0.5 or 1e-4)")
+    return float(value)
+
+
+def text_number(annotation: Any) -> Callable[[str], int | float] | None:
+    """The parser of a numeric field's text (``int`` or ``float``, optional or not), else
+    None. It takes plain decimal syntax only, with surrounding spaces, and raises
+    ``ValueError`` otherwise (Python's ``int`` and ``float`` also take ``1_0``, non-ASCII
+    digits and, for floats, ``inf`` and ``nan``)."""
+    union = get_origin(annotation) in (Union, UnionType)
+    kinds = [
+        kind for kind in (get_args(annotation) if union else (annotation,)) if kind is not NoneType
+    ]
+    if kinds == [int]:
+        return _decimal_int
+    if kinds == [float]:
+        return _decimal_float
+    return None
+
+
+def _label_id(key: str, spec: str) -> int:
+    """The id of a ``labels`` item (``key`` is ASCII digits), at most ``MAX_LABEL_ID``."""
+    # the length first: int() of thousands of digits is slow, and past 4300 an error
+    if len(key.lstrip("0")) > _MAX_ID_DIGITS or int(key) > MAX_LABEL_ID:
+        raise InvalidOptionError(
+            f"labels: label id {key} is too large; label ids must be below 2**63 (in {spec!r}).",
+            option="labels",
+        )
+    return int(key)
+
+
 def parse_labels(spec: str) -> dict[int, str | None]:
     """Parse a label list: ``"1=liver,2=spleen"``, ``"1,2"`` or a mix (``"1=liver,3"``).
 
-    Names are letters, digits, ``_``, ``-``, ``.`` and spaces; ids are ASCII digits.
+    Names are letters, digits, ``_``, ``-``, ``.`` and spaces; ids are ASCII digits, at most
+    ``MAX_LABEL_ID`` (``2**63 - 1``, the largest id a volume may hold).
 
     Returns:
         ``{id: name or None}``.
 
     Raises:
-        InvalidOptionError: naming the bad item (not ``ID`` / ``ID=NAME``, an empty or bad
-            name, an id or a name listed twice).
+        InvalidOptionError: naming the bad item (not ``ID`` / ``ID=NAME``, an id of 2**63 or
+            more, an empty or bad name, an id or a name listed twice).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidOptionError(
@@ -136,7 +197,7 @@ def parse_labels(spec: str) -> dict[int, str | None]:
             raise InvalidOptionError(
                 f"labels: {item!r} has an empty name (in {spec!r}).", option="labels"
             )
-        label = int(key)
+        label = _label_id(key, spec)
         if label in labels:
             raise InvalidOptionError(
                 f"labels: label {label} is listed twice (in {spec!r}).", option="labels"
@@ -212,11 +273,23 @@ def _regions_from_text(value: object) -> object:
 def _checked_regions(value: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
     from monai_jdt.scoring.regions import check_regions
 
-    return check_regions(value)
+    regions = check_regions(value)
+    # checked here, not in the field's type: its JSON Schema is the report's (published)
+    for name, members in regions.items():
+        if members[-1] > MAX_LABEL_ID:  # sorted
+            raise InvalidOptionError(
+                f"regions: region {name!r} lists the label id {members[-1]}; label ids must be "
+                "below 2**63.",
+                option="regions",
+            )
+    return regions
 
 
 _Tversky = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-LabelSpec = dict[Annotated[int, Field(ge=0)], str | None]
+#: a label id named by an option: what a volume may hold
+LabelId = Annotated[int, Field(ge=0, le=MAX_LABEL_ID)]
+LabelSpec = dict[LabelId, str | None]
+_OptionalLabelId = Annotated[int | None, Field(ge=0, le=MAX_LABEL_ID)]
 
 
 _FROM_TEXT: ContextVar[bool] = ContextVar("_FROM_TEXT", default=False)
@@ -246,9 +319,19 @@ class OptionsModel(BaseModel):
         Raises:
             InvalidOptionError: naming the first bad option.
         """
+        parsed = dict(values)
+        for name, value in values.items():
+            info = cls.model_fields.get(name)
+            parse = None if info is None else text_number(info.annotation)
+            if parse is not None and isinstance(value, str):
+                # pydantic's lax mode would take what Python's int()/float() take (``1_0``)
+                try:
+                    parsed[name] = parse(value)
+                except ValueError as err:
+                    raise InvalidOptionError(f"{name}: {err}.", option=name) from None
         token = _FROM_TEXT.set(True)
         try:
-            return cls(**values)
+            return cls(**parsed)
         finally:
             _FROM_TEXT.reset(token)
 
@@ -344,7 +427,7 @@ class ScoringOptions(OptionsModel):
         description="Report only the labels given in labels: labels found in the prediction "
         "but not asked for are left out instead of reported with requested false.",
     )
-    ignore_label: Annotated[int | None, Field(ge=0), Exposure(metavar="N")] = Field(
+    ignore_label: Annotated[_OptionalLabelId, Exposure(metavar="N")] = Field(
         default=None,
         description="nnU-Net's ignore label (partially annotated references): voxels where the "
         "reference has this label are left out of every count of the case (tp, fp, fn, tn, "

@@ -34,6 +34,7 @@ from monai_jdt.scoring.errors import (
     ProbabilityRangeError,
     ShapeMismatchError,
 )
+from monai_jdt.scoring.options import MAX_LABEL_ID
 
 if TYPE_CHECKING:
     import torch
@@ -58,8 +59,6 @@ __all__ = [
 Volume: TypeAlias = "np.ndarray | torch.Tensor"
 Kind = Literal["labels", "probabilities"]
 
-#: largest label id (ids are int64 in the confusion matrix and the report)
-MAX_LABEL_ID = 2**63 - 1
 #: relative distance to the nearest integer below which a float counts as that integer label
 WHOLE_TOLERANCE = 1e-6
 _CHECK_CHUNK = 1 << 22  # voxels per validation step: bounds the temporaries
