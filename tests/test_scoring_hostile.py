@@ -453,6 +453,26 @@ def test_float_probability_map_against_integer_labels(tmp_path: Path, suffix: st
         )
 
 
+def test_probabilities_rounded_just_past_the_range_count_as_the_range_end(
+    tmp_path: Path, suffix: str
+) -> None:
+    """An int16 map with ``scl_slope`` float32(0.001) reads 1000 as 1.0000000475 (nibabel):
+    within the 1e-6 of rounding, so it counts as 1, and an all-ones reference has no fp."""
+    stored = np.where(labels_volume(15, 1) == 1, 1000, 250).astype(np.int16)
+    image = nib.Nifti1Image(stored, np.eye(4), dtype=np.int16)
+    image.header.set_slope_inter(np.float32(0.001), 0.0)
+    p = write(tmp_path / f"p{suffix}", bytes(image.to_bytes()))
+    values = nibabel_values(p).astype(np.float64)
+    assert values.max() > 1.0  # the file really holds a value past 1
+    x = np.clip(values, 0.0, 1.0)
+    for reference in (np.ones(SHAPE, np.uint8), np.ones(SHAPE, np.float32)):
+        r = write(tmp_path / f"r{suffix}", nifti_bytes(reference))
+        row = score_files(p, r).labels[0]
+        assert row.fp == pytest.approx(0.0, abs=1e-9)
+        assert row.tp == pytest.approx(float(np.sum(x)), rel=1e-12)
+        assert row.metrics["dice"] == pytest.approx(2 * np.sum(x) / (np.sum(x) + x.size), rel=1e-12)
+
+
 # -- 9. no torch at import time in the label-map modules ----------------------------------
 
 LABEL_PATH_MODULES = ("nifti", "files", "volumes", "confusion", "arrays")

@@ -57,7 +57,8 @@ def soft_case_counts(
     """Soft ``tp, fp, fn`` of ``labels``.
 
     Args:
-        prediction: probabilities ``[C, *spatial]`` (already validated to lie in [0, 1]).
+        prediction: probabilities ``[C, *spatial]`` (already validated to lie in [0, 1]
+            within 1e-6 of rounding; clipped to it here).
         reference: an integer label map ``[*spatial]`` or probabilities ``[C, *spatial]``.
         labels: the label id each scored channel stands for (compared with a label-map
             reference).
@@ -80,7 +81,10 @@ def soft_case_counts(
             y = _to_device(y_flat[:, start:stop], device).index_select(0, channel_index)
         else:
             y = _to_device(y_flat[start:stop], device)[None, :] == label_ids[:, None]
-        tp, fp, fn = soft_counts(x.double(), y.double(), dims=(1,), nonnegative=True)
+        # clipped: values up to 1e-6 outside [0, 1] pass the range check as rounding, and
+        # past 1 the identity would give min(x, y), not the x * y of a hard reference
+        x, y = x.double().clamp_(0.0, 1.0), y.double().clamp_(0.0, 1.0)
+        tp, fp, fn = soft_counts(x, y, dims=(1,), nonnegative=True)
         totals += torch.stack([tp, fp, fn])
     tp_, fp_, fn_ = totals.cpu().numpy()
     return SoftCaseCounts(np.asarray(labels, dtype=np.int64), tp_, fp_, fn_, voxels)
