@@ -83,7 +83,7 @@ def soft_case_counts(
             y = _to_device(y_flat[start:stop], device)[None, :] == label_ids[:, None]
         # clipped: values up to 1e-6 outside [0, 1] pass the range check as rounding, and
         # past 1 the identity would give min(x, y), not the x * y of a hard reference
-        x, y = x.double().clamp_(0.0, 1.0), y.double().clamp_(0.0, 1.0)
+        x, y = x.double().clamp(0.0, 1.0), y.double().clamp(0.0, 1.0)  # copies: never the input
         tp, fp, fn = soft_counts(x, y, dims=(1,), nonnegative=True)
         totals += torch.stack([tp, fp, fn])
     tp_, fp_, fn_ = totals.cpu().numpy()
