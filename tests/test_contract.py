@@ -397,6 +397,25 @@ def test_plain_decimals_and_non_numeric_text_options_still_parse() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "spec",
+    ["1_0", "1=1_0", "1=inf", f"{2**63}=1"],  # float() takes the first three
+)
+def test_nsd_tolerances_are_plain_decimals_of_label_ids_below_2_63(spec: str) -> None:
+    with pytest.raises(InvalidOptionError) as err:
+        ScoringOptions.from_text({"nsd_tolerance": spec})
+    assert err.value.option == "nsd_tolerance"
+
+
+def test_non_ascii_digits_are_not_label_ids_in_regions_or_tolerances() -> None:
+    """int() reads U+0663 as 3: as a region member it is refused, as a tolerance key it is a
+    name (no region of that name exists), never label 3."""
+    with pytest.raises(InvalidOptionError, match="regions"):
+        ScoringOptions.from_text({"regions": "WT=1,\u0663"})
+    tolerances = ScoringOptions.from_text({"nsd_tolerance": "\u0663=2"}).nsd_tolerance
+    assert tolerances == {"\u0663": 2.0}
+
+
 def test_label_names_allowed_and_duplicates_in_python_refused() -> None:
     assert parse_labels("1=left kidney,2=L-3.a_b") == {1: "left kidney", 2: "L-3.a_b"}
     with pytest.raises(InvalidOptionError, match="distinct"):

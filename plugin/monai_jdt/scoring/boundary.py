@@ -61,6 +61,7 @@ from typing import Generic, Literal, TypeVar
 import numpy as np
 
 from monai_jdt.scoring.errors import InvalidOptionError, NonIntegerLabelsError, ShapeMismatchError
+from monai_jdt.scoring.options import MAX_LABEL_ID, decimal_float
 from monai_jdt.scoring.regions import check_regions, region_mask
 
 __all__ = [
@@ -117,7 +118,12 @@ def parse_tolerances(spec: str) -> float | dict[int | str, float]:
             raise InvalidOptionError(
                 f"nsd_tolerance: {item.strip()!r} is not 'LABEL=MM' (in {spec!r})."
             )
-        name: int | str = int(key) if key.isdigit() else key
+        name: int | str = int(key) if key.isascii() and key.isdigit() else key
+        if isinstance(name, int) and name > MAX_LABEL_ID:
+            raise InvalidOptionError(
+                f"nsd_tolerance: label id {key} is too large; label ids must be below 2**63 "
+                f"(in {spec!r})."
+            )
         if name in out:
             raise InvalidOptionError(f"nsd_tolerance: {key!r} is listed twice (in {spec!r}).")
         out[name] = _tolerance(value, spec)
@@ -125,8 +131,8 @@ def parse_tolerances(spec: str) -> float | dict[int | str, float]:
 
 
 def _tolerance(value: object, spec: object) -> float:
-    try:
-        number = float(value)  # type: ignore[arg-type]
+    try:  # text in plain decimal syntax only (float() also takes "1_0")
+        number = decimal_float(value) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number) or number < 0:

@@ -59,6 +59,7 @@ __all__ = [
     "Exposure",
     "OptionsModel",
     "ScoringOptions",
+    "decimal_float",
     "device_type",
     "exposure",
     "invalid_option",
@@ -130,7 +131,9 @@ def _decimal_int(text: str) -> int:
         raise ValueError(f"a number of {len(value)} digits is too large") from None
 
 
-def _decimal_float(text: str) -> float:
+def decimal_float(text: str) -> float:
+    """A number in plain decimal syntax (``2``, ``-1.5``, ``1e-4``); ``ValueError`` for other
+    text, such as ``1_0`` or ``inf`` that Python's ``float`` takes."""
     value = text.strip()
     if not _DECIMAL_FLOAT.fullmatch(value):
         raise ValueError(f"{text!r} is not a plain decimal number (such as 2, 0.5 or 1e-4)")
@@ -149,7 +152,7 @@ def text_number(annotation: Any) -> Callable[[str], int | float] | None:
     if kinds == [int]:
         return _decimal_int
     if kinds == [float]:
-        return _decimal_float
+        return decimal_float
     return None
 
 

@@ -55,7 +55,7 @@ def parse_regions(spec: str) -> dict[str, tuple[int, ...]]:
         ids = []
         for token in members.split(","):
             token = token.strip()
-            if not token.isdigit():
+            if not (token.isascii() and token.isdigit()):  # int() takes other digits too
                 raise InvalidOptionError(
                     f"regions: {item.strip()!r} lists {token!r}, not a non-negative integer "
                     f"label id (in {spec!r})."
