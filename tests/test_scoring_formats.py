@@ -349,3 +349,25 @@ def test_no_spelling_or_length_of_header_hides_a_data_file(tmp_path: Path) -> No
     )
     with pytest.raises(CorruptFileError, match="end within"):
         inspect_image(evil)
+
+
+@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x85", "\r"])
+def test_a_line_break_only_python_sees_cannot_hide_a_data_file(
+    tmp_path: Path, separator: str
+) -> None:
+    """``str.splitlines`` breaks lines at characters teem and MetaIO do not: a data-file
+    line glued to the previous one by such a character must still be refused."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(bytes(range(64)))
+    data = np.zeros((4, 4, 4), np.uint8)
+    head = write(tmp_path / "n.nrrd", data, compress=False).read_bytes().split(b"\n\n", 1)[0]
+    glued = f"# comment{separator}data file: {secret}".encode("latin-1")
+    nrrd = tmp_path / "glued.nrrd"
+    nrrd.write_bytes(head + b"\n" + glued + b"\n\n" + bytes(64))
+    mha = write(tmp_path / "m.mha", data, compress=False).read_bytes()
+    meta = tmp_path / "glued.mha"
+    line = f"Comment = x{separator}ElementDataFile = {secret}\n".encode("latin-1")
+    meta.write_bytes(mha.replace(b"ElementDataFile", line + b"ElementDataFile", 1))
+    for path in (nrrd, meta):
+        with pytest.raises(CorruptFileError, match="control character"):
+            inspect_image(path)

@@ -166,6 +166,9 @@ class _Storage:
 #: spaces anywhere, ``=`` or ``:`` for MetaImage), so that no spelling a reader accepts is missed
 _NRRD_DATA_FILE = re.compile(r"^\s*data\s*file\s*:(.*)$", re.IGNORECASE)
 _META_DATA_FILE = re.compile(r"^\s*ElementDataFile\s*[=:](.*)$", re.IGNORECASE)
+#: what no header line may hold: readers split and trim lines at different characters (a
+#: lone CR, vertical tab, form feed, ...), so a header holding one could be read otherwise
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\r(?!\n)")
 
 
 def _header_lines(text: str, suffix: str) -> tuple[list[str], int | None, bool]:
@@ -173,7 +176,8 @@ def _header_lines(text: str, suffix: str) -> tuple[list[str], int | None, bool]:
     file), and whether the header ends within ``_HEADER_PROBE`` bytes: an NRRD header at its
     first empty line (a detached ``.nhdr`` header at the end of the file), a MetaImage
     header at its ``ElementDataFile`` line."""
-    lines = text[:_HEADER_PROBE].splitlines(keepends=True)
+    parts = text[:_HEADER_PROBE].split("\n")  # not splitlines: it also splits at \v, \f, ...
+    lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
     all_read = len(text) <= _HEADER_PROBE
     if _IMAGE_IO[suffix] == "NrrdImageIO":
         blank = next((i for i, line in enumerate(lines) if line in ("\n", "\r\n")), None)
@@ -194,23 +198,34 @@ def _storage(text: str, suffix: str, name: str) -> _Storage:
     reader open a file that was not checked.
 
     Raises:
-        CorruptFileError: the header does not end within ``_HEADER_PROBE`` bytes, or names
-            its data file more than once.
+        CorruptFileError: the header does not end within ``_HEADER_PROBE`` bytes, holds a
+            control character (other than tab, or CR before LF), or names its data file
+            more than once.
         NotNiftiError: the same, for a file that does not start as its format does.
     """
     nrrd = _IMAGE_IO[suffix] == "NrrdImageIO"
     head, header_bytes, complete = _header_lines(text, suffix)
     pattern = _NRRD_DATA_FILE if nrrd else _META_DATA_FILE
+    kind = "NRRD" if nrrd else "MetaImage"
+    looks_like = _looks_like(text, suffix)
+    error = CorruptFileError if looks_like else NotNiftiError
+    control = _CONTROL.search("".join(head))
+    if control is not None:
+        where = f"the control character {control.group(0)!r} at byte {control.start()}"
+        raise error(
+            f"{name}: the {kind} header holds {where}; a header is lines of text (tab, CR LF "
+            "and LF only)."
+            if looks_like
+            else f"{name}: not a {kind} file ({where})."
+        )
     found = [m.group(1).strip() for line in head if (m := pattern.match(line))]
     if not complete or len(found) > 1:
-        kind = "NRRD" if nrrd else "MetaImage"
         problem = (
             f"names its data file {len(found)} times"
             if complete
             else f"does not end within its first {_HEADER_PROBE} bytes (longer headers are "
             "not read)"
         )
-        error = CorruptFileError if _looks_like(text, suffix) else NotNiftiError
         raise error(f"{name}: the {kind} header {problem}.")
     fields = "".join(head)
     if nrrd:
