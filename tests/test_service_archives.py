@@ -331,6 +331,34 @@ def test_a_tar_bomb_member_is_refused_before_more_than_its_header_allows_is_writ
     assert 0 < max(sizes) <= ROOM
 
 
+def test_a_gzip_member_is_bounded_by_the_header_it_inflates_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``.nii.gz`` member that is a gzip stream of a 64³ header and 64 MiB of zeros,
+    stored (level 0) so that the member itself is 64 MiB, deflating 1000:1 in the zip: it
+    may hold about what its header declares, not the archive limit."""
+    stored = gzip.compress(_nifti_header((64, 64, 64)) + bytes(BOMB), compresslevel=0)
+    data = _zip_stream("case_000.nii.gz", [stored])
+    assert len(data) < BOMB // 100
+    sizes = _count_writes(monkeypatch)
+    error = _refused(data, tmp_path, max_bytes=1 << 30)
+    assert (error.status, error.code) == (413, "archive_too_large")
+    assert 0 < max(sizes) <= ROOM + ROOM // 1000 + (1 << 20)
+
+
+def test_a_sparse_tar_member_is_refused(tmp_path: Path) -> None:
+    """A GNU sparse member's holes inflate on extraction without passing through the counted
+    gzip stream (a 193-byte .tar.gz wrote 1 GiB)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as t:
+        info = tarfile.TarInfo("case_000.nii")
+        info.size = 0
+        info.type = tarfile.GNUTYPE_SPARSE
+        t.addfile(info)
+    error = _refused(buf.getvalue(), tmp_path, max_bytes=1 << 30)
+    assert (error.code, "sparse") == (error.code, "sparse") and "sparse" in error.message
+
+
 def test_a_member_is_bounded_by_its_header_and_by_max_voxels(tmp_path: Path) -> None:
     """A header declaring 6 MiB of voxels (more than ``MAX_DATA_OFFSET``): the member may hold
     them plus ``MEMBER_SLACK``, not more; with ``max_voxels`` below its shape, the voxels are
@@ -355,14 +383,18 @@ def test_a_member_is_bounded_by_its_header_and_by_max_voxels(tmp_path: Path) -> 
     assert refused.code == "archive_too_large"
 
 
-def test_compressed_and_other_volume_members_are_bounded_by_the_archive_limit_only(
+def test_compressed_and_other_volume_members_larger_than_the_room_are_kept(
     tmp_path: Path,
 ) -> None:
-    """A gzip-compressed ``.nii.gz`` (its voxels are bounded when it is scored), a ``.nrrd``
-    and a ``.mha`` larger than ``ROOM`` are kept as they are."""
+    """A gzip-compressed ``.nii.gz`` of incompressible voxels (a little larger than what its
+    header declares), a ``.nrrd`` and a ``.mha`` larger than ``ROOM`` are kept as they are."""
     rng = np.random.default_rng(7)
     big = rng.integers(0, 256, ROOM + 1000, dtype=np.uint8).tobytes()
-    members = {"c1.nii.gz": gzip.compress(big, compresslevel=1), "c2.nrrd": big, "c3.mha": big}
+    shape = (len(big) // (64 * 64), 64, 64)
+    nifti = _nifti_header(shape) + big[: int(np.prod(shape))]
+    compressed = gzip.compress(nifti, compresslevel=1)
+    assert len(compressed) > len(nifti) > ROOM
+    members = {"c1.nii.gz": compressed, "c2.nrrd": big, "c3.mha": big}
     src = tmp_path / "upload"
     src.write_bytes(_zip(members))
     dest = tmp_path / "out"

@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from jdt_service.errors import ApiError
 from monai_jdt.scoring.errors import ScoringError
@@ -189,10 +189,13 @@ def nifti_member_limit(head: bytes, max_voxels: int | None) -> int:
 
 class MemberLimit:
     """Counts the bytes of one kept member as they inflate, and refuses (413
-    ``archive_too_large``) as soon as a raw NIfTI member is past :func:`nifti_member_limit`.
+    ``archive_too_large``) as soon as a NIfTI member is past what its header declares:
+    :func:`nifti_member_limit` bytes for a raw one; for a gzip-compressed one, that bound
+    of its inflated header plus a thousandth (deflate stores incompressible data with a few
+    bytes per 64 KiB block; a gzip stream is never much larger than what it holds).
 
     ``name`` is the member's file name in ``dest`` (``<case id><ending>``); members of other
-    endings, and gzip-compressed ones, are only counted (``max_bytes`` bounds them).
+    endings are only counted (``max_bytes`` bounds them).
     """
 
     def __init__(self, field: str, name: str, max_voxels: int | None) -> None:
@@ -201,16 +204,15 @@ class MemberLimit:
         self.max_voxels = max_voxels
         self.count = 0
         self.limit: int | None = None
-        self._head = b""
+        self._head = b""  # the first bytes as stored, then (gzip) as inflated
+        self._inflater: Any = None  # a zlib decompressor once the member shows gzip's magic
         self._decided = not name.lower().endswith(_NIFTI_SUFFIXES)
 
     def add(self, data: bytes) -> None:
         """Count ``data``, the next bytes of the member; raise once it is past the limit."""
         self.count += len(data)
         if not self._decided:
-            self._head += data[: _NIFTI_HEAD - len(self._head)]
-            if len(self._head) >= _NIFTI_HEAD:
-                self._decide()
+            self._take(data)
         self._check()
 
     def end(self) -> None:
@@ -222,14 +224,38 @@ class MemberLimit:
     def check_file(self, path: Path, size: int) -> None:
         """Check a member already written to ``path`` (``size`` bytes) as if it inflated."""
         with open(path, "rb") as handle:
-            self.add(handle.read(_NIFTI_HEAD))
+            while not self._decided and (chunk := handle.read(_NIFTI_HEAD)):
+                self.add(chunk)
         self.count = size
         self.end()
 
+    def _take(self, data: bytes) -> None:
+        """Collect the header: the first ``_NIFTI_HEAD`` bytes, inflated for a gzip member
+        (whose header is decided on what its first ``MAX_DATA_OFFSET`` bytes inflate to)."""
+        if self._inflater is None:
+            taken = _NIFTI_HEAD - len(self._head)
+            self._head, rest = self._head + data[:taken], data[taken:]
+            if len(self._head) < len(_GZIP_MAGIC):
+                return
+            if not self._head.startswith(_GZIP_MAGIC):
+                if len(self._head) >= _NIFTI_HEAD:
+                    self._decide()
+                return
+            self._inflater = zlib.decompressobj(wbits=31)
+            data, self._head = self._head + rest, b""
+        try:
+            self._head += self._inflater.decompress(data, _NIFTI_HEAD - len(self._head))
+        except zlib.error:
+            self._head = b""  # not a gzip stream: no header, the smallest bound
+            self._decide()
+            return
+        if len(self._head) >= _NIFTI_HEAD or self.count >= MAX_DATA_OFFSET:
+            self._decide()
+
     def _decide(self) -> None:
         self._decided = True
-        if not self._head.startswith(_GZIP_MAGIC):
-            self.limit = nifti_member_limit(self._head, self.max_voxels)
+        limit = nifti_member_limit(self._head, self.max_voxels)
+        self.limit = limit if self._inflater is None else limit + limit // 1000
 
     def _check(self) -> None:
         if self.limit is not None and self.count > self.limit:
@@ -237,7 +263,7 @@ class MemberLimit:
                 self.field,
                 413,
                 "archive_too_large",
-                f"case {self.name!r} inflates to more than {self.limit} bytes, more than its "
+                f"case {self.name!r} holds more than {self.limit} bytes, more than its "
                 "NIfTI header declares (vox_offset + voxels x bytes per voxel, at least "
                 f"{MAX_DATA_OFFSET}, plus {MEMBER_SLACK})",
             )
@@ -433,6 +459,8 @@ def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
                 continue
             if not info.isreg():
                 raise _unsafe(field, f"member {number} is a link or a special file")
+            if info.issparse():  # its holes would inflate without passing the counted stream
+                raise _unsafe(field, f"member {number} is a sparse file")
             kept = kept_member(field, info.name, number)
             budget.member(info.size)
             if kept is None:
