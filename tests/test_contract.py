@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import sys
 import types
@@ -472,6 +473,32 @@ def test_csv_of_score_dir_has_a_row_per_failed_case(
     assert errors == {"bad": "not_nifti", "moved": "affine_mismatch"}
     good = [row for row in rows if row["case_id"] == "good"]
     assert [row["label"] for row in good] == ["1", "2"] and all(r["dice"] for r in good)
+
+
+def test_csv_cells_never_start_as_a_formula_and_odd_file_names_are_written(
+    tmp_path: Path, organ_pair, write_nifti
+) -> None:
+    """Case ids come from file names: one named like a formula is shown as text by a
+    spreadsheet, and one that is not UTF-8 (allowed on Linux) does not stop the CSV."""
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    pred, ref = organ_pair((10, 10, 8), 2, seed=6)
+    names = ["=HYPERLINK(1)", "+1+cmd", "@SUM(1)", "-2", "caf\udce9"]  # the last: b"caf\xe9"
+    for name in names:
+        write_nifti(preds / f"{name}.nii.gz", pred)
+        write_nifti(refs / f"{name}.nii.gz", ref)
+    (preds / "=bad.nii.gz").write_bytes(b"not a nifti file")  # a failed case: id and message
+    write_nifti(refs / "=bad.nii.gz", ref)
+    out = tmp_path / "cases.csv"
+    assert main(["score-dir", str(preds), str(refs), "--csv", str(out), "--no-progress"]) == 1
+    text = out.read_bytes().decode("utf-8", errors="surrogateescape")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    ids = {row["case_id"] for row in rows}
+    assert ids == {"'=HYPERLINK(1)", "'+1+cmd", "'@SUM(1)", "'-2", "caf\udce9", "'=bad"}
+    assert b"caf\xe9" in out.read_bytes()
+    for row in rows:
+        assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row.values() if cell)
 
 
 def test_an_image_as_prediction_warns_and_max_labels_refuses(

@@ -381,7 +381,8 @@ def _write_csv(reports: list[Any], path: str, failures: Sequence[Any] = ()) -> N
     from monai_jdt.scoring.folders import write_csv
 
     try:
-        with open(path, "w", newline="") as stream:
+        # surrogateescape: a case id from a file name that is not UTF-8 is written as its bytes
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as stream:
             write_csv(reports, stream, failures)
     except OSError as err:
         raise _CliError(f"cannot write {path}: {err.strerror or err}") from err

@@ -283,12 +283,25 @@ def csv_rows(
         yield {"case_id": failure.case_id, "reasons": failure.message, "error": failure.code}
 
 
+#: how a cell a spreadsheet would run as a formula starts (OWASP, "CSV Injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _as_text(value: object) -> object:
+    """``value``, with a ``'`` put before text that starts as a formula (a case id from a file
+    named ``=HYPERLINK(...).nii.gz``), so that a spreadsheet shows it as text."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_csv(
     reports: Sequence[CaseReport], stream: TextIO, failures: Sequence[CaseFailure] = ()
 ) -> None:
-    """Write ``csv_rows`` (nulls and missing fields as empty cells) with a header line: the
-    fields of every row, in order of first appearance."""
-    rows = list(csv_rows(reports, failures))
+    """Write ``csv_rows`` (nulls and missing fields as empty cells, text that starts as a
+    formula behind a ``'``) with a header line: the fields of every row, in order of first
+    appearance."""
+    rows = [{k: _as_text(v) for k, v in row.items()} for row in csv_rows(reports, failures)]
     fields = list(dict.fromkeys(["case_id", "label", "name", *(k for r in rows for k in r)]))
     writer = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n", restval="")
     writer.writeheader()
