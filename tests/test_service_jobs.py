@@ -440,7 +440,9 @@ def test_reference_set_from_a_server_folder(
     (tmp_path / "outside").mkdir()
     settings = make_settings(tmp_path, database_url, reference_root=root)
     with TestClient(create_app(settings)) as client:
-        for bad in ("../outside", "/etc", "challenge/../../outside", "missing"):
+        (root / "loop").symlink_to(root / "loop")
+        odd = ("a\x00b", "a" * 300, "/".join(["d"] * 3000), "loop", "loop/x")
+        for bad in ("../outside", "/etc", "challenge/../../outside", "missing", *odd):
             response = client.post(
                 "/v1/reference-sets", files=text_fields(name="x", folder=bad), headers=ADMIN
             )
@@ -457,6 +459,56 @@ def test_reference_set_from_a_server_folder(
         assert client.delete(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 204
         assert sorted(p.name for p in (root / "challenge" / "refs").iterdir()) == sorted(refs)
         assert client.get(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 404
+
+
+def test_a_job_on_a_set_deleted_meanwhile_is_404_without_server_paths(
+    tmp_path: Path, database_url: str | None, case_files, archive_bytes
+) -> None:
+    """The set's files went (deleted while this job's archive unpacked): 404 as for any
+    missing set, and the message names no folder of the server."""
+    preds, refs = case_files(2, seed=82)
+    root = tmp_path / "root"
+    write_cases(root / "refs", refs)
+    settings = make_settings(tmp_path, database_url, reference_root=root)
+    with TestClient(create_app(settings)) as client:
+        made = client.post(
+            "/v1/reference-sets", files=text_fields(name="x", folder="refs"), headers=ADMIN
+        )
+        assert made.status_code == 201, made.text
+        for path in (root / "refs").iterdir():
+            path.unlink()
+        (root / "refs").rmdir()
+        r = client.post(
+            "/v1/jobs",
+            data={"reference_set": made.json()["id"]},
+            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
+            headers=TEAM_A,
+        )
+        assert r.status_code == 404, r.text
+        assert str(tmp_path) not in r.text and "refs" not in r.json()["detail"]["message"]
+
+
+def test_a_case_file_linked_out_of_the_reference_root_is_refused(
+    tmp_path: Path, database_url: str | None, case_files
+) -> None:
+    """The folder is inside the root, one of its files a link to a volume outside it: the
+    set is refused, so no job can score against (and leak) the outside file."""
+    _, refs = case_files(2, seed=81)
+    root = tmp_path / "root"
+    write_cases(root / "refs", refs)
+    outside = tmp_path / "outside"
+    write_cases(outside, refs)
+    first = sorted(refs)[0]
+    (root / "refs" / first).unlink()
+    (root / "refs" / first).symlink_to(outside / first)
+    settings = make_settings(tmp_path, database_url, reference_root=root)
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/v1/reference-sets", files=text_fields(name="x", folder="refs"), headers=ADMIN
+        )
+        assert r.status_code == 422, r.text
+        assert "link out of the root" in r.json()["detail"]["message"]
+        assert client.get("/v1/reference-sets", headers=ADMIN).json()["reference_sets"] == []
 
 
 @pytest.mark.parametrize(

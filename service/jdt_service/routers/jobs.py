@@ -209,6 +209,8 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
         await unpack_upload(upload, "predictions", folder / "predictions", settings)
         if set_id is None:
             await unpack_upload(upload, "references", references, settings)
+        if set_id is not None and not references.is_dir():  # deleted while this unpacked
+            raise ApiError(404, "not_found", f"no reference set {set_id!r}")
         pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
         if not pairs:
             raise ApiError(422, "no_cases", "no prediction has a reference with the same case id")

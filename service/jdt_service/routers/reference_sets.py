@@ -174,21 +174,40 @@ async def unpack_upload(
 
 
 def _server_folder(settings: Settings, relative: str) -> Path:
-    """``JDT_REFERENCE_ROOT / relative``, refused (422) when it leaves the root."""
+    """``JDT_REFERENCE_ROOT / relative``, refused (422) when it leaves the root, cannot be
+    resolved (a NUL, a name too long, a symlink loop) or is not a folder."""
     root = settings.reference_root
     if root is None:
         raise ApiError(
             422, "invalid_option", "form field 'folder': JDT_REFERENCE_ROOT is not configured"
         )
     path = PurePosixPath(relative.strip())
-    if path.is_absolute() or ".." in path.parts or "\\" in relative:
+    if path.is_absolute() or ".." in path.parts or "\\" in relative or "\x00" in relative:
         raise ApiError(
             422, "invalid_option", "form field 'folder' must be a relative path inside the root"
         )
-    resolved = (root / path).resolve()
-    if not resolved.is_relative_to(root.resolve()) or not resolved.is_dir():
+    try:
+        resolved = (root / path).resolve()
+        inside = resolved.is_relative_to(root.resolve()) and resolved.is_dir()
+    except (OSError, RuntimeError):  # ENAMETOOLONG, ELOOP; RuntimeError: a symlink loop
+        inside = False
+    if not inside:
         raise ApiError(422, "invalid_option", "form field 'folder' is not a folder inside the root")
     return resolved
+
+
+def _refuse_files_outside(settings: Settings, files: list[Path]) -> None:
+    """Refuse (422) a case file of a server folder that resolves outside
+    ``JDT_REFERENCE_ROOT`` (a symlink out of it): nothing outside the root is read."""
+    assert settings.reference_root is not None  # a server folder was given
+    root = settings.reference_root.resolve()
+    for file in files:
+        if not file.resolve().is_relative_to(root):
+            raise ApiError(
+                422,
+                "invalid_option",
+                f"form field 'folder': the case file {file.name!r} is a link out of the root",
+            )
 
 
 _SET_BODY = multipart_body(
@@ -248,6 +267,8 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
             folder = _server_folder(settings, folder_text)
             owned = False
         cases = await asyncio.to_thread(reference_cases, folder, settings.max_voxels)
+        if not owned:
+            _refuse_files_outside(settings, [folder / case.file for case in cases])
         version = await asyncio.to_thread(content_hash, {c.case_id: folder / c.file for c in cases})
         ref_set = ReferenceSet(
             id=set_id,
