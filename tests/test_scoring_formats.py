@@ -263,6 +263,7 @@ def test_service_scores_nrrd_and_mha_uploads(tmp_path: Path, pair) -> None:  # t
     p_nrrd = write(tmp_path / "p.nrrd", pred.astype(np.uint8))
     p_mha = write(tmp_path / "p.mha", pred.astype(np.uint8), compress=False)
     r = write(tmp_path / "r.nii.gz", ref.astype(np.uint8))
+    nifti_pred = write(tmp_path / "p.nii.gz", pred.astype(np.uint8)).read_bytes()
     expected = score_files(p_nrrd, r, ScoringOptions(device="cpu"), case_id="c").to_dict()
     settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
     with TestClient(create_app(settings)) as client:
@@ -274,6 +275,13 @@ def test_service_scores_nrrd_and_mha_uploads(tmp_path: Path, pair) -> None:  # t
             answer = client.post("/v1/scores", files=files, data={"case_id": "c"})
             assert answer.status_code == 200, answer.text
             assert answer.json()["labels"] == expected["labels"]
+            # the web page asks for overlays: they are drawn from these formats too, on the
+            # same grid as from the NIfTI prediction
+            drawn = client.post("/v1/scores", files=files, data={"overlays": "true"})
+            assert drawn.status_code == 200, drawn.text
+            as_nifti = {**files, "prediction": ("u", nifti_pred, "application/octet-stream")}
+            nifti = client.post("/v1/scores", files=as_nifti, data={"overlays": "true"})
+            assert drawn.json()["overlays"] == nifti.json()["overlays"]
         junk = {
             "prediction": ("x", b"NRRD0004\nnot really\n", "application/octet-stream"),
             "reference": ("y", r.read_bytes(), "application/octet-stream"),

@@ -38,8 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from jdt_service.job_memory import volume_bytes
 from jdt_service.schemas import ScoreReport
 from monai_jdt.scoring.errors import InvalidOptionError, ShapeMismatchError
-from monai_jdt.scoring.nifti import NiftiInfo, inspect_nifti, load_nifti
-from monai_jdt.scoring.sitk_formats import VolumeInfo
+from monai_jdt.scoring.sitk_formats import VolumeInfo, inspect_volume, load_volume
 
 __all__ = [
     "IMAGE_FIELD",
@@ -116,8 +115,9 @@ def add_overlay_fields(request_body: dict[str, Any]) -> dict[str, Any]:
             IMAGE_FIELD: {
                 "type": "string",
                 "format": "binary",
-                "description": "Optional: the intensity image the volumes segment (NIfTI, same "
-                "shape), drawn under the overlay outlines. Only read with overlays=true.",
+                "description": "Optional: the intensity image the volumes segment (NIfTI, or "
+                "NRRD / MetaImage with the formats extra; same shape), drawn under the "
+                "overlay outlines. Only read with overlays=true.",
             },
         }
     )
@@ -165,7 +165,7 @@ class OverlayRequest:
         """
         volumes = [prediction, reference]
         if self.image is not None:
-            volumes.append(inspect_nifti(self.image, self.max_voxels))
+            volumes.append(inspect_volume(self.image, self.max_voxels))
         sampled = _Grid.of(reference).sampled_voxels
         return max(volume_bytes(v) for v in volumes) + _SAMPLED_ARRAYS * 8 * sampled
 
@@ -214,9 +214,9 @@ class _Grid:
         return out
 
 
-def _read(path: Path, max_voxels: int) -> tuple[NiftiInfo, np.ndarray]:
-    info = inspect_nifti(path, max_voxels)
-    return info, load_nifti(info)
+def _read(path: Path, max_voxels: int) -> tuple[VolumeInfo, np.ndarray]:
+    info = inspect_volume(path, max_voxels)
+    return info, load_volume(info)
 
 
 def _labels_of(data: np.ndarray, kind: str) -> np.ndarray:
@@ -294,7 +294,8 @@ def render_overlays(
 
     Raises:
         NotNiftiError, CorruptFileError, UnsupportedDataTypeError, VolumeTooLargeError: the
-            ``image`` file is not a readable NIfTI volume within ``max_voxels``.
+            ``image`` file is not a readable volume (NIfTI, NRRD, MetaImage) within
+            ``max_voxels``.
         ShapeMismatchError: the ``image`` does not have the reference's spatial shape.
     """
     ref_info, ref_data = _read(reference, max_voxels)
