@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -72,13 +74,20 @@ async def _echo(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
     await send({"type": "http.response.body", "body": body})
 
 
-def _exchange(tmp_path: Path, request: bytes) -> bytes:
-    """Everything a real ``BoundedH11Protocol`` server answers to ``request`` (sent in one
-    write) until it closes the connection (or 5 s pass)."""
+async def _answer_at_once(scope: Any, receive: Any, send: Any) -> None:
+    """Answers 405 without reading the body (as a route that takes none)."""
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 405, "headers": headers})
+    await send({"type": "http.response.body", "body": b"no"})
+
+
+def _exchange(tmp_path: Path, request: bytes, app: Any = _echo) -> bytes:
+    """Everything a real ``BoundedH11Protocol`` server running ``app`` answers to ``request``
+    (sent in one write) until it closes the connection (or 5 s pass)."""
 
     async def run() -> bytes:
         loop = asyncio.get_running_loop()
-        config = uvicorn.Config(_echo, lifespan="off")
+        config = uvicorn.Config(app, lifespan="off", log_config=None)  # logs reach caplog
         config.load()
         state = ServerState()
         settings = Settings(temp_dir=tmp_path, data_dir=tmp_path / "data")
@@ -174,3 +183,18 @@ def test_protocol_errors_are_400_in_the_json_error_shape(
     assert headers["content-type"] == "application/json"
     detail = json.loads(body)["detail"]
     assert detail["code"] == "malformed_request" and "not valid HTTP/1.1" in detail["message"]
+
+
+def test_a_body_that_breaks_after_the_app_answered_logs_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The app answers before reading a chunked body whose framing then breaks: the client
+    gets the one 400, and the app's own answer is dropped instead of raising inside uvicorn
+    (an error line in the log for every such request)."""
+    request = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;x\nabc\r\n"
+    with caplog.at_level(logging.WARNING):
+        answer = _exchange(tmp_path, request, _answer_at_once)
+    statuses = [status for status, _, _ in _responses(answer)]
+    assert statuses in ([400], [405]), answer[:300]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

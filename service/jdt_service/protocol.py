@@ -154,6 +154,7 @@ class BoundedH11Protocol(H11Protocol):
             )
             return
         self._cancel_header_timer()
+        self._drop_cycle()
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             # the app's response has begun (the request body went bad after it): no room
             # for another one; uvicorn's own 400 would raise here
@@ -183,6 +184,16 @@ class BoundedH11Protocol(H11Protocol):
         ):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
+
+    def _drop_cycle(self) -> None:
+        """The request the app may be running sees its connection closed now, as after
+        ``connection_lost`` (which runs only on a later turn of the loop): its response is
+        dropped, not sent after this one (an ``Exception in ASGI application`` error line in
+        the log for every such request), and its next ``receive()`` is a disconnect."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
 
     def _start_header_timer(self) -> None:
         self._cancel_header_timer()
