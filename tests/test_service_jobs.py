@@ -384,6 +384,11 @@ def test_leaderboard_ranks_the_latest_job_of_each_team(
 ) -> None:
     preds, refs = case_files(3, seed=60)
     ref_set = create_set(client, refs)
+    board_url = f"/v1/reference-sets/{ref_set['id']}/leaderboard"
+    for query in ("metric=__class__", "aggregate=%00", "metric=precision&aggregate=D"):
+        # refused before any job has finished too, not an empty board
+        early = client.get(f"{board_url}?{query}", headers=TEAM_A)
+        assert early.status_code == 422 and early.json()["detail"]["code"] == "invalid_option"
     perfect = submit(client, refs, TEAM_B, reference_set=ref_set["id"])  # dice 1 everywhere
     noisy = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
     for job, who in ((perfect, TEAM_B), (noisy, TEAM_A)):

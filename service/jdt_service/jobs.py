@@ -296,6 +296,26 @@ LEADERBOARD_AGGREGATES = ("mean", "median")
 FINE_GRAINED_AGGREGATES = ("D", "I", "C", "I_worst", "C_worst")
 
 
+def check_leaderboard_query(metric: str, aggregate: str) -> None:
+    """Refuse a metric or an aggregate the leaderboard does not know, whatever the jobs.
+
+    Raises:
+        ApiError: 422 ``invalid_option``: an unknown metric or aggregate, or a fine-grained
+            aggregate of another metric than ``dice`` and ``jaccard``.
+    """
+    if metric not in METRICS:
+        raise ApiError(422, "invalid_option", f"metric must be one of {', '.join(METRICS)}")
+    known = (*LEADERBOARD_AGGREGATES, *FINE_GRAINED_AGGREGATES)
+    if aggregate not in known:
+        raise ApiError(422, "invalid_option", f"aggregate must be one of {', '.join(known)}")
+    if aggregate in FINE_GRAINED_AGGREGATES and metric not in ("dice", "jaccard"):
+        raise ApiError(
+            422,
+            "invalid_option",
+            f"aggregate {aggregate!r} exists for dice and jaccard only, got {metric!r}",
+        )
+
+
 def summary_score(summary: Mapping[str, Any], metric: str, aggregate: str) -> float | None:
     """One number of a job's summary for the leaderboard (None when undefined).
 
@@ -304,23 +324,14 @@ def summary_score(summary: Mapping[str, Any], metric: str, aggregate: str) -> fl
     ``I_worst`` / ``C_worst`` the fine-grained scores (``dice`` and ``jaccard`` only).
 
     Raises:
-        ApiError: 422 ``invalid_option`` for an unknown metric or aggregate.
+        ApiError: 422 ``invalid_option`` for an unknown metric or aggregate
+            (:func:`check_leaderboard_query`).
     """
-    if metric not in METRICS:
-        raise ApiError(422, "invalid_option", f"metric must be one of {', '.join(METRICS)}")
-    if aggregate in FINE_GRAINED_AGGREGATES:
-        fine = summary["fine_grained"]
-        if metric not in fine or not isinstance(fine[metric], dict):
-            raise ApiError(
-                422,
-                "invalid_option",
-                f"aggregate {aggregate!r} exists for dice and jaccard only, got {metric!r}",
-            )
-        value: float | None = fine[metric][aggregate]
+    check_leaderboard_query(metric, aggregate)
+    if aggregate in FINE_GRAINED_AGGREGATES:  # None when the job did not score the metric
+        fine = summary.get("fine_grained", {}).get(metric)
+        value: float | None = fine[aggregate] if isinstance(fine, dict) else None
         return value
-    if aggregate not in LEADERBOARD_AGGREGATES:
-        known = ", ".join((*LEADERBOARD_AGGREGATES, *FINE_GRAINED_AGGREGATES))
-        raise ApiError(422, "invalid_option", f"aggregate must be one of {known}")
     if metric not in summary["metrics"]:
         return None
     if aggregate == "mean":
@@ -336,7 +347,12 @@ def leaderboard(db: Database, set_id: str, metric: str, aggregate: str) -> list[
     """The latest finished job of each team on a reference set, best first.
 
     Teams whose score is undefined come last; ties share a rank.
+
+    Raises:
+        ApiError: 422 ``invalid_option`` (:func:`check_leaderboard_query`), also before any
+            job has finished.
     """
+    check_leaderboard_query(metric, aggregate)
     with db.session() as session:
         jobs = session.scalars(
             select(Job)
