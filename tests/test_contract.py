@@ -409,12 +409,18 @@ def test_nsd_tolerances_are_plain_decimals_of_label_ids_below_2_63(spec: str) ->
 
 
 def test_non_ascii_digits_are_not_label_ids_in_regions_or_tolerances() -> None:
-    """int() reads U+0663 as 3: as a region member it is refused, as a tolerance key it is a
-    name (no region of that name exists), never label 3."""
+    """int() reads U+0663 as 3: as a region member or a tolerance key it is refused, never
+    label 3 (a tolerance key is a label id or a region name)."""
     with pytest.raises(InvalidOptionError, match="regions"):
         ScoringOptions.from_text({"regions": "WT=1,\u0663"})
-    tolerances = ScoringOptions.from_text({"nsd_tolerance": "\u0663=2"}).nsd_tolerance
-    assert tolerances == {"\u0663": 2.0}
+    with pytest.raises(InvalidOptionError, match="neither a label id nor a region name"):
+        ScoringOptions.from_text({"nsd_tolerance": "\u0663=2"})
+    with pytest.raises(InvalidOptionError, match="neither a label id nor a region name"):
+        ScoringOptions.from_text({"nsd_tolerance": "-1=2"})
+    assert ScoringOptions.from_text({"nsd_tolerance": "WT=2,3=1"}).nsd_tolerance == {
+        "WT": 2.0,
+        3: 1.0,
+    }
 
 
 def test_label_names_allowed_and_duplicates_in_python_refused() -> None:

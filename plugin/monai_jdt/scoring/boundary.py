@@ -62,7 +62,7 @@ import numpy as np
 
 from monai_jdt.scoring.errors import InvalidOptionError, NonIntegerLabelsError, ShapeMismatchError
 from monai_jdt.scoring.options import MAX_LABEL_ID, decimal_float
-from monai_jdt.scoring.regions import check_regions, region_mask
+from monai_jdt.scoring.regions import REGION_NAME, check_regions, region_mask
 
 __all__ = [
     "BOUNDARY_METRICS",
@@ -119,6 +119,10 @@ def parse_tolerances(spec: str) -> float | dict[int | str, float]:
                 f"nsd_tolerance: {item.strip()!r} is not 'LABEL=MM' (in {spec!r})."
             )
         name: int | str = int(key) if key.isascii() and key.isdigit() else key
+        if isinstance(name, str) and not REGION_NAME.match(name):
+            raise InvalidOptionError(
+                f"nsd_tolerance: {key!r} is neither a label id nor a region name (in {spec!r})."
+            )
         if isinstance(name, int) and name > MAX_LABEL_ID:
             raise InvalidOptionError(
                 f"nsd_tolerance: label id {key} is too large; label ids must be below 2**63 "

@@ -26,9 +26,10 @@ from monai_jdt.scoring.errors import InvalidOptionError
 if TYPE_CHECKING:
     from monai_jdt.scoring.confusion import ConfusionMatrix
 
-__all__ = ["check_regions", "parse_regions", "region_counts", "region_mask"]
+__all__ = ["REGION_NAME", "check_regions", "parse_regions", "region_counts", "region_mask"]
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+#: a region name (also what a non-numeric ``nsd_tolerance`` key must be)
+REGION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def parse_regions(spec: str) -> dict[str, tuple[int, ...]]:
@@ -79,7 +80,7 @@ def check_regions(regions: Mapping[str, object]) -> dict[str, tuple[int, ...]]:
         )
     checked: dict[str, tuple[int, ...]] = {}
     for name, members in regions.items():
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not REGION_NAME.match(name):
             raise InvalidOptionError(
                 f"regions: the name {name!r} must start with a letter or '_' and hold only "
                 "letters, digits, '_', '.', '-'."
