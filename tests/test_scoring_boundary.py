@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from monai_jdt.scoring import ScoringOptions, score_arrays
 from monai_jdt.scoring.boundary import (
     BoundaryOptions,
     boundary_scores,
@@ -536,3 +537,21 @@ def test_label_boxes_of_many_labels_equal_their_masks_boxes(dtype: type) -> None
         where = np.argwhere(volume == label)
         assert box == tuple(zip(where.min(0).tolist(), (where.max(0) + 1).tolist(), strict=True))
         assert label_boxes(volume, [label]) == {label: box}  # one comparison per label
+
+
+@pytest.mark.parametrize(("step", "gap"), [(0.8, 7), (0.6, 9)])
+def test_a_distance_past_the_lattice_search_is_the_one_scipy_gives_so_nsd_ties_hold(
+    step: float, gap: int
+) -> None:
+    """Two voxels ``gap`` apart: past the lattice offsets, the nearest point comes from the
+    KD-tree; its distance must be scipy EDT's float, so that ``d <= tau`` holds at
+    ``tau = d`` (the tree's coordinate difference was 1 ulp larger: NSD 0 instead of 1)."""
+    spacing = (step, step, step)
+    pred = np.zeros((gap + 1, 1, 1), np.uint8)
+    ref = np.zeros_like(pred)
+    pred[gap], ref[0] = 1, 1
+    edt = float(ndimage.distance_transform_edt(ref == 0, sampling=spacing)[gap, 0, 0])
+    options = ScoringOptions(metrics="hd,nsd", nsd_tolerance=edt)
+    row = score_arrays(pred, ref, options, spacing=spacing).label(1)
+    assert row.metrics["hd"] == edt
+    assert row.metrics["nsd"] == 1.0
