@@ -98,13 +98,18 @@ def _surfels(
     return grid, flat, areas
 
 
-def _coordinates(flat: torch.Tensor, shape: tuple[int, ...], spacing: torch.Tensor) -> torch.Tensor:
+def _indices(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The grid indices ``[N, ndim]`` (int64) of flat indices into ``shape``."""
     coords = []
     rest = flat
     for n in reversed(shape):
         coords.append(rest % n)
         rest = torch.div(rest, n, rounding_mode="floor")
-    return torch.stack(coords[::-1], dim=1).to(spacing.dtype) * spacing
+    return torch.stack(coords[::-1], dim=1)
+
+
+def _coordinates(flat: torch.Tensor, shape: tuple[int, ...], spacing: torch.Tensor) -> torch.Tensor:
+    return _indices(flat, shape).to(spacing.dtype) * spacing
 
 
 def nearest_distances_torch(
@@ -134,16 +139,22 @@ def nearest_distances_torch(
     far = np.flatnonzero(~found_host)
     if far.size:
         scale = torch.tensor(spacing, dtype=torch.float32, device=target.device)
-        queries = _coordinates(points[torch.from_numpy(far).to(target.device)], target.shape, scale)
+        far_points = points[torch.from_numpy(far).to(target.device)]
+        queries = _coordinates(far_points, target.shape, scale)
         others = _coordinates(target_points, target.shape, scale)
         rows = max(1, _CHUNK_ELEMENTS // max(1, others.shape[0]))
-        best = [
-            torch.cdist(
-                queries[i : i + rows], others, compute_mode="donot_use_mm_for_euclid_dist"
-            ).amin(dim=1)
-            for i in range(0, queries.shape[0], rows)
-        ]
-        out[far] = torch.cat(best).double().cpu().numpy()
+        nearest = torch.cat(
+            [
+                torch.cdist(
+                    queries[i : i + rows], others, compute_mode="donot_use_mm_for_euclid_dist"
+                ).argmin(dim=1)
+                for i in range(0, queries.shape[0], rows)
+            ]
+        )
+        # the distance of the nearest point from its index offset, in float64 as the
+        # lattice's lengths (the float32 coordinates only choose the point)
+        steps = _indices(far_points, target.shape) - _indices(target_points[nearest], target.shape)
+        out[far] = np.sqrt(((steps.cpu().numpy() * np.asarray(spacing)) ** 2).sum(1))
     return out
 
 
