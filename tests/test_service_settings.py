@@ -80,25 +80,27 @@ def capture_uvicorn(monkeypatch: pytest.MonkeyPatch) -> dict:
     return seen
 
 
-def test_run_starts_uvicorn_with_the_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_starts_uvicorn_with_the_factory(monkeypatch: pytest.MonkeyPatch, free_port) -> None:  # type: ignore[no-untyped-def]
     seen = capture_uvicorn(monkeypatch)
-    assert server_module.run(parse("--port", "8123", "--workers", "2", "--device", "cpu")) == 0
+    port = free_port()
+    assert server_module.run(parse("--port", str(port), "--workers", "2", "--device", "cpu")) == 0
     assert seen["app"] == "jdt_service.app:create_app" and seen["factory"] is True
-    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 8123, 2)
+    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", port, 2)
     assert seen["access_log"] is False
     # worker processes rebuild the same settings from the environment
-    assert os.environ["JDT_PORT"] == "8123" and os.environ["JDT_DEVICE"] == "cpu"
-    assert Settings().port == 8123
+    assert os.environ["JDT_PORT"] == str(port) and os.environ["JDT_DEVICE"] == "cpu"
+    assert Settings().port == port
 
 
-def test_public_bind_without_keys_warns(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_public_bind_without_keys_warns(monkeypatch: pytest.MonkeyPatch, caplog, free_port) -> None:  # type: ignore[no-untyped-def]
     capture_uvicorn(monkeypatch)
     caplog.set_level(logging.WARNING, logger="jdt_service")
-    server_module.run(parse("--host", "0.0.0.0"))
+    port = str(free_port())  # not the default 8000: a service may run on this machine
+    assert server_module.run(parse("--host", "0.0.0.0", "--port", port)) == 0
     assert any("without API keys" in r.getMessage() for r in caplog.records)
     caplog.clear()
     monkeypatch.setenv("JDT_API_KEYS", "k")
-    server_module.run(parse("--host", "0.0.0.0"))
+    server_module.run(parse("--host", "0.0.0.0", "--port", port))
     assert not any("without API keys" in r.getMessage() for r in caplog.records)
 
 
