@@ -168,3 +168,31 @@ def test_usage_errors_are_one_line(capsys) -> None:  # type: ignore[no-untyped-d
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error:" in err and "usage" not in err
+
+
+def test_a_closed_stdout_is_not_an_internal_error(case) -> None:  # type: ignore[no-untyped-def]
+    """``monai-jdt score ... | head -1``: the reader goes away before the table is written."""
+    p, r, _, _ = case
+    command = [sys.executable, "-m", "monai_jdt.cli", "score", str(p), str(r)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the process (still importing) writes a byte
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "internal error" not in err
+
+
+def test_a_file_that_is_no_nifti_is_not_told_to_be_renamed(case, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    _, r, _, _ = case
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_bytes(b"hello")
+    assert main(["score", str(junk), str(r)]) == 2
+    err = capsys.readouterr().err
+    assert "not a NIfTI file" in err and "rename" not in err
+
+
+def test_a_conflict_of_two_options_names_no_empty_flag(case, capsys) -> None:  # type: ignore[no-untyped-def]
+    p, r, _, _ = case
+    assert main(["score", str(p), str(r), "--labels", "1", "--ignore-label", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "ignore_label 1 is also in labels" in err and "(see --)" not in err

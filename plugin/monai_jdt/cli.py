@@ -498,7 +498,7 @@ def _run_score_dir(args: argparse.Namespace) -> int:
 
 def _with_flags(message: str, options: Sequence[str]) -> str:
     """``message`` with the flags of the options that bear on it (``ScoringError.options``)."""
-    flags = [_flag(name) for name in options if name != "case_id"]
+    flags = [_flag(name) for name in options if name and name != "case_id"]  # "": the model
     return f"{message} (see {', '.join(flags)})" if flags else message
 
 
@@ -525,6 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except BrokenPipeError:
+        # the reader of stdout stopped (``| head``): not a failure of the scoring; stdout goes
+        # to devnull so that the interpreter's last flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:  # never a traceback for the user
         if os.environ.get("MONAI_JDT_DEBUG"):
             traceback.print_exc()

@@ -465,11 +465,11 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         raise NotNiftiError(f"{name}: cannot be read ({err.strerror}).") from err
     with handle:
         is_gzip = handle.read(2) == _GZIP_MAGIC
-        _check_name(name, is_gzip)
         handle.seek(0)
         stream = _Stream(handle, is_gzip, name)
         block = stream.read_exactly(544)
         header, header_end = _parse_header(block, name)
+        _check_name(name, is_gzip)  # after the header: a rename helps only a NIfTI file
         shape = _shape(header, name)
         offset = _data_offset(header, header_end, name)
         if block[header_end - 4 : header_end - 3] not in (b"", b"\x00"):  # extensions follow

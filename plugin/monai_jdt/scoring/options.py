@@ -377,8 +377,9 @@ class ScoringOptions(OptionsModel):
         Exposure(metavar="LIST"),
     ] = Field(
         default=DEFAULT_METRICS,
-        description=f"Comma-separated ratios among {', '.join(METRICS)}; counts and volumes "
-        "are always reported.",
+        description=f"Comma-separated metrics: the ratios {', '.join(METRICS)}, and the "
+        f"boundary metrics {', '.join(BOUNDARY_METRICS)} (distances in mm; label maps only); "
+        "counts and volumes are always reported.",
     )
     tversky_alpha: Annotated[_Tversky, Exposure(metavar="A")] = Field(
         default=0.5, description="Tversky weight of false positives: tp / (tp + A fp + B fn)."
