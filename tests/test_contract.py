@@ -602,3 +602,18 @@ def test_score_dir_json_is_laid_out_by_the_dataset_model(
         jsonschema.validate(case, case_schema)
     assert data["failures"][0]["code"] == "not_nifti"
     assert data["unpaired"] == {"predictions": [], "references": ["alone.nii.gz"]}
+
+
+def test_every_form_field_of_the_score_endpoint_is_in_the_service_docs_table() -> None:
+    """docs/service.md's table of ``POST /v1/scores`` fields lists every field the endpoint
+    takes (it listed half of them)."""
+    from jdt_service.overlays import IMAGE_FIELD, OVERLAYS_FIELD
+    from jdt_service.uploads import FILE_FIELDS
+
+    service = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+    table = service.split("### Form fields of `POST /v1/scores`", 1)[1].split("\n## ", 1)[0]
+    first_cells = " ".join(
+        line.split("|")[1] for line in table.splitlines() if line.startswith("| `")
+    )
+    for name in (*FILE_FIELDS, *OPTION_FIELDS, OVERLAYS_FIELD, IMAGE_FIELD):
+        assert f"`{name}`" in first_cells, name

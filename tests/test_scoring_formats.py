@@ -241,7 +241,7 @@ def test_huge_declared_size_is_refused_before_allocation(tmp_path: Path) -> None
 def test_missing_simpleitk_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path / "x.nrrd", np.zeros((3, 3, 3), np.uint8))
     monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import fails as if not installed
-    with pytest.raises(NotNiftiError, match=r"monai-jdt\[formats\]"):
+    with pytest.raises(NotNiftiError, match=r"extra 'formats': pip install '\.\[formats\]'"):
         inspect_image(path)
 
 

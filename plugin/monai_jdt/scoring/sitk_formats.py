@@ -1,7 +1,7 @@
 """NRRD and MetaImage files (``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``) through SimpleITK, and the
 one entry point that reads any supported volume file (these or NIfTI).
 
-SimpleITK is the optional extra ``formats`` (``pip install 'monai-jdt[formats]'``); it is
+SimpleITK is the optional extra ``formats`` (``pip install '.[formats]'`` in the checkout); it is
 imported on first use, so NIfTI scoring never needs it.
 
 Header first, as for NIfTI: ``inspect_image`` reads only the header (SimpleITK's
@@ -123,8 +123,9 @@ def _sitk(name: str) -> Any:
         import SimpleITK
     except ImportError as err:
         raise NotNiftiError(
-            f"{name}: reading NRRD / MetaImage files needs SimpleITK; install it with "
-            "pip install 'monai-jdt[formats]' (or convert the file to .nii.gz)."
+            f"{name}: reading NRRD / MetaImage files needs SimpleITK, monai-jdt's extra "
+            "'formats': pip install '.[formats]' in the monai-jdt checkout (or convert the "
+            "file to .nii.gz)."
         ) from err
     return SimpleITK
 
