@@ -196,3 +196,16 @@ def test_a_conflict_of_two_options_names_no_empty_flag(case, capsys) -> None:  #
     assert main(["score", str(p), str(r), "--labels", "1", "--ignore-label", "1"]) == 2
     err = capsys.readouterr().err
     assert "ignore_label 1 is also in labels" in err and "(see --)" not in err
+
+
+def test_an_error_of_one_file_says_whether_it_is_the_prediction_or_the_reference(
+    case, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """In score-dir both folders hold ``bad.nii.gz``: the message must say which one."""
+    p, r, _, _ = case
+    for role, (pred, ref) in {"prediction": (None, r), "reference": (p, None)}.items():
+        junk = tmp_path / role / "bad.nii.gz"
+        junk.parent.mkdir()
+        junk.write_bytes(b"hello")
+        assert main(["score", str(pred or junk), str(ref or junk)]) == 2
+        assert f"[not_nifti] {role} bad.nii.gz: not a NIfTI file" in capsys.readouterr().err

@@ -44,6 +44,13 @@ class ScoringError(ValueError):
         """The JSON error body's ``detail``: ``{"code": ..., "message": ...}``."""
         return {"code": self.code, "message": self.message}
 
+    def of_input(self, role: str) -> ScoringError:
+        """This error, its message led by which input it is about (``"prediction"``,
+        ``"reference"``): two folders of cases hold files of the same names."""
+        self.message = f"{role} {self.message}"
+        self.args = (self.message,)
+        return self
+
 
 class InvalidOptionError(ScoringError):
     """A scoring option has a bad value (labels spec, tolerance, device, metric name...)."""

@@ -25,7 +25,12 @@ import numpy as np
 from monai_jdt.scoring.arrays import report_from_confusion, score_arrays
 from monai_jdt.scoring.boundary_report import needs_arrays, with_boundary
 from monai_jdt.scoring.confusion import ConfusionAccumulator, ConfusionMatrix
-from monai_jdt.scoring.errors import AffineMismatchError, CorruptFileError, ShapeMismatchError
+from monai_jdt.scoring.errors import (
+    AffineMismatchError,
+    CorruptFileError,
+    ScoringError,
+    ShapeMismatchError,
+)
 from monai_jdt.scoring.nifti import NiftiInfo, iter_voxel_chunks
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, device_type
 from monai_jdt.scoring.report import CaseReport
@@ -213,6 +218,14 @@ def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> b
     )
 
 
+def _inspect(path: str | os.PathLike[str], role: str, options: ScoringOptions) -> VolumeInfo:
+    """``inspect_volume``, its errors led by ``role``."""
+    try:
+        return inspect_volume(path, options.max_voxels)
+    except ScoringError as err:
+        raise err.of_input(role) from None
+
+
 def score_files(
     prediction: str | os.PathLike[str],
     reference: str | os.PathLike[str],
@@ -242,8 +255,8 @@ def score_files(
     started = time.perf_counter()
     if inspected is None:
         inspected = (
-            inspect_volume(prediction, options.max_voxels),
-            inspect_volume(reference, options.max_voxels),
+            _inspect(prediction, "prediction", options),
+            _inspect(reference, "reference", options),
         )
     pred, ref = inspected
     ref_spatial = _check_layouts(pred, ref, options)
