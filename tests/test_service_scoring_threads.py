@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -63,6 +64,24 @@ def test_an_exception_reaches_the_caller_and_the_thread_stays() -> None:
         with pytest.raises(ValueError, match="bad case"):
             threads.submit(boom).result(timeout=5)
         assert threads.submit(_current_thread).result(timeout=5) == "t-0"
+    finally:
+        threads.shutdown()
+
+
+def test_a_stop_iteration_reaches_an_awaiting_request_as_an_error() -> None:
+    """asyncio refuses StopIteration as a future's exception: the request awaiting a call
+    that raised it (a bare ``next()``) would wait forever."""
+    threads = _DaemonThreads(1, "t")
+
+    def bare_next() -> None:
+        next(iter(()))
+
+    async def request() -> None:
+        await asyncio.wrap_future(threads.submit(bare_next))
+
+    try:
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            asyncio.run(asyncio.wait_for(request(), 5))
     finally:
         threads.shutdown()
 

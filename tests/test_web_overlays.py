@@ -7,12 +7,14 @@ for the downsampling, means of coordinates for the centres), not with the code u
 from __future__ import annotations
 
 import base64
+import gzip
 import tracemalloc
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
+import nibabel as nib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -210,3 +212,47 @@ def test_overlays_past_the_job_memory_limit_are_refused(tmp_path: Path, nifti_by
         r = c.post("/v1/scores", files=files, data={"overlays": "true"})
         assert r.status_code == 413, r.text
         assert r.json()["detail"]["code"] == "job_too_large"
+
+
+def test_large_label_ids_cost_no_memory_and_past_uint32_are_a_422(
+    client: TestClient, nifti_bytes
+) -> None:
+    """A request of a few KB with one label id of 2**31 drew with arrays sized by the id
+    (2 GiB); one past 2**32 - 1 left its request waiting until the timeout."""
+    pred, ref = _pair()
+    big = ref.astype(np.uint32)
+    big[big == 2] = 2**31
+    tracemalloc.start()
+    try:
+        r = client.post(
+            "/v1/scores",
+            files={
+                "prediction": ("p.nii.gz", nifti_bytes(pred.astype(np.uint32))),
+                "reference": ("r.nii.gz", nifti_bytes(big)),
+            },
+            data={"overlays": "true"},
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 200, r.text
+    centres = {c["label"]: c["centre"] for c in r.json()["overlays"]["centres"]}
+    assert set(centres) == {1, 2, 2**31} and peak < 64 * 2**20
+    huge = ref.astype(np.uint64)
+    huge[huge == 2] = 2**40
+
+    def uint64_file(volume: np.ndarray) -> bytes:
+        image = nib.Nifti1Image(volume.astype(np.uint64), np.eye(4), dtype=np.uint64)
+        return gzip.compress(bytes(image.to_bytes()))
+
+    r = client.post(
+        "/v1/scores",
+        files={
+            "prediction": ("p.nii.gz", uint64_file(pred)),
+            "reference": ("r.nii.gz", uint64_file(huge)),
+        },
+        data={"overlays": "true"},
+        timeout=30,
+    )
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option"
+    assert "2**32" in r.json()["detail"]["message"] or "4294967295" in r.json()["detail"]["message"]

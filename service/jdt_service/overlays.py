@@ -60,6 +60,8 @@ _BOOL = TypeAdapter(bool)
 #: int64 / float64 arrays of the sampled grid alive at once while rendering: the sampled label
 #: maps before and after reorienting, and the voxel coordinates, counts and sums of _centres
 _SAMPLED_ARRAYS = 12
+#: label ids below this are counted by id in _centres; above, numbered by their order first
+_DIRECT_IDS = 1 << 16
 LabelDtype = Literal["uint8", "uint16", "uint32"]
 _LABEL_DTYPES: tuple[LabelDtype, ...] = ("uint8", "uint16", "uint32")
 
@@ -250,8 +252,15 @@ def _centres(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -
     counts and coordinates, each a ``bincount`` over the labels.
     """
     ref, pred = reference.ravel(), prediction.ravel()
+    top = int(max(ref.max(initial=0), pred.max(initial=0)))
+    if top < _DIRECT_IDS:
+        present = np.arange(top + 1)
+    else:  # the ids present, numbered 0..K-1: bincount over raw ids takes memory as large as
+        # the largest id (up to 2**32, from a request of a few KB)
+        present, codes = np.unique(np.concatenate([ref, pred]), return_inverse=True)
+        ref, pred = np.split(codes.astype(np.intp), 2)
     both = ref == pred
-    size = int(max(ref.max(initial=0), pred.max(initial=0), max(labels, default=0))) + 1
+    size = present.size
     coords = np.indices(reference.shape).reshape(3, -1).astype(np.float64)
 
     def union_sum(weights: np.ndarray | None) -> np.ndarray:
@@ -265,8 +274,9 @@ def _centres(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -
     sums = [union_sum(axis) for axis in coords]
     result = []
     for label in labels:
-        if label >= 0 and voxels[label] > 0:
-            centre = [round(float(total[label] / voxels[label])) for total in sums]
+        index = int(np.searchsorted(present, label))
+        if index < size and present[index] == label and voxels[index] > 0:
+            centre = [round(float(total[index] / voxels[index])) for total in sums]
         else:
             centre = [n // 2 for n in reference.shape]
         result.append(LabelCentre(label=label, centre=centre))
@@ -306,7 +316,13 @@ def render_overlays(
     # scored voxel by voxel: the prediction (and the image) take the reference's orientation
     pred_small = grid.orient(_labels_of(grid.sample(_read(prediction, max_voxels)[1]), kind))
     top = int(max(ref_small.max(initial=0), pred_small.max(initial=0)))
-    dtype = next(t for t in _LABEL_DTYPES if top <= np.iinfo(t).max)
+    dtype = next((t for t in _LABEL_DTYPES if top <= np.iinfo(t).max), None)
+    if dtype is None:
+        raise InvalidOptionError(
+            f"overlays: label ids up to {np.iinfo(np.uint32).max} can be drawn; this pair "
+            f"holds {top}. Score it without overlays.",
+            option=OVERLAYS_FIELD,
+        )
     packed_image = None
     if image is not None:
         image_info, image_data = _read(image, max_voxels)

@@ -121,6 +121,9 @@ class _DaemonThreads:
             if future.set_running_or_notify_cancel():
                 try:
                     result = fn()
+                except StopIteration:  # an asyncio future refuses it, and the request would
+                    # wait forever; a bug, so it reaches the request as one
+                    future.set_exception(RuntimeError(f"StopIteration escaped {fn!r}"))
                 except BaseException as exc:  # handed to the awaiting request
                     future.set_exception(exc)
                 else:
