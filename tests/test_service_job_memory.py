@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from jdt_service.job_memory import CHUNK_OVERHEAD_BYTES, job_bytes
+from jdt_service.job_memory import CHUNK_OVERHEAD_BYTES, channel_bytes, job_bytes
 from monai_jdt.scoring import ScoringOptions, score_files
 from monai_jdt.scoring.nifti import inspect_nifti
 
@@ -86,3 +86,45 @@ def test_streamed_estimate_does_not_grow_with_the_volume(tmp_path: Path, write_n
     assert job_bytes(a, a, options) == job_bytes(b, b, options)
     loaded = ScoringOptions(kind="probabilities")
     assert job_bytes(b, b, loaded) > job_bytes(a, a, loaded)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ScoringOptions(metrics="dice,hd95,nsd,boundary_iou"),
+        ScoringOptions(metrics="hd95,nsd,boundary_iou", surface="surfel"),
+    ],
+    ids=["voxel+boundary_iou", "surfel+boundary_iou"],
+)
+def test_estimate_bounds_boundary_metrics_on_a_structure_that_is_all_surface(
+    tmp_path: Path, options: ScoringOptions, write_nifti
+) -> None:
+    """Half the voxels set at random: nearly every voxel is on the surface (the boundary
+    metrics took 6 to 15 times the estimate that counted the volumes only)."""
+    rng = np.random.default_rng(9)
+    pred = (rng.random((112, 112, 112)) < 0.5).astype(np.uint8)
+    ref = (rng.random((112, 112, 112)) < 0.5).astype(np.uint8)
+    p, r = write_nifti(tmp_path / "p.nii.gz", pred), write_nifti(tmp_path / "r.nii.gz", ref)
+    estimate = job_bytes(inspect_nifti(p), inspect_nifti(r), options)
+    score_files(p, r, options)  # warm-up
+    tracemalloc.start()
+    try:
+        score_files(p, r, options)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert CHUNK_OVERHEAD_BYTES < peak <= estimate, (peak, estimate)
+
+
+def test_channel_chunks_grow_with_the_channels(tmp_path: Path, write_nifti) -> None:
+    """The soft counts take every channel of a chunk at once (256 channels of 64³ took 2.1 GiB
+    against an estimate of 0.8 GiB that had one flat allowance for chunks)."""
+    infos = {
+        c: inspect_nifti(write_nifti(tmp_path / f"p{c}.nii.gz", np.zeros((8, 8, 8, c), np.float32)))
+        for c in (1, 2, 64)
+    }
+    ref = inspect_nifti(write_nifti(tmp_path / "r.nii.gz", np.zeros((8, 8, 8), np.uint8)))
+    assert channel_bytes(infos[1]) == 0
+    assert channel_bytes(infos[64]) == 32 * channel_bytes(infos[2]) > 0
+    options = ScoringOptions(kind="probabilities")
+    assert job_bytes(infos[64], ref, options) > channel_bytes(infos[64]) + CHUNK_OVERHEAD_BYTES

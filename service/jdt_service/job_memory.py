@@ -12,11 +12,13 @@ that the scoring pool can admit a job by its memory before any of it is allocate
   bytes); scaling (``scl_slope`` / ``scl_inter``) makes a working float array and one
   temporary (``2 x 8 N``, counted in float64 so the estimate holds whichever float width the
   core uses); float16 is widened to float32 (``4 N``); a float volume read as labels is cast
-  to an integer map (at most ``8 N``); an NRRD / MetaImage volume is decoded by SimpleITK
-  and copied into numpy, so its stored dtype counts twice (``2 N b``).
+  to an integer map after its rounded copy (``2 x 8 N``); an NRRD / MetaImage volume is
+  decoded by SimpleITK and copied into numpy, so its stored dtype counts twice (``2 N b``).
 
-On top comes a constant for the chunk temporaries (the confusion codes, the soft-count
-chunks in float64). The estimate is an upper bound of what the core allocates on the host
+On top come a constant for the chunk temporaries (the confusion codes, the soft-count
+chunks of one map in float64), the soft-count chunks of every channel of a probability map
+(:func:`channel_bytes`), and the boundary metrics' surface points, bounded per voxel
+(:func:`boundary_bytes`). The estimate is an upper bound of what the core allocates on the host
 (checked in the tests with ``tracemalloc``), not a measurement: it errs on the large side.
 
 The refusals of one case by the service's limits (``JDT_MAX_JOB_BYTES``,
@@ -26,6 +28,8 @@ the cases of an evaluation job (a failed case with the same code).
 
 from __future__ import annotations
 
+import math
+
 from monai_jdt.scoring import ScoringOptions
 from monai_jdt.scoring.boundary_report import wants_boundary
 from monai_jdt.scoring.files import _QUEUE_DEPTH, STREAM_CHUNK_VOXELS, _streamable
@@ -34,7 +38,9 @@ from monai_jdt.scoring.sitk_formats import ImageInfo, VolumeInfo
 
 __all__ = [
     "CHUNK_OVERHEAD_BYTES",
+    "boundary_bytes",
     "boundary_refusal",
+    "channel_bytes",
     "job_bytes",
     "job_bytes_refusal",
     "volume_bytes",
@@ -43,6 +49,13 @@ __all__ = [
 #: chunk temporaries of the counting loops (confusion codes, soft counts in float64)
 CHUNK_OVERHEAD_BYTES = 64 * 1024 * 1024
 _WORK_FLOAT = 8  # bytes of the float a scaled volume is converted to (float64 at most)
+#: bytes per spatial voxel of the boundary metrics, bounds of what a structure that is nearly
+#: all surface takes (measured on a 256³ cube with half its voxels set at random: 34 bytes for
+#: the voxel surface, 84 for surfels, 25 more with Boundary IoU)
+_BOUNDARY_VOXEL = 48
+_BOUNDARY_SURFEL = 112
+_BOUNDARY_IOU = 40
+_SOFT_COPIES = 8
 
 
 def volume_bytes(info: VolumeInfo) -> int:
@@ -56,8 +69,37 @@ def volume_bytes(info: VolumeInfo) -> int:
     elif info.dtype.kind == "f" and info.dtype.itemsize < 4:
         total += 4 * n
     if info.scaled or info.dtype.kind == "f":
-        total += 8 * n  # a float volume read as labels becomes an integer map
+        # a float volume read as labels: its rounded copy, then the integer map
+        total += 2 * 8 * n
     return total
+
+
+def boundary_bytes(reference: VolumeInfo, options: ScoringOptions) -> int:
+    """Host bytes of the boundary metrics on top of the volumes: per surface point, its
+    coordinates, distances and the lattice search's gathers, bounded per voxel (a rough
+    structure is nearly all surface): ``_BOUNDARY_VOXEL`` bytes for the voxel surface,
+    ``_BOUNDARY_SURFEL`` for surfels (area weights and cell corners too), plus
+    ``_BOUNDARY_IOU`` for Boundary IoU's distance transforms of both masks."""
+    if not wants_boundary(options):
+        return 0
+    spatial = math.prod(reference.spatial_shape)
+    per_voxel = _BOUNDARY_SURFEL if options.surface == "surfel" else _BOUNDARY_VOXEL
+    if "boundary_iou" in options.metrics:
+        per_voxel += _BOUNDARY_IOU
+    return spatial * per_voxel
+
+
+def channel_bytes(prediction: VolumeInfo) -> int:
+    """Host bytes of the soft counts' chunks of a probability map with ``C`` channels:
+    ``_SOFT_COPIES`` float64 ``[C, SOFT_CHUNK_VOXELS]`` arrays (the channels taken, widened
+    and clipped, for the prediction and a soft reference, and the counts' temporaries); 0
+    without a channel axis."""
+    channels = prediction.voxels // max(1, math.prod(prediction.spatial_shape))
+    if channels <= 1:  # one map: its chunks fit CHUNK_OVERHEAD_BYTES
+        return 0
+    from monai_jdt.scoring.soft import SOFT_CHUNK_VOXELS  # imports torch: the soft path only
+
+    return _SOFT_COPIES * 8 * SOFT_CHUNK_VOXELS * channels
 
 
 def job_bytes(prediction: VolumeInfo, reference: VolumeInfo, options: ScoringOptions) -> int:
@@ -66,7 +108,8 @@ def job_bytes(prediction: VolumeInfo, reference: VolumeInfo, options: ScoringOpt
         in_flight = 2 * (_QUEUE_DEPTH + 2) * STREAM_CHUNK_VOXELS
         stored = in_flight * max(prediction.dtype.itemsize, reference.dtype.itemsize)
         return stored + CHUNK_OVERHEAD_BYTES
-    return volume_bytes(prediction) + volume_bytes(reference) + CHUNK_OVERHEAD_BYTES
+    loaded = volume_bytes(prediction) + volume_bytes(reference) + CHUNK_OVERHEAD_BYTES
+    return loaded + boundary_bytes(reference, options) + channel_bytes(prediction)
 
 
 def job_bytes_refusal(memory_bytes: int, limit: int) -> str | None:
