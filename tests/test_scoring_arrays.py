@@ -313,3 +313,12 @@ def test_unsigned_references_for_torch_paths(organ_pair) -> None:
     expected = [r.metrics for r in score_arrays(probs, ref).labels]
     for dtype in (np.uint16, np.uint32, np.uint64):
         assert [r.metrics for r in score_arrays(probs, ref.astype(dtype)).labels] == expected
+
+
+def test_the_label_limit_counts_only_labels_present() -> None:
+    """4000 ids of 256 and more (compacted) plus background: within the 4096 labels; the ids
+    below 256 that are absent were counted too (refused from 3841 on, "4097 so far")."""
+    ids = np.arange(256, 256 + 4000, dtype=np.int32).reshape(40, 100, 1)
+    ids[0, 0, 0] = 0
+    report = score_arrays(ids, ids)
+    assert len(report.labels) == 3999 and all(row.metrics["dice"] == 1.0 for row in report.labels)

@@ -173,7 +173,8 @@ class ConfusionAccumulator:
         dense = self._dense_bins.reshape(_DENSE_LIMIT, _DENSE_LIMIT).copy()
         dense[:_PAIR_LIMIT, :_PAIR_LIMIT] += single
         saved = self._labels, self._matrix
-        self._merge(np.arange(_DENSE_LIMIT, dtype=np.int64), dense)
+        ids = np.flatnonzero(dense.sum(0) + dense.sum(1))  # only those present count
+        self._merge(ids.astype(np.int64), dense[np.ix_(ids, ids)])
         labels, matrix = self._labels, self._matrix
         self._labels, self._matrix = saved
         present = (matrix.sum(0) + matrix.sum(1)) > 0
