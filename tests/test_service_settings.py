@@ -121,6 +121,7 @@ def test_python_dash_m_help() -> None:
 def test_every_setting_has_an_option_made_from_its_field() -> None:
     from jdt_service.settings import ENV_ONLY
 
+    assert {"api_keys", "admin_keys"} <= ENV_ONLY  # the secrets
     parser = argparse.ArgumentParser()
     server_module.add_arguments(parser)
     text = " ".join(parser.format_help().split())

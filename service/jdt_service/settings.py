@@ -27,7 +27,7 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 #: settings that have no command-line option (a key on the command line is visible in ``ps``)
-ENV_ONLY = frozenset({"api_keys"})
+ENV_ONLY = frozenset({"api_keys", "admin_keys"})
 
 
 class Settings(BaseSettings):
