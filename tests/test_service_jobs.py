@@ -165,6 +165,19 @@ def test_long_polls_answer_at_once_when_the_server_starts_stopping(
     assert [body["status"] for body in waited] == ["queued"]
 
 
+def test_times_read_back_keep_their_time_zone(
+    client: TestClient, case_files, create_set, submit
+) -> None:
+    """SQLite stores naive times: a job read back had no +00:00, the one just created had."""
+    preds, refs = case_files(2, seed=83)
+    ref_set = create_set(client, refs)
+    job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    read = client.get(f"/v1/jobs/{job['id']}", headers=TEAM_A).json()
+    assert read["created_at"] == job["created_at"] and read["created_at"].endswith("+00:00")
+    listed = client.get("/v1/reference-sets", headers=ADMIN).json()["reference_sets"]
+    assert listed[0]["created_at"].endswith("+00:00")
+
+
 def test_migrations_build_the_schema(tmp_path: Path, database_url: str | None) -> None:
     db = open_database(tmp_path / "data", database_url)
     try:

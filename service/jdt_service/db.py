@@ -28,6 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -54,25 +55,18 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class _UtcDateTime(DateTime):
-    """Timezone-aware in and out on every backend (SQLite stores naive values)."""
+class _UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware in and out on every backend (SQLite stores naive values). A
+    ``TypeDecorator``: a ``DateTime`` subclass is adapted to the dialect's own type, which
+    drops an overridden result processor."""
 
+    impl = DateTime(timezone=True)
     cache_ok = True
 
-    def __init__(self) -> None:
-        super().__init__(timezone=True)
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        inner = super().result_processor(dialect, coltype)
-
-        def process(value: Any) -> Any:
-            if inner is not None:
-                value = inner(value)
-            if isinstance(value, dt.datetime) and value.tzinfo is None:
-                value = value.replace(tzinfo=dt.timezone.utc)
-            return value
-
-        return process
+    def process_result_value(self, value: Any, dialect: Any) -> dt.datetime | None:
+        if isinstance(value, dt.datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
 
 
 class Base(DeclarativeBase):
