@@ -137,6 +137,10 @@ def test_every_setting_has_an_option_made_from_its_field() -> None:
     assert (s.max_job_bytes, s.header_timeout, s.cors_origins) == (2097152, 2.5, ["a", "b"])
     with pytest.raises(SystemExit):
         parse("--log-format", "xml")  # choices come from the Literal type
+    # a boolean is a flag and its --no- form; not given, the environment's value stays
+    assert server_module.settings_from_args(parse("--keep-predictions")).keep_predictions
+    assert not server_module.settings_from_args(parse("--no-keep-predictions")).keep_predictions
+    assert parse().keep_predictions is None
 
 
 def test_unknown_jdt_variables_are_named_at_start_up(monkeypatch, caplog) -> None:

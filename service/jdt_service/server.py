@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         }
         if typing.get_origin(field.annotation) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(field.annotation))
+        elif field.annotation is bool:  # --flag / --no-flag, as the CLI's other booleans
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["metavar"] = name.upper()
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
