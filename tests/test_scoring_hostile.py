@@ -446,6 +446,8 @@ def test_float_probability_map_against_integer_labels(tmp_path: Path, suffix: st
         report = score_arrays(probabilities, labels, options)
         assert report.kind == "probabilities"
         assert reported_dice(report) == pytest.approx({label: expected}, rel=1e-9)
+        # the default label is said, so a map of another structure is not silently label 1
+        assert any("scores label 1" in note for note in report.notes) == (label == 1)
         p = write(tmp_path / f"p{suffix}", nifti_bytes(probabilities))
         r = write(tmp_path / f"r{suffix}", nifti_bytes(labels))
         assert reported_dice(score_files(p, r, options)) == pytest.approx(

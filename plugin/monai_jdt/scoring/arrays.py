@@ -252,10 +252,15 @@ def _score_probabilities(
         if len(asked) != 1:
             raise InvalidOptionError(
                 f"a single probability map scores one label, but labels {asked} were asked for; "
-                "give a channel-first [C, *spatial] map for several labels."
+                "give a map with a channel axis for several labels (an array: channel-first "
+                "[C, *spatial]; a NIfTI file: (X, Y, Z, C))."
             )
         labels, requested, channels = asked, [True], [0]
-        notes: list[str] = []
+        notes: list[str] = (
+            []
+            if options.labels
+            else ["a single probability map scores label 1; give labels to score another"]
+        )
     else:
         n_channels = pred.shape[0]
         too_high = sorted(k for k in (options.labels or {}) if k >= n_channels)
