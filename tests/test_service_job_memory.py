@@ -52,6 +52,18 @@ def _cases(tmp: Path, label_pair, write_nifti) -> dict[str, tuple[Path, Path, Sc
     }
 
 
+def _traced_peak(prediction: Path, reference: Path, options: ScoringOptions) -> int:
+    """The peak host allocation (``tracemalloc``) of ``score_files``, after a warm-up call
+    (imports and caches are not the job's)."""
+    score_files(prediction, reference, options)
+    tracemalloc.start()
+    try:
+        score_files(prediction, reference, options)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -66,13 +78,7 @@ def test_estimate_bounds_the_peak_allocation(
 ) -> None:
     prediction, reference, options = _cases(tmp_path, label_pair, write_nifti)[name]
     estimate = job_bytes(inspect_nifti(prediction), inspect_nifti(reference), options)
-    score_files(prediction, reference, options)  # warm-up: imports and caches are not the job's
-    tracemalloc.start()
-    try:
-        score_files(prediction, reference, options)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = _traced_peak(prediction, reference, options)
     assert peak <= estimate, f"{name}: peak {peak} > estimate {estimate}"
     if "streamed" not in name:  # whole volumes: the estimate grows with them, not a constant
         assert estimate - CHUNK_OVERHEAD_BYTES >= peak // 4, (name, peak, estimate)
@@ -106,13 +112,7 @@ def test_estimate_bounds_boundary_metrics_on_a_structure_that_is_all_surface(
     ref = (rng.random((112, 112, 112)) < 0.5).astype(np.uint8)
     p, r = write_nifti(tmp_path / "p.nii.gz", pred), write_nifti(tmp_path / "r.nii.gz", ref)
     estimate = job_bytes(inspect_nifti(p), inspect_nifti(r), options)
-    score_files(p, r, options)  # warm-up
-    tracemalloc.start()
-    try:
-        score_files(p, r, options)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = _traced_peak(p, r, options)
     assert CHUNK_OVERHEAD_BYTES < peak <= estimate, (peak, estimate)
 
 

@@ -388,6 +388,18 @@ def _matches(info: zipfile.ZipInfo, member: Prefetched) -> bool:
     )
 
 
+def _listed(
+    writer: _Writer, budget: _Budget, name: str, size: int, number: int
+) -> tuple[str, str] | None:
+    """One regular member as its archive lists it: its declared size counted, its
+    ``(case id, ending)`` or None when skipped (and counted as skipped); raises when unsafe."""
+    kept = kept_member(writer.field, name, number)
+    budget.member(size)
+    if kept is None:
+        writer.skipped += 1
+    return kept
+
+
 def _unpack_zip(
     handle: BinaryIO, writer: _Writer, budget: _Budget, prefetched: Mapping[int, Prefetched]
 ) -> None:
@@ -405,10 +417,8 @@ def _unpack_zip(
                     continue
                 if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no Unix mode recorded
                     raise _unsafe(field, f"member {number} is a link or a special file")
-                kept = kept_member(field, info.filename, number)
-                budget.member(info.file_size)
+                kept = _listed(writer, budget, info.filename, info.file_size, number)
                 if kept is None:
-                    writer.skipped += 1
                     continue
                 if info.flag_bits & 0x1:
                     raise ArchiveError(
@@ -461,10 +471,8 @@ def _unpack_tar(handle: BinaryIO, writer: _Writer, budget: _Budget) -> None:
                 raise _unsafe(field, f"member {number} is a link or a special file")
             if info.issparse():  # its holes would inflate without passing the counted stream
                 raise _unsafe(field, f"member {number} is a sparse file")
-            kept = kept_member(field, info.name, number)
-            budget.member(info.size)
+            kept = _listed(writer, budget, info.name, info.size, number)
             if kept is None:
-                writer.skipped += 1
                 continue
             final = writer.claim(*kept)
             source = archive.extractfile(info)
