@@ -161,6 +161,31 @@ def test_directory_pairs_by_case_id_across_formats(tmp_path: Path, pair) -> None
             assert a.reference_ml == pytest.approx(b.reference_ml, rel=1e-6)
 
 
+def test_endings_in_any_case_are_read_and_paired(tmp_path: Path, pair, numpy_scores) -> None:  # type: ignore[no-untyped-def]
+    """``CASE.NII.GZ`` / ``.NRRD`` / ``.Mha`` are read as nibabel and SimpleITK read them: a
+    folder of upper-case names is paired (it was skipped without a word) and the case id is
+    the name without its ending."""
+    pred, ref = pair
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    for i, (p_suffix, r_suffix) in enumerate([(".NII.GZ", ".nii.gz"), (".NRRD", ".Mha")]):
+        write(preds / f"tmp{i}{p_suffix.lower()}", pred.astype(np.uint8)).rename(
+            preds / f"CASE{i}{p_suffix}"
+        )
+        write(refs / f"tmp{i}{r_suffix.lower()}", ref.astype(np.uint8)).rename(
+            refs / f"CASE{i}{r_suffix}"
+        )
+    result = score_directory(preds, refs, workers=2)
+    assert [r.case_id for r in result.reports] == ["CASE0", "CASE1"]
+    assert not result.failures and not result.unpaired_predictions
+    single = score_files(preds / "CASE1.NRRD", refs / "CASE1.Mha")
+    assert single.case_id == "CASE1"
+    for row in single.labels:
+        expected = numpy_scores(pred, ref, row.label)
+        assert row.metrics["dice"] == pytest.approx(expected["dice"], rel=1e-12)
+
+
 def test_shifted_grid_is_an_affine_mismatch(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
     pred, ref = pair
     p = write(tmp_path / "p.nrrd", pred.astype(np.uint8))

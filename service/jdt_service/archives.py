@@ -55,8 +55,8 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from jdt_service.errors import ApiError
 from monai_jdt.scoring.errors import ScoringError
-from monai_jdt.scoring.files import VOLUME_SUFFIXES
-from monai_jdt.scoring.nifti import MAX_DATA_OFFSET, declared_layout
+from monai_jdt.scoring.files import NIFTI_SUFFIXES, VOLUME_SUFFIXES
+from monai_jdt.scoring.nifti import MAX_DATA_OFFSET, declared_layout, file_ending
 
 if TYPE_CHECKING:  # zip_prefetch applies this module's rules, so it imports this module
     from jdt_service.zip_prefetch import Prefetched
@@ -89,9 +89,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 #: bytes a raw NIfTI member may hold past the end its header declares (or past
 #: ``MAX_DATA_OFFSET`` when that is larger, or when the member has no readable header)
 MEMBER_SLACK = 1 << 20
-#: the endings of members that may be raw NIfTI (a ``.nii.gz`` is read as raw when it is not
-#: gzip-compressed)
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: the bytes that hold a NIfTI-1 or NIfTI-2 header and its extension flag
 _NIFTI_HEAD = 544
 
@@ -206,7 +203,8 @@ class MemberLimit:
         self.limit: int | None = None
         self._head = b""  # the first bytes as stored, then (gzip) as inflated
         self._inflater: Any = None  # a zlib decompressor once the member shows gzip's magic
-        self._decided = not name.lower().endswith(_NIFTI_SUFFIXES)
+        # may be raw NIfTI (a .nii.gz member is read as raw when it is not gzip-compressed)
+        self._decided = file_ending(name, NIFTI_SUFFIXES) is None
 
     def add(self, data: bytes) -> None:
         """Count ``data``, the next bytes of the member; raise once it is past the limit."""
@@ -295,7 +293,7 @@ def kept_member(field: str, name: str, member_number: int) -> tuple[str, str] | 
             f"{where} is a detached header (.nhdr / .mhd) whose data is a separate file; "
             "send each volume as one file (.nrrd or .mha hold their own data)",
         )
-    suffix = next((s for s in ARCHIVE_VOLUME_SUFFIXES if lower.endswith(s)), None)
+    suffix = file_ending(path.name, ARCHIVE_VOLUME_SUFFIXES)
     if suffix is None:
         return None
     case = path.name[: -len(suffix)]

@@ -31,7 +31,7 @@ from monai_jdt.scoring.errors import (
     ScoringError,
     ShapeMismatchError,
 )
-from monai_jdt.scoring.nifti import NiftiInfo, iter_voxel_chunks
+from monai_jdt.scoring.nifti import NiftiInfo, file_ending, iter_voxel_chunks
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, device_type
 from monai_jdt.scoring.report import CaseReport
 from monai_jdt.scoring.sitk_formats import SITK_SUFFIXES, VolumeInfo, inspect_volume, load_volume
@@ -58,12 +58,11 @@ _END = object()
 
 
 def case_id_from_path(path: str | os.PathLike[str]) -> str:
-    """The case id of a file: its name without its ending (``VOLUME_SUFFIXES``)."""
+    """The case id of a file: its name without its ending (one of ``VOLUME_SUFFIXES``, in any
+    case: ``CASE1.NII.GZ`` is case ``CASE1``)."""
     name = Path(path).name
-    for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    suffix = file_ending(name, VOLUME_SUFFIXES)
+    return name if suffix is None else name[: -len(suffix)]
 
 
 def _layout(info: VolumeInfo) -> tuple[tuple[int, ...], int | None]:

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from monai_jdt.scoring.errors import InvalidOptionError, ScoringError
 from monai_jdt.scoring.files import VOLUME_SUFFIXES, case_id_from_path, score_files
+from monai_jdt.scoring.nifti import file_ending
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, Exposure, OptionsModel, ScoringOptions
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport, DatasetReport
 from monai_jdt.scoring.summary import dataset_labels, summarize, with_label_set
@@ -126,7 +127,7 @@ def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
         raise InvalidOptionError(f"the {role} folder {str(folder)!r} does not exist.")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.name.endswith(VOLUME_SUFFIXES):
+        if path.name.startswith(".") or file_ending(path.name, VOLUME_SUFFIXES) is None:
             continue
         case = case_id_from_path(path)
         if case in files:

@@ -44,6 +44,7 @@ __all__ = [
     "HeaderInfo",
     "NiftiInfo",
     "declared_layout",
+    "file_ending",
     "inspect_nifti",
     "iter_voxel_chunks",
     "load_nifti",
@@ -158,6 +159,14 @@ class NiftiInfo(HeaderInfo):
 
 def _name(path: str | os.PathLike[str]) -> str:
     return Path(path).name
+
+
+def file_ending(name: str, endings: tuple[str, ...]) -> str | None:
+    """The first of ``endings`` (lower case, e.g. ``".nii.gz"``) that the file name ``name``
+    ends with, in any case (``CASE1.NII.GZ`` ends with ``.nii.gz``, as nibabel reads it);
+    ``None`` when it ends with none."""
+    lower = name.lower()
+    return next((ending for ending in endings if lower.endswith(ending)), None)
 
 
 def _check_name(name: str, is_gzip: bool) -> None:

@@ -46,7 +46,13 @@ from monai_jdt.scoring.errors import (
     UnsupportedDataTypeError,
     VolumeTooLargeError,
 )
-from monai_jdt.scoring.nifti import HeaderInfo, NiftiInfo, inspect_nifti, load_nifti
+from monai_jdt.scoring.nifti import (
+    HeaderInfo,
+    NiftiInfo,
+    file_ending,
+    inspect_nifti,
+    load_nifti,
+)
 
 __all__ = [
     "LPS_TO_RAS",
@@ -107,14 +113,16 @@ VolumeInfo: TypeAlias = "NiftiInfo | ImageInfo"
 
 
 def is_sitk_path(path: str | os.PathLike[str]) -> bool:
-    """True when the file name ends with one of ``SITK_SUFFIXES`` (lower case, as the NIfTI
+    """True when the file name ends with one of ``SITK_SUFFIXES``, in any case (as the NIfTI
     endings are matched)."""
-    return Path(path).name.endswith(SITK_SUFFIXES)
+    return file_ending(Path(path).name, SITK_SUFFIXES) is not None
 
 
 def _suffix(path: str | os.PathLike[str]) -> str:
-    name = Path(path).name
-    return next(s for s in SITK_SUFFIXES if name.endswith(s))
+    """The ending of a file ``is_sitk_path`` accepts, lower case."""
+    suffix = file_ending(Path(path).name, SITK_SUFFIXES)
+    assert suffix is not None, path
+    return suffix
 
 
 def _sitk(name: str) -> Any:
