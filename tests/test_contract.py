@@ -563,6 +563,21 @@ def test_only_requested_narrows_the_output(
     assert [row["label"] for row in json.loads(capsys.readouterr().out)["labels"]] == [2]
 
 
+def test_only_requested_without_labels_is_refused(
+    client: TestClient, tmp_path: Path, capsys, organ_pair, post_pair, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
+    """Without ``labels`` there is nothing to narrow to: an error, not a silent no-op."""
+    with pytest.raises(InvalidOptionError, match="only_requested needs labels"):
+        ScoringOptions(only_requested=True)
+    pred, ref = organ_pair((14, 12, 10), 3, seed=7)
+    r = post_pair(client, pred, ref, only_requested="true")
+    assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option"
+    assert "only_requested needs labels" in r.json()["detail"]["message"]
+    p, r2 = write_nifti(tmp_path / "p.nii.gz", pred), write_nifti(tmp_path / "r.nii.gz", ref)
+    assert main(["score", str(p), str(r2), "--only-requested"]) == 2
+    assert "only_requested needs labels" in capsys.readouterr().err
+
+
 def test_http_case_id_defaults_to_null(client: TestClient, organ_pair, post_pair) -> None:
     pred, ref = organ_pair((10, 10, 8), 2, seed=8)
     assert post_pair(client, pred, ref).json()["case_id"] is None

@@ -130,6 +130,11 @@ def test_without_the_flag_there_are_no_overlays(client: TestClient, nifti_bytes)
     assert "overlays" not in client.post("/v1/scores", files=files).json()
     r = client.post("/v1/scores", files=files, data={"overlays": "false"})
     assert r.status_code == 200 and "overlays" not in r.json()
+    image = {"image": ("i.nii.gz", nifti_bytes(ref.astype(np.float32)))}
+    for data in ({}, {"overlays": "false"}):  # an image is only drawn: without the flag, 422
+        r = client.post("/v1/scores", files=files | image, data=data)
+        assert r.status_code == 422 and r.json()["detail"]["code"] == "invalid_option"
+        assert "send overlays=true with it" in r.json()["detail"]["message"]
 
 
 def test_bad_overlay_input_is_refused_with_a_named_error(
@@ -208,7 +213,8 @@ def test_overlays_past_the_job_memory_limit_are_refused(tmp_path: Path, nifti_by
         device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", max_job_bytes=200 * 2**20
     )
     with TestClient(create_app(settings)) as c:
-        assert c.post("/v1/scores", files=files).status_code == 200  # overlays not asked for
+        pair = {k: v for k, v in files.items() if k != "image"}
+        assert c.post("/v1/scores", files=pair).status_code == 200  # the scoring alone fits
         r = c.post("/v1/scores", files=files, data={"overlays": "true"})
         assert r.status_code == 413, r.text
         assert r.json()["detail"]["code"] == "job_too_large"

@@ -141,7 +141,8 @@ class OverlayRequest:
         """Remove the ``overlays`` field from ``fields``; the request when it is true.
 
         Raises:
-            InvalidOptionError: ``overlays`` is not a boolean.
+            InvalidOptionError: ``overlays`` is not a boolean, or an ``image`` came without
+                ``overlays=true`` (it is only drawn in the pictures).
         """
         text = fields.pop(OVERLAYS_FIELD, "").strip()
         try:
@@ -150,7 +151,13 @@ class OverlayRequest:
             raise InvalidOptionError(
                 f"form field {OVERLAYS_FIELD!r}: expected true or false, got {text!r}."
             ) from None
-        return cls(files.get(IMAGE_FIELD), max_voxels) if wanted else None
+        image = files.get(IMAGE_FIELD)
+        if image is not None and not wanted:
+            raise InvalidOptionError(
+                f"form field {IMAGE_FIELD!r} is the intensity image of the overlay pictures; "
+                f"send {OVERLAYS_FIELD}=true with it, or leave it out (it is not scored)."
+            )
+        return cls(image, max_voxels) if wanted else None
 
     def memory_bytes(self, prediction: VolumeInfo, reference: VolumeInfo) -> int:
         """Upper bound of the host memory of :meth:`render`, from the headers.

@@ -428,8 +428,9 @@ class ScoringOptions(OptionsModel):
     )
     only_requested: bool = Field(
         default=False,
-        description="Report only the labels given in labels: labels found in the prediction "
-        "but not asked for are left out instead of reported with requested false.",
+        description="Report only the labels given in labels (needed with it): labels found "
+        "in the prediction but not asked for are left out instead of reported with requested "
+        "false.",
     )
     ignore_label: Annotated[_OptionalLabelId, Exposure(metavar="N")] = Field(
         default=None,
@@ -494,6 +495,15 @@ class ScoringOptions(OptionsModel):
     def _tversky_weights(self) -> ScoringOptions:
         if self.tversky_alpha == 0 and self.tversky_beta == 0 and "tversky" in self.metrics:
             raise ValueError("tversky_alpha and tversky_beta cannot both be 0.")
+        return self
+
+    @model_validator(mode="after")
+    def _only_requested_needs_labels(self) -> ScoringOptions:
+        if self.only_requested and self.labels is None:
+            raise ValueError(
+                "only_requested needs labels: it narrows the report to the labels given there "
+                "(without them every label present is reported)."
+            )
         return self
 
     @model_validator(mode="after")
