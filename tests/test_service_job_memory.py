@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jdt_service.job_memory import CHUNK_OVERHEAD_BYTES, channel_bytes, job_bytes
-from monai_jdt.scoring import ScoringOptions, score_files
+from monai_jdt.scoring import ScoringOptions, TooManyLabelsError, score_files
 from monai_jdt.scoring.nifti import inspect_nifti
 
 SHAPE = (96, 80, 64)
@@ -82,6 +82,37 @@ def test_estimate_bounds_the_peak_allocation(
     assert peak <= estimate, f"{name}: peak {peak} > estimate {estimate}"
     if "streamed" not in name:  # whole volumes: the estimate grows with them, not a constant
         assert estimate - CHUNK_OVERHEAD_BYTES >= peak // 4, (name, peak, estimate)
+
+
+def test_estimate_bounds_label_cells_up_to_the_pair_limit(tmp_path: Path, write_nifti) -> None:
+    """uint16 maps with ids past 255: 4000 instances (a few cells per label), and noise over
+    4096 ids, which pairs them in ~2 million ways and is refused at the pair limit, its
+    summation being the most the cells take."""
+    rng = np.random.default_rng(6)
+    shape = (128, 128, 128)
+    size = int(np.prod(shape))
+    ref = (np.arange(size) * 4000 // size + 1).astype(np.uint16).reshape(shape)
+    pred = ref.copy()
+    noisy = rng.random(shape) < 0.05
+    pred[noisy] = rng.integers(1, 4001, int(noisy.sum()))
+    instances = write_nifti(tmp_path / "pi.nii.gz", pred), write_nifti(tmp_path / "ri.nii.gz", ref)
+    noise = [
+        write_nifti(tmp_path / f"{n}.nii.gz", rng.integers(0, 4096, shape).astype(np.uint16))
+        for n in ("pn", "rn")
+    ]
+    options = ScoringOptions()
+    estimate = job_bytes(inspect_nifti(instances[0]), inspect_nifti(instances[1]), options)
+    assert _traced_peak(*instances, options) <= estimate
+    score_files(*instances, options)  # warm-up of the path the refusal takes
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooManyLabelsError, match="distinct"):
+            score_files(noise[0], noise[1], options)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= job_bytes(inspect_nifti(noise[0]), inspect_nifti(noise[1]), options)
+    assert peak > CHUNK_OVERHEAD_BYTES  # the cells term is needed: the constant alone misses
 
 
 def test_streamed_estimate_does_not_grow_with_the_volume(tmp_path: Path, write_nifti) -> None:

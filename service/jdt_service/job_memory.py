@@ -16,7 +16,8 @@ that the scoring pool can admit a job by its memory before any of it is allocate
   decoded by SimpleITK and copied into numpy, so its stored dtype counts twice (``2 N b``).
 
 On top come a constant for the chunk temporaries (the confusion codes, the soft-count
-chunks of one map in float64), the soft-count chunks of every channel of a probability map
+chunks of one map in float64), the label cells of volumes that may hold ids of 256 and more
+(:func:`label_cells_bytes`), the soft-count chunks of every channel of a probability map
 (:func:`channel_bytes`), and the boundary metrics' surface points, bounded per voxel
 (:func:`boundary_bytes`). The estimate is an upper bound of what the core allocates on the host
 (checked in the tests with ``tracemalloc``), not a measurement: it errs on the large side.
@@ -38,16 +39,23 @@ from monai_jdt.scoring.sitk_formats import ImageInfo, VolumeInfo
 
 __all__ = [
     "CHUNK_OVERHEAD_BYTES",
+    "LABEL_CELLS_BYTES",
     "boundary_bytes",
     "boundary_refusal",
     "channel_bytes",
     "job_bytes",
     "job_bytes_refusal",
+    "label_cells_bytes",
     "volume_bytes",
 ]
 
 #: chunk temporaries of the counting loops (confusion codes, soft counts in float64)
 CHUNK_OVERHEAD_BYTES = 64 * 1024 * 1024
+#: the label cells of ids of 256 and more (``monai_jdt.scoring.confusion``): at most
+#: ``MAX_LABEL_PAIRS`` distinct cells kept, one chunk's more, and their summation (measured
+#: with the chunk temporaries: 209 MiB for a 128³ pair of noise over 4096 ids, refused at the
+#: pair limit; 190 MiB for a 192³ one of 10^6 pairs; 55-75 MiB for a map of 4000 instances)
+LABEL_CELLS_BYTES = 192 * 1024 * 1024
 _WORK_FLOAT = 8  # bytes of the float a scaled volume is converted to (float64 at most)
 #: bytes per spatial voxel of the boundary metrics, bounds of what a structure that is nearly
 #: all surface takes (measured on a 256³ cube with half its voxels set at random: 34 bytes for
@@ -89,6 +97,16 @@ def boundary_bytes(reference: VolumeInfo, options: ScoringOptions) -> int:
     return spatial * per_voxel
 
 
+def label_cells_bytes(prediction: VolumeInfo, reference: VolumeInfo) -> int:
+    """``LABEL_CELLS_BYTES`` unless both volumes store unscaled one-byte integers, whose ids
+    (below 256) are counted in fixed histograms; any other dtype may hold larger ids."""
+    small = all(
+        v.dtype.kind in "biu" and v.dtype.itemsize == 1 and not v.scaled
+        for v in (prediction, reference)
+    )
+    return 0 if small else LABEL_CELLS_BYTES
+
+
 def channel_bytes(prediction: VolumeInfo) -> int:
     """Host bytes of the soft counts' chunks of a probability map with ``C`` channels:
     ``_SOFT_COPIES`` float64 ``[C, SOFT_CHUNK_VOXELS]`` arrays (the channels taken, widened
@@ -107,8 +125,9 @@ def job_bytes(prediction: VolumeInfo, reference: VolumeInfo, options: ScoringOpt
     if _streamable(prediction, reference, options):
         in_flight = 2 * (_QUEUE_DEPTH + 2) * STREAM_CHUNK_VOXELS
         stored = in_flight * max(prediction.dtype.itemsize, reference.dtype.itemsize)
-        return stored + CHUNK_OVERHEAD_BYTES
+        return stored + CHUNK_OVERHEAD_BYTES + label_cells_bytes(prediction, reference)
     loaded = volume_bytes(prediction) + volume_bytes(reference) + CHUNK_OVERHEAD_BYTES
+    loaded += label_cells_bytes(prediction, reference)
     return loaded + boundary_bytes(reference, options) + channel_bytes(prediction)
 
 

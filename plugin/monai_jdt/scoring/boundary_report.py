@@ -4,7 +4,7 @@
 metrics asked for in ``options.metrics`` (``hd``, ``hd95``, ``assd``, ``masd``, ``nsd``,
 ``boundary_iou``) to each label row, and appends one row per region of ``options.regions``
 (``region`` set, ``label`` null) whose counts come from the confusion matrix
-(``regions.region_counts``) and whose boundary metrics come from the region's union mask. The
+(``ConfusionMatrix.union_counts``) and whose boundary metrics come from the region's union mask. The
 conventions (``surface``, ``percentile``, ``percentile_mode``, ``nsd_tolerance``,
 ``boundary_width``, ``empty``) are the report's options.
 
@@ -31,7 +31,6 @@ from monai_jdt.scoring.boundary import (
     volume_diagonal_mm,
 )
 from monai_jdt.scoring.errors import InvalidOptionError
-from monai_jdt.scoring.regions import region_counts
 
 if TYPE_CHECKING:
     from monai_jdt.scoring.confusion import ConfusionMatrix
@@ -142,7 +141,7 @@ def with_boundary(
     rows = [_merged(row, score, nsd) for row, score in zip(report.labels, scores, strict=False)]
     regions = list((options.regions or {}).items())
     if regions:
-        counts = np.array([region_counts(matrix, members)[:3] for _, members in regions])
+        counts = np.array([matrix.union_counts(members)[:3] for _, members in regions])
         region_rows = label_scores(
             list(range(len(regions))),
             (

@@ -17,18 +17,25 @@ with ``L``. Two paths give identical integer counts:
   and pairs of neighbouring codes are histogrammed as one 16-bit value, which halves the work
   of ``np.bincount`` (whose time is its per-element loop), and blocks where both volumes are
   background skip it altogether; the 256 x 256 pair histogram is folded back to single codes
-  once, at the end. Labels < 256 give 16-bit codes ``P*256 + R``;
-  larger ids are first mapped to ``0..L-1`` (sort-based, the rare path).
+  once, at the end. Labels < 256 give 16-bit codes ``P*256 + R``. Larger ids (the rare
+  path: instance maps, atlases of thousands of structures) are counted as *cells*, the
+  distinct ``(P, R)`` pairs of a chunk with their counts (sort-based), summed across chunks:
+  nothing of size ``L x L`` is allocated, so a map of 4000 instances costs the cells it has
+  (a few per label), not 4000^2 counts per chunk.
 * torch on any device (``confusion_matrix_torch``), used for CUDA tensors (torch is imported
   there only, so counting label maps on the CPU never loads it).
 
-Label ids are below 2**63 (``MAX_LABEL_ID``): the matrix's labels are int64.
+Label ids are below 2**63 (``MAX_LABEL_ID``): the matrix's labels are int64. A case has at
+most ``MAX_DISTINCT_LABELS`` labels and ``MAX_LABEL_PAIRS`` distinct ``(P, R)`` pairs (a
+segmentation pairs each label with a few others; more is noise, refused), which bounds the
+memory of the cells whatever the volume.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHUNK_VOXELS",
     "MAX_DISTINCT_LABELS",
+    "MAX_LABEL_PAIRS",
     "ConfusionAccumulator",
     "ConfusionMatrix",
     "confusion_matrix",
@@ -52,60 +60,143 @@ __all__ = [
 CHUNK_VOXELS = 1 << 18
 #: more distinct labels than this in one case is refused (the matrix would be L x L)
 MAX_DISTINCT_LABELS = 4096
+#: more distinct (prediction, reference) label pairs than this in one case is refused
+MAX_LABEL_PAIRS = 1 << 20
 _PAIR_LIMIT = 16  # labels < 16: the code P*16+R fits one byte
 _DENSE_LIMIT = 256  # labels < 256: the code fits 16 bits, a 65536-bin histogram per chunk
 _BLOCK = 2048  # voxels per all-background test
+_CELL_BINS = 1 << 16  # a chunk of at most 256 distinct labels counts its cells with bincount
+_WAITING_CELLS = 1 << 18  # chunk cells summed once more than this many wait
 
 
 @dataclass(frozen=True)
 class ConfusionMatrix:
-    """Confusion counts of one case.
+    """Confusion counts of one case, kept as its non-zero cells.
 
     Attributes:
         labels: ``[L]`` int64, the sorted label ids present in either volume.
-        matrix: ``[L, L]`` int64; ``matrix[i, j]`` voxels predicted ``labels[i]`` whose
-            reference is ``labels[j]``.
-        voxels: ``N``, the number of voxels (the sum of ``matrix``).
+        predicted_index: ``[K]`` int64, the row of each non-zero cell (an index into
+            ``labels``: the predicted label); cells are distinct and sorted by row, then column.
+        reference_index: ``[K]`` int64, its column (the reference label).
+        cell_counts: ``[K]`` int64 > 0, the voxels of each cell.
+        voxels: ``N``, the number of voxels (the sum of ``cell_counts``).
     """
 
     labels: np.ndarray
-    matrix: np.ndarray
+    predicted_index: np.ndarray
+    reference_index: np.ndarray
+    cell_counts: np.ndarray
     voxels: int
+
+    @classmethod
+    def from_cells(
+        cls, predicted: np.ndarray, reference: np.ndarray, counts: np.ndarray, voxels: int
+    ) -> ConfusionMatrix:
+        """The matrix of cells given by their label ids (``[K]`` int64 each, and their counts):
+        repeated cells are summed, empty ones dropped; the labels are those of a cell.
+
+        Raises:
+            TooManyLabelsError: more than ``MAX_DISTINCT_LABELS`` labels or
+                ``MAX_LABEL_PAIRS`` distinct pairs.
+        """
+        keep = counts > 0
+        predicted, reference, counts = predicted[keep], reference[keep], counts[keep]
+        labels = np.union1d(predicted, reference).astype(np.int64)
+        _check_label_count(labels.size)
+        m = max(labels.size, 1)
+        code = np.searchsorted(labels, predicted) * m + np.searchsorted(labels, reference)
+        order = np.argsort(code, kind="stable")
+        code = code[order]
+        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if code.size else code
+        _check_pair_count(starts.size)
+        sums = np.add.reduceat(counts[order], starts) if code.size else counts
+        code = code[starts]
+        return cls(labels, code // m, code % m, sums.astype(np.int64), voxels)
+
+    @classmethod
+    def from_dense(cls, labels: np.ndarray, matrix: np.ndarray, voxels: int) -> ConfusionMatrix:
+        """The matrix of a dense ``[L, L]`` table over ``labels`` (``matrix[i, j]``: voxels
+        predicted ``labels[i]`` whose reference is ``labels[j]``)."""
+        rows, cols = np.nonzero(matrix)
+        return cls.from_cells(labels[rows], labels[cols], matrix[rows, cols], voxels)
+
+    @cached_property
+    def _sums(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(tp, predicted, reference)`` per label, ``[L]`` int64 each."""
+        tp = np.zeros(self.labels.size, np.int64)
+        diagonal = self.predicted_index == self.reference_index
+        tp[self.predicted_index[diagonal]] = self.cell_counts[diagonal]  # one cell per label
+        predicted = np.zeros(self.labels.size, np.int64)
+        np.add.at(predicted, self.predicted_index, self.cell_counts)
+        reference = np.zeros(self.labels.size, np.int64)
+        np.add.at(reference, self.reference_index, self.cell_counts)
+        return tp, predicted, reference
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The dense ``[L, L]`` int64 table (``L^2`` counts: to inspect small cases)."""
+        dense = np.zeros((self.labels.size, self.labels.size), np.int64)
+        dense[self.predicted_index, self.reference_index] = self.cell_counts
+        return dense
 
     def counts(self, label: int) -> tuple[int, int, int, int]:
         """``(tp, fp, fn, tn)`` of one label id; a label absent from both gives ``(0, 0, 0, N)``."""
         hit = np.flatnonzero(self.labels == label)
         if hit.size == 0:
             return 0, 0, 0, self.voxels
-        k = int(hit[0])
-        tp = int(self.matrix[k, k])
-        fp = int(self.matrix[k, :].sum()) - tp
-        fn = int(self.matrix[:, k].sum()) - tp
+        tp, predicted, reference = (int(column[hit[0]]) for column in self._sums)
+        fp, fn = predicted - tp, reference - tp
+        return tp, fp, fn, self.voxels - tp - fp - fn
+
+    def union_counts(self, members: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """``(tp, fp, fn, tn)`` of the union of the label ids ``members`` (a region)."""
+        inside = np.isin(self.labels, np.asarray(members, dtype=np.int64))
+        in_prediction, in_reference = inside[self.predicted_index], inside[self.reference_index]
+        tp = int(self.cell_counts[in_prediction & in_reference].sum())
+        fp = int(self.cell_counts[in_prediction].sum()) - tp
+        fn = int(self.cell_counts[in_reference].sum()) - tp
         return tp, fp, fn, self.voxels - tp - fp - fn
 
     def present_in_prediction(self) -> set[int]:
         """Label ids with at least one predicted voxel."""
-        return {int(x) for x in self.labels[self.matrix.sum(1) > 0]}
+        return {int(x) for x in self.labels[self._sums[1] > 0]}
 
     def present_in_reference(self) -> set[int]:
         """Label ids with at least one reference voxel."""
-        return {int(x) for x in self.labels[self.matrix.sum(0) > 0]}
+        return {int(x) for x in self.labels[self._sums[2] > 0]}
 
     def without_reference_label(self, label: int | None) -> ConfusionMatrix:
         """The matrix of the voxels whose reference is not ``label`` (nnU-Net's ignore label):
-        column ``label`` is dropped, and ``voxels`` shrinks by its sum. Every count of every
-        other label then leaves those voxels out (``tn`` included; a prediction of ``label``
-        elsewhere is simply not label ``k``). ``self`` when ``label`` is None or absent."""
+        the cells of column ``label`` are dropped, and ``voxels`` shrinks by their sum. Every
+        count of every other label then leaves those voxels out (``tn`` included; a prediction
+        of ``label`` elsewhere is simply not label ``k``). ``self`` when ``label`` is None or
+        absent."""
         hit = np.flatnonzero(self.labels == label) if label is not None else np.zeros(0, int)
         if hit.size == 0:
             return self
-        k = int(hit[0])
-        matrix = self.matrix.copy()
-        removed = int(matrix[:, k].sum())
-        matrix[:, k] = 0
-        present = (matrix.sum(0) + matrix.sum(1)) > 0
-        return ConfusionMatrix(
-            self.labels[present], matrix[np.ix_(present, present)], self.voxels - removed
+        kept = self.reference_index != int(hit[0])
+        return ConfusionMatrix.from_cells(
+            self.labels[self.predicted_index[kept]],
+            self.labels[self.reference_index[kept]],
+            self.cell_counts[kept],
+            self.voxels - int(self.cell_counts[~kept].sum()),
+        )
+
+
+def _check_label_count(count: int) -> None:
+    if count > MAX_DISTINCT_LABELS:
+        raise TooManyLabelsError(
+            f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels ({count} so far); "
+            "this looks like an instance map or an intensity image, not a label map."
+        )
+
+
+def _check_pair_count(count: int) -> None:
+    if count > MAX_LABEL_PAIRS:
+        raise TooManyLabelsError(
+            f"the volumes pair their labels in more than {MAX_LABEL_PAIRS} distinct "
+            f"(prediction, reference) combinations ({count} so far); a segmentation pairs each "
+            "label with a few others, so this looks like noise or an intensity image."
         )
 
 
@@ -115,18 +206,25 @@ class ConfusionAccumulator:
     Call ``update`` with matching 1-D chunks (same length, same voxel order), then
     ``result``. Chunks may come from memory or from a decompression stream. Chunks whose
     labels are all < 256 add to fixed 65536-bin histograms (no per-chunk bookkeeping); the
-    rare chunks with larger ids are compacted first and kept as a ``{labels, matrix}`` pair.
+    rare chunks with larger ids add their cells (``_chunk_cells``), which are summed whenever
+    more than ``_WAITING_CELLS`` wait (at most ``MAX_LABEL_PAIRS`` distinct cells are kept).
     """
 
     def __init__(self) -> None:
         self._pair_bins = np.zeros(1 << 16, dtype=np.int64)  # pairs of codes P*16 + R
         self._dense_bins = np.zeros(1 << 16, dtype=np.int64)  # codes P*256 + R
-        self._labels = np.zeros(0, dtype=np.int64)  # the compacted chunks
-        self._matrix = np.zeros((0, 0), dtype=np.int64)
+        self._cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # ids P, ids R, counts
+        self._waiting = 0  # cells in self._cells
         self._voxels = 0
 
     def update(self, prediction: np.ndarray, reference: np.ndarray) -> None:
-        """Add the counts of one chunk pair (1-D integer arrays of equal length)."""
+        """Add the counts of one chunk pair (1-D integer arrays of equal length).
+
+        Raises:
+            NonIntegerLabelsError, NegativeLabelError: a chunk that is not of label ids.
+            TooManyLabelsError: past ``MAX_DISTINCT_LABELS`` labels or ``MAX_LABEL_PAIRS``
+                pairs (here or in ``result``).
+        """
         if prediction.shape != reference.shape or prediction.ndim != 1:
             raise ValueError(
                 "chunks must be 1-D and of equal length, got "
@@ -147,38 +245,31 @@ class ConfusionAccumulator:
             np.add(code, reference, out=code, casting="unsafe")
             self._dense_bins += np.bincount(code, minlength=1 << 16)
         else:
-            self._merge(*_compact_histogram(prediction, reference))
+            cells = _chunk_cells(prediction, reference)
+            self._cells.append(cells)
+            self._waiting += cells[0].size
+            if self._waiting > _WAITING_CELLS:
+                summed = self._summed()
+                self._cells = [_label_cells(summed)]
+                self._waiting = summed.cell_counts.size
         self._voxels += prediction.size
 
-    def _merge(self, labels: np.ndarray, matrix: np.ndarray) -> None:
-        union = np.union1d(self._labels, labels)
-        if union.size > MAX_DISTINCT_LABELS:
-            raise TooManyLabelsError(
-                f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels "
-                f"({union.size} so far); this looks like an instance map or an intensity "
-                "image, not a label map."
-            )
-        merged = np.zeros((union.size, union.size), dtype=np.int64)
-        old, new = np.searchsorted(union, self._labels), np.searchsorted(union, labels)
-        merged[np.ix_(old, old)] = self._matrix
-        merged[np.ix_(new, new)] += matrix
-        self._labels, self._matrix = union, merged
+    def _summed(self, *more: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ConfusionMatrix:
+        parts = [*self._cells, *more]
+        columns = zip(*parts, strict=True)  # label ids P, label ids R, counts
+        predicted, reference, counts = (np.concatenate(column) for column in columns)
+        return ConfusionMatrix.from_cells(predicted, reference, counts, self._voxels)
 
     def result(self) -> ConfusionMatrix:
-        """The matrix so far, restricted to labels present in either volume."""
+        """The matrix so far (its labels: those present in either volume)."""
         # a uint16 pair value is code[2i] + 256 * code[2i+1] on little-endian machines (the
         # reverse on big-endian ones); either way each code is counted once per axis
         pairs = self._pair_bins.reshape(256, 256)
         single = (pairs.sum(0) + pairs.sum(1))[: _PAIR_LIMIT**2].reshape(_PAIR_LIMIT, _PAIR_LIMIT)
         dense = self._dense_bins.reshape(_DENSE_LIMIT, _DENSE_LIMIT).copy()
         dense[:_PAIR_LIMIT, :_PAIR_LIMIT] += single
-        saved = self._labels, self._matrix
-        ids = np.flatnonzero(dense.sum(0) + dense.sum(1))  # only those present count
-        self._merge(ids.astype(np.int64), dense[np.ix_(ids, ids)])
-        labels, matrix = self._labels, self._matrix
-        self._labels, self._matrix = saved
-        present = (matrix.sum(0) + matrix.sum(1)) > 0
-        return ConfusionMatrix(labels[present], matrix[np.ix_(present, present)], self._voxels)
+        rows, cols = np.nonzero(dense)
+        return self._summed((rows.astype(np.int64), cols.astype(np.int64), dense[rows, cols]))
 
 
 def _checked_max(chunk: np.ndarray, name: str) -> int:
@@ -226,26 +317,41 @@ def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray
     return bins
 
 
-def _compact_histogram(
+def _chunk_cells(
     prediction: np.ndarray, reference: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Large label ids: map the ids present to ``0..L-1`` first (sort-based, the rare path).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Large label ids (the rare path): the distinct ``(P, R)`` pairs of one chunk, as
+    ``(prediction ids, reference ids, counts)``, ``[K]`` int64 each.
 
-    Both chunks are cast to int64 first. ``update`` has checked that their ids lie in
-    ``0..MAX_LABEL_ID``, so the cast is exact; numpy would otherwise compare a uint64 chunk
-    with a signed one as float64 and merge ids above 2**53 that differ.
+    The ids present are numbered ``0..m-1`` (sort-based) and each voxel's pair coded as one
+    int64; a chunk of few ids (``m^2`` up to ``_CELL_BINS``) counts the codes with
+    ``np.bincount``, one of many sorts them (``np.unique``), so its cost never grows with
+    ``m^2``. Both chunks are cast to int64 first. ``update`` has checked that their ids lie
+    in ``0..MAX_LABEL_ID``, so the cast is exact; numpy would otherwise compare a uint64
+    chunk with a signed one as float64 and merge ids above 2**53 that differ.
+
+    Raises:
+        TooManyLabelsError: more than ``MAX_DISTINCT_LABELS`` ids in the chunk.
     """
     prediction = prediction.astype(np.int64, copy=False)
     reference = reference.astype(np.int64, copy=False)
-    labels = np.union1d(np.unique(prediction), np.unique(reference))
-    if labels.size > MAX_DISTINCT_LABELS:
-        raise TooManyLabelsError(
-            f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels ({labels.size} in "
-            "one chunk); this looks like an instance map or an intensity image, not a label map."
-        )
+    labels = np.union1d(prediction, reference)
+    _check_label_count(labels.size)
     m = labels.size
     code = np.searchsorted(labels, prediction) * m + np.searchsorted(labels, reference)
-    return labels, np.bincount(code, minlength=m * m).reshape(m, m)
+    if m * m <= _CELL_BINS:
+        bins = np.bincount(code, minlength=m * m)
+        cells = np.flatnonzero(bins)
+        counts = bins[cells]
+    else:
+        cells, counts = np.unique(code, return_counts=True)
+    return labels[cells // m], labels[cells % m], counts.astype(np.int64)
+
+
+def _label_cells(matrix: ConfusionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cells of ``matrix`` by label id, as ``_chunk_cells`` gives them."""
+    labels = matrix.labels
+    return labels[matrix.predicted_index], labels[matrix.reference_index], matrix.cell_counts
 
 
 def _aligned_chunks(
@@ -307,17 +413,14 @@ def confusion_matrix_torch(
                 "label ids must be >= 0."
             )
     if flat_p.numel() == 0:
-        return ConfusionMatrix(np.zeros(0, np.int64), np.zeros((0, 0), np.int64), 0)
+        empty = np.zeros(0, np.int64)
+        return ConfusionMatrix.from_cells(empty, empty, empty, 0)
     high = max(int(flat_p.max()), int(flat_r.max()))
     if high < _DENSE_LIMIT:
         labels = torch.arange(high + 1, device=flat_p.device)
     else:
         labels = torch.unique(torch.cat([torch.unique(flat_p), torch.unique(flat_r)]))
-        if labels.numel() > MAX_DISTINCT_LABELS:
-            raise TooManyLabelsError(
-                f"the volumes hold {labels.numel()} distinct labels, more than "
-                f"{MAX_DISTINCT_LABELS}; this looks like an instance map or an intensity image."
-            )
+        _check_label_count(labels.numel())
     m = labels.numel()
     counts = torch.zeros(m * m, dtype=torch.int64, device=flat_p.device)
     for start in range(0, flat_p.numel(), chunk_voxels):
@@ -326,10 +429,9 @@ def confusion_matrix_torch(
         if high >= _DENSE_LIMIT:
             p, r = torch.searchsorted(labels, p), torch.searchsorted(labels, r)
         counts += torch.bincount(p * m + r, minlength=m * m)
-    matrix = counts.reshape(m, m).cpu().numpy()
-    present = np.flatnonzero((matrix.sum(0) + matrix.sum(1)) > 0)
-    return ConfusionMatrix(
-        labels.cpu().numpy().astype(np.int64)[present],
-        matrix[np.ix_(present, present)],
-        int(flat_p.numel()),
-    )
+    table = counts.reshape(m, m)
+    rows, cols = torch.nonzero(table, as_tuple=True)  # only the non-zero cells leave the device
+    ids = labels.cpu().numpy().astype(np.int64)
+    cell_counts = table[rows, cols].cpu().numpy()
+    rows_np, cols_np = rows.cpu().numpy(), cols.cpu().numpy()
+    return ConfusionMatrix.from_cells(ids[rows_np], ids[cols_np], cell_counts, int(flat_p.numel()))

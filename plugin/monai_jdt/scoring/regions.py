@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from monai_jdt.scoring.errors import InvalidOptionError
 
-if TYPE_CHECKING:
-    from monai_jdt.scoring.confusion import ConfusionMatrix
-
-__all__ = ["REGION_NAME", "check_regions", "parse_regions", "region_counts", "region_mask"]
+__all__ = ["REGION_NAME", "check_regions", "parse_regions", "region_mask"]
 
 #: a region name (also what a non-numeric ``nsd_tolerance`` key must be)
 REGION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -100,17 +96,6 @@ def check_regions(regions: Mapping[str, object]) -> dict[str, tuple[int, ...]]:
             raise InvalidOptionError(f"regions: region {name!r} lists a label twice: {ids}.")
         checked[name] = tuple(sorted(int(i) for i in ids))
     return checked
-
-
-def region_counts(matrix: ConfusionMatrix, members: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """``(tp, fp, fn, tn)`` of the union of ``members``, summed from the confusion matrix."""
-    inside = np.isin(matrix.labels, np.asarray(members, dtype=np.int64))
-    m = matrix.matrix
-    tp = int(m[np.ix_(inside, inside)].sum())
-    predicted = int(m[inside, :].sum())
-    reference = int(m[:, inside].sum())
-    fp, fn = predicted - tp, reference - tp
-    return tp, fp, fn, matrix.voxels - tp - fp - fn
 
 
 def region_mask(
