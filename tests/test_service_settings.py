@@ -148,12 +148,30 @@ def test_unknown_jdt_variables_are_named_at_start_up(monkeypatch, caplog) -> Non
     from jdt_service.settings import unknown_variables
 
     assert unknown_variables({"JDT_PORT": "1", "JDT_PROT": "2", "PATH": "x"}) == ["JDT_PROT"]
+
     monkeypatch.setenv("JDT_DEVICE", "cpu")
     monkeypatch.setenv("JDT_MAX_QUEU", "3")  # misspelt JDT_MAX_QUEUE
     caplog.set_level(logging.WARNING, logger="jdt_service")
     create_app()
     warned = [r.getMessage() for r in caplog.records if "JDT_MAX_QUEU" in r.getMessage()]
     assert len(warned) == 1 and "JDT_DEVICE" not in warned[0]
+
+
+def test_the_set_up_variables_are_not_unknown_settings() -> None:
+    """The README's command runs the set-up and then the service in one shell: the set-up's
+    own variables (every JDT_* that scripts/bootstrap.sh or the compose file reads and that
+    is no setting) must not be warned about as misspelt settings."""
+    import re
+
+    from jdt_service.settings import SETUP_VARIABLES, Settings, unknown_variables
+
+    root = Path(__file__).resolve().parents[1]
+    read = set()
+    for script in ("scripts/bootstrap.sh", "docker/compose.yaml"):
+        read |= set(re.findall(r"\$\{(JDT_[A-Z_]+)", (root / script).read_text()))
+    settings = {f"JDT_{name.upper()}" for name in Settings.model_fields}
+    assert read - settings == SETUP_VARIABLES
+    assert unknown_variables(dict.fromkeys(SETUP_VARIABLES, "x")) == []
 
 
 def test_every_setting_is_documented() -> None:

@@ -18,7 +18,14 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["DEVICE_PATTERN", "ENV_ONLY", "LOOPBACK_HOSTS", "Settings", "unknown_variables"]
+__all__ = [
+    "DEVICE_PATTERN",
+    "ENV_ONLY",
+    "LOOPBACK_HOSTS",
+    "SETUP_VARIABLES",
+    "Settings",
+    "unknown_variables",
+]
 
 #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -28,6 +35,12 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 #: settings that have no command-line option (a key on the command line is visible in ``ps``)
 ENV_ONLY = frozenset({"api_keys", "admin_keys"})
+#: the ``JDT_*`` variables of the set-up (``scripts/bootstrap.sh``) and of the compose file
+#: (its image, build and published port): not settings of the service, so not warned about
+#: when they are in its environment
+SETUP_VARIABLES = frozenset(
+    {"JDT_TORCH_SPEC", "JDT_TORCH_INDEX_URL", "JDT_EXTRAS", "JDT_VENV", "JDT_IMAGE", "JDT_PUBLISH"}
+)
 
 
 class Settings(BaseSettings):
@@ -188,9 +201,10 @@ class Settings(BaseSettings):
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The ``JDT_*`` names in ``environ`` (default ``os.environ``) that are no setting."""
+    """The ``JDT_*`` names in ``environ`` (default ``os.environ``) that are no setting (nor
+    one of the ``SETUP_VARIABLES``)."""
     environ = os.environ if environ is None else environ
-    known = {f"JDT_{name.upper()}" for name in Settings.model_fields}
+    known = {f"JDT_{name.upper()}" for name in Settings.model_fields} | SETUP_VARIABLES
     return sorted(
         name for name in environ if name.upper().startswith("JDT_") and name.upper() not in known
     )
