@@ -183,3 +183,50 @@ def test_every_setting_is_documented() -> None:
         variable = f"`JDT_{name.upper()}`"
         assert f"| {variable}" in readme or f", {variable}" in readme, variable
         assert variable in service, variable
+
+
+def _cgroup_tree(tmp_path: Path, files: dict[str, str], membership: str) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(membership)
+    return proc, root
+
+
+def test_memory_limit_is_the_smallest_cgroup_limit_of_the_process(tmp_path: Path) -> None:
+    """In a container sysconf reports the host's memory; the budget's default must come from
+    the container's limit (the kernel kills the process past it)."""
+    from jdt_service.memory_limit import memory_limit
+
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    gib = 2**30
+    # cgroup v2: the process's own cgroup unlimited, its parent limited to 3 GiB
+    proc, root = _cgroup_tree(
+        tmp_path / "v2",
+        {"memory.max": "max\n", "a/memory.max": f"{3 * gib}\n", "a/b/memory.max": "max\n"},
+        "0::/a/b\n",
+    )
+    assert memory_limit(proc, root) == min(physical, 3 * gib)
+    # cgroup v1 inside a container: the path of /proc/self/cgroup is not mounted, the root is
+    proc, root = _cgroup_tree(
+        tmp_path / "v1",
+        {"memory/memory.limit_in_bytes": f"{gib}\n", "cpu/cpu.shares": "1024\n"},
+        "4:memory:/docker/abc123\n3:cpu,cpuacct:/docker/abc123\n",
+    )
+    assert memory_limit(proc, root) == min(physical, gib)
+    # unlimited (v1's huge number, v2's max), unreadable or absent: the physical memory
+    proc, root = _cgroup_tree(
+        tmp_path / "none", {"memory/memory.limit_in_bytes": "9223372036854771712\n"}, "4:memory:/\n"
+    )
+    assert memory_limit(proc, root) == physical
+    assert memory_limit(tmp_path / "missing", root) == physical
+
+
+def test_the_default_memory_budget_is_half_the_limit(monkeypatch) -> None:
+    import jdt_service.settings as settings_module
+
+    monkeypatch.setattr(settings_module, "memory_limit", lambda: 6 * 2**30)
+    assert Settings(device="cpu").memory_budget == 3 * 2**30
+    assert Settings(device="cpu", memory_budget_bytes=2**30).memory_budget == 2**30

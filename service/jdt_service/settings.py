@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jdt_service.memory_limit import memory_limit
+
 __all__ = [
     "DEVICE_PATTERN",
     "ENV_ONLY",
@@ -105,7 +107,8 @@ class Settings(BaseSettings):
         default=None,
         ge=MiB,
         description="Memory the scoring jobs of one process may hold together; a job that does "
-        "not fit now gets 503 + Retry-After (default: half the physical memory).",
+        "not fit now gets 503 + Retry-After (default: half the memory the process may use: "
+        "the physical memory, or the container's memory limit when lower).",
     )
     max_uploads: int = Field(
         default=16, ge=1, description="Request bodies received at the same time before 503."
@@ -189,10 +192,11 @@ class Settings(BaseSettings):
 
     @property
     def memory_budget(self) -> int:
-        """``memory_budget_bytes``, or half the physical memory when it is not set."""
+        """``memory_budget_bytes``, or when it is not set half the memory the process may use
+        (the physical memory, or the container's cgroup limit when lower)."""
         if self.memory_budget_bytes is not None:
             return self.memory_budget_bytes
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+        return memory_limit() // 2
 
     @property
     def is_loopback(self) -> bool:
