@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from jdt_service.db import Job, open_database, utcnow
 from jdt_service.jobs import claim_job
 from jdt_service.jobs_runner import JobRunner
 from jdt_service.settings import Settings
+from monai_jdt.scoring import ScoringOptions
 
 
 def _queued_job(db, job_id: str) -> None:  # type: ignore[no-untyped-def]
@@ -85,3 +89,69 @@ def test_a_database_error_keeps_the_job_for_a_later_retry(
     with runner.db.session() as session:
         after = session.get(Job, "job")
     assert after is not None and after.status == "running"  # taken over after its lease
+
+
+class _CountingPool(ThreadPoolExecutor):
+    """A thread pool that records the most cases submitted and not yet finished (each takes
+    at least 0.1 s, so cases submitted together overlap)."""
+
+    def __init__(self) -> None:
+        super().__init__(4)
+        self.outstanding = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        with self._lock:
+            self.outstanding += 1
+            self.most = max(self.most, self.outstanding)
+
+        def slow():  # type: ignore[no-untyped-def]
+            time.sleep(0.1)
+            return fn(*args, **kwargs)
+
+        future = super().submit(slow)
+        future.add_done_callback(lambda _: self._done())
+        return future
+
+    def _done(self) -> None:
+        with self._lock:
+            self.outstanding -= 1
+
+
+@pytest.mark.parametrize(("budget_mib", "most"), [(100, 1), (100 * 1024, 6)])
+def test_job_cases_in_flight_fit_the_job_memory_budget(
+    tmp_path: Path, budget_mib: int, most: int, label_pair, write_nifti
+) -> None:
+    """A uint8 case's estimate is 88 MiB: with a 100 MiB budget the cases run one at a time
+    (each still runs), with a large one all six are handed to the pool at once."""
+    settings = Settings(
+        device="cpu",
+        temp_dir=tmp_path,
+        data_dir=tmp_path / "data",
+        job_memory_budget_bytes=budget_mib * 2**20,
+    )
+    (tmp_path / "job" / "predictions").mkdir(parents=True)
+    (tmp_path / "refs").mkdir()
+    cases = []
+    for i in range(6):
+        pred, ref = label_pair((16, 16, 12), labels=3, seed=i)
+        write_nifti(tmp_path / "job" / "predictions" / f"c{i}.nii.gz", pred)
+        write_nifti(tmp_path / "refs" / f"c{i}.nii.gz", ref)
+        cases.append([f"c{i}", f"c{i}.nii.gz", f"c{i}.nii.gz"])
+    job = Job(id="j", folder=str(tmp_path / "job"), references_folder=str(tmp_path / "refs"))
+    db = open_database(settings.data_dir, None)
+    runner = JobRunner(db, settings)
+    pool = _CountingPool()
+    runner._executor = pool
+    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
+    try:
+        held = runner._score(
+            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
+        )
+    finally:
+        pool.shutdown()
+        db.dispose()
+    assert held and sorted(outcomes) == [f"c{i}" for i in range(6)]
+    assert all("report" in out for out in outcomes.values())
+    assert pool.most == most

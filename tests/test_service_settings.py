@@ -230,3 +230,27 @@ def test_the_default_memory_budget_is_half_the_limit(monkeypatch) -> None:
     monkeypatch.setattr(settings_module, "memory_limit", lambda: 6 * 2**30)
     assert Settings(device="cpu").memory_budget == 3 * 2**30
     assert Settings(device="cpu", memory_budget_bytes=2**30).memory_budget == 2**30
+
+
+def test_the_compose_file_fits_its_memory_limit() -> None:
+    """What the compose file's service may hold at once, the uploads on its in-RAM /tmp (which
+    counts against the container's limit) and the memory its two budgets plan, leaves at
+    least 1 GiB of its memory limit to the process itself."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    service = yaml.safe_load((root / "docker" / "compose.yaml").read_text())["services"]["scoring"]
+
+    def default(variable: str) -> int:  # "${JDT_X:-123}" -> 123
+        return int(service["environment"][variable].split(":-")[1].rstrip("}"))
+
+    def size(text: str) -> int:
+        return int(text.rstrip("g")) * 2**30
+
+    limit = size(service["deploy"]["resources"]["limits"]["memory"])
+    tmpfs = size(next(o for o in service["tmpfs"][0].split(",") if "size=" in o).split("=")[-1])
+    planned = default("JDT_MEMORY_BUDGET_BYTES") + default("JDT_JOB_MEMORY_BUDGET_BYTES")
+    assert tmpfs + planned + 2**30 <= limit
+    uploads = default("JDT_MAX_UPLOADS") + default("JDT_MAX_CONCURRENCY") + default("JDT_MAX_QUEUE")
+    assert uploads * 2 * default("JDT_MAX_UPLOAD_BYTES") <= tmpfs  # the tmpfs formula
+    assert default("JDT_MEMORY_BUDGET_BYTES") >= Settings().max_job_bytes  # a 4 GiB job fits

@@ -3,7 +3,8 @@
 Cases run on a bounded process pool of ``JDT_JOB_WORKERS`` processes (started by a
 ``forkserver`` that has imported the scoring core, so a worker starts in milliseconds),
 separate from the threads of ``POST /v1/scores``, so a large job never starves the
-interactive API; with ``JDT_DASK_SCHEDULER`` they run on a Dask cluster instead. The runner
+interactive API; the cases in flight fit ``JDT_JOB_MEMORY_BUDGET_BYTES`` by their memory
+estimates. With ``JDT_DASK_SCHEDULER`` they run on a Dask cluster instead. The runner
 thread only waits and writes to the database:
 
 * every finished case is one ``case_results`` row, committed with the job's progress and a
@@ -30,6 +31,7 @@ import multiprocessing
 import os
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -192,23 +194,43 @@ class JobRunner:
         """Score ``(case, prediction file, reference file)`` triples on the pool, handing each
         outcome to ``on_done`` as it comes and renewing the lease while none does.
 
-        Returns whether the job is still held (and the runner not stopping); when not, the
-        waiting cases are cancelled and, at shutdown, the job goes back to the queue.
+        On the local process pool a case is submitted only when its memory estimate
+        (:meth:`CaseLimits.memory_bytes`) fits ``job_memory_budget`` with those of the cases
+        in flight, or when none is in flight; a Dask cluster, whose workers have their own
+        memory, takes them all at once. Returns whether the job is still held (and the runner
+        not stopping); when not, the cases in flight are cancelled and, at shutdown, the job
+        goes back to the queue.
         """
         predictions = Path(job.folder) / "predictions"
         references = Path(job.references_folder)
         pool = self._pool()
-        pending: dict[Future[dict[str, Any]], str] = {}
-        for case, pred_name, ref_name in cases:
-            future = pool.submit(
-                score_job_case,
-                case,
-                predictions / pred_name,
-                references / ref_name,
-                options,
-                self.limits,
-            )
-            pending[future] = case
+        budget = self.settings.job_memory_budget if self._client is None else None
+        waiting = deque((case, predictions / p, references / r) for case, p, r in cases)
+        pending: dict[Future[dict[str, Any]], tuple[str, int]] = {}
+        in_use = 0
+        need: int | None = None  # the estimate of waiting[0], once read
+
+        def submit_what_fits() -> None:
+            nonlocal in_use, need
+            while waiting:
+                case, prediction, reference = waiting[0]
+                if need is None:
+                    need = (
+                        0
+                        if budget is None
+                        else self.limits.memory_bytes(prediction, reference, options)
+                    )
+                if pending and budget is not None and in_use + need > budget:
+                    return
+                waiting.popleft()
+                future = pool.submit(
+                    score_job_case, case, prediction, reference, options, self.limits
+                )
+                pending[future] = (case, need)
+                in_use += need
+                need = None
+
+        submit_what_fits()
         held = True
         while pending and held and not self._stop.is_set():
             finished, _ = wait(
@@ -217,8 +239,11 @@ class JobRunner:
             if not finished:
                 held = self._heartbeat(job.id)
             for future in finished:
-                case = pending.pop(future)
+                case, released = pending.pop(future)
+                in_use -= released
                 held = held and on_done(case, future.result())
+            if held:
+                submit_what_fits()
         if not held or self._stop.is_set():
             for future in pending:
                 future.cancel()

@@ -13,7 +13,7 @@ from typing import Any
 from jdt_service.job_memory import boundary_refusal, job_bytes, job_bytes_refusal
 from monai_jdt.scoring import CaseReport, ScoringError, ScoringOptions
 from monai_jdt.scoring.cluster import score_case
-from monai_jdt.scoring.sitk_formats import inspect_volume
+from monai_jdt.scoring.sitk_formats import VolumeInfo, inspect_volume
 
 __all__ = ["CaseLimits", "score_job_case"]
 
@@ -32,19 +32,40 @@ class CaseLimits:
     ) -> dict[str, str] | None:
         """``{"code", "message"}`` when the two headers break a limit, else None (also when
         a header cannot be read: scoring then reports that error as ``score-dir`` does)."""
-        try:
-            infos = (
-                inspect_volume(prediction, options.max_voxels),
-                inspect_volume(reference, options.max_voxels),
-            )
-        except (ScoringError, OSError):
-            return None
+        infos = _headers(prediction, reference, options)
+        return None if infos is None else self._refused(infos, options)
+
+    def memory_bytes(self, prediction: Path, reference: Path, options: ScoringOptions) -> int:
+        """The case's memory estimate (:func:`jdt_service.job_memory.job_bytes`); 0 for a
+        case that fails on its headers or is refused by :meth:`refusal`, which allocates
+        nothing."""
+        infos = _headers(prediction, reference, options)
+        if infos is None or self._refused(infos, options) is not None:
+            return 0
+        return job_bytes(*infos, options)
+
+    def _refused(
+        self, infos: tuple[VolumeInfo, VolumeInfo], options: ScoringOptions
+    ) -> dict[str, str] | None:
         boundary = boundary_refusal(*infos, options, self.max_boundary_voxels)
         if boundary is not None:
             return {"code": "boundary_too_large", "message": boundary}
         memory = job_bytes_refusal(job_bytes(*infos, options), self.max_job_bytes)
         if memory is not None:
             return {"code": "job_too_large", "message": memory}
+        return None
+
+
+def _headers(
+    prediction: Path, reference: Path, options: ScoringOptions
+) -> tuple[VolumeInfo, VolumeInfo] | None:
+    """The two headers, or None when one cannot be read."""
+    try:
+        return (
+            inspect_volume(prediction, options.max_voxels),
+            inspect_volume(reference, options.max_voxels),
+        )
+    except (ScoringError, OSError):
         return None
 
 

@@ -154,6 +154,14 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated keys that may manage reference sets."
     )
     job_workers: int = Field(default=2, ge=1, description="Processes that score job cases.")
+    job_memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=MiB,
+        description="Memory the cases of evaluation jobs scored at once on the job workers may "
+        "need together, by the same estimate as a request's; a case that does not fit waits "
+        "for one to finish (default: a quarter of the memory the process may use; not "
+        "applied on a Dask cluster).",
+    )
     dask_scheduler: str | None = Field(
         default=None, description="Dask scheduler address (tcp://host:8786) to score jobs on."
     )
@@ -197,6 +205,13 @@ class Settings(BaseSettings):
         if self.memory_budget_bytes is not None:
             return self.memory_budget_bytes
         return memory_limit() // 2
+
+    @property
+    def job_memory_budget(self) -> int:
+        """``job_memory_budget_bytes``, or a quarter of the memory the process may use."""
+        if self.job_memory_budget_bytes is not None:
+            return self.job_memory_budget_bytes
+        return memory_limit() // 4
 
     @property
     def is_loopback(self) -> bool:
