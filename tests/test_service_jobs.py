@@ -20,8 +20,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select, text
 
 from jdt_service.app import create_app
-from jdt_service.db import AuditEntry, Job, open_database, utcnow
-from jdt_service.jobs import case_report_from_dict, claim_job, job_result
+from jdt_service.db import AuditEntry, Job, ReferenceCase, open_database, utcnow
+from jdt_service.jobs import case_report_from_dict, claim_job, job_result, reference_changes
 from jdt_service.jobs_runner import JobRunner
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringOptions, score_directory, score_files
@@ -184,7 +184,7 @@ def test_migrations_build_the_schema(tmp_path: Path, database_url: str | None) -
         tables = set(inspect(db.engine).get_table_names())
         assert {"reference_sets", "reference_cases", "jobs", "case_results", "audit_log"} <= tables
         with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     finally:
         db.dispose()
     again = open_database(tmp_path / "data", database_url)  # a second start-up is a no-op
@@ -477,6 +477,54 @@ def test_reference_set_from_a_server_folder(
         assert client.delete(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 204
         assert sorted(p.name for p in (root / "challenge" / "refs").iterdir()) == sorted(refs)
         assert client.get(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 404
+
+
+def test_a_set_whose_files_changed_on_disk_is_refused(
+    tmp_path: Path, database_url: str | None, case_files, archive_bytes, submit
+) -> None:
+    """A server folder edited after registration would be scored as another set under the
+    same version: a job on it is refused (409) until the folder is registered again, and a
+    job queued before the edit fails with the same message instead of scoring it."""
+    preds, refs = case_files(3, seed=83)
+    root = tmp_path / "root"
+    folder = write_cases(root / "refs", refs)
+    settings = make_settings(tmp_path, database_url, reference_root=root)
+    with TestClient(create_app(settings)) as client:
+        made = client.post(
+            "/v1/reference-sets", files=text_fields(name="x", folder="refs"), headers=ADMIN
+        )
+        assert made.status_code == 201, made.text
+        set_id = made.json()["id"]
+        first, second, third = sorted(refs)
+        (folder / first).write_bytes(refs[second])  # another volume under the same name
+        (folder / third).unlink()
+        (folder / "extra_case.nii.gz").write_bytes(refs[third])
+        r = client.post(
+            "/v1/jobs",
+            data={"reference_set": set_id},
+            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
+            headers=TEAM_A,
+        )
+        assert r.status_code == 409, r.text
+        detail = r.json()["detail"]
+        assert detail["code"] == "reference_set_changed"
+        case = third.removesuffix(".nii.gz")
+        for part in (f"{first!r} was modified", f"case {case!r} is gone", "'extra_case' was added"):
+            assert part in detail["message"]
+        assert str(tmp_path) not in detail["message"]
+        again = client.post(
+            "/v1/reference-sets", files=text_fields(name="y", folder="refs"), headers=ADMIN
+        )
+        assert again.status_code == 201 and again.json()["version"] != made.json()["version"]
+        job = submit(client, preds, TEAM_A, reference_set=again.json()["id"])
+        assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
+
+    changed = reference_changes(folder, [ReferenceCase(case_id="extra_case", file="x.nii")])
+    assert "case 'extra_case' is now the file 'extra_case.nii.gz'" in changed  # renamed
+    old_row = ReferenceCase(case_id=first.removesuffix(".nii.gz"), file=first)  # revision 0001
+    assert reference_changes(folder, [old_row]) == [
+        f"case {c!r} was added" for c in sorted([second.removesuffix(".nii.gz"), "extra_case"])
+    ]
 
 
 def test_a_job_on_a_set_deleted_meanwhile_is_404_without_server_paths(

@@ -1,4 +1,5 @@
-"""The job runner's handling of its own failures: a bug fails the job, it is not retried forever."""
+"""The job runner: its own failures (a bug fails the job, it is not retried forever), the
+memory window of the cases in flight, and a reference set changed while its job waited."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from jdt_service.db import Job, open_database, utcnow
-from jdt_service.jobs import claim_job
+from jdt_service.db import CaseResult, Job, ReferenceSet, open_database, utcnow
+from jdt_service.jobs import claim_job, reference_cases
 from jdt_service.jobs_runner import JobRunner
 from jdt_service.settings import Settings
 from monai_jdt.scoring import ScoringOptions
@@ -155,3 +157,55 @@ def test_job_cases_in_flight_fit_the_job_memory_budget(
     assert held and sorted(outcomes) == [f"c{i}" for i in range(6)]
     assert all("report" in out for out in outcomes.values())
     assert pool.most == most
+
+
+def test_a_queued_job_on_a_set_changed_since_fails_instead_of_scoring(
+    tmp_path: Path, label_pair, write_nifti
+) -> None:
+    """The folder was checked when the job was submitted; edited while the job waited, the
+    job fails with what changed rather than scoring the edited files."""
+    refs = tmp_path / "refs"
+    (tmp_path / "job" / "predictions").mkdir(parents=True)
+    refs.mkdir()
+    for i in range(2):
+        pred, ref = label_pair((12, 10, 8), labels=2, seed=i)
+        write_nifti(tmp_path / "job" / "predictions" / f"c{i}.nii.gz", pred)
+        write_nifti(refs / f"c{i}.nii.gz", ref)
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", job_workers=1)
+    db = open_database(settings.data_dir, None)
+    with db.session.begin() as session:
+        session.add(ReferenceSet(id="s", name="s", version="v", folder=str(refs)))
+        session.flush()
+        for row in reference_cases(refs, settings.max_voxels):
+            row.set_id = "s"
+            session.add(row)
+        session.add(
+            Job(
+                id="j",
+                team="team-a",
+                status="queued",
+                reference_set_id="s",
+                folder=str(tmp_path / "job"),
+                references_folder=str(refs),
+                options={},
+                cases=[[f"c{i}", f"c{i}.nii.gz", f"c{i}.nii.gz"] for i in range(2)],
+                unpaired={"predictions": [], "references": []},
+                cases_total=2,
+                created_at=utcnow(),
+            )
+        )
+    write_nifti(refs / "c1.nii.gz", label_pair((12, 10, 8), labels=2, seed=9)[1])  # edited
+    runner = JobRunner(db, settings)
+    try:
+        job = claim_job(db, runner.worker, lease_s=60)
+        assert job is not None
+        runner._run(job)
+        with db.session() as session:
+            after = session.get(Job, "j")
+            scored = session.scalars(select(CaseResult).where(CaseResult.job_id == "j")).all()
+    finally:
+        runner.stop()
+        db.dispose()
+    assert after is not None and after.status == "failed"
+    assert after.error is not None and "'c1.nii.gz' was modified" in after.error
+    assert not scored

@@ -5,10 +5,11 @@ SQLite (a file ``jobs.sqlite3`` under ``JDT_DATA_DIR``) is the embedded default;
 The schema lives in ``jdt_service/migrations`` (Alembic); :func:`open_database` brings the
 database to the newest revision before the service answers.
 
-Tables: ``reference_sets`` and their ``reference_cases`` (case id, shape, spacing: never
-voxels), ``jobs`` (status, progress, options, the claim of the replica running it),
-``case_results`` (one row per scored or failed case, committed as soon as it is known) and
-``audit_log`` (team, action, job or set id, time, case count: never file names or headers).
+Tables: ``reference_sets`` and their ``reference_cases`` (case id, shape, spacing, the
+file's size and modification time: never voxels), ``jobs`` (status, progress, options, the
+claim of the replica running it), ``case_results`` (one row per scored or failed case,
+committed as soon as it is known) and ``audit_log`` (team, action, job or set id, time, case
+count: never file names or headers).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Engine,
     ForeignKey,
@@ -100,6 +102,9 @@ class ReferenceCase(Base):
     file: Mapped[str] = mapped_column(Text)
     shape: Mapped[list[Any]] = mapped_column()
     spacing: Mapped[list[Any] | None] = mapped_column()
+    # the file's size and modification time at registration (null for rows of revision 0001)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Job(Base):

@@ -22,7 +22,7 @@ import hashlib
 import io
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from monai_jdt.scoring import (
     CaseReport,
     DirectoryResult,
     LabelScore,
+    ScoringError,
     ScoringOptions,
     pair_cases,
 )
@@ -58,6 +59,8 @@ __all__ = [
     "leaderboard",
     "new_id",
     "reference_cases",
+    "reference_changes",
+    "reference_set_changed",
 ]
 
 #: the scoring options a job takes: those of ``POST /v1/scores`` but the case id
@@ -74,7 +77,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         403: "forbidden (an admin key is needed)",
         404: "not_found (also another team's job)",
         408: "upload_too_slow (the body arrived slower than the minimum upload rate)",
-        409: "job_not_done, reference_set_in_use",
+        409: "job_not_done, reference_set_in_use, reference_set_changed (its files changed on "
+        "disk since it was registered)",
         413: "upload_too_large, field_too_large, archive_too_large, archive_too_many_members",
         415: "unsupported_media_type, not_nifti",
         422: "validation_error, missing_field, unknown_option, invalid_option, no_cases, "
@@ -129,15 +133,60 @@ def reference_cases(folder: Path, max_voxels: int) -> list[ReferenceCase]:
     rows = []
     for case, path, _ in pairs:
         info = inspect_volume(path, max_voxels)
+        stat = path.stat()
         rows.append(
             ReferenceCase(
                 case_id=case,
                 file=path.name,
                 shape=list(info.spatial_shape),
                 spacing=None if info.spacing is None else list(info.spacing),
+                size=stat.st_size,
+                mtime_ns=stat.st_mtime_ns,
             )
         )
     return rows
+
+
+def reference_changes(folder: Path, cases: Sequence[ReferenceCase]) -> list[str]:
+    """What differs between a set's folder on disk and its registered ``cases``: a case gone
+    or added, or a file renamed, resized or modified (its modification time; rows registered
+    before sizes and times were kept are compared by name only). Empty when nothing did.
+
+    A job scores the files on disk, so a set whose files changed would be scored as another
+    set under the same version (and ranked beside jobs on the real one).
+    """
+    try:
+        pairs, _, _ = pair_cases(folder, folder)
+    except ScoringError as err:  # the folder is gone, or a case has two files now
+        return [err.message]
+    now = {case: path for case, path, _ in pairs}
+    registered = {row.case_id: row for row in cases}
+    changes = [f"case {case!r} is gone" for case in sorted(registered.keys() - now.keys())]
+    changes += [f"case {case!r} was added" for case in sorted(now.keys() - registered.keys())]
+    for case in sorted(registered.keys() & now.keys()):
+        row, path = registered[case], now[case]
+        if path.name != row.file:
+            changes.append(f"case {case!r} is now the file {path.name!r}")
+            continue
+        if row.size is None:
+            continue
+        try:
+            stat = path.stat()
+        except OSError as err:
+            changes.append(f"{row.file!r} cannot be read ({err.strerror})")
+            continue
+        if (stat.st_size, stat.st_mtime_ns) != (row.size, row.mtime_ns):
+            changes.append(f"{row.file!r} was modified")
+    return changes
+
+
+def reference_set_changed(set_id: str, changes: Sequence[str]) -> str:
+    """The message of a job refused (or failed) because its set changed on disk."""
+    shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    return (
+        f"reference set {set_id!r} changed on disk since it was registered ({shown}), so its "
+        "scores would no longer be those of its version; register the folder again as a new set"
+    )
 
 
 def claim_job(db: Database, worker: str, lease_s: float) -> Job | None:

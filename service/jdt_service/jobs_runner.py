@@ -40,8 +40,16 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
-from jdt_service.db import AuditEntry, CaseResult, Database, Job, utcnow
-from jdt_service.jobs import case_outcome, claim_job, job_options, job_result, remove_folder
+from jdt_service.db import AuditEntry, CaseResult, Database, Job, ReferenceCase, utcnow
+from jdt_service.jobs import (
+    case_outcome,
+    claim_job,
+    job_options,
+    job_result,
+    reference_changes,
+    reference_set_changed,
+    remove_folder,
+)
 from jdt_service.jobs_worker import CaseLimits, score_job_case
 from jdt_service.logs import where_raised
 from jdt_service.settings import Settings
@@ -183,6 +191,16 @@ class JobRunner:
             done = set(
                 session.scalars(select(CaseResult.case_id).where(CaseResult.job_id == job.id))
             )
+            registered = list(
+                session.scalars(
+                    select(ReferenceCase).where(ReferenceCase.set_id == job.reference_set_id)
+                )
+            )
+        if job.reference_set_id is not None:  # checked at submission; it may have changed since
+            changes = reference_changes(Path(job.references_folder), registered)
+            if changes:
+                self._fail(job, reference_set_changed(job.reference_set_id, changes))
+                return
         todo = [case for case in job.cases if case[0] not in done]
         held = self._score(job, todo, options, lambda case, out: self._commit(job.id, case, out))
         if held and not self._stop.is_set():

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES
 from jdt_service.auth import AnyCaller
-from jdt_service.db import Database, Job, open_database, utcnow
+from jdt_service.db import Database, Job, ReferenceCase, open_database, utcnow
 from jdt_service.errors import ApiError
 from jdt_service.forms import multipart_body
 from jdt_service.jobs import (
@@ -34,6 +34,8 @@ from jdt_service.jobs import (
     job_options,
     job_result,
     new_id,
+    reference_changes,
+    reference_set_changed,
     remove_folder,
 )
 from jdt_service.jobs_runner import JobRunner
@@ -199,8 +201,9 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
                 "send exactly one of the field 'reference_set' (an id) or the file 'references'",
             )
         options = {key: value for key, value in fields.items() if value.strip()}
+        registered: list[ReferenceCase] = []
         if set_id is not None:
-            ref_set, _ = get_set(db, set_id)
+            ref_set, registered = get_set(db, set_id)
             options = {**ref_set.options, **options}
             references = Path(ref_set.folder)
         else:
@@ -209,8 +212,12 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
         await unpack_upload(upload, "predictions", folder / "predictions", settings)
         if set_id is None:
             await unpack_upload(upload, "references", references, settings)
-        if set_id is not None and not references.is_dir():  # deleted while this unpacked
-            raise ApiError(404, "not_found", f"no reference set {set_id!r}")
+        if set_id is not None:
+            if not references.is_dir():  # deleted while this unpacked
+                raise ApiError(404, "not_found", f"no reference set {set_id!r}")
+            changes = await asyncio.to_thread(reference_changes, references, registered)
+            if changes:
+                raise ApiError(409, "reference_set_changed", reference_set_changed(set_id, changes))
         pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
         if not pairs:
             raise ApiError(422, "no_cases", "no prediction has a reference with the same case id")
