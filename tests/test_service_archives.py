@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from jdt_service import archives, zip_prefetch
-from jdt_service.archives import MEMBER_SLACK, ArchiveError, nifti_member_limit, unpack_archive
+from jdt_service.archives import (
+    MEMBER_SLACK,
+    ArchiveError,
+    image_member_limit,
+    nifti_member_limit,
+    unpack_archive,
+)
 from monai_jdt.scoring.nifti import MAX_DATA_OFFSET
 
 NII = b"\x5c\x01\x00\x00" + b"\x00" * 400  # bytes only: the archive layer never parses NIfTI
@@ -381,6 +387,34 @@ def test_a_member_is_bounded_by_its_header_and_by_max_voxels(tmp_path: Path) -> 
     capped = _zip({"c1.nii": header + voxels})
     refused = _refused(capped, tmp_path / "capped", max_bytes=1 << 30, max_voxels=128**3)
     assert refused.code == "archive_too_large"
+
+
+@pytest.mark.parametrize("name", ["case_000.mha", "case_000.NRRD"])
+def test_an_image_member_is_bounded_by_max_voxels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """An ``.nrrd`` / ``.mha`` member of zeros deflating 1000:1 was bounded only by the
+    archive limit (64 GiB by default): it may now hold at most what a volume of
+    ``max_voxels`` 8-byte voxels and its header take; one within that is kept."""
+    max_voxels = 1 << 20
+    limit = image_member_limit(max_voxels)
+    assert limit == (1 << 16) + 8 * max_voxels + 8 * max_voxels // 1000 + MEMBER_SLACK
+    data = _zip_stream(name, [b"ObjectType = Image\n", *_zeros(2 * limit)])
+    sizes = _count_writes(monkeypatch)
+    error = _refused(data, tmp_path, max_bytes=1 << 30, max_voxels=max_voxels)
+    assert (error.status, error.code) == (413, "archive_too_large")
+    assert f"at most {max_voxels} voxels" in error.message
+    assert 0 < sum(sizes) <= limit
+    monkeypatch.undo()
+    (tmp_path / "fits").mkdir()
+    src = tmp_path / "fits" / "upload"
+    src.write_bytes(_zip({name: bytes(limit)}))
+    (tmp_path / "fits" / "out").mkdir()
+    out = unpack_archive(
+        src, tmp_path / "fits" / "out", field="f", max_members=5, max_bytes=1 << 30,
+        max_voxels=max_voxels,
+    )  # fmt: skip
+    assert out.files["case_000"].stat().st_size == limit
 
 
 def test_compressed_and_other_volume_members_larger_than_the_room_are_kept(

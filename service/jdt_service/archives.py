@@ -15,9 +15,11 @@ inflate, so an archive is refused with a 4xx :class:`ArchiveError` as soon as it
   :func:`nifti_member_limit` bytes, at most the larger of the header's ``vox_offset`` plus
   voxels x bytes per voxel (the voxels counted up to ``max_voxels``) and
   ``MAX_DATA_OFFSET``, plus :data:`MEMBER_SLACK`. Writing stops there, so a member of zeros
-  that deflates 1000:1 costs a few MiB of disk, not its declared size. A compressed member
-  (gzip ``.nii.gz``, ``.nrrd``, ``.mha``) is bounded by ``max_bytes`` only (its voxels are
-  bounded from its header when it is scored);
+  that deflates 1000:1 costs a few MiB of disk, not its declared size. A gzip ``.nii.gz`` is
+  held to that bound of its inflated header (plus a thousandth); an ``.nrrd`` / ``.mha``
+  member to what any volume the scoring core accepts may hold, :func:`image_member_limit`
+  (a header of at most ``MAX_HEADER_BYTES``, ``max_voxels`` voxels of 8 bytes, a thousandth
+  for compression, :data:`MEMBER_SLACK`);
 * two files with the same case id (the name without its ending, folders ignored);
 * a detached header (``.nhdr``, ``.mhd``): it names a separate data file, which the flat
   folder of renamed cases cannot keep next to it (and a header must not make the server read
@@ -57,6 +59,7 @@ from jdt_service.errors import ApiError
 from monai_jdt.scoring.errors import ScoringError
 from monai_jdt.scoring.files import NIFTI_SUFFIXES, VOLUME_SUFFIXES
 from monai_jdt.scoring.nifti import MAX_DATA_OFFSET, declared_layout, file_ending
+from monai_jdt.scoring.sitk_formats import MAX_HEADER_BYTES, SITK_SUFFIXES
 
 if TYPE_CHECKING:  # zip_prefetch applies this module's rules, so it imports this module
     from jdt_service.zip_prefetch import Prefetched
@@ -68,6 +71,7 @@ __all__ = [
     "ArchiveError",
     "MemberLimit",
     "UnpackedArchive",
+    "image_member_limit",
     "kept_member",
     "nifti_member_limit",
     "unpack_archive",
@@ -91,6 +95,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 MEMBER_SLACK = 1 << 20
 #: the bytes that hold a NIfTI-1 or NIfTI-2 header and its extension flag
 _NIFTI_HEAD = 544
+#: bytes of the widest pixel the scoring core reads from NRRD / MetaImage (float64, int64)
+_WIDEST_PIXEL = 8
 
 
 class ArchiveError(ApiError):
@@ -184,15 +190,26 @@ def nifti_member_limit(head: bytes, max_voxels: int | None) -> int:
     return max(data_end, MAX_DATA_OFFSET) + MEMBER_SLACK
 
 
+def image_member_limit(max_voxels: int) -> int:
+    """The most bytes an ``.nrrd`` / ``.mha`` member may hold: its header (at most
+    ``MAX_HEADER_BYTES``) and ``max_voxels`` voxels (channels included) of the widest pixel
+    the scoring core reads (8 bytes: float64, int64), raw or compressed (a thousandth more),
+    plus :data:`MEMBER_SLACK`. A larger file declares more voxels than ``max_voxels`` or holds
+    more than its header declares, and is refused when scored anyway."""
+    data = max_voxels * _WIDEST_PIXEL
+    return MAX_HEADER_BYTES + data + data // 1000 + MEMBER_SLACK
+
+
 class MemberLimit:
     """Counts the bytes of one kept member as they inflate, and refuses (413
     ``archive_too_large``) as soon as a NIfTI member is past what its header declares:
     :func:`nifti_member_limit` bytes for a raw one; for a gzip-compressed one, that bound
     of its inflated header plus a thousandth (deflate stores incompressible data with a few
-    bytes per 64 KiB block; a gzip stream is never much larger than what it holds).
+    bytes per 64 KiB block; a gzip stream is never much larger than what it holds); an
+    ``.nrrd`` / ``.mha`` member past :func:`image_member_limit`.
 
-    ``name`` is the member's file name in ``dest`` (``<case id><ending>``); members of other
-    endings are only counted (``max_bytes`` bounds them).
+    ``name`` is the member's file name in ``dest`` (``<case id><ending>``); without
+    ``max_voxels`` an ``.nrrd`` / ``.mha`` member is only counted (``max_bytes`` bounds it).
     """
 
     def __init__(self, field: str, name: str, max_voxels: int | None) -> None:
@@ -205,6 +222,8 @@ class MemberLimit:
         self._inflater: Any = None  # a zlib decompressor once the member shows gzip's magic
         # may be raw NIfTI (a .nii.gz member is read as raw when it is not gzip-compressed)
         self._decided = file_ending(name, NIFTI_SUFFIXES) is None
+        if file_ending(name, SITK_SUFFIXES) is not None and max_voxels is not None:
+            self.limit = image_member_limit(max_voxels)
 
     def add(self, data: bytes) -> None:
         """Count ``data``, the next bytes of the member; raise once it is past the limit."""
@@ -261,9 +280,13 @@ class MemberLimit:
                 self.field,
                 413,
                 "archive_too_large",
-                f"case {self.name!r} holds more than {self.limit} bytes, more than its "
-                "NIfTI header declares (vox_offset + voxels x bytes per voxel, at least "
-                f"{MAX_DATA_OFFSET}, plus {MEMBER_SLACK})",
+                f"case {self.name!r} holds more than {self.limit} bytes, "
+                + (
+                    "more than its NIfTI header declares (vox_offset + voxels x bytes per "
+                    f"voxel, at least {MAX_DATA_OFFSET}, plus {MEMBER_SLACK})"
+                    if file_ending(self.name, SITK_SUFFIXES) is None
+                    else f"more than a volume of at most {self.max_voxels} voxels holds"
+                ),
             )
 
 

@@ -56,6 +56,7 @@ from monai_jdt.scoring.nifti import (
 
 __all__ = [
     "LPS_TO_RAS",
+    "MAX_HEADER_BYTES",
     "SITK_SUFFIXES",
     "ImageInfo",
     "VolumeInfo",
@@ -78,7 +79,8 @@ SITK_SUFFIXES: tuple[str, ...] = tuple(_IMAGE_IO)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: deflate cannot inflate more than ~1032 bytes per compressed byte
 _DEFLATE_MAX_RATIO = 1032
-_HEADER_PROBE = 1 << 16  # the longest NRRD / MetaImage header read (a longer one is refused)
+#: the longest NRRD / MetaImage header read (a longer one is refused)
+MAX_HEADER_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -150,9 +152,9 @@ def _dtypes(sitk: Any) -> dict[int, np.dtype]:
 
 
 def _header_text(path: Path) -> str:
-    """The first ``_HEADER_PROBE`` bytes of the file, plus one to tell whether there is more."""
+    """The first ``MAX_HEADER_BYTES`` bytes of the file, plus one to tell whether there is more."""
     with open(path, "rb") as handle:
-        return handle.read(_HEADER_PROBE + 1).decode("latin-1")
+        return handle.read(MAX_HEADER_BYTES + 1).decode("latin-1")
 
 
 def _looks_like(text: str, suffix: str) -> bool:
@@ -182,12 +184,12 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\r(?!\n)")
 
 def _header_lines(text: str, suffix: str) -> tuple[list[str], int | None, bool]:
     """The header's lines, the bytes before the data (None when the data is not in this
-    file), and whether the header ends within ``_HEADER_PROBE`` bytes: an NRRD header at its
+    file), and whether the header ends within ``MAX_HEADER_BYTES`` bytes: an NRRD header at its
     first empty line (a detached ``.nhdr`` header at the end of the file), a MetaImage
     header at its ``ElementDataFile`` line."""
-    parts = text[:_HEADER_PROBE].split("\n")  # not splitlines: it also splits at \v, \f, ...
+    parts = text[:MAX_HEADER_BYTES].split("\n")  # not splitlines: it also splits at \v, \f, ...
     lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
-    all_read = len(text) <= _HEADER_PROBE
+    all_read = len(text) <= MAX_HEADER_BYTES
     if _IMAGE_IO[suffix] == "NrrdImageIO":
         blank = next((i for i, line in enumerate(lines) if line in ("\n", "\r\n")), None)
         if blank is None:
@@ -207,7 +209,7 @@ def _storage(text: str, suffix: str, name: str) -> _Storage:
     reader open a file that was not checked.
 
     Raises:
-        CorruptFileError: the header does not end within ``_HEADER_PROBE`` bytes, holds a
+        CorruptFileError: the header does not end within ``MAX_HEADER_BYTES`` bytes, holds a
             control character (other than tab, or CR before LF), or names its data file
             more than once.
         NotNiftiError: the same, for a file that does not start as its format does.
@@ -232,7 +234,7 @@ def _storage(text: str, suffix: str, name: str) -> _Storage:
         problem = (
             f"names its data file {len(found)} times"
             if complete
-            else f"does not end within its first {_HEADER_PROBE} bytes (longer headers are "
+            else f"does not end within its first {MAX_HEADER_BYTES} bytes (longer headers are "
             "not read)"
         )
         raise error(f"{name}: the {kind} header {problem}.")
