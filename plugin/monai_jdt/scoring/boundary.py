@@ -61,7 +61,7 @@ from typing import Generic, Literal, TypeVar
 import numpy as np
 
 from monai_jdt.scoring.errors import InvalidOptionError, NonIntegerLabelsError, ShapeMismatchError
-from monai_jdt.scoring.options import MAX_LABEL_ID, decimal_float
+from monai_jdt.scoring.options import BOUNDARY_METRICS, MAX_LABEL_ID, decimal_float
 from monai_jdt.scoring.regions import REGION_NAME, check_regions, region_mask
 
 __all__ = [
@@ -78,8 +78,6 @@ __all__ = [
     "volume_diagonal_mm",
 ]
 
-#: boundary metrics, in report order
-BOUNDARY_METRICS: tuple[str, ...] = ("hd", "hd95", "assd", "masd", "nsd", "boundary_iou")
 #: the metrics in mm (undefined when one mask is empty)
 DISTANCE_METRICS: tuple[str, ...] = ("hd", "hd95", "assd", "masd")
 SURFACES: tuple[str, ...] = ("voxel", "surfel")

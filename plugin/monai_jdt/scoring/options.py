@@ -71,7 +71,7 @@ __all__ = [
 #: every per-label ratio the scoring core knows, in report order
 METRICS: tuple[str, ...] = ("dice", "jaccard", "precision", "recall", "tversky")
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "jaccard", "precision", "recall")
-#: boundary metrics (monai_jdt.scoring.boundary, which this list must match), in mm or [0, 1]
+#: the boundary metrics (computed in monai_jdt.scoring.boundary), in report order: mm or [0, 1]
 BOUNDARY_METRICS: tuple[str, ...] = ("hd", "hd95", "assd", "masd", "nsd", "boundary_iou")
 #: how a volume is read: decided from its dtype and values, or forced
 INPUT_KINDS: tuple[str, ...] = ("auto", "labels", "probabilities")
