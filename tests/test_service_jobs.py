@@ -430,6 +430,29 @@ def test_leaderboard_ranks_the_latest_job_of_each_team(
     assert [e["rank"] for e in again["entries"]] == [1, 1]
 
 
+def test_leaderboard_ranks_by_boundary_metrics_lowest_distance_first(
+    client: TestClient, case_files, create_set, submit
+) -> None:
+    """A challenge ranks by HD95 too: the perfect team first (0 mm), and by NSD (highest
+    first); the board says which way it ranks."""
+    preds, refs = case_files(2, seed=61)
+    ref_set = create_set(client, refs, metrics="dice,hd95,nsd")
+    perfect = submit(client, refs, TEAM_B, reference_set=ref_set["id"])
+    noisy = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    for job, who in ((perfect, TEAM_B), (noisy, TEAM_A)):
+        assert wait_finished(client, job["id"], who)["status"] == "done"
+    noisy_report = client.get(f"/v1/jobs/{noisy['id']}/report", headers=TEAM_A).json()
+    url = f"/v1/reference-sets/{ref_set['id']}/leaderboard"
+    for metric, better, perfect_score in (("hd95", "lower", 0.0), ("nsd", "higher", 1.0)):
+        board = client.get(f"{url}?metric={metric}", headers=TEAM_A).json()
+        assert board["better"] == better
+        assert [e["team"] for e in board["entries"]] == ["team-b", "team-a"]
+        assert board["entries"][0]["score"] == perfect_score
+        noisy_mean = noisy_report["summary"]["foreground_mean"][metric]["mean"]
+        assert board["entries"][1]["score"] == noisy_mean != perfect_score
+    assert client.get(f"{url}?metric=dice", headers=TEAM_A).json()["better"] == "higher"
+
+
 def test_audit_log_records_actions_without_file_names(
     client: TestClient, case_files, create_set, submit
 ) -> None:

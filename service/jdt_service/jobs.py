@@ -43,8 +43,10 @@ from monai_jdt.scoring import (
     ScoringOptions,
     pair_cases,
 )
+from monai_jdt.scoring.boundary import DISTANCE_METRICS
 from monai_jdt.scoring.files import VOLUME_SUFFIXES
 from monai_jdt.scoring.folders import write_csv
+from monai_jdt.scoring.options import BOUNDARY_METRICS
 from monai_jdt.scoring.sitk_formats import inspect_volume
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "claim_job",
     "content_hash",
     "grand_challenge_metrics",
+    "higher_is_better",
     "job_options",
     "job_result",
     "leaderboard",
@@ -345,6 +348,16 @@ LEADERBOARD_AGGREGATES = ("mean", "median")
 FINE_GRAINED_AGGREGATES = ("D", "I", "C", "I_worst", "C_worst")
 
 
+#: the metrics a leaderboard ranks by: the overlap ratios and the boundary metrics
+LEADERBOARD_METRICS = (*METRICS, *BOUNDARY_METRICS)
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is a better one: not for the distances in mm (``hd``,
+    ``hd95``, ``assd``, ``masd``), for every ratio (overlaps, ``nsd``, ``boundary_iou``)."""
+    return metric not in DISTANCE_METRICS
+
+
 def check_leaderboard_query(metric: str, aggregate: str) -> None:
     """Refuse a metric or an aggregate the leaderboard does not know, whatever the jobs.
 
@@ -352,8 +365,10 @@ def check_leaderboard_query(metric: str, aggregate: str) -> None:
         ApiError: 422 ``invalid_option``: an unknown metric or aggregate, or a fine-grained
             aggregate of another metric than ``dice`` and ``jaccard``.
     """
-    if metric not in METRICS:
-        raise ApiError(422, "invalid_option", f"metric must be one of {', '.join(METRICS)}")
+    if metric not in LEADERBOARD_METRICS:
+        raise ApiError(
+            422, "invalid_option", f"metric must be one of {', '.join(LEADERBOARD_METRICS)}"
+        )
     known = (*LEADERBOARD_AGGREGATES, *FINE_GRAINED_AGGREGATES)
     if aggregate not in known:
         raise ApiError(422, "invalid_option", f"aggregate must be one of {', '.join(known)}")
@@ -393,7 +408,8 @@ def summary_score(summary: Mapping[str, Any], metric: str, aggregate: str) -> fl
 
 
 def leaderboard(db: Database, set_id: str, metric: str, aggregate: str) -> list[dict[str, Any]]:
-    """The latest finished job of each team on a reference set, best first.
+    """The latest finished job of each team on a reference set, best first: the highest
+    score first, the lowest for a distance in mm (:func:`higher_is_better`).
 
     Teams whose score is undefined come last; ties share a rank.
 
@@ -415,7 +431,8 @@ def leaderboard(db: Database, set_id: str, metric: str, aggregate: str) -> list[
         (summary_score(job.summary or {}, metric, aggregate), team, job)
         for team, job in latest.items()
     ]
-    scored.sort(key=lambda item: (item[0] is None, -(item[0] or 0.0), item[1]))
+    sign = -1.0 if higher_is_better(metric) else 1.0
+    scored.sort(key=lambda item: (item[0] is None, sign * (item[0] or 0.0), item[1]))
     rows: list[dict[str, Any]] = []
     for position, (score, team, job) in enumerate(scored, 1):
         same = rows and rows[-1]["score"] == score

@@ -29,6 +29,7 @@ from jdt_service.jobs import (
     ERROR_RESPONSES,
     JOB_OPTION_FIELDS,
     content_hash,
+    higher_is_better,
     job_options,
     leaderboard,
     new_id,
@@ -366,5 +367,6 @@ async def read_leaderboard(
         "version": ref_set.version,
         "metric": metric,
         "aggregate": aggregate,
+        "better": "higher" if higher_is_better(metric) else "lower",
         "entries": rows,
     }
