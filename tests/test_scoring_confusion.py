@@ -44,7 +44,9 @@ def random_pair(high: int, dtype: type, seed: int = 0) -> tuple[np.ndarray, np.n
         (200, np.uint8),
         (255, np.int64),
         (5000, np.int32),
-        (70000, np.uint32),
+        (70000, np.uint32),  # ids numbered by a lookup table
+        (1 << 21, np.uint32),  # ids past the table: numbered by sorting
+        (1 << 62, np.uint64),
     ],
 )
 @pytest.mark.parametrize("chunk", [997, 1 << 18])

@@ -67,6 +67,7 @@ _DENSE_LIMIT = 256  # labels < 256: the code fits 16 bits, a 65536-bin histogram
 _BLOCK = 2048  # voxels per all-background test
 _CELL_BINS = 1 << 16  # a chunk of at most 256 distinct labels counts its cells with bincount
 _WAITING_CELLS = 1 << 18  # chunk cells summed once more than this many wait
+_TABLE_IDS = 1 << 20  # chunks of ids below this are numbered with a lookup table
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,11 @@ class ConfusionMatrix:
         """
         keep = counts > 0
         predicted, reference, counts = predicted[keep], reference[keep], counts[keep]
-        labels = np.union1d(predicted, reference).astype(np.int64)
-        _check_label_count(labels.size)
+        high = int(max(predicted.max(), reference.max())) if counts.size else 0
+        labels, p, r = _numbered(predicted, reference, high)
         m = max(labels.size, 1)
-        code = np.searchsorted(labels, predicted) * m + np.searchsorted(labels, reference)
-        order = np.argsort(code, kind="stable")
+        code = p * m + r
+        order = np.argsort(code)
         code = code[order]
         starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if code.size else code
         _check_pair_count(starts.size)
@@ -207,14 +208,17 @@ class ConfusionAccumulator:
     ``result``. Chunks may come from memory or from a decompression stream. Chunks whose
     labels are all < 256 add to fixed 65536-bin histograms (no per-chunk bookkeeping); the
     rare chunks with larger ids add their cells (``_chunk_cells``), which are summed whenever
-    more than ``_WAITING_CELLS`` wait (at most ``MAX_LABEL_PAIRS`` distinct cells are kept).
+    more wait than ``_WAITING_CELLS`` and than the distinct cells of the last summation (at
+    most ``MAX_LABEL_PAIRS``): each cell is summed a few times, and at most about three times
+    the distinct cells are held.
     """
 
     def __init__(self) -> None:
         self._pair_bins = np.zeros(1 << 16, dtype=np.int64)  # pairs of codes P*16 + R
         self._dense_bins = np.zeros(1 << 16, dtype=np.int64)  # codes P*256 + R
         self._cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # ids P, ids R, counts
-        self._waiting = 0  # cells in self._cells
+        self._summed_size = 0  # distinct cells in self._cells[0] after a summation
+        self._waiting = 0  # cells added since
         self._voxels = 0
 
     def update(self, prediction: np.ndarray, reference: np.ndarray) -> None:
@@ -245,13 +249,13 @@ class ConfusionAccumulator:
             np.add(code, reference, out=code, casting="unsafe")
             self._dense_bins += np.bincount(code, minlength=1 << 16)
         else:
-            cells = _chunk_cells(prediction, reference)
+            cells = _chunk_cells(prediction, reference, high)
             self._cells.append(cells)
             self._waiting += cells[0].size
-            if self._waiting > _WAITING_CELLS:
+            if self._waiting > max(_WAITING_CELLS, self._summed_size):  # amortised: geometric
                 summed = self._summed()
                 self._cells = [_label_cells(summed)]
-                self._waiting = summed.cell_counts.size
+                self._summed_size, self._waiting = summed.cell_counts.size, 0
         self._voxels += prediction.size
 
     def _summed(self, *more: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ConfusionMatrix:
@@ -318,34 +322,63 @@ def _pair_histogram(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray
 
 
 def _chunk_cells(
-    prediction: np.ndarray, reference: np.ndarray
+    prediction: np.ndarray, reference: np.ndarray, high: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Large label ids (the rare path): the distinct ``(P, R)`` pairs of one chunk, as
-    ``(prediction ids, reference ids, counts)``, ``[K]`` int64 each.
+    """Large label ids (the rare path): the distinct ``(P, R)`` pairs of one chunk whose
+    largest id is ``high``, as ``(prediction ids, reference ids, counts)``, ``[K]`` int64 each.
 
-    The ids present are numbered ``0..m-1`` (sort-based) and each voxel's pair coded as one
-    int64; a chunk of few ids (``m^2`` up to ``_CELL_BINS``) counts the codes with
-    ``np.bincount``, one of many sorts them (``np.unique``), so its cost never grows with
-    ``m^2``. Both chunks are cast to int64 first. ``update`` has checked that their ids lie
-    in ``0..MAX_LABEL_ID``, so the cast is exact; numpy would otherwise compare a uint64
-    chunk with a signed one as float64 and merge ids above 2**53 that differ.
+    The ids present are numbered ``0..m-1`` (:func:`_numbered`). Voxels where both volumes
+    agree (most of them) are counted per label with ``np.bincount``; only the others are
+    coded as ``P * m + R`` and counted, with ``np.bincount`` when ``m^2`` is at most
+    ``_CELL_BINS``, else by sorting (``np.unique``), so the cost never grows with ``m^2``.
 
     Raises:
         TooManyLabelsError: more than ``MAX_DISTINCT_LABELS`` ids in the chunk.
     """
-    prediction = prediction.astype(np.int64, copy=False)
-    reference = reference.astype(np.int64, copy=False)
-    labels = np.union1d(prediction, reference)
-    _check_label_count(labels.size)
+    labels, p, r = _numbered(prediction, reference, high)
     m = labels.size
-    code = np.searchsorted(labels, prediction) * m + np.searchsorted(labels, reference)
+    agree = p == r
+    diagonal = np.bincount(p[agree], minlength=m)
+    code = p[~agree] * m + r[~agree]
     if m * m <= _CELL_BINS:
         bins = np.bincount(code, minlength=m * m)
         cells = np.flatnonzero(bins)
         counts = bins[cells]
     else:
         cells, counts = np.unique(code, return_counts=True)
-    return labels[cells // m], labels[cells % m], counts.astype(np.int64)
+    on = np.flatnonzero(diagonal)
+    return (
+        np.concatenate([labels[on], labels[cells // m]]),
+        np.concatenate([labels[on], labels[cells % m]]),
+        np.concatenate([diagonal[on], counts]).astype(np.int64),
+    )
+
+
+def _numbered(a: np.ndarray, b: np.ndarray, high: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(labels, index of each a, index of each b)``: the sorted ids present in two arrays of
+    ids in ``0..high`` (``[m]`` int64) and the position of every element among them.
+
+    Ids below ``_TABLE_IDS`` go through a lookup table of ``high + 1`` entries (one pass, no
+    sort: maps of a few thousand structures, FreeSurfer's ids up to 2035, instance maps);
+    larger ones are sorted, both arrays cast to int64 first (``update`` has checked that the
+    ids lie in ``0..MAX_LABEL_ID``, so the cast is exact, where numpy would compare a uint64
+    array with a signed one as float64 and merge ids above 2**53 that differ).
+
+    Raises:
+        TooManyLabelsError: more than ``MAX_DISTINCT_LABELS`` ids.
+    """
+    if high < _TABLE_IDS:
+        seen = np.zeros(high + 1, dtype=bool)
+        seen[a] = True
+        seen[b] = True
+        labels = np.flatnonzero(seen).astype(np.int64)
+        _check_label_count(labels.size)
+        number = np.cumsum(seen, dtype=np.int64) - 1  # id -> its index among the labels
+        return labels, number[a], number[b]
+    a, b = a.astype(np.int64, copy=False), b.astype(np.int64, copy=False)
+    labels = np.union1d(a, b)
+    _check_label_count(labels.size)
+    return labels, np.searchsorted(labels, a), np.searchsorted(labels, b)
 
 
 def _label_cells(matrix: ConfusionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
