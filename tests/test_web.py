@@ -508,6 +508,18 @@ def test_score_a_dataset_through_the_page(
     first = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
     entry = board["entries"][0]
     assert first == ["1", TEAM, f"{entry['score']:.4f}", str(entry["cases"])]
+    assert page.locator("#leaderboard-order").inner_text() == "(higher is better)"
+    # ranked by another metric the job scored: the board asks the API for it
+    choice = page.get_by_label("Ranked by the mean of")
+    assert choice.locator("option").all_inner_texts() == ["Dice", "Jaccard", "HD95 (mm)"]
+    choice.select_option("hd95")
+    page.locator("#leaderboard-order").filter(has_text="lower").wait_for(timeout=10_000)
+    by_hd95 = httpx.get(
+        f"{server_url}/v1/reference-sets/{set_id}/leaderboard?metric=hd95", headers=team_key
+    ).json()["entries"][0]
+    shown = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
+    assert shown == ["1", TEAM, f"{by_hd95['score']:.4f}", str(by_hd95["cases"])]
+    assert by_hd95["score"] != entry["score"]
 
     # the downloads are the API's files
     def api_text(name: str) -> str:

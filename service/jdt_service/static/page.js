@@ -679,16 +679,29 @@
       }),
     );
     $("dataset-results").hidden = false;
+    // the leaderboard ranks by any metric the job scored (Dice first when it did)
+    const choice = $("leaderboard-metric");
+    const scored = report.summary.metrics;
+    choice.replaceChildren(...scored.map((metric) =>
+      Object.assign(document.createElement("option"), { value: metric, textContent: metricTitle(metric, null) })));
+    choice.value = scored.includes("dice") ? "dice" : scored[0];
     showLeaderboard();
   }
 
   async function showLeaderboard() {
     const board = $("leaderboard");
-    board.hidden = true;
-    if (!job.referenceSet) return;
-    const response = await api(`/v1/reference-sets/${job.referenceSet}/leaderboard?metric=dice&aggregate=mean`);
-    if (!response.ok) return;
+    if (!job.referenceSet) {
+      board.hidden = true;
+      return;
+    }
+    const metric = encodeURIComponent($("leaderboard-metric").value || "dice");
+    const response = await api(`/v1/reference-sets/${job.referenceSet}/leaderboard?metric=${metric}&aggregate=mean`);
+    if (!response.ok) {
+      board.hidden = true;
+      return;
+    }
     const body = await response.json();
+    $("leaderboard-order").textContent = body.better === "lower" ? "(lower is better)" : "(higher is better)";
     board.querySelector("tbody").replaceChildren(
       ...body.entries.map((entry) => {
         const tr = document.createElement("tr");
@@ -723,6 +736,7 @@
   $("dataset-results").addEventListener("click", download);
   $("pair-form").addEventListener("submit", score);
   $("label-picker").addEventListener("change", (event) => centreOn(event.target.value));
+  $("leaderboard-metric").addEventListener("change", showLeaderboard);
   for (const name of Object.keys(VIEWS)) {
     $(name + "-slider").addEventListener("input", () => draw(name));
   }
