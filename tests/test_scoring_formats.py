@@ -4,6 +4,7 @@ what NIfTI refuses, with the same error classes."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -404,3 +405,26 @@ def test_a_line_break_only_python_sees_cannot_hide_a_data_file(
     for path in (nrrd, meta):
         with pytest.raises(CorruptFileError, match="control character"):
             inspect_image(path)
+
+
+def test_score_dir_on_threads_while_torch_is_first_imported(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    """NRRD cases on several threads of a fresh process: one thread imports torch while
+    another checked ``sys.modules["torch"].Tensor`` of the partly imported module, and the
+    whole run failed with an internal error."""
+    pred, ref = pair
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    preds.mkdir()
+    refs.mkdir()
+    for i in range(8):
+        write(preds / f"case_{i}.nrrd", pred.astype(np.uint8))
+        write(refs / f"case_{i}.mha", ref.astype(np.uint8))
+    script = (
+        "import sys; from monai_jdt.scoring import score_directory; "
+        "assert 'torch' not in sys.modules; "
+        f"r = score_directory({str(preds)!r}, {str(refs)!r}, workers=4); "
+        "print(len(r.reports), len(r.failures))"
+    )
+    for _ in range(3):  # a race: each fresh process gets another chance to hit it
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == ["8", "0"]

@@ -66,9 +66,11 @@ _TOLERANCE_SLICE = 1 << 18  # voxels per float64 step of the whole-number tolera
 
 
 def is_tensor(value: object) -> TypeIs[torch.Tensor]:
-    """True for a torch tensor (without importing torch: no tensor exists before it is)."""
-    torch_module = sys.modules.get("torch")
-    return torch_module is not None and isinstance(value, torch_module.Tensor)
+    """True for a torch tensor (without importing torch: no tensor exists before it is). While
+    another thread is still importing torch, ``sys.modules`` holds it partly initialised,
+    without ``Tensor`` yet: no tensor exists then either."""
+    tensor_type = getattr(sys.modules.get("torch"), "Tensor", None)
+    return tensor_type is not None and isinstance(value, tensor_type)
 
 
 def as_volume(value: object, name: str) -> np.ndarray | torch.Tensor:
