@@ -3,12 +3,17 @@ memory window of the cases in flight, and a reference set changed while its job 
 
 from __future__ import annotations
 
+import io
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -209,3 +214,154 @@ def test_a_queued_job_on_a_set_changed_since_fails_instead_of_scoring(
     assert after is not None and after.status == "failed"
     assert after.error is not None and "'c1.nii.gz' was modified" in after.error
     assert not scored
+
+
+def _six_cases(tmp_path: Path, label_pair, write_nifti, n: int = 6) -> tuple[Job, list[list[str]]]:  # type: ignore[no-untyped-def]
+    (tmp_path / "job" / "predictions").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "refs").mkdir(exist_ok=True)
+    cases = []
+    for i in range(n):
+        pred, ref = label_pair((16, 16, 12), labels=3, seed=i)
+        write_nifti(tmp_path / "job" / "predictions" / f"c{i}.nii.gz", pred)
+        write_nifti(tmp_path / "refs" / f"c{i}.nii.gz", ref)
+        cases.append([f"c{i}", f"c{i}.nii.gz", f"c{i}.nii.gz"])
+    job = Job(id="j", folder=str(tmp_path / "job"), references_folder=str(tmp_path / "refs"))
+    return job, cases
+
+
+def test_cases_of_an_earlier_job_still_running_count_against_the_budget(
+    tmp_path: Path, label_pair, write_nifti
+) -> None:
+    """A cancelled job's case that cannot be stopped keeps its memory until it ends: the next
+    job's cases wait for it instead of starting from an empty budget."""
+    settings = Settings(
+        device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data",
+        job_memory_budget_bytes=100 * 2**20,
+    )  # fmt: skip
+    job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=2)
+    db = open_database(settings.data_dir, None)
+    runner = JobRunner(db, settings)
+    pool = _CountingPool()
+    runner._executor = pool
+    earlier: Future[dict] = Future()  # type: ignore[type-arg]
+    earlier.set_running_or_notify_cancel()
+    runner._flight[earlier] = 90 * 2**20  # an 88 MiB case more would not fit 100 MiB
+    earlier.add_done_callback(runner._landed)  # as _submit registers it
+    ended_at: list[float] = []
+
+    def end_earlier() -> None:
+        ended_at.append(time.monotonic())
+        earlier.set_result({})
+
+    threading.Timer(0.5, end_earlier).start()
+    submitted_at: list[float] = []
+    submit = pool.submit
+
+    def timed_submit(fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        submitted_at.append(time.monotonic())
+        return submit(fn, *args, **kwargs)
+
+    pool.submit = timed_submit  # type: ignore[method-assign]
+    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
+    try:
+        held = runner._score(
+            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
+        )
+    finally:
+        pool.shutdown()
+        db.dispose()
+    assert held and sorted(outcomes) == ["c0", "c1"]
+    assert ended_at and min(submitted_at) >= ended_at[0]
+    assert not runner._flight
+
+
+class _BreakingPool(ThreadPoolExecutor):
+    """A pool whose case ``c1`` always ends as if its worker process had been killed."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        super().__init__(2)
+        self.counts = counts
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.counts[args[0]] = self.counts.get(args[0], 0) + 1
+        if args[0] == "c1":
+            future: Future[dict] = Future()  # type: ignore[type-arg]
+            future.set_exception(BrokenProcessPool("a worker died"))
+            return future
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_a_worker_killed_breaks_no_later_job(
+    tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead worker process breaks the process pool: the cases on it go to a fresh pool once,
+    a case lost twice fails with worker_lost, and the others are scored."""
+    import jdt_service.jobs_runner as jobs_runner
+
+    counts: dict[str, int] = {}
+    pools: list[_BreakingPool] = []
+
+    def fresh_pool(settings: Settings) -> tuple[_BreakingPool, None]:
+        pools.append(_BreakingPool(counts))
+        return pools[-1], None
+
+    monkeypatch.setattr(jobs_runner, "make_executor", fresh_pool)
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
+    job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=3)
+    db = open_database(settings.data_dir, None)
+    runner = JobRunner(db, settings)
+    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
+    try:
+        assert runner._score(
+            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
+        )
+    finally:
+        for pool in pools:
+            pool.shutdown()
+        db.dispose()
+    assert counts["c1"] == 2 and len(pools) >= 2  # once more, on a fresh pool
+    assert outcomes["c1"]["code"] == "worker_lost"
+    assert "report" in outcomes["c0"] and "report" in outcomes["c2"]
+
+
+def test_a_worker_killed_between_jobs_leaves_the_next_job_scored(tmp_path: Path) -> None:
+    """The real process pool: a worker killed while idle (the OOM killer) made every later
+    job of the replica fail with BrokenProcessPool."""
+    import os
+    import signal
+
+    from fastapi.testclient import TestClient
+
+    from jdt_service.app import create_app
+
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
+    rng = np.random.default_rng(0)
+    ref = (rng.random((12, 10, 8)) < 0.3).astype(np.uint8)
+    buffers = {}
+    for name in ("a", "b"):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(f"{name}.nii.gz", nib.Nifti1Image(ref, np.eye(4)).to_bytes())
+        buffers[name] = buffer.getvalue()
+
+    def job(client: TestClient) -> dict:  # type: ignore[type-arg]
+        files = {
+            "predictions": ("p.zip", buffers["a"], "application/zip"),
+            "references": ("r.zip", buffers["a"], "application/zip"),
+        }
+        made = client.post("/v1/jobs", files=files)
+        assert made.status_code == 202, made.text
+        for _ in range(60):
+            body: dict = client.get(f"/v1/jobs/{made.json()['id']}?wait=5").json()  # type: ignore[type-arg]
+            if body["status"] in ("done", "failed"):
+                return body
+        raise AssertionError(body)
+
+    with TestClient(create_app(settings)) as client:
+        assert job(client)["status"] == "done"
+        pool = client.app.state.jobs_runner._executor  # type: ignore[attr-defined]
+        os.kill(next(iter(pool._processes)), signal.SIGKILL)
+        time.sleep(0.5)
+        for _ in range(2):
+            after = job(client)
+            assert after["status"] == "done", after

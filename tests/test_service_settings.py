@@ -227,8 +227,12 @@ def test_memory_limit_is_the_smallest_cgroup_limit_of_the_process(tmp_path: Path
 def test_the_default_memory_budget_is_half_the_limit(monkeypatch) -> None:
     import jdt_service.settings as settings_module
 
-    monkeypatch.setattr(settings_module, "memory_limit", lambda: 6 * 2**30)
-    assert Settings(device="cpu").memory_budget == 3 * 2**30
+    monkeypatch.setattr(settings_module, "memory_limit", lambda: 8 * 2**30)
+    assert Settings(device="cpu").memory_budget == 4 * 2**30
+    assert Settings(device="cpu").job_memory_budget == 2 * 2**30
+    # the budgets are per process: the worker processes share the limit
+    assert Settings(device="cpu", workers=2).memory_budget == 2 * 2**30
+    assert Settings(device="cpu", workers=2).job_memory_budget == 2**30
     assert Settings(device="cpu", memory_budget_bytes=2**30).memory_budget == 2**30
 
 
@@ -249,8 +253,8 @@ def test_the_compose_file_fits_its_memory_limit() -> None:
 
     limit = size(service["deploy"]["resources"]["limits"]["memory"])
     tmpfs = size(next(o for o in service["tmpfs"][0].split(",") if "size=" in o).split("=")[-1])
-    planned = default("JDT_MEMORY_BUDGET_BYTES") + default("JDT_JOB_MEMORY_BUDGET_BYTES")
-    assert tmpfs + planned + 2**30 <= limit
+    per_process = default("JDT_MEMORY_BUDGET_BYTES") + default("JDT_JOB_MEMORY_BUDGET_BYTES")
+    assert tmpfs + default("JDT_WORKERS") * per_process + 2**30 <= limit
     uploads = default("JDT_MAX_UPLOADS") + default("JDT_MAX_CONCURRENCY") + default("JDT_MAX_QUEUE")
     assert uploads * 2 * default("JDT_MAX_UPLOAD_BYTES") <= tmpfs  # the tmpfs formula
     assert default("JDT_MEMORY_BUDGET_BYTES") >= Settings().max_job_bytes  # a 4 GiB job fits

@@ -30,10 +30,12 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +101,15 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._executor: Executor | None = None
         self._client: Any = None
-        self.limits = CaseLimits(settings.max_job_bytes, settings.max_boundary_voxels)
+        # the cases on the pool, of any job, with their memory estimates (until each ends)
+        self._flight: dict[Future[dict[str, Any]], int] = {}
+        self._flight_lock = threading.Lock()
+        # a case must fit the job budget alone as a request must fit the memory budget (on a
+        # Dask cluster, whose workers have their own memory, JDT_MAX_JOB_BYTES only)
+        max_case_bytes = settings.max_job_bytes
+        if not settings.dask_scheduler:
+            max_case_bytes = min(max_case_bytes, settings.job_memory_budget)
+        self.limits = CaseLimits(max_case_bytes, settings.max_boundary_voxels)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="jdt-jobs", daemon=True)
@@ -213,53 +223,67 @@ class JobRunner:
         outcome to ``on_done`` as it comes and renewing the lease while none does.
 
         On the local process pool a case is submitted only when its memory estimate
-        (:meth:`CaseLimits.memory_bytes`) fits ``job_memory_budget`` with those of the cases
-        in flight, or when none is in flight; a Dask cluster, whose workers have their own
-        memory, takes them all at once. Returns whether the job is still held (and the runner
-        not stopping); when not, the cases in flight are cancelled and, at shutdown, the job
-        goes back to the queue.
+        (:meth:`CaseLimits.memory_bytes`) fits ``job_memory_budget`` with those of every case
+        in flight (of this job, or of a cancelled one still running), or when none is in
+        flight; a Dask cluster, whose workers have their own memory, takes them all at once.
+        A worker process that dies (killed, e.g. by the out-of-memory killer) breaks the pool:
+        a fresh one takes the cases that were on it, and a case lost twice fails with code
+        ``worker_lost``. Returns whether the job is still held (and the runner not stopping);
+        when not, the cases in flight are cancelled and, at shutdown, the job goes back to the
+        queue.
         """
         predictions = Path(job.folder) / "predictions"
         references = Path(job.references_folder)
-        pool = self._pool()
         budget = self.settings.job_memory_budget if self._client is None else None
         waiting = deque((case, predictions / p, references / r) for case, p, r in cases)
-        pending: dict[Future[dict[str, Any]], tuple[str, int]] = {}
-        in_use = 0
-        need: int | None = None  # the estimate of waiting[0], once read
+        needs: dict[str, int] = {}  # memory estimates, read when a case comes first in line
+        pending: dict[Future[dict[str, Any]], tuple[tuple[str, Path, Path], Executor]] = {}
+        lost: dict[str, int] = {}
 
         def submit_what_fits() -> None:
-            nonlocal in_use, need
             while waiting:
-                case, prediction, reference = waiting[0]
-                if need is None:
-                    need = (
-                        0
-                        if budget is None
-                        else self.limits.memory_bytes(prediction, reference, options)
+                item = waiting[0]
+                if item[0] not in needs:
+                    needs[item[0]] = (
+                        0 if budget is None else self.limits.memory_bytes(item[1], item[2], options)
                     )
-                if pending and budget is not None and in_use + need > budget:
+                need = needs[item[0]]
+                if budget is not None and self._flight and self._flight_bytes() + need > budget:
                     return
                 waiting.popleft()
-                future = pool.submit(
-                    score_job_case, case, prediction, reference, options, self.limits
-                )
-                pending[future] = (case, need)
-                in_use += need
-                need = None
+                future, pool = self._submit(item, options, need)
+                pending[future] = (item, pool)
 
         submit_what_fits()
         held = True
-        while pending and held and not self._stop.is_set():
+        renew = self.settings.job_lease / 3
+        beat = time.monotonic()  # the last heartbeat (a stored case renews it too)
+        while (pending or waiting) and held and not self._stop.is_set():
             finished, _ = wait(
-                list(pending), timeout=self.settings.job_lease / 3, return_when=FIRST_COMPLETED
+                list(self._flight) or list(pending), timeout=renew, return_when=FIRST_COMPLETED
             )
-            if not finished:
-                held = self._heartbeat(job.id)
-            for future in finished:
-                case, released = pending.pop(future)
-                in_use -= released
-                held = held and on_done(case, future.result())
+            # a case of another job that ends only frees its memory
+            ours = [future for future in finished if future in pending]
+            if ours:
+                beat = time.monotonic()
+            elif time.monotonic() - beat >= renew:
+                held, beat = self._heartbeat(job.id), time.monotonic()
+            for future in ours:
+                item, pool = pending.pop(future)
+                if not isinstance(future.exception(), BrokenProcessPool):
+                    held = held and on_done(item[0], future.result())
+                    continue
+                self._discard_pool(pool)
+                lost[item[0]] = lost.get(item[0], 0) + 1
+                if lost[item[0]] < 2:
+                    waiting.appendleft(item)  # once more, on a fresh pool
+                    continue
+                outcome = {
+                    "code": "worker_lost",
+                    "message": f"{item[0]}: the worker process scoring this case stopped, "
+                    "twice (killed, e.g. by the out-of-memory killer)",
+                }
+                held = held and on_done(item[0], outcome)
             if held:
                 submit_what_fits()
         if not held or self._stop.is_set():
@@ -269,6 +293,38 @@ class JobRunner:
                 self._release(job.id)
             return False
         return True
+
+    def _submit(
+        self, item: tuple[str, Path, Path], options: ScoringOptions, need: int
+    ) -> tuple[Future[dict[str, Any]], Executor]:
+        """Submit one case (to a fresh pool if the current one is broken), its estimate
+        ``need`` counted in flight until it ends."""
+        pool = self._pool()
+        try:
+            future = pool.submit(score_job_case, *item, options, self.limits)
+        except BrokenProcessPool:  # a worker died while the pool was idle
+            self._discard_pool(pool)
+            pool = self._pool()
+            future = pool.submit(score_job_case, *item, options, self.limits)
+        with self._flight_lock:
+            self._flight[future] = need
+        future.add_done_callback(self._landed)
+        return future, pool
+
+    def _landed(self, future: Future[dict[str, Any]]) -> None:
+        with self._flight_lock:
+            self._flight.pop(future, None)
+
+    def _flight_bytes(self) -> int:
+        with self._flight_lock:
+            return sum(self._flight.values())
+
+    def _discard_pool(self, pool: Executor) -> None:
+        """Drop a broken process pool (the next case starts a fresh one)."""
+        if self._executor is pool:
+            log.warning("a job worker process died (out of memory?); starting a new pool")
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def _release(self, job_id: str) -> None:
         """Give a job back to the queue at shutdown: the next replica resumes it at once."""

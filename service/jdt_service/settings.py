@@ -107,8 +107,9 @@ class Settings(BaseSettings):
         default=None,
         ge=MiB,
         description="Memory the scoring jobs of one process may hold together; a job that does "
-        "not fit now gets 503 + Retry-After (default: half the memory the process may use: "
-        "the physical memory, or the container's memory limit when lower).",
+        "not fit now gets 503 + Retry-After (default: half the memory the service may use, "
+        "the physical memory or the container's memory limit when lower, divided among the "
+        "worker processes).",
     )
     max_uploads: int = Field(
         default=16, ge=1, description="Request bodies received at the same time before 503."
@@ -159,7 +160,8 @@ class Settings(BaseSettings):
         ge=MiB,
         description="Memory the cases of evaluation jobs scored at once on the job workers may "
         "need together, by the same estimate as a request's; a case that does not fit waits "
-        "for one to finish (default: a quarter of the memory the process may use; not "
+        "for one to finish; a case that needs more fails with job_too_large (default: a "
+        "quarter of the memory the service may use, divided among the worker processes; not "
         "applied on a Dask cluster).",
     )
     dask_scheduler: str | None = Field(
@@ -200,18 +202,20 @@ class Settings(BaseSettings):
 
     @property
     def memory_budget(self) -> int:
-        """``memory_budget_bytes``, or when it is not set half the memory the process may use
-        (the physical memory, or the container's cgroup limit when lower)."""
+        """``memory_budget_bytes``, or when it is not set half the memory the service may use
+        (the physical memory, or the container's cgroup limit when lower) shared by its
+        ``workers`` processes (the budget is per process)."""
         if self.memory_budget_bytes is not None:
             return self.memory_budget_bytes
-        return memory_limit() // 2
+        return memory_limit() // 2 // self.workers
 
     @property
     def job_memory_budget(self) -> int:
-        """``job_memory_budget_bytes``, or a quarter of the memory the process may use."""
+        """``job_memory_budget_bytes``, or a quarter of the memory the service may use shared
+        by its ``workers`` processes (each runs its own job runner)."""
         if self.job_memory_budget_bytes is not None:
             return self.job_memory_budget_bytes
-        return memory_limit() // 4
+        return memory_limit() // 4 // self.workers
 
     @property
     def is_loopback(self) -> bool:
