@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select, text
 
 from jdt_service.app import create_app
-from jdt_service.db import AuditEntry, Job, ReferenceCase, open_database, utcnow
+from jdt_service.db import AuditEntry, Job, ReferenceCase, ReferenceSet, open_database, utcnow
 from jdt_service.jobs import case_report_from_dict, claim_job, job_result, reference_changes
 from jdt_service.jobs_runner import JobRunner
 from jdt_service.settings import Settings
@@ -184,11 +184,53 @@ def test_migrations_build_the_schema(tmp_path: Path, database_url: str | None) -
         tables = set(inspect(db.engine).get_table_names())
         assert {"reference_sets", "reference_cases", "jobs", "case_results", "audit_log"} <= tables
         with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     finally:
         db.dispose()
     again = open_database(tmp_path / "data", database_url)  # a second start-up is a no-op
     again.dispose()
+
+
+def test_migration_0003_drops_only_requested_without_labels(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Rows stored when only_requested without labels was accepted (a no-op) must still be
+    readable now that it is refused: the migration drops it there, and only there."""
+    from alembic import command
+    from alembic.config import Config
+
+    import jdt_service.db as db_module
+
+    db = open_database(tmp_path / "data", database_url)
+    stored = {
+        "a": {"only_requested": "true"},
+        "b": {"only_requested": "yes", "labels": "1=liver", "metrics": "dice"},
+        "c": {"only_requested": "false", "empty": "one"},
+        "d": {"metrics": "dice"},
+    }
+    with db.session.begin() as session:
+        for job_id, options in stored.items():
+            row = _job_row(job_id, "done")
+            row.options = options
+            session.add(row)
+        session.add(ReferenceSet(id="s", name="s", version="v", folder="/x", options=stored["a"]))
+    config = Config()
+    config.set_main_option("script_location", str(Path(db_module.__file__).with_name("migrations")))
+    with db.engine.begin() as connection:  # back to 0002, then up again over the rows
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+        command.upgrade(config, "head")
+    with db.session() as session:
+        options = {job_id: session.get(Job, job_id).options for job_id in stored}  # type: ignore[union-attr]
+        set_options = session.get(ReferenceSet, "s").options  # type: ignore[union-attr]
+    db.dispose()
+    assert options == {
+        "a": {},
+        "b": stored["b"],
+        "c": {"empty": "one"},
+        "d": stored["d"],
+    }
+    assert set_options == {}
 
 
 def _job_row(job_id: str, status: str = "queued") -> Job:
