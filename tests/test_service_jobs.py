@@ -584,12 +584,21 @@ def test_a_set_whose_files_changed_on_disk_is_refused(
         job = submit(client, preds, TEAM_A, reference_set=again.json()["id"])
         assert wait_finished(client, job["id"], TEAM_A)["status"] == "done"
 
-    changed = reference_changes(folder, [ReferenceCase(case_id="extra_case", file="x.nii")])
-    assert "case 'extra_case' is now the file 'extra_case.nii.gz'" in changed  # renamed
+    renamed = [ReferenceCase(case_id="extra_case", file="x.nii")]
+    changed = reference_changes(folder, renamed, root)
+    assert "case 'extra_case' is now the file 'extra_case.nii.gz'" in changed
     old_row = ReferenceCase(case_id=first.removesuffix(".nii.gz"), file=first)  # revision 0001
-    assert reference_changes(folder, [old_row]) == [
+    assert reference_changes(folder, [old_row], root) == [
         f"case {c!r} was added" for c in sorted([second.removesuffix(".nii.gz"), "extra_case"])
     ]
+    # a file that became a link out of the root (registration refuses those), the folder gone:
+    # named without any path of the server
+    outside = write_cases(tmp_path / "outside", {first: refs[first]})
+    (folder / first).unlink()
+    (folder / first).symlink_to(outside / first)
+    linked = reference_changes(folder, [old_row], root)
+    assert f"{first!r} is now a link out of the set's root" in linked
+    assert reference_changes(tmp_path / "moved", [old_row], root) == ["its folder is gone"]
 
 
 def test_a_job_on_a_set_deleted_meanwhile_is_404_without_server_paths(

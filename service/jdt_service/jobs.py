@@ -45,7 +45,7 @@ from monai_jdt.scoring import (
 )
 from monai_jdt.scoring.boundary import DISTANCE_METRICS
 from monai_jdt.scoring.files import VOLUME_SUFFIXES
-from monai_jdt.scoring.folders import write_csv
+from monai_jdt.scoring.folders import case_files, write_csv
 from monai_jdt.scoring.options import BOUNDARY_METRICS
 from monai_jdt.scoring.sitk_formats import inspect_volume
 
@@ -150,35 +150,43 @@ def reference_cases(folder: Path, max_voxels: int) -> list[ReferenceCase]:
     return rows
 
 
-def reference_changes(folder: Path, cases: Sequence[ReferenceCase]) -> list[str]:
-    """What differs between a set's folder on disk and its registered ``cases``: a case gone
-    or added, or a file renamed, resized or modified (its modification time; rows registered
-    before sizes and times were kept are compared by name only). Empty when nothing did.
+def reference_changes(folder: Path, cases: Sequence[ReferenceCase], root: Path) -> list[str]:
+    """What differs between a set's folder on disk and its registered ``cases``: the folder
+    gone, a case gone or added, a file renamed, resized, with another modification time
+    (rows registered before sizes and times were kept are compared by name only), or now
+    resolving outside ``root`` (a link out of ``JDT_REFERENCE_ROOT``, or of the set's own
+    folder for an uploaded set). Empty when nothing did. The messages name case ids and file
+    names, never a path of the server.
 
     A job scores the files on disk, so a set whose files changed would be scored as another
-    set under the same version (and ranked beside jobs on the real one).
+    set under the same version (and ranked beside jobs on the real one). The size and time
+    are a quick check, as ``make`` and ``rsync`` make: a file rewritten to the same size
+    with its time set back (``touch -r``, ``cp -p`` of another volume) is not seen.
     """
+    if not folder.is_dir():
+        return ["its folder is gone"]
     try:
-        pairs, _, _ = pair_cases(folder, folder)
-    except ScoringError as err:  # the folder is gone, or a case has two files now
-        return [err.message]
-    now = {case: path for case, path, _ in pairs}
+        now = case_files(folder, "reference")
+    except ScoringError as err:  # a case has two files now (the message names them only)
+        return [err.message.rstrip(".")]
     registered = {row.case_id: row for row in cases}
     changes = [f"case {case!r} is gone" for case in sorted(registered.keys() - now.keys())]
     changes += [f"case {case!r} was added" for case in sorted(now.keys() - registered.keys())]
+    inside = root.resolve()
     for case in sorted(registered.keys() & now.keys()):
         row, path = registered[case], now[case]
         if path.name != row.file:
             changes.append(f"case {case!r} is now the file {path.name!r}")
             continue
-        if row.size is None:
-            continue
         try:
+            outside = not path.resolve().is_relative_to(inside)
             stat = path.stat()
-        except OSError as err:
-            changes.append(f"{row.file!r} cannot be read ({err.strerror})")
+        except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop
+            changes.append(f"{row.file!r} cannot be read ({getattr(err, 'strerror', err)})")
             continue
-        if (stat.st_size, stat.st_mtime_ns) != (row.size, row.mtime_ns):
+        if outside:
+            changes.append(f"{row.file!r} is now a link out of the set's root")
+        elif row.size is not None and (stat.st_size, stat.st_mtime_ns) != (row.size, row.mtime_ns):
             changes.append(f"{row.file!r} was modified")
     return changes
 

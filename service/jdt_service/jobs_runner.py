@@ -42,7 +42,15 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
-from jdt_service.db import AuditEntry, CaseResult, Database, Job, ReferenceCase, utcnow
+from jdt_service.db import (
+    AuditEntry,
+    CaseResult,
+    Database,
+    Job,
+    ReferenceCase,
+    ReferenceSet,
+    utcnow,
+)
 from jdt_service.jobs import (
     case_outcome,
     claim_job,
@@ -206,8 +214,16 @@ class JobRunner:
                     select(ReferenceCase).where(ReferenceCase.set_id == job.reference_set_id)
                 )
             )
+            ref_set = (
+                None
+                if job.reference_set_id is None
+                else session.get(ReferenceSet, job.reference_set_id)
+            )
         if job.reference_set_id is not None:  # checked at submission; it may have changed since
-            changes = reference_changes(Path(job.references_folder), registered)
+            folder = Path(job.references_folder)
+            owned = ref_set is None or ref_set.owned  # a deleted set: its own folder, gone
+            root = folder if owned else self.settings.reference_root or folder
+            changes = reference_changes(folder, registered, root)
             if changes:
                 self._fail(job, reference_set_changed(job.reference_set_id, changes))
                 return

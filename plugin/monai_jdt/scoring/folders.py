@@ -35,6 +35,7 @@ __all__ = [
     "CaseFailure",
     "DirectoryResult",
     "FolderOptions",
+    "case_files",
     "complete_label_set",
     "csv_rows",
     "pair_cases",
@@ -117,7 +118,13 @@ class DirectoryResult:
         return report.model_dump(mode="json", exclude_unset=True)
 
 
-def _nifti_files(folder: Path, role: str) -> dict[str, Path]:
+def case_files(folder: Path, role: str) -> dict[str, Path]:
+    """The volume files of ``folder`` by case id (hidden files and other endings skipped).
+
+    Raises:
+        InvalidOptionError: the folder (named as the ``role`` folder, e.g. ``reference``) is
+            missing or a file, or a case has two files in it.
+    """
     if folder.is_file():
         raise InvalidOptionError(
             f"the {role} folder {str(folder)!r} is a file, not a folder; "
@@ -144,8 +151,8 @@ def pair_cases(
 ) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
     """``(pairs, unpaired prediction files, unpaired reference files)``; pairs are
     ``(case id, prediction path, reference path)`` sorted by case id."""
-    preds = _nifti_files(Path(predictions), "prediction")
-    refs = _nifti_files(Path(references), "reference")
+    preds = case_files(Path(predictions), "prediction")
+    refs = case_files(Path(references), "reference")
     pairs = [(case, preds[case], refs[case]) for case in sorted(preds.keys() & refs.keys())]
     return (
         pairs,

@@ -215,7 +215,8 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
         if set_id is not None:
             if not references.is_dir():  # deleted while this unpacked
                 raise ApiError(404, "not_found", f"no reference set {set_id!r}")
-            changes = await asyncio.to_thread(reference_changes, references, registered)
+            root = references if ref_set.owned else settings.reference_root or references
+            changes = await asyncio.to_thread(reference_changes, references, registered, root)
             if changes:
                 raise ApiError(409, "reference_set_changed", reference_set_changed(set_id, changes))
         pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
