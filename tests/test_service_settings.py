@@ -222,6 +222,11 @@ def test_memory_limit_is_the_smallest_cgroup_limit_of_the_process(tmp_path: Path
     )
     assert memory_limit(proc, root) == physical
     assert memory_limit(tmp_path / "missing", root) == physical
+    # bytes that are not text, in either file: not a limit, not an error
+    proc, root = _cgroup_tree(tmp_path / "odd", {"memory/memory.limit_in_bytes": "x"}, "")
+    (root / "memory" / "memory.limit_in_bytes").write_bytes(b"\xff\xfe12")
+    proc.write_bytes(b"4:memory:/\xff\n0::/\n")
+    assert memory_limit(proc, root) == physical
 
 
 def test_the_default_memory_budget_is_half_the_limit(monkeypatch) -> None:

@@ -23,7 +23,7 @@ def memory_limit(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGR
 
     ``proc_cgroup`` is the process's cgroup list (``/proc/self/cgroup``: ``hierarchy:
     controllers:path`` lines), ``root`` where the cgroup file systems are mounted. A limit
-    that cannot be read, or that is unlimited (``max``), does not count.
+    that cannot be read, is not a decimal number, or is unlimited (``max``), does not count.
     """
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return min([physical, *_cgroup_limits(proc_cgroup, root)])
@@ -31,7 +31,7 @@ def memory_limit(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGR
 
 def _cgroup_limits(proc_cgroup: Path, root: Path) -> list[int]:
     try:
-        lines = proc_cgroup.read_text().splitlines()
+        lines = proc_cgroup.read_text("ascii", errors="replace").splitlines()
     except OSError:
         return []
     limits = []
@@ -53,9 +53,10 @@ def _limits_up(base: Path, path: str, name: str) -> list[int]:
     limits = []
     for depth in range(len(parts), -1, -1):
         try:
-            text = base.joinpath(*parts[:depth], name).read_text().strip()
+            text = base.joinpath(*parts[:depth], name).read_text("ascii", errors="replace")
         except OSError:
             continue
+        text = text.strip()
         if text.isdecimal():
             limits.append(int(text))
     return limits
