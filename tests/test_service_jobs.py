@@ -493,6 +493,22 @@ def test_leaderboard_ranks_by_boundary_metrics_lowest_distance_first(
         noisy_mean = noisy_report["summary"]["foreground_mean"][metric]["mean"]
         assert board["entries"][1]["score"] == noisy_mean != perfect_score
     assert client.get(f"{url}?metric=dice", headers=TEAM_A).json()["better"] == "higher"
+    # team-a's newer job defines HD95 and NSD its own way: it does not rank (its older one
+    # does), and the board says why; one that only adds a metric still ranks
+    tuned = submit(
+        client, preds, TEAM_A, reference_set=ref_set["id"], percentile="0", nsd_tolerance="100"
+    )
+    extra = submit(client, refs, TEAM_B, reference_set=ref_set["id"], metrics="dice,hd95,nsd,hd")
+    for job, who in ((tuned, TEAM_A), (extra, TEAM_B)):
+        assert wait_finished(client, job["id"], who)["status"] == "done"
+    board = client.get(f"{url}?metric=hd95", headers=TEAM_A).json()
+    assert [e["team"] for e in board["entries"]] == ["team-b", "team-a"]
+    assert (
+        board["entries"][1]["score"] == noisy_report["summary"]["foreground_mean"]["hd95"]["mean"]
+    )
+    assert board["excluded"] == [
+        {"team": "team-a", "job": tuned["id"], "differs": ["nsd_tolerance", "percentile"]}
+    ]
 
 
 def test_audit_log_records_actions_without_file_names(

@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 
-from jdt_service.db import CaseResult, Database, Job, ReferenceCase, utcnow
+from jdt_service.db import CaseResult, Database, Job, ReferenceCase, ReferenceSet, utcnow
 from jdt_service.errors import ApiError
 from jdt_service.forms import OPTION_FIELDS, options_from_form
 from jdt_service.schemas import ErrorResponse
@@ -64,6 +64,7 @@ __all__ = [
     "reference_cases",
     "reference_changes",
     "reference_set_changed",
+    "score_definition",
 ]
 
 #: the scoring options a job takes: those of ``POST /v1/scores`` but the case id
@@ -415,9 +416,27 @@ def summary_score(summary: Mapping[str, Any], metric: str, aggregate: str) -> fl
     return sum(values) / len(values) if values else None
 
 
-def leaderboard(db: Database, set_id: str, metric: str, aggregate: str) -> list[dict[str, Any]]:
-    """The latest finished job of each team on a reference set, best first: the highest
-    score first, the lowest for a distance in mm (:func:`higher_is_better`).
+def score_definition(fields: Mapping[str, str], settings: Settings) -> dict[str, Any] | None:
+    """What decides the value of a job's scores besides its files: every reported option of
+    its stored ``fields`` but ``metrics`` (which only chooses what is computed), or None when
+    they no longer parse. Jobs rank together only when theirs are equal."""
+    try:
+        reported = job_options(fields, settings).reported()
+    except ScoringError:
+        return None
+    reported.pop("metrics", None)
+    return reported
+
+
+def leaderboard(
+    db: Database, ref_set: ReferenceSet, metric: str, aggregate: str, settings: Settings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(entries, excluded)``: the latest finished job of each team on a reference set that
+    was scored as the set defines its scores, best first (the highest score first, the
+    lowest for a distance in mm, :func:`higher_is_better`); and the teams whose newest job
+    was not (an older one of theirs may rank), with the options that differ
+    (``percentile``, ``nsd_tolerance``, ``labels``...: a job may override the set's
+    defaults, and its numbers then measure something else).
 
     Teams whose score is undefined come last; ties share a rank.
 
@@ -429,12 +448,26 @@ def leaderboard(db: Database, set_id: str, metric: str, aggregate: str) -> list[
     with db.session() as session:
         jobs = session.scalars(
             select(Job)
-            .where(Job.reference_set_id == set_id, Job.status == "done")
+            .where(Job.reference_set_id == ref_set.id, Job.status == "done")
             .order_by(Job.finished_at.desc(), Job.id)
         ).all()
+    defined = score_definition(ref_set.options, settings)
     latest: dict[str, Job] = {}
+    excluded: dict[str, dict[str, Any]] = {}
     for job in jobs:
-        latest.setdefault(job.team, job)
+        if job.team in latest:
+            continue
+        definition = score_definition(job.options, settings)
+        if definition is not None and defined is not None and definition == defined:
+            latest[job.team] = job
+        elif job.team not in excluded:  # the team's newest job that does not rank
+            differs = (
+                ["options"]
+                if definition is None or defined is None
+                else sorted(k for k in defined.keys() | definition.keys()
+                            if defined.get(k) != definition.get(k))
+            )  # fmt: skip
+            excluded[job.team] = {"team": job.team, "job": job.id, "differs": differs}
     scored = [
         (summary_score(job.summary or {}, metric, aggregate), team, job)
         for team, job in latest.items()
@@ -454,7 +487,7 @@ def leaderboard(db: Database, set_id: str, metric: str, aggregate: str) -> list[
                 "finished_at": job.finished_at,
             }
         )
-    return rows
+    return rows, [excluded[team] for team in sorted(excluded)]
 
 
 def remove_folder(folder: str | Path) -> None:

@@ -359,7 +359,7 @@ async def read_leaderboard(
 ) -> dict[str, Any]:
     db = database(request)
     ref_set, _ = get_set(db, set_id)
-    rows = leaderboard(db, set_id, metric, aggregate)
+    rows, excluded = leaderboard(db, ref_set, metric, aggregate, request.app.state.settings)
     for row in rows:
         row["finished_at"] = row["finished_at"].isoformat() if row["finished_at"] else None
     return {
@@ -369,4 +369,5 @@ async def read_leaderboard(
         "aggregate": aggregate,
         "better": "higher" if higher_is_better(metric) else "lower",
         "entries": rows,
+        "excluded": excluded,
     }
