@@ -96,6 +96,53 @@ def test_score_files_reads_whole_volumes_for_boundary_metrics(tmp_path: Path) ->
     )
 
 
+def _counts(row) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    return tuple(int(getattr(row, name)) for name in ("tp", "fp", "fn", "tn"))
+
+
+def test_ignore_label_leaves_region_counts_and_boundary_metrics() -> None:
+    """nnU-Net's ignore label: the voxels whose reference is it leave the region counts (they
+    were counted there while left out of the label rows) and the boundary metrics (they are
+    background in both volumes there)."""
+    tiny = score_arrays(
+        np.array([[1, 1, 2, 0]], np.uint16),
+        np.array([[1, 9, 9, 0]], np.uint16),
+        ScoringOptions(ignore_label=9, regions="A=1,2;B=1"),
+    )
+    rows = {row.region or row.label: _counts(row) for row in tiny.labels}
+    assert rows["B"] == rows[1] == (1, 0, 0, 1)  # (tp, fp, fn, tn) of label 1
+    assert rows["A"] == (1, 0, 0, 1)  # labels 1, 2 on the two voxels not ignored
+    shape, spacing = (24, 20, 16), (0.9, 1.1, 1.6)
+    pred, ref = blobs(shape, 2, 30), blobs(shape, 2, 31)
+    ref[:8] = 7  # an unannotated slab, where the prediction paints label 1 and 2
+    options = ScoringOptions(ignore_label=7, metrics="dice,hd,hd95,assd,nsd", regions="U=1,2")
+    report = score_arrays(pred, ref, options, spacing=spacing)
+    masked = np.where(ref == 7, 0, pred)
+    expected = score_arrays(masked, ref, options.replace(ignore_label=None), spacing=spacing)
+    plain = score_arrays(pred, ref, options.replace(ignore_label=None), spacing=spacing)
+
+    def rows_of(scored) -> dict:  # type: ignore[no-untyped-def, type-arg]
+        return {row.region or row.label: row for row in scored.labels if row.label != 7}
+
+    want_rows, raw_rows = rows_of(expected), rows_of(plain)
+    assert set(rows_of(report)) == {1, 2, "U"}
+    for key, got in rows_of(report).items():
+        want, raw = want_rows[key], raw_rows[key]
+        for metric in ("hd", "hd95", "assd", "nsd"):
+            assert got.metrics[metric] == want.metrics[metric], (got.label, metric)
+        assert got.metrics["hd"] != raw.metrics["hd"]  # the slab did count before
+        # and the counts of the rows, regions included, are those of the voxels kept
+        kept = ref != 7
+        members = (got.label,) if got.label is not None else (1, 2)
+        p, r = np.isin(pred[kept], members), np.isin(ref[kept], members)
+        assert _counts(got) == (
+            int((p & r).sum()),
+            int((p & ~r).sum()),
+            int((~p & r).sum()),
+            int((~p & ~r).sum()),
+        )
+
+
 def test_without_spacing_distances_are_in_voxels_and_a_note_says_so() -> None:
     pred, ref = pair(11)
     options = ScoringOptions(metrics=("hd",))

@@ -202,3 +202,16 @@ def test_unsigned_numpy_volumes_reach_torch(dtype: type) -> None:
         torch.from_numpy(torch_compatible(pred)), torch.from_numpy(torch_compatible(ref))
     )
     np.testing.assert_array_equal(result.matrix, confusion_matrix(pred, ref).matrix)
+
+
+def test_a_bool_volume_against_large_ids() -> None:
+    """A bool chunk on the cells path: its values are ids 0 and 1 (numpy would read a bool
+    index array as a mask and fail)."""
+    rng = np.random.default_rng(11)
+    pred = rng.random((9, 8, 7)) < 0.5
+    ref = rng.choice(np.array([0, 1, 300, 70000], np.uint32), size=pred.shape)
+    labels, expected = reference_matrix(pred.astype(np.int64), ref.astype(np.int64))
+    for p, r in ((pred, ref), (ref, pred)):
+        result = confusion_matrix(p, r, chunk_voxels=101)
+        np.testing.assert_array_equal(result.labels, labels)
+        np.testing.assert_array_equal(result.matrix, expected if p is pred else expected.T)

@@ -31,6 +31,7 @@ from monai_jdt.scoring.boundary import (
     volume_diagonal_mm,
 )
 from monai_jdt.scoring.errors import InvalidOptionError
+from monai_jdt.scoring.volumes import is_tensor
 
 if TYPE_CHECKING:
     from monai_jdt.scoring.confusion import ConfusionMatrix
@@ -116,6 +117,18 @@ def _merged(row: LabelScore, score: BoundaryScore | None, nsd: bool) -> LabelSco
     )
 
 
+def _without_ignored(prediction: object, reference: object, ignore_label: int) -> object:
+    """The prediction with background (0) where the reference is ``ignore_label``: the
+    unannotated voxels leave the boundary metrics as they leave the counts (they are then
+    background in both volumes for every scored label; a copy of the prediction)."""
+    if is_tensor(prediction) and is_tensor(reference):
+        import torch
+
+        zero = torch.zeros((), dtype=prediction.dtype, device=prediction.device)
+        return torch.where(reference == ignore_label, zero, prediction)
+    return np.where(np.asarray(reference) == ignore_label, 0, np.asarray(prediction))
+
+
 def with_boundary(
     report: CaseReport,
     prediction: object,
@@ -125,8 +138,11 @@ def with_boundary(
     """``report`` with the boundary metrics on its label rows and its region rows appended.
 
     ``prediction`` / ``reference`` are the label maps the matrix was counted from (numpy
-    arrays, or torch tensors on the device the boundary work runs on). The report is returned
-    as it is when neither boundary metrics nor regions are asked for.
+    arrays, or torch tensors on the device the boundary work runs on). With
+    ``options.ignore_label``, the voxels whose reference is that label leave the region
+    counts and the boundary metrics (as background in both volumes), as they leave the label
+    rows' counts. The report is returned as it is when neither boundary metrics nor regions
+    are asked for.
     """
     from monai_jdt.scoring.report import label_scores
 
@@ -136,11 +152,14 @@ def with_boundary(
     labels = [int(row.label) for row in report.labels if row.label is not None]
     scores: list[BoundaryScore | None] = [None] * (len(labels) + len(options.regions or {}))
     if wants_boundary(options):
+        if options.ignore_label is not None:
+            prediction = _without_ignored(prediction, reference, options.ignore_label)
         scores = list(_scores(prediction, reference, labels, options, report.spacing))
     nsd = "nsd" in options.metrics
     rows = [_merged(row, score, nsd) for row, score in zip(report.labels, scores, strict=False)]
     regions = list((options.regions or {}).items())
     if regions:
+        matrix = matrix.without_reference_label(options.ignore_label)  # as the label rows
         counts = np.array([matrix.union_counts(members)[:3] for _, members in regions])
         region_rows = label_scores(
             list(range(len(regions))),

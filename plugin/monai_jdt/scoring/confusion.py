@@ -67,6 +67,7 @@ _DENSE_LIMIT = 256  # labels < 256: the code fits 16 bits, a 65536-bin histogram
 _BLOCK = 2048  # voxels per all-background test
 _CELL_BINS = 1 << 16  # a chunk of at most 256 distinct labels counts its cells with bincount
 _WAITING_CELLS = 1 << 18  # chunk cells summed once more than this many wait
+_MOST_WAITING = 1 << 19  # ... or as many as the last summation kept, up to this many
 _TABLE_IDS = 1 << 20  # chunks of ids below this are numbered with a lookup table
 
 
@@ -100,17 +101,21 @@ class ConfusionMatrix:
             TooManyLabelsError: more than ``MAX_DISTINCT_LABELS`` labels or
                 ``MAX_LABEL_PAIRS`` distinct pairs.
         """
-        keep = counts > 0
-        predicted, reference, counts = predicted[keep], reference[keep], counts[keep]
+        if not counts.all():  # copies only when there are empty cells (a dense table's)
+            keep = counts > 0
+            predicted, reference, counts = predicted[keep], reference[keep], counts[keep]
         high = int(max(predicted.max(), reference.max())) if counts.size else 0
-        labels, p, r = _numbered(predicted, reference, high)
+        labels, code, r = _numbered(predicted, reference, high)
         m = max(labels.size, 1)
-        code = p * m + r
+        code *= m
+        code += r  # P * m + R, in place
+        del r
         order = np.argsort(code)
         code = code[order]
         starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]]) if code.size else code
         _check_pair_count(starts.size)
         sums = np.add.reduceat(counts[order], starts) if code.size else counts
+        del order
         code = code[starts]
         return cls(labels, code // m, code % m, sums.astype(np.int64), voxels)
 
@@ -208,9 +213,9 @@ class ConfusionAccumulator:
     ``result``. Chunks may come from memory or from a decompression stream. Chunks whose
     labels are all < 256 add to fixed 65536-bin histograms (no per-chunk bookkeeping); the
     rare chunks with larger ids add their cells (``_chunk_cells``), which are summed whenever
-    more wait than ``_WAITING_CELLS`` and than the distinct cells of the last summation (at
-    most ``MAX_LABEL_PAIRS``): each cell is summed a few times, and at most about three times
-    the distinct cells are held.
+    more wait than ``_WAITING_CELLS`` and than the distinct cells of the last summation, up
+    to ``_MOST_WAITING``: each cell is summed a few times, and a summation never takes more
+    than ``MAX_LABEL_PAIRS`` kept, ``_MOST_WAITING`` waiting and one chunk's cells.
     """
 
     def __init__(self) -> None:
@@ -252,16 +257,19 @@ class ConfusionAccumulator:
             cells = _chunk_cells(prediction, reference, high)
             self._cells.append(cells)
             self._waiting += cells[0].size
-            if self._waiting > max(_WAITING_CELLS, self._summed_size):  # amortised: geometric
+            if self._waiting > min(max(_WAITING_CELLS, self._summed_size), _MOST_WAITING):
                 summed = self._summed()
                 self._cells = [_label_cells(summed)]
                 self._summed_size, self._waiting = summed.cell_counts.size, 0
         self._voxels += prediction.size
 
     def _summed(self, *more: tuple[np.ndarray, np.ndarray, np.ndarray]) -> ConfusionMatrix:
-        parts = [*self._cells, *more]
-        columns = zip(*parts, strict=True)  # label ids P, label ids R, counts
-        predicted, reference, counts = (np.concatenate(column) for column in columns)
+        """All cells so far (and ``more``) summed; the parts are let go as they are joined."""
+        parts, self._cells = [*self._cells, *more], []
+        predicted, reference, counts = (
+            np.concatenate([part[i] for part in parts]) for i in range(3)
+        )
+        del parts
         return ConfusionMatrix.from_cells(predicted, reference, counts, self._voxels)
 
     def result(self) -> ConfusionMatrix:
@@ -367,6 +375,10 @@ def _numbered(a: np.ndarray, b: np.ndarray, high: int) -> tuple[np.ndarray, np.n
     Raises:
         TooManyLabelsError: more than ``MAX_DISTINCT_LABELS`` ids.
     """
+    if a.dtype == np.bool_:  # as ids 0 and 1, not as a mask
+        a = a.view(np.uint8)
+    if b.dtype == np.bool_:
+        b = b.view(np.uint8)
     if high < _TABLE_IDS:
         seen = np.zeros(high + 1, dtype=bool)
         seen[a] = True
