@@ -115,17 +115,20 @@ def test_ignore_label_leaves_region_counts_and_boundary_metrics() -> None:
     shape, spacing = (24, 20, 16), (0.9, 1.1, 1.6)
     pred, ref = blobs(shape, 2, 30), blobs(shape, 2, 31)
     ref[:8] = 7  # an unannotated slab, where the prediction paints label 1 and 2
-    options = ScoringOptions(ignore_label=7, metrics="dice,hd,hd95,assd,nsd", regions="U=1,2")
+    options = ScoringOptions(
+        ignore_label=7, metrics="dice,hd,hd95,assd,nsd", regions="U=1,2", include_background=True
+    )
     report = score_arrays(pred, ref, options, spacing=spacing)
-    masked = np.where(ref == 7, 0, pred)
-    expected = score_arrays(masked, ref, options.replace(ignore_label=None), spacing=spacing)
+    masked = [np.where(ref == 7, 0, volume) for volume in (pred, ref)]  # background in both
+    expected = score_arrays(*masked, options.replace(ignore_label=None), spacing=spacing)
     plain = score_arrays(pred, ref, options.replace(ignore_label=None), spacing=spacing)
 
     def rows_of(scored) -> dict:  # type: ignore[no-untyped-def, type-arg]
         return {row.region or row.label: row for row in scored.labels if row.label != 7}
 
     want_rows, raw_rows = rows_of(expected), rows_of(plain)
-    assert set(rows_of(report)) == {1, 2, "U"}
+    assert set(rows_of(report)) == {0, 1, 2, "U"}  # label 0 too: the ignored voxels are
+    # background in the reference as in the prediction, for its distances as for the others
     for key, got in rows_of(report).items():
         want, raw = want_rows[key], raw_rows[key]
         for metric in ("hd", "hd95", "assd", "nsd"):

@@ -893,16 +893,13 @@ def test_job_cases_are_held_to_the_score_limits(
         assert wait_finished(client, job["id"], TEAM_A)["progress"]["failures"] == 3
         report = client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).json()
         assert {f["code"] for f in report["failures"]} == {"job_too_large"}
-    # a case must also fit the job memory budget alone (as a request the memory budget): it
-    # ran anyway, alone, past the budget
+    # a case larger than the job memory budget (but within JDT_MAX_JOB_BYTES) runs alone: a
+    # small budget (a small container divided among its workers) must not refuse every case
     settings = make_settings(tmp_path / "3", database_url, job_memory_budget_bytes=50 * 2**20)
     with TestClient(create_app(settings)) as client:
         ref_set = create_set(client, refs)
         job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
-        assert wait_finished(client, job["id"], TEAM_A)["progress"]["failures"] == 3
-        report = client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).json()
-        assert {f["code"] for f in report["failures"]} == {"job_too_large"}
-        assert "limit of 50 MiB" in report["failures"][0]["message"]
+        assert wait_finished(client, job["id"], TEAM_A)["progress"]["failures"] == 0
 
 
 def test_archives_of_nrrd_and_mha_volumes(

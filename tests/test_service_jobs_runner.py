@@ -1,5 +1,6 @@
 """The job runner: its own failures (a bug fails the job, it is not retried forever), the
-memory window of the cases in flight, and a reference set changed while its job waited."""
+memory window of the cases in flight, dead worker processes, and a reference set changed
+while its job waited."""
 
 from __future__ import annotations
 
@@ -294,8 +295,9 @@ class _BreakingPool(ThreadPoolExecutor):
 def test_a_worker_killed_breaks_no_later_job(
     tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A dead worker process breaks the process pool: the cases on it go to a fresh pool once,
-    a case lost twice fails with worker_lost, and the others are scored."""
+    """A dead worker process breaks the process pool and every case on it: they are run again
+    on a fresh pool one at a time, alone, and only the case that breaks it then fails
+    (worker_lost); the others are scored."""
     import jdt_service.jobs_runner as jobs_runner
 
     counts: dict[str, int] = {}
@@ -365,3 +367,127 @@ def test_a_worker_killed_between_jobs_leaves_the_next_job_scored(tmp_path: Path)
         for _ in range(2):
             after = job(client)
             assert after["status"] == "done", after
+
+
+class _DelayedPool(ThreadPoolExecutor):
+    """Each case takes ``delays[case]`` seconds before it is scored."""
+
+    def __init__(self, delays: dict[str, float]) -> None:
+        super().__init__(len(delays))
+        self.delays = delays
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        def slow():  # type: ignore[no-untyped-def]
+            time.sleep(self.delays[args[0]])
+            return fn(*args, **kwargs)
+
+        return super().submit(slow)
+
+
+def test_a_case_that_ends_while_another_is_stored_is_stored_at_once(
+    tmp_path: Path, label_pair, write_nifti
+) -> None:
+    """c2 ends while c1's commit runs: it left the in-flight map then, and was only collected
+    after the slow c0 (6 s), so progress lagged and a takeover would score it again."""
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
+    job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=3)
+    db = open_database(settings.data_dir, None)
+    runner = JobRunner(db, settings)
+    pool = _DelayedPool({"c0": 4.0, "c1": 0.1, "c2": 0.3})
+    runner._executor = pool
+    start = time.monotonic()
+    stored: dict[str, float] = {}
+
+    def on_done(case: str, outcome: dict) -> bool:  # type: ignore[type-arg]
+        stored[case] = time.monotonic() - start
+        time.sleep(0.5)  # a slow commit
+        return True
+
+    try:
+        assert runner._score(job, cases, ScoringOptions(), on_done)
+    finally:
+        pool.shutdown()
+        db.dispose()
+    assert stored["c2"] < 2.0 < stored["c0"], stored
+
+
+def test_a_worker_killed_mid_case_fails_only_that_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real process pool, one worker, four cases; the worker is killed while c0 runs, then
+    again while c0 runs alone: only c0 fails (worker_lost), the cases that waited on the
+    broken pool are scored (each lost one was counted against it)."""
+    import os
+    import signal
+
+    from jdt_service.jobs_worker import CaseLimits
+
+    # c0's prediction is a FIFO, so its worker blocks reading it until killed; the runner's
+    # own estimate (which would block on it too) is not what this test is about
+    monkeypatch.setattr(CaseLimits, "memory_bytes", lambda self, *args: 0)
+
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", job_workers=1)
+    rng = np.random.default_rng(1)
+    (tmp_path / "job" / "predictions").mkdir(parents=True)
+    (tmp_path / "refs").mkdir()
+    cases = []
+    for i in range(4):
+        ref = (rng.random((40, 40, 40)) < 0.3).astype(np.uint8)
+        for folder in (tmp_path / "job" / "predictions", tmp_path / "refs"):
+            nib.save(nib.Nifti1Image(ref, np.eye(4)), folder / f"c{i}.nii.gz")
+        cases.append([f"c{i}", f"c{i}.nii.gz", f"c{i}.nii.gz"])
+    (tmp_path / "job" / "predictions" / "c0.nii.gz").unlink()
+    os.mkfifo(tmp_path / "job" / "predictions" / "c0.nii.gz")  # c0 blocks until killed
+    job = Job(id="j", folder=str(tmp_path / "job"), references_folder=str(tmp_path / "refs"))
+    db = open_database(settings.data_dir, None)
+    runner = JobRunner(db, settings)
+    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
+    kills = []
+
+    def killer() -> None:
+        for _ in range(2):
+            time.sleep(3.0)
+            pool = runner._executor
+            if pool is not None and getattr(pool, "_processes", None):
+                os.kill(next(iter(pool._processes)), signal.SIGKILL)  # type: ignore[attr-defined]
+                kills.append(time.monotonic())
+
+    threading.Thread(target=killer, daemon=True).start()
+    try:
+        held = runner._score(
+            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
+        )
+    finally:
+        runner.stop()
+        db.dispose()
+    assert held and len(kills) == 2
+    assert outcomes["c0"]["code"] == "worker_lost"
+    assert all("report" in outcomes[f"c{i}"] for i in (1, 2, 3)), outcomes
+
+
+def test_a_dask_cluster_takes_every_case_at_once_from_the_first_job(
+    tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget is the local pool's: on a Dask cluster (its client made with the executor,
+    on the first job) every case is submitted at once, the first job too."""
+    import jdt_service.jobs_runner as jobs_runner
+
+    pool = _CountingPool()
+    monkeypatch.setattr(jobs_runner, "make_executor", lambda settings: (pool, object()))
+    settings = Settings(
+        device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data",
+        job_memory_budget_bytes=100 * 2**20,
+    )  # fmt: skip
+    job, cases = _six_cases(tmp_path, label_pair, write_nifti)
+    db = open_database(settings.data_dir, None)
+    runner = JobRunner(db, settings)
+    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
+    try:
+        assert runner._score(
+            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
+        )
+    finally:
+        pool.shutdown()
+        runner._client = None  # the fake client: nothing to close
+        db.dispose()
+    assert len(outcomes) == 6 and pool.most == 6

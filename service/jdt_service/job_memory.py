@@ -87,16 +87,16 @@ def boundary_bytes(reference: VolumeInfo, options: ScoringOptions) -> int:
     coordinates, distances and the lattice search's gathers, bounded per voxel (a rough
     structure is nearly all surface): ``_BOUNDARY_VOXEL`` bytes for the voxel surface,
     ``_BOUNDARY_SURFEL`` for surfels (area weights and cell corners too), plus
-    ``_BOUNDARY_IOU`` for Boundary IoU's distance transforms of both masks, and 8 for the
-    prediction's copy without the voxels of ``ignore_label``."""
+    ``_BOUNDARY_IOU`` for Boundary IoU's distance transforms of both masks, and 16 for the
+    copies of both maps without the voxels of ``ignore_label``."""
     if not wants_boundary(options):
         return 0
     spatial = math.prod(reference.spatial_shape)
     per_voxel = _BOUNDARY_SURFEL if options.surface == "surfel" else _BOUNDARY_VOXEL
     if "boundary_iou" in options.metrics:
         per_voxel += _BOUNDARY_IOU
-    if options.ignore_label is not None:  # the prediction without the ignored voxels: a copy
-        per_voxel += 8
+    if options.ignore_label is not None:  # both maps without the ignored voxels: copies
+        per_voxel += 16
     return spatial * per_voxel
 
 

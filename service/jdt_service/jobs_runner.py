@@ -112,12 +112,7 @@ class JobRunner:
         # the cases on the pool, of any job, with their memory estimates (until each ends)
         self._flight: dict[Future[dict[str, Any]], int] = {}
         self._flight_lock = threading.Lock()
-        # a case must fit the job budget alone as a request must fit the memory budget (on a
-        # Dask cluster, whose workers have their own memory, JDT_MAX_JOB_BYTES only)
-        max_case_bytes = settings.max_job_bytes
-        if not settings.dask_scheduler:
-            max_case_bytes = min(max_case_bytes, settings.job_memory_budget)
-        self.limits = CaseLimits(max_case_bytes, settings.max_boundary_voxels)
+        self.limits = CaseLimits(settings.max_job_bytes, settings.max_boundary_voxels)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="jdt-jobs", daemon=True)
@@ -240,44 +235,54 @@ class JobRunner:
 
         On the local process pool a case is submitted only when its memory estimate
         (:meth:`CaseLimits.memory_bytes`) fits ``job_memory_budget`` with those of every case
-        in flight (of this job, or of a cancelled one still running), or when none is in
+        in flight (of this job, or of a cancelled one still running), or alone when none is in
         flight; a Dask cluster, whose workers have their own memory, takes them all at once.
-        A worker process that dies (killed, e.g. by the out-of-memory killer) breaks the pool:
-        a fresh one takes the cases that were on it, and a case lost twice fails with code
-        ``worker_lost``. Returns whether the job is still held (and the runner not stopping);
-        when not, the cases in flight are cancelled and, at shutdown, the job goes back to the
-        queue.
+        A worker process that dies (killed, e.g. by the out-of-memory killer) breaks the pool
+        and every case on it: a fresh pool takes them again one at a time, alone, so that a
+        case that breaks it once more is known, and fails with code ``worker_lost``. Returns
+        whether the job is still held (and the runner not stopping); when not, the cases in
+        flight are cancelled and, at shutdown, the job goes back to the queue.
         """
         predictions = Path(job.folder) / "predictions"
         references = Path(job.references_folder)
+        self._pool()  # the executor decides the budget: none on a Dask cluster
         budget = self.settings.job_memory_budget if self._client is None else None
         waiting = deque((case, predictions / p, references / r) for case, p, r in cases)
+        suspects: deque[tuple[str, Path, Path]] = deque()  # on a pool that broke: run alone
         needs: dict[str, int] = {}  # memory estimates, read when a case comes first in line
-        pending: dict[Future[dict[str, Any]], tuple[tuple[str, Path, Path], Executor]] = {}
-        lost: dict[str, int] = {}
+        pending: dict[Future[dict[str, Any]], tuple[tuple[str, Path, Path], Executor, bool]] = {}
+
+        def need(item: tuple[str, Path, Path]) -> int:
+            if item[0] not in needs:
+                needs[item[0]] = (
+                    0 if budget is None else self.limits.memory_bytes(item[1], item[2], options)
+                )
+            return needs[item[0]]
 
         def submit_what_fits() -> None:
+            if suspects:  # one at a time, with nothing else of this job beside it
+                if not pending:
+                    item = suspects.popleft()
+                    future, pool = self._submit(item, options, need(item))
+                    pending[future] = (item, pool, True)
+                return
             while waiting:
                 item = waiting[0]
-                if item[0] not in needs:
-                    needs[item[0]] = (
-                        0 if budget is None else self.limits.memory_bytes(item[1], item[2], options)
-                    )
-                need = needs[item[0]]
-                if budget is not None and self._flight and self._flight_bytes() + need > budget:
+                fits = self._flight_bytes() + need(item) <= budget if budget is not None else True
+                if self._flight and not fits:
                     return
                 waiting.popleft()
-                future, pool = self._submit(item, options, need)
-                pending[future] = (item, pool)
+                future, pool = self._submit(item, options, need(item))
+                pending[future] = (item, pool, False)
 
         submit_what_fits()
         held = True
         renew = self.settings.job_lease / 3
         beat = time.monotonic()  # the last heartbeat (a stored case renews it too)
-        while (pending or waiting) and held and not self._stop.is_set():
-            finished, _ = wait(
-                list(self._flight) or list(pending), timeout=renew, return_when=FIRST_COMPLETED
-            )
+        while (pending or waiting or suspects) and held and not self._stop.is_set():
+            with self._flight_lock:
+                watched = set(pending) | set(self._flight)
+            finished, _ = wait(watched, timeout=renew, return_when=FIRST_COMPLETED)
             # a case of another job that ends only frees its memory
             ours = [future for future in finished if future in pending]
             if ours:
@@ -285,19 +290,18 @@ class JobRunner:
             elif time.monotonic() - beat >= renew:
                 held, beat = self._heartbeat(job.id), time.monotonic()
             for future in ours:
-                item, pool = pending.pop(future)
+                item, pool, alone = pending.pop(future)
                 if not isinstance(future.exception(), BrokenProcessPool):
                     held = held and on_done(item[0], future.result())
                     continue
                 self._discard_pool(pool)
-                lost[item[0]] = lost.get(item[0], 0) + 1
-                if lost[item[0]] < 2:
-                    waiting.appendleft(item)  # once more, on a fresh pool
+                if not alone:
+                    suspects.append(item)  # lost with the pool: to be run again, alone
                     continue
                 outcome = {
                     "code": "worker_lost",
-                    "message": f"{item[0]}: the worker process scoring this case stopped, "
-                    "twice (killed, e.g. by the out-of-memory killer)",
+                    "message": f"{item[0]}: the worker process scoring this case stopped while "
+                    "it ran alone (killed, e.g. by the out-of-memory killer)",
                 }
                 held = held and on_done(item[0], outcome)
             if held:

@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         ge=MiB,
         description="Memory the cases of evaluation jobs scored at once on the job workers may "
         "need together, by the same estimate as a request's; a case that does not fit waits "
-        "for one to finish; a case that needs more fails with job_too_large (default: a "
+        "for one to finish, and one that needs more than all of it runs alone (default: a "
         "quarter of the memory the service may use, divided among the worker processes; not "
         "applied on a Dask cluster).",
     )

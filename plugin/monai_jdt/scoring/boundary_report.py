@@ -117,16 +117,26 @@ def _merged(row: LabelScore, score: BoundaryScore | None, nsd: bool) -> LabelSco
     )
 
 
-def _without_ignored(prediction: object, reference: object, ignore_label: int) -> object:
-    """The prediction with background (0) where the reference is ``ignore_label``: the
-    unannotated voxels leave the boundary metrics as they leave the counts (they are then
-    background in both volumes for every scored label; a copy of the prediction)."""
+def _without_ignored(
+    prediction: object, reference: object, ignore_label: int
+) -> tuple[object, object]:
+    """Both label maps with background (0) where the reference is ``ignore_label``: the
+    unannotated voxels leave the boundary metrics as they leave the counts, as background in
+    both volumes for every scored label, label 0 included (copies of both maps)."""
     if is_tensor(prediction) and is_tensor(reference):
         import torch
 
-        zero = torch.zeros((), dtype=prediction.dtype, device=prediction.device)
-        return torch.where(reference == ignore_label, zero, prediction)
-    return np.where(np.asarray(reference) == ignore_label, 0, np.asarray(prediction))
+        ignored = reference == ignore_label
+        return (
+            torch.where(
+                ignored, torch.zeros((), dtype=prediction.dtype, device=ignored.device), prediction
+            ),
+            torch.where(
+                ignored, torch.zeros((), dtype=reference.dtype, device=ignored.device), reference
+            ),
+        )
+    ignored = np.asarray(reference) == ignore_label
+    return np.where(ignored, 0, np.asarray(prediction)), np.where(ignored, 0, np.asarray(reference))
 
 
 def with_boundary(
@@ -153,7 +163,7 @@ def with_boundary(
     scores: list[BoundaryScore | None] = [None] * (len(labels) + len(options.regions or {}))
     if wants_boundary(options):
         if options.ignore_label is not None:
-            prediction = _without_ignored(prediction, reference, options.ignore_label)
+            prediction, reference = _without_ignored(prediction, reference, options.ignore_label)
         scores = list(_scores(prediction, reference, labels, options, report.spacing))
     nsd = "nsd" in options.metrics
     rows = [_merged(row, score, nsd) for row, score in zip(report.labels, scores, strict=False)]
