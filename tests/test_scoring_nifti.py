@@ -214,3 +214,40 @@ def test_complex_data_is_refused(tmp_path: Path) -> None:
     path = save(tmp_path / "c.nii", np.zeros((3, 3, 3), np.complex64))
     with pytest.raises(UnsupportedDataTypeError, match="complex64"):
         inspect_nifti(path)
+
+
+def test_a_fifo_or_a_folder_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until something writes to it: score-dir on a folder holding one
+    hung for ever. It is refused (not_nifti) from its stat, as a folder named like a volume."""
+    import os
+    import subprocess
+    import sys
+
+    preds, refs = tmp_path / "preds", tmp_path / "refs"
+    for folder in (preds, refs):
+        folder.mkdir()
+        for case in ("fine", "pipe", "dir"):
+            nib.save(
+                nib.Nifti1Image(np.eye(3, dtype=np.uint8)[None], np.eye(4)),
+                folder / f"{case}.nii.gz",
+            )
+    (preds / "pipe.nii.gz").unlink()
+    os.mkfifo(preds / "pipe.nii.gz")
+    (preds / "dir.nii.gz").unlink()
+    (preds / "dir.nii.gz").mkdir()
+    script = (
+        "from monai_jdt.scoring import score_directory; "
+        f"r = score_directory({str(preds)!r}, {str(refs)!r}, workers=2); "
+        "print(sorted((f.case_id, f.code, f.message) for f in r.failures)); "
+        "print([c.case_id for c in r.reports])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    failures, reports = done.stdout.splitlines()
+    assert reports == "['fine']"
+    assert (
+        "('dir', 'not_nifti', 'prediction dir.nii.gz: not a regular file (a folder).')" in failures
+    )
+    assert "('pipe', 'not_nifti', 'prediction pipe.nii.gz: not a regular file (a FIFO" in failures

@@ -21,6 +21,7 @@ import io
 import logging
 import math
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_TRAILER_BYTES",
     "HeaderInfo",
     "NiftiInfo",
+    "check_regular_file",
     "declared_layout",
     "file_ending",
     "inspect_nifti",
@@ -159,6 +161,25 @@ class NiftiInfo(HeaderInfo):
 
 def _name(path: str | os.PathLike[str]) -> str:
     return Path(path).name
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Refuse what is not a regular file (after links) before it is opened: opening a FIFO
+    blocks until something writes to it, and a device or a folder is no volume.
+
+    Raises:
+        NotNiftiError: no such file, or not a regular file.
+    """
+    name = _name(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise NotNiftiError(f"{name}: no such file.") from None
+    except OSError as err:
+        raise NotNiftiError(f"{name}: cannot be read ({err.strerror}).") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        raise NotNiftiError(f"{name}: not a regular file ({kind}).")
 
 
 def file_ending(name: str, endings: tuple[str, ...]) -> str | None:
@@ -466,6 +487,7 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         VolumeTooLargeError: more voxels than ``max_voxels``.
     """
     name = _name(path)
+    check_regular_file(path)
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError as err:

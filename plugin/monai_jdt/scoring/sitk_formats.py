@@ -49,6 +49,7 @@ from monai_jdt.scoring.errors import (
 from monai_jdt.scoring.nifti import (
     HeaderInfo,
     NiftiInfo,
+    check_regular_file,
     file_ending,
     inspect_nifti,
     load_nifti,
@@ -302,8 +303,7 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
     """
     file = Path(path)
     name = file.name
-    if not file.is_file():
-        raise NotNiftiError(f"{name}: no such file.")
+    check_regular_file(file)
     suffix = _suffix(file)
     sitk = _sitk(name)
     reader = sitk.ImageFileReader()
