@@ -99,6 +99,21 @@ def test_a_database_error_keeps_the_job_for_a_later_retry(
     assert after is not None and after.status == "running"  # taken over after its lease
 
 
+def _score_cases(
+    runner: JobRunner, job: Job, cases: list[list[str]]
+) -> tuple[bool, dict[str, dict]]:  # type: ignore[type-arg]
+    """``runner._score`` of the cases with default options: whether the job is still held,
+    and the outcome of each case (each must be handed over once)."""
+    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
+
+    def collect(case: str, outcome: dict) -> bool:  # type: ignore[type-arg]
+        assert case not in outcomes, f"{case} handed over twice"
+        outcomes[case] = outcome
+        return True
+
+    return runner._score(job, cases, ScoringOptions(), collect), outcomes
+
+
 class _CountingPool(ThreadPoolExecutor):
     """A thread pool that records the most cases submitted and not yet finished (each takes
     at least 0.1 s, so cases submitted together overlap)."""
@@ -152,11 +167,8 @@ def test_job_cases_in_flight_fit_the_job_memory_budget(
     runner = JobRunner(db, settings)
     pool = _CountingPool()
     runner._executor = pool
-    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
     try:
-        held = runner._score(
-            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
-        )
+        held, outcomes = _score_cases(runner, job, cases)
     finally:
         pool.shutdown()
         db.dispose()
@@ -263,11 +275,8 @@ def test_cases_of_an_earlier_job_still_running_count_against_the_budget(
         return submit(fn, *args, **kwargs)
 
     pool.submit = timed_submit  # type: ignore[method-assign]
-    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
     try:
-        held = runner._score(
-            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
-        )
+        held, outcomes = _score_cases(runner, job, cases)
     finally:
         pool.shutdown()
         db.dispose()
@@ -312,11 +321,9 @@ def test_a_worker_killed_breaks_no_later_job(
     job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=3)
     db = open_database(settings.data_dir, None)
     runner = JobRunner(db, settings)
-    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
     try:
-        assert runner._score(
-            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
-        )
+        held, outcomes = _score_cases(runner, job, cases)
+        assert held
     finally:
         for pool in pools:
             pool.shutdown()
@@ -411,20 +418,13 @@ def test_a_case_that_ends_while_another_is_stored_is_stored_at_once(
     assert stored["c2"] < 2.0 < stored["c0"], stored
 
 
-def test_a_worker_killed_mid_case_fails_only_that_case(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The real process pool, one worker, four cases; the worker is killed while c0 runs, then
-    again while c0 runs alone: only c0 fails (worker_lost), the cases that waited on the
-    broken pool are scored (each lost one was counted against it)."""
+def test_a_worker_killed_mid_case_fails_only_that_case(tmp_path: Path) -> None:
+    """The real process pool, one worker, four cases; the worker is killed while c0 (a slow
+    case: noise pairing 1024 ids in a million ways, ~3 s) runs, then again while c0 runs
+    alone on the fresh pool: only c0 fails (worker_lost); the three cases that waited on the
+    broken pool are scored (the break had counted a loss against each)."""
     import os
     import signal
-
-    from jdt_service.jobs_worker import CaseLimits
-
-    # c0's prediction is a FIFO, so its worker blocks reading it until killed; the runner's
-    # own estimate (which would block on it too) is not what this test is about
-    monkeypatch.setattr(CaseLimits, "memory_bytes", lambda self, *args: 0)
 
     settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", job_workers=1)
     rng = np.random.default_rng(1)
@@ -432,35 +432,35 @@ def test_a_worker_killed_mid_case_fails_only_that_case(
     (tmp_path / "refs").mkdir()
     cases = []
     for i in range(4):
-        ref = (rng.random((40, 40, 40)) < 0.3).astype(np.uint8)
+        side = 256 if i == 0 else 16
         for folder in (tmp_path / "job" / "predictions", tmp_path / "refs"):
-            nib.save(nib.Nifti1Image(ref, np.eye(4)), folder / f"c{i}.nii.gz")
-        cases.append([f"c{i}", f"c{i}.nii.gz", f"c{i}.nii.gz"])
-    (tmp_path / "job" / "predictions" / "c0.nii.gz").unlink()
-    os.mkfifo(tmp_path / "job" / "predictions" / "c0.nii.gz")  # c0 blocks until killed
+            volume = rng.integers(0, 1024, (side, side, side)).astype(np.uint16)
+            nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"c{i}.nii")
+        cases.append([f"c{i}", f"c{i}.nii", f"c{i}.nii"])
     job = Job(id="j", folder=str(tmp_path / "job"), references_folder=str(tmp_path / "refs"))
     db = open_database(settings.data_dir, None)
     runner = JobRunner(db, settings)
-    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
-    kills = []
+    killed: list[object] = []
 
     def killer() -> None:
-        for _ in range(2):
-            time.sleep(3.0)
+        """Twice: wait for a pool (not one killed before) with its worker up, 1.5 s more, kill."""
+        deadline = time.monotonic() + 60
+        while len(killed) < 2 and time.monotonic() < deadline:
             pool = runner._executor
-            if pool is not None and getattr(pool, "_processes", None):
-                os.kill(next(iter(pool._processes)), signal.SIGKILL)  # type: ignore[attr-defined]
-                kills.append(time.monotonic())
+            workers = getattr(pool, "_processes", None) if pool not in killed else None
+            if workers:
+                time.sleep(1.5)
+                os.kill(next(iter(workers)), signal.SIGKILL)
+                killed.append(pool)
+            time.sleep(0.05)
 
     threading.Thread(target=killer, daemon=True).start()
     try:
-        held = runner._score(
-            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
-        )
+        held, outcomes = _score_cases(runner, job, cases)
     finally:
         runner.stop()
         db.dispose()
-    assert held and len(kills) == 2
+    assert held and len(killed) == 2
     assert outcomes["c0"]["code"] == "worker_lost"
     assert all("report" in outcomes[f"c{i}"] for i in (1, 2, 3)), outcomes
 
@@ -481,11 +481,9 @@ def test_a_dask_cluster_takes_every_case_at_once_from_the_first_job(
     job, cases = _six_cases(tmp_path, label_pair, write_nifti)
     db = open_database(settings.data_dir, None)
     runner = JobRunner(db, settings)
-    outcomes: dict[str, dict] = {}  # type: ignore[type-arg]
     try:
-        assert runner._score(
-            job, cases, ScoringOptions(), lambda case, out: outcomes.setdefault(case, out) or True
-        )
+        held, outcomes = _score_cases(runner, job, cases)
+        assert held
     finally:
         pool.shutdown()
         runner._client = None  # the fake client: nothing to close
