@@ -123,8 +123,12 @@ def test_readyz_not_ready_when_cuda_is_configured_without_gpu(tmp_path: Path) ->
 def test_info_reports_version_device_and_limits(tmp_path: Path) -> None:
     from monai_jdt import __version__
 
-    with make_client(tmp_path, max_voxels=1234, max_concurrency=3, max_queue=4) as c:
+    limits = {"max_job_bytes": 3 * 2**30, "memory_budget_bytes": 5 * 2**30}
+    with make_client(tmp_path, max_voxels=1234, max_concurrency=3, max_queue=4, **limits) as c:
         body = c.get("/v1/info").json()
+    # the memory an operator sizes the container by: the budgets in force, defaults resolved
+    assert {key: body["limits"][key] for key in limits} == limits
+    assert body["limits"]["job_memory_budget_bytes"] == Settings().job_memory_budget
     assert body["version"] == __version__
     assert body["device"] == "cpu" and body["configured_device"] == "cpu"
     assert body["gpu"] is None

@@ -59,6 +59,14 @@ class Limits(BaseModel):
     max_concurrency: int = Field(description="Scoring jobs that run at once.")
     max_queue: int = Field(description="Requests that may wait for a slot before 503.")
     request_timeout_s: float
+    max_job_bytes: int = Field(description="Largest memory estimate of one case, in bytes (413).")
+    memory_budget_bytes: int = Field(
+        description="Memory the requests of this process may plan together, in bytes (503)."
+    )
+    job_memory_budget_bytes: int = Field(
+        description="Memory the evaluation-job cases in flight on this process's workers may "
+        "plan together, in bytes."
+    )
 
 
 class Info(BaseModel):

@@ -40,5 +40,8 @@ async def info(settings: SettingsDep, table: Annotated[KeyTable, Depends(key_tab
             max_concurrency=settings.max_concurrency,
             max_queue=settings.max_queue,
             request_timeout_s=settings.request_timeout,
+            max_job_bytes=settings.max_job_bytes,
+            memory_budget_bytes=settings.memory_budget,
+            job_memory_budget_bytes=settings.job_memory_budget,
         ),
     )
