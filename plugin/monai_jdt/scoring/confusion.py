@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from monai_jdt.scoring.errors import NegativeLabelError, NonIntegerLabelsError, TooManyLabelsError
+from monai_jdt.scoring.options import MAX_LABEL_ID
 from monai_jdt.scoring.volumes import check_max_label
 
 if TYPE_CHECKING:
@@ -439,14 +440,30 @@ def confusion_matrix_torch(
 ) -> ConfusionMatrix:
     """Confusion matrix of two integer label tensors on their device (e.g. CUDA), chunked.
 
-    Gives the same integer counts as ``confusion_matrix``. Only the ``[L, L]`` result leaves
-    the device.
+    Gives the same integer counts as ``confusion_matrix``. Only the non-zero cells leave the
+    device. Unsigned tensors wider than a byte (which torch cannot take the minimum of) are
+    counted as int64: exactly, since ids of 2**63 and more are refused.
+
+    Raises:
+        NonIntegerLabelsError, NegativeLabelError, LabelIdTooLargeError, TooManyLabelsError.
     """
     import torch
 
     if prediction.shape != reference.shape:
         raise ValueError(f"shapes differ: {tuple(prediction.shape)} and {tuple(reference.shape)}.")
-    flat_p, flat_r = prediction.reshape(-1), reference.reshape(-1)
+
+    def signed(flat: torch.Tensor, name: str) -> torch.Tensor:
+        if flat.dtype in (torch.uint16, torch.uint32):
+            return flat.to(torch.int64)
+        if flat.dtype == torch.uint64:
+            as_int64 = flat.view(torch.int64)
+            if as_int64.numel() and int(as_int64.min()) < 0:  # an id of 2**63 or more
+                check_max_label(MAX_LABEL_ID + 1, name)
+            return as_int64
+        return flat
+
+    flat_p = signed(prediction.reshape(-1), "prediction")
+    flat_r = signed(reference.reshape(-1), "reference")
     for name, flat in (("prediction", flat_p), ("reference", flat_r)):
         if flat.is_floating_point() or flat.is_complex():
             raise NonIntegerLabelsError(
