@@ -520,6 +520,28 @@ def test_score_a_dataset_through_the_page(
     shown = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
     assert shown == ["1", TEAM, f"{by_hd95['score']:.4f}", str(by_hd95["cases"])]
     assert by_hd95["score"] != entry["score"]
+    assert page.locator("#leaderboard-excluded").is_hidden()
+    # a newer job of the team with its own percentile does not rank (its first job does), and
+    # the page says so
+    other = httpx.post(
+        f"{server_url}/v1/jobs",
+        data={"reference_set": set_id, "percentile": "90"},
+        files={"predictions": ("p.zip", archive_bytes(preds), "application/zip")},
+        headers=team_key,
+        timeout=60,
+    ).json()
+    for _ in range(6):
+        if httpx.get(f"{server_url}/v1/jobs/{other['id']}?wait=20", headers=team_key,
+                     timeout=30).json()["status"] == "done":  # fmt: skip
+            break
+    choice.select_option("dice")
+    note = page.locator("#leaderboard-excluded")
+    note.wait_for(state="visible", timeout=10_000)
+    assert note.inner_text() == (
+        f"Not ranked (newest job scored with other options than the set's): {TEAM} (percentile)"
+    )
+    shown = page.locator("#leaderboard-table tbody tr").all_inner_texts()
+    assert len(shown) == 1 and shown[0].split("\t")[:2] == ["1", TEAM]
 
     # the downloads are the API's files
     def api_text(name: str) -> str:

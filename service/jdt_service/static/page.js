@@ -711,6 +711,13 @@
         return tr;
       }),
     );
+    // teams whose newest job was scored with other options than the set's do not rank
+    const excluded = $("leaderboard-excluded");
+    excluded.textContent = (body.excluded || []).length
+      ? "Not ranked (newest job scored with other options than the set's): " +
+        body.excluded.map((entry) => `${entry.team} (${entry.differs.join(", ")})`).join("; ")
+      : "";
+    excluded.hidden = !excluded.textContent;
     board.hidden = false;
   }
 
