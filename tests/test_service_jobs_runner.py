@@ -8,7 +8,7 @@ import io
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -44,17 +44,28 @@ def _queued_job(db, job_id: str) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def runner(tmp_path: Path) -> Iterator[JobRunner]:
-    """A runner (not started) on a fresh SQLite database holding one claimed job, ``job``."""
-    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", job_workers=1)
-    db = open_database(settings.data_dir, None)
-    runner = JobRunner(db, settings)
-    _queued_job(db, "job")
-    try:
-        yield runner
-    finally:
+def new_runner() -> Iterator[Callable[[Settings], JobRunner]]:
+    """``new_runner(settings)``: a runner (not started) on a fresh database of
+    ``settings.data_dir``; stopped and its database closed after the test."""
+    made: list[JobRunner] = []
+
+    def make(settings: Settings) -> JobRunner:
+        made.append(JobRunner(open_database(settings.data_dir, None), settings))
+        return made[-1]
+
+    yield make
+    for runner in made:
         runner.stop()
-        db.dispose()
+        runner.db.dispose()
+
+
+@pytest.fixture
+def runner(tmp_path: Path, new_runner: Callable[[Settings], JobRunner]) -> JobRunner:
+    """A runner (not started) on a fresh SQLite database holding one queued job, ``job``."""
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", job_workers=1)
+    made = new_runner(settings)
+    _queued_job(made.db, "job")
+    return made
 
 
 def test_a_bug_while_running_a_job_fails_it_with_where_it_was_raised(
@@ -144,7 +155,7 @@ class _CountingPool(ThreadPoolExecutor):
 
 @pytest.mark.parametrize(("budget_mib", "most"), [(100, 1), (100 * 1024, 6)])
 def test_job_cases_in_flight_fit_the_job_memory_budget(
-    tmp_path: Path, budget_mib: int, most: int, label_pair, write_nifti
+    tmp_path: Path, budget_mib: int, most: int, label_pair, write_nifti, new_runner
 ) -> None:
     """A uint8 case's estimate is 88 MiB: with a 100 MiB budget the cases run one at a time
     (each still runs), with a large one all six are handed to the pool at once."""
@@ -163,22 +174,20 @@ def test_job_cases_in_flight_fit_the_job_memory_budget(
         write_nifti(tmp_path / "refs" / f"c{i}.nii.gz", ref)
         cases.append([f"c{i}", f"c{i}.nii.gz", f"c{i}.nii.gz"])
     job = Job(id="j", folder=str(tmp_path / "job"), references_folder=str(tmp_path / "refs"))
-    db = open_database(settings.data_dir, None)
-    runner = JobRunner(db, settings)
+    runner = new_runner(settings)
     pool = _CountingPool()
     runner._executor = pool
     try:
         held, outcomes = _score_cases(runner, job, cases)
     finally:
         pool.shutdown()
-        db.dispose()
     assert held and sorted(outcomes) == [f"c{i}" for i in range(6)]
     assert all("report" in out for out in outcomes.values())
     assert pool.most == most
 
 
 def test_a_queued_job_on_a_set_changed_since_fails_instead_of_scoring(
-    tmp_path: Path, label_pair, write_nifti
+    tmp_path: Path, label_pair, write_nifti, new_runner
 ) -> None:
     """The folder was checked when the job was submitted; edited while the job waited, the
     job fails with what changed rather than scoring the edited files."""
@@ -190,7 +199,8 @@ def test_a_queued_job_on_a_set_changed_since_fails_instead_of_scoring(
         write_nifti(tmp_path / "job" / "predictions" / f"c{i}.nii.gz", pred)
         write_nifti(refs / f"c{i}.nii.gz", ref)
     settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", job_workers=1)
-    db = open_database(settings.data_dir, None)
+    runner = new_runner(settings)
+    db = runner.db
     with db.session.begin() as session:
         session.add(ReferenceSet(id="s", name="s", version="v", folder=str(refs)))
         session.flush()
@@ -213,17 +223,12 @@ def test_a_queued_job_on_a_set_changed_since_fails_instead_of_scoring(
             )
         )
     write_nifti(refs / "c1.nii.gz", label_pair((12, 10, 8), labels=2, seed=9)[1])  # edited
-    runner = JobRunner(db, settings)
-    try:
-        job = claim_job(db, runner.worker, lease_s=60)
-        assert job is not None
-        runner._run(job)
-        with db.session() as session:
-            after = session.get(Job, "j")
-            scored = session.scalars(select(CaseResult).where(CaseResult.job_id == "j")).all()
-    finally:
-        runner.stop()
-        db.dispose()
+    job = claim_job(db, runner.worker, lease_s=60)
+    assert job is not None
+    runner._run(job)
+    with db.session() as session:
+        after = session.get(Job, "j")
+        scored = session.scalars(select(CaseResult).where(CaseResult.job_id == "j")).all()
     assert after is not None and after.status == "failed"
     assert after.error is not None and "'c1.nii.gz' was modified" in after.error
     assert not scored
@@ -243,7 +248,7 @@ def _six_cases(tmp_path: Path, label_pair, write_nifti, n: int = 6) -> tuple[Job
 
 
 def test_cases_of_an_earlier_job_still_running_count_against_the_budget(
-    tmp_path: Path, label_pair, write_nifti
+    tmp_path: Path, label_pair, write_nifti, new_runner
 ) -> None:
     """A cancelled job's case that cannot be stopped keeps its memory until it ends: the next
     job's cases wait for it instead of starting from an empty budget."""
@@ -252,8 +257,7 @@ def test_cases_of_an_earlier_job_still_running_count_against_the_budget(
         job_memory_budget_bytes=100 * 2**20,
     )  # fmt: skip
     job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=2)
-    db = open_database(settings.data_dir, None)
-    runner = JobRunner(db, settings)
+    runner = new_runner(settings)
     pool = _CountingPool()
     runner._executor = pool
     earlier: Future[dict] = Future()  # type: ignore[type-arg]
@@ -279,7 +283,6 @@ def test_cases_of_an_earlier_job_still_running_count_against_the_budget(
         held, outcomes = _score_cases(runner, job, cases)
     finally:
         pool.shutdown()
-        db.dispose()
     assert held and sorted(outcomes) == ["c0", "c1"]
     assert ended_at and min(submitted_at) >= ended_at[0]
     assert not runner._flight
@@ -302,7 +305,7 @@ class _BreakingPool(ThreadPoolExecutor):
 
 
 def test_a_worker_killed_breaks_no_later_job(
-    tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch, new_runner
 ) -> None:
     """A dead worker process breaks the process pool and every case on it: they are run again
     on a fresh pool one at a time, alone, and only the case that breaks it then fails
@@ -319,15 +322,13 @@ def test_a_worker_killed_breaks_no_later_job(
     monkeypatch.setattr(jobs_runner, "make_executor", fresh_pool)
     settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
     job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=3)
-    db = open_database(settings.data_dir, None)
-    runner = JobRunner(db, settings)
+    runner = new_runner(settings)
     try:
         held, outcomes = _score_cases(runner, job, cases)
         assert held
     finally:
         for pool in pools:
             pool.shutdown()
-        db.dispose()
     assert counts["c1"] == 2 and len(pools) >= 2  # once more, on a fresh pool
     assert outcomes["c1"]["code"] == "worker_lost"
     assert "report" in outcomes["c0"] and "report" in outcomes["c2"]
@@ -392,14 +393,13 @@ class _DelayedPool(ThreadPoolExecutor):
 
 
 def test_a_case_that_ends_while_another_is_stored_is_stored_at_once(
-    tmp_path: Path, label_pair, write_nifti
+    tmp_path: Path, label_pair, write_nifti, new_runner
 ) -> None:
     """c2 ends while c1's commit runs: it left the in-flight map then, and was only collected
     after the slow c0 (6 s), so progress lagged and a takeover would score it again."""
     settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data")
     job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=3)
-    db = open_database(settings.data_dir, None)
-    runner = JobRunner(db, settings)
+    runner = new_runner(settings)
     pool = _DelayedPool({"c0": 4.0, "c1": 0.1, "c2": 0.3})
     runner._executor = pool
     start = time.monotonic()
@@ -414,11 +414,10 @@ def test_a_case_that_ends_while_another_is_stored_is_stored_at_once(
         assert runner._score(job, cases, ScoringOptions(), on_done)
     finally:
         pool.shutdown()
-        db.dispose()
     assert stored["c2"] < 2.0 < stored["c0"], stored
 
 
-def test_a_worker_killed_mid_case_fails_only_that_case(tmp_path: Path) -> None:
+def test_a_worker_killed_mid_case_fails_only_that_case(tmp_path: Path, new_runner) -> None:
     """The real process pool, one worker, four cases; the worker is killed while c0 (a slow
     case: noise pairing 1024 ids in a million ways, ~3 s) runs, then again while c0 runs
     alone on the fresh pool: only c0 fails (worker_lost); the three cases that waited on the
@@ -438,8 +437,7 @@ def test_a_worker_killed_mid_case_fails_only_that_case(tmp_path: Path) -> None:
             nib.save(nib.Nifti1Image(volume, np.eye(4)), folder / f"c{i}.nii")
         cases.append([f"c{i}", f"c{i}.nii", f"c{i}.nii"])
     job = Job(id="j", folder=str(tmp_path / "job"), references_folder=str(tmp_path / "refs"))
-    db = open_database(settings.data_dir, None)
-    runner = JobRunner(db, settings)
+    runner = new_runner(settings)
     killed: list[object] = []
 
     def killer() -> None:
@@ -455,18 +453,14 @@ def test_a_worker_killed_mid_case_fails_only_that_case(tmp_path: Path) -> None:
             time.sleep(0.05)
 
     threading.Thread(target=killer, daemon=True).start()
-    try:
-        held, outcomes = _score_cases(runner, job, cases)
-    finally:
-        runner.stop()
-        db.dispose()
+    held, outcomes = _score_cases(runner, job, cases)
     assert held and len(killed) == 2
     assert outcomes["c0"]["code"] == "worker_lost"
     assert all("report" in outcomes[f"c{i}"] for i in (1, 2, 3)), outcomes
 
 
 def test_a_dask_cluster_takes_every_case_at_once_from_the_first_job(
-    tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch, new_runner
 ) -> None:
     """The budget is the local pool's: on a Dask cluster (its client made with the executor,
     on the first job) every case is submitted at once, the first job too."""
@@ -479,13 +473,11 @@ def test_a_dask_cluster_takes_every_case_at_once_from_the_first_job(
         job_memory_budget_bytes=100 * 2**20,
     )  # fmt: skip
     job, cases = _six_cases(tmp_path, label_pair, write_nifti)
-    db = open_database(settings.data_dir, None)
-    runner = JobRunner(db, settings)
+    runner = new_runner(settings)
     try:
         held, outcomes = _score_cases(runner, job, cases)
         assert held
     finally:
         pool.shutdown()
         runner._client = None  # the fake client: nothing to close
-        db.dispose()
     assert len(outcomes) == 6 and pool.most == 6
