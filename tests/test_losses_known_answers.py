@@ -288,3 +288,26 @@ def test_activated_inputs_match_reference_for_soft_and_hard_targets(act, soft):
     ref = (1 - pooled[0] / (pooled[0] + 0.3 * pooled[1] + 0.7 * pooled[2])).mean()
     (want_grad,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(logits.grad, want_grad)
+
+
+@pytest.mark.parametrize("as_labels", [True, False])
+def test_default_classes_follow_the_target_not_a_soft_mask(as_labels):
+    """``classes=None`` is "present" for a hard target, also under a soft mask (``y * mask`` is
+    soft, the target is not), and "all" for a soft target."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (2, 1, 6, 5), generator=g).double()  # class 2 absent
+    onehot = torch.nn.functional.one_hot(labels[:, 0].long(), 3).movedim(-1, 1).double()
+    target, args = (labels, {"to_onehot_y": True}) if as_labels else (onehot, {})
+    mask = torch.full((2, 1, 6, 5), 0.999, dtype=torch.float64)
+
+    def loss(classes, y, m):
+        return JDTLoss(softmax=True, classes=classes, **args)(logits, y, m).item()
+
+    present, every = loss("present", target, mask), loss("all", target, mask)
+    assert present != pytest.approx(every)  # the choice shows in the value
+    assert loss(None, target, mask) == present
+    assert loss(None, target, None) == loss("present", target, None)
+    if not as_labels:
+        soft = 0.9 * onehot + 0.1 / 3
+        assert loss(None, soft, mask) == loss("all", soft, mask)

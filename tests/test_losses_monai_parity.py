@@ -199,3 +199,18 @@ def test_many_random_cases_dice_and_tversky():
         }
         _compare(DiceSemimetricLoss(**args), monai_losses.DiceLoss(**args), logits, labels)
         _compare(TverskySemimetricLoss(**args), monai_losses.TverskyLoss(**args), logits, labels)
+
+
+@pytest.mark.parametrize("soft_label", [False, True])
+@pytest.mark.parametrize("ignore_index", [0, 2, 255])
+def test_ignore_index_on_soft_multichannel_targets_matches_monai(soft_label, ignore_index):
+    """A class index on a soft ``B, C, *`` target (label smoothing) weighs each voxel by
+    ``1 - y_k`` as MONAI does; keeping only voxels where ``y_k == 0`` dropped every voxel."""
+    logits, labels = _case(11, (4, 5, 3))
+    smoothed = 0.9 * _one_hot(labels, 4) + 0.1 / 4
+    args = {"softmax": True, "ignore_index": ignore_index, "soft_label": soft_label}
+    _compare(DiceSemimetricLoss(**args), monai_losses.DiceLoss(**args), logits, smoothed)
+    _compare(TverskySemimetricLoss(**args), monai_losses.TverskyLoss(**args), logits, smoothed)
+    x = logits.clone().requires_grad_(True)
+    JDTCELoss(softmax=True, ignore_index=ignore_index)(x, smoothed).backward()
+    assert x.grad.abs().amax() > 1e-4  # both parts still see the voxels

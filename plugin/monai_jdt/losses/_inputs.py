@@ -74,6 +74,9 @@ class Prepared(NamedTuple):
             vouched for), so ``|x|_1 = sum(x)`` and ``|y|_1 = sum(y)``.
         binary_target: ``y`` holds only 0 and 1 (one-hot encoded here and masked by a 0/1
             mask, or seen by the value check); None when nobody looked (see ``is_hard``).
+        hard_target: the target holds only 0 and 1 where the keep mask is positive (a hard
+            target under a soft mask is hard, though ``y`` is not); None when nobody looked,
+            and then it is ``is_hard`` (the keep mask is 0/1).
         y_sums: ``y`` summed over the spatial axes ``[B, C']`` where the value check took the
             sums on its way (large CPU targets), else None.
     """
@@ -84,6 +87,7 @@ class Prepared(NamedTuple):
     labels: torch.Tensor | None
     nonnegative: bool
     binary_target: bool | None
+    hard_target: bool | None
     y_sums: torch.Tensor | None = None
 
 
@@ -272,19 +276,26 @@ def _check_labels(labels: torch.Tensor, n_classes: int, ignore_index: int | None
         raise ValueError(f"target labels must be {allowed}, got values such as {bad}.")
 
 
-def _ignore_mask(target: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
-    """``[B, 1, *]`` keep mask of ``ignore_index`` on the target as given (MONAI's rules).
+def _ignore_mask(
+    target: torch.Tensor, ignore_index: int | None, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """``[B, 1, *]`` keep mask of ``ignore_index`` on the target as given (MONAI's rules), of
+    ``dtype``.
 
-    Label maps: keep where the label differs. One-hot targets: an index in ``[0, C)`` drops the
-    voxels of that class; any other value drops the voxels where every channel is 0.
+    Label maps: keep where the label differs. Multi-channel targets: an index ``k`` in
+    ``[0, C)`` weighs each voxel by ``1 - target[:, k]`` (0 on that class's voxels of a one-hot
+    target; ``1 - y_k`` of a soft one, e.g. label smoothing); any other value drops the voxels
+    where every channel is 0.
     """
     if ignore_index is None:
         return None
     if target.shape[1] == 1:
-        return target != ignore_index
-    if 0 <= ignore_index < target.shape[1]:
-        return target[:, ignore_index : ignore_index + 1] == 0
-    return target.sum(dim=1, keepdim=True) > 0
+        keep = target != ignore_index
+    elif 0 <= ignore_index < target.shape[1]:
+        return 1 - target[:, ignore_index : ignore_index + 1].to(dtype)
+    else:
+        keep = target.sum(dim=1, keepdim=True) > 0
+    return keep.to(dtype)
 
 
 def one_hot(labels: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -329,11 +340,18 @@ def prepare_inputs(
         if onehot:
             _check_labels(target, n_ch, opts.ignore_index)
 
-    keep = _ignore_mask(target, opts.ignore_index)
-    if mask is not None:
-        keep = mask if keep is None else keep * mask
     dtype = _float_dtype(input)
-    keep = None if keep is None else keep.to(dtype)
+    keep = _ignore_mask(target, opts.ignore_index, dtype)
+    if mask is not None:
+        keep = (mask if keep is None else keep * mask).to(dtype)
+    # a 0/1 keep mask leaves a 0/1 target 0/1; a soft one (a soft mask, or 1 - y_k of a soft
+    # target) does not, though the target itself may be hard
+    soft_keep = (mask is not None and mask.dtype != torch.bool) or (
+        opts.ignore_index is not None
+        and target.shape[1] > 1
+        and 0 <= opts.ignore_index < target.shape[1]
+        and target.dtype != torch.bool
+    )
 
     x = _activate(input, opts)
     labels = None
@@ -357,18 +375,24 @@ def prepare_inputs(
             f"ground truth has different shape ({y.shape}) from input ({x.shape}); pass "
             "to_onehot_y=True for a B, 1, *spatial label map."
         )
+    given = y
     if keep is not None:
         x, y = x * keep, y * keep
     binary: bool | None = None  # whether y holds only 0 and 1, where known without a pass
     y_sums = None
-    if onehot and (mask is None or mask.dtype == torch.bool):
+    if onehot and not soft_keep:
         binary = True
     elif opts.check_values and not onehot:
         scan = _check_target(y)
         binary, y_sums = scan.hard, scan.sums
+    # whether the target is 0/1 where it counts: y itself, unless a soft keep mask made it soft
+    hard_target = True if onehot else binary
+    if soft_keep and not onehot and binary is not True:
+        assert keep is not None  # soft_keep implies a keep mask
+        hard_target = _softness(torch.where(keep > 0, given, 0)).hard
     # targets lie in [0, 1]: checked above, or vouched for with check_values=False
     nonnegative = opts.sigmoid or (opts.softmax and n_ch > 1)
-    return Prepared(x, y, keep, labels, nonnegative, binary, y_sums)
+    return Prepared(x, y, keep, labels, nonnegative, binary, hard_target, y_sums)
 
 
 def check_counts(px: torch.Tensor) -> None:

@@ -181,10 +181,12 @@ class DiceCESemimetricLoss(JDTCELoss):
     config swaps by its ``_target_`` alone. The Dice part is :class:`DiceSemimetricLoss` (MONAI's
     Dice form; ``squared_pred``, ``jaccard``, ``batch``, ``smooth_nr``, ``smooth_dr``,
     ``weight`` as there) with the semimetric counts: on hard labels the value and gradient are
-    those of ``DiceCELoss``, on soft labels the Dice part is 0 exactly when the prediction
-    equals the target. The cross-entropy part is MONAI's: softmax cross-entropy of the logits
-    for several channels (also with ``sigmoid=True``), binary cross-entropy with logits for one;
-    ``weight`` gives its class weights (``pos_weight`` for the binary one).
+    those of ``DiceCELoss`` for a Dice part in [0, 1] (``sigmoid`` or ``softmax``; with
+    another activation or none, ``soft_label=False`` gives MONAI's sums); on soft labels the
+    Dice part is 0 exactly when the prediction equals the target. The cross-entropy part is
+    MONAI's: softmax cross-entropy of the logits for several channels (also with
+    ``sigmoid=True``), binary cross-entropy with logits for one; ``weight`` gives its class
+    weights (``pos_weight`` for the binary one).
 
     Beyond MONAI's arguments it takes the Dice part's keyword arguments (``soft_label``,
     ``ignore_index``, ``classes``, ``aggregation``, ``sync_counts``, ``check_values``, ...);

@@ -188,8 +188,9 @@ class OverlapLoss(_Loss):
         if self.options.check_values:
             check_counts(counts.tp + counts.fp)
         classes = self.classes
-        if classes is None:  # the JDT recommendation
-            classes = "present" if hard else "all"
+        if classes is None:  # the JDT recommendation, decided on the target, not the mask
+            target_hard = prepared.hard_target
+            classes = "present" if (hard if target_hard is None else target_hard) else "all"
         if classes == "present" and hard and prepared.nonnegative:
             # a 0/1 target exceeds a threshold < 1 exactly where its sum tp + fn is positive
             # (0 <= tp <= sum(y) for a prediction in [0, 1]): no pass over the target
