@@ -4,8 +4,12 @@ what NIfTI refuses, with the same error classes."""
 
 from __future__ import annotations
 
+import gzip
+import os
+import re
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -280,6 +284,31 @@ def test_zero_spacing_is_refused_on_the_header(tmp_path: Path) -> None:
         inspect_image(path)
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_negative_spacing_is_a_flipped_axis_as_itk_reads_it(tmp_path: Path, suffix: str) -> None:
+    labels = np.zeros((6, 5, 4), np.uint8)  # X, Y, Z
+    labels[2:5, 1:4, 1:3] = 1
+    raw = labels.T.tobytes()
+    nrrd = "NRRD0004\ntype: uchar\ndimension: 3\nsizes: 6 5 4\nspacings: -0.5 1 2\n"
+    meta = "ObjectType = Image\nNDims = 3\nDimSize = 6 5 4\nElementSpacing = -0.5 1 2\n"
+    header = (
+        nrrd + "encoding: raw\n\n"
+        if suffix == ".nrrd"
+        else meta + "ElementType = MET_UCHAR\nElementDataFile = LOCAL\n"
+    )
+    path = tmp_path / f"neg{suffix}"
+    path.write_bytes(header.encode() + raw)
+    image = sitk.ReadImage(str(path))
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    info = inspect_image(path)
+    assert info.spacing == pytest.approx(image.GetSpacing()) == (0.5, 1.0, 2.0)
+    np.testing.assert_allclose(info.affine, np.diag([-1.0, -1, 1, 1]) @ lps)
+    np.testing.assert_array_equal(load_image(info), sitk.GetArrayFromImage(image).T)
+
+
 def test_service_scores_nrrd_and_mha_uploads(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
     from fastapi.testclient import TestClient
 
@@ -385,7 +414,7 @@ def test_no_spelling_or_length_of_header_hides_a_data_file(tmp_path: Path) -> No
         inspect_image(evil)
 
 
-@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\x85", "\r"])
+@pytest.mark.parametrize("separator", ["\x0b", "\x0c", "\x1c", "\r"])
 def test_a_line_break_only_python_sees_cannot_hide_a_data_file(
     tmp_path: Path, separator: str
 ) -> None:
@@ -428,3 +457,121 @@ def test_score_dir_on_threads_while_torch_is_first_imported(tmp_path: Path, pair
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split() == ["8", "0"]
+
+
+def _deflated_mha(tmp_path: Path, data: np.ndarray) -> tuple[bytes, bytes]:
+    """The header (through ``ElementDataFile = LOCAL``) and compressed stream of a ``.mha``."""
+    blob = write(tmp_path / "whole.mha", data, compress=True).read_bytes()
+    key = b"ElementDataFile = LOCAL\n"
+    start = blob.index(key) + len(key)
+    return blob[:start], blob[start:]
+
+
+def _with_size(head: bytes, size: int | None) -> bytes:
+    line = b"" if size is None else b"CompressedDataSize = %d\n" % size
+    return re.sub(rb"CompressedDataSize = \d+\n", line, head)
+
+
+def test_a_damaged_compressed_metaimage_is_refused_not_scored_from_garbage(
+    tmp_path: Path, pair
+) -> None:  # type: ignore[no-untyped-def]
+    """ITK prints "Uncompress failed" and returns uninitialised memory for these: a flipped
+    byte, no CompressedDataSize, a stream that inflates to half the image, one cut short."""
+    data = pair[1].astype(np.uint8)
+    head, stream = _deflated_mha(tmp_path, data)
+    flipped = bytearray(stream)
+    flipped[len(stream) // 2] ^= 0xFF
+    half = zlib.compress(data.T.tobytes()[: data.size // 2])
+    cases = {
+        "flipped": (head + bytes(flipped), "corrupt|does not end"),
+        "no_size": (_with_size(head, None) + stream, "CompressedDataSize"),
+        "half": (_with_size(head, len(half)) + half, f"{data.size // 2} of the {data.size}"),
+        "cut": (_with_size(head, len(stream) - 9) + stream[:-9], "does not end|corrupt"),
+    }
+    for case, (content, match) in cases.items():
+        path = tmp_path / f"{case}.mha"
+        path.write_bytes(content)
+        with pytest.raises(CorruptFileError, match=match):
+            load_image(inspect_image(path))
+        with pytest.raises(CorruptFileError):
+            score_files(path, write(tmp_path / "ref.nii.gz", data), ScoringOptions())
+
+
+def test_compressed_metaimage_streams_itk_reads_are_read(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    """What ITK decodes right still reads to SimpleITK's values: a gzip wrapper, bytes after
+    the stream, a detached ``.zraw`` without CompressedDataSize or after a HeaderSize."""
+    data = pair[0].astype(np.uint8)
+    head, stream = _deflated_mha(tmp_path, data)
+    gz = gzip.compress(data.T.tobytes())
+    (tmp_path / "gz.mha").write_bytes(_with_size(head, len(gz)) + gz)
+    (tmp_path / "tail.mha").write_bytes(_with_size(head, len(stream) + 7) + stream + bytes(7))
+    mhd = write(tmp_path / "d.mhd", data, compress=True)
+    text = mhd.read_text()
+    (tmp_path / "nosize.mhd").write_text(re.sub(r"CompressedDataSize = \d+\n", "", text))
+    skipped = text.replace("CompressedData =", "HeaderSize = 5\nCompressedData =")
+    (tmp_path / "skip.mhd").write_text(skipped.replace("d.zraw", "skip.zraw"))
+    (tmp_path / "skip.zraw").write_bytes(b"12345" + (tmp_path / "d.zraw").read_bytes())
+    for name in ("gz.mha", "tail.mha", "nosize.mhd", "skip.mhd"):
+        path = tmp_path / name
+        want = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T
+        got = load_image(inspect_image(path))
+        np.testing.assert_array_equal(got, data)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_fifo_as_data_file_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    """A detached header whose data file is a FIFO would block the reader for ever."""
+    data = np.zeros((4, 4, 4), np.uint8)
+    head = write(tmp_path / "n.nrrd", data, compress=False).read_bytes().split(b"\n\n", 1)[0]
+    head = re.sub(rb"encoding: \w+", b"encoding: ascii", head)
+    (tmp_path / "n.nhdr").write_bytes(head + b"\ndata file: pipe.txt\n")
+    os.mkfifo(tmp_path / "pipe.txt")
+    command = (
+        "import sys; from monai_jdt.scoring.sitk_formats import inspect_image, load_image\n"
+        "from monai_jdt.scoring import CorruptFileError\n"
+        "try:\n    load_image(inspect_image(sys.argv[1]))\n"
+        "except CorruptFileError as err:\n    print(err.code, err)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", command, str(tmp_path / "n.nhdr")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.startswith("corrupt_file n.nhdr: its data file pipe.txt: not a regular"), (
+        done.stdout + done.stderr
+    )
+
+
+def test_crlf_and_utf8_headers_are_read_as_simpleitk_reads_them(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    data = pair[0].astype(np.uint8)
+    for suffix in (".nrrd", ".mha"):
+        blob = write(tmp_path / f"n{suffix}", data, compress=False).read_bytes()
+        split = b"\n\n" if suffix == ".nrrd" else b"ElementDataFile = LOCAL\n"
+        head, body = blob.split(split, 1)
+        comment = "# Kovač – reader" if suffix == ".nrrd" else "Comment = Kovač – reader"
+        head = head.replace(b"\n", b"\r\n") + b"\r\n" + comment.encode("utf-8")
+        end = b"\r\n\r\n" if suffix == ".nrrd" else b"\r\nElementDataFile = LOCAL\r\n"
+        path = tmp_path / f"crlf{suffix}"
+        path.write_bytes(head + end + body)
+        want = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T
+        np.testing.assert_array_equal(want, data)  # the file is valid for ITK
+        np.testing.assert_array_equal(load_image(inspect_image(path)), data)
+
+
+def test_a_text_metaimage_is_read_as_simpleitk_reads_it(tmp_path: Path) -> None:
+    """``BinaryData = False``: the values are text, shorter than their binary size."""
+    labels = np.zeros((6, 5, 4), np.int32)  # X, Y, Z
+    labels[2:5, 1:4, 1:3] = 1
+    labels[0, 0, 0] = 2
+    header = (
+        "ObjectType = Image\nNDims = 3\nDimSize = 6 5 4\nElementType = MET_INT\n"
+        "BinaryData = False\nElementDataFile = LOCAL\n"
+    )
+    values = " ".join(str(v) for v in labels.T.reshape(-1))
+    path = tmp_path / "text.mha"
+    path.write_text(header + values + "\n")
+    assert len(values) < labels.nbytes
+    want = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T
+    np.testing.assert_array_equal(want, labels)
+    np.testing.assert_array_equal(load_image(inspect_image(path)), labels)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -172,6 +173,11 @@ class _Storage:
     data_file: str | None  # a separate data file, None when the data follows the header
     header_bytes: int | None  # the header's length when the data follows it (None: unknown)
     ratio: int | None  # most bytes one stored byte decodes to (None: no bound known)
+    #: a compressed MetaImage (zlib), its ``CompressedDataSize`` and ``HeaderSize`` (None:
+    #: not given)
+    deflated: bool = False
+    compressed_size: int | None = None
+    skip: int | None = None
 
 
 #: a line naming the data's location, matched more loosely than the readers do (any case,
@@ -179,8 +185,10 @@ class _Storage:
 _NRRD_DATA_FILE = re.compile(r"^\s*data\s*file\s*:(.*)$", re.IGNORECASE)
 _META_DATA_FILE = re.compile(r"^\s*ElementDataFile\s*[=:](.*)$", re.IGNORECASE)
 #: what no header line may hold: readers split and trim lines at different characters (a
-#: lone CR, vertical tab, form feed, ...), so a header holding one could be read otherwise
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\r(?!\n)")
+#: lone CR, vertical tab, form feed, ...), so a header holding one could be read otherwise.
+#: CR LF line ends pass, and so do bytes from 0x80 (UTF-8 text such as a name in a comment:
+#: the C readers split lines at ASCII characters only, and these lines are split at LF)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 
 
 def _header_lines(text: str, suffix: str) -> tuple[list[str], int | None, bool]:
@@ -244,14 +252,38 @@ def _storage(text: str, suffix: str, name: str) -> _Storage:
         encoding = re.search(r"^\s*encoding\s*:\s*(\S+)", fields, re.MULTILINE | re.IGNORECASE)
         name_of = encoding.group(1).lower() if encoding else "raw"
         ratio = {"raw": 1, "gzip": _DEFLATE_MAX_RATIO, "gz": _DEFLATE_MAX_RATIO}.get(name_of)
+        meta: tuple[bool, int | None, int | None] = (False, None, None)
     else:
-        compressed = re.search(
-            r"^\s*CompressedData\s*[=:]\s*True", fields, re.MULTILINE | re.IGNORECASE
+        flags = re.MULTILINE | re.IGNORECASE
+        compressed = re.search(r"^\s*CompressedData\s*[=:]\s*True", fields, flags) is not None
+        in_text = re.search(r"^\s*BinaryData\s*[=:]\s*False", fields, flags) is not None
+        ratio = None if in_text else _DEFLATE_MAX_RATIO if compressed else 1  # text: no bound
+        meta = (
+            compressed and not in_text,
+            _meta_int(fields, "CompressedDataSize", name),
+            _meta_int(fields, "HeaderSize", name),
         )
-        ratio = _DEFLATE_MAX_RATIO if compressed else 1
     if found and (nrrd or found[0].upper() != "LOCAL"):
-        return _Storage(found[0], None, ratio)
-    return _Storage(None, header_bytes, ratio)
+        return _Storage(found[0], None, ratio, *meta)
+    return _Storage(None, header_bytes, ratio, *meta)
+
+
+def _meta_int(fields: str, key: str, name: str) -> int | None:
+    """The integer value of a MetaImage header key (matched loosely, as ``_storage`` does), or
+    None when the header has no such line.
+
+    Raises:
+        CorruptFileError: the key is given twice or its value is not an integer.
+    """
+    pattern = rf"^\s*{key}\s*[=:](.*)$"
+    values = [v.strip() for v in re.findall(pattern, fields, re.MULTILINE | re.IGNORECASE)]
+    if not values:
+        return None
+    if len(values) > 1 or not re.fullmatch(r"-?\d+", values[0]):
+        raise CorruptFileError(
+            f"{name}: the MetaImage header's {key} is {' / '.join(values)!r}; expected one integer."
+        )
+    return int(values[0])
 
 
 def _check_storage(file: Path, storage: _Storage, suffix: str) -> int | None:
@@ -283,7 +315,13 @@ def _check_storage(file: Path, storage: _Storage, suffix: str) -> int | None:
             "patterns and paths are not read)."
         )
     data_path = file.parent / data_name
-    return data_path.stat().st_size if data_path.is_file() else 0
+    if not data_path.exists():
+        return 0
+    try:
+        check_regular_file(data_path)  # a FIFO would block the reader for ever
+    except NotNiftiError as err:
+        raise CorruptFileError(f"{name}: its data file {err.message}") from None
+    return data_path.stat().st_size
 
 
 def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -> ImageInfo:
@@ -293,7 +331,7 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
         NotNiftiError: missing file, SimpleITK not installed, or a file its reader cannot
             read as its format (the ending decides: ``.nrrd``/``.nhdr`` NRRD, ``.mha``/``.mhd``
             MetaImage).
-        CorruptFileError: an empty shape, a spacing that is not positive and finite, less
+        CorruptFileError: an empty shape, a spacing of 0 or not finite, less
             data on disk than the header declares, a header longer than 64 KiB or naming its
             data file twice, or a data file that is not one plain name next to a ``.nhdr`` /
             ``.mhd`` header (``.nrrd`` / ``.mha`` hold their data); all checked before the
@@ -350,8 +388,8 @@ def inspect_image(path: str | os.PathLike[str], max_voxels: int | None = None) -
     )
     if spacing is None:  # ITK refuses to build such an image: say so before reading
         raise CorruptFileError(
-            f"{name}: the header's spacing {tuple(reader.GetSpacing())} is not positive and "
-            "finite; the image cannot be read."
+            f"{name}: the header's spacing {tuple(reader.GetSpacing())} is 0 or not finite; "
+            "the image cannot be read."
         )
     finite = bool(np.isfinite(affine).all())
     problem = None if finite else "the header's origin or direction is not finite"
@@ -371,14 +409,17 @@ def _geometry(
     direction: tuple[float, ...], origin: tuple[float, ...], spacing: tuple[float, ...], ndim: int
 ) -> tuple[np.ndarray, tuple[float, ...] | None]:
     """The RAS affine ``diag(-1, -1, 1, 1) @ [[D diag(s), o], [0, 1]]`` of the first (up to)
-    three axes, and the spacing of those axes (None unless all are positive and finite)."""
+    three axes, and the spacing of those axes, ``|s|`` (None unless all are finite and not 0).
+
+    A negative spacing is a flipped axis: ITK reads it as spacing ``|s|`` along ``-D``'s
+    column, the same affine."""
     n = min(ndim, 3)
     cosines = np.asarray(direction, dtype=np.float64).reshape(ndim, ndim)[:n, :n]
     steps = np.asarray(spacing[:n], dtype=np.float64)
     lps = np.eye(4)
     lps[:n, :n] = cosines * steps  # column j: axis j's direction times its spacing
     lps[:n, 3] = np.asarray(origin[:n], dtype=np.float64)
-    spatial = tuple(float(s) for s in steps)
+    spatial = tuple(abs(float(s)) for s in steps)
     valid = all(math.isfinite(s) and s > 0 for s in spatial)
     return LPS_TO_RAS @ lps, spatial if valid else None
 
@@ -389,14 +430,92 @@ def _first_line(err: BaseException) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+#: bytes of a compressed stream read (and inflated, then dropped) at a time
+_INFLATE_CHUNK = 1 << 20
+
+
+def _check_deflated(info: ImageInfo) -> None:
+    """A compressed MetaImage's data must inflate, to its end, to exactly the bytes its header
+    declares: ITK does not raise on a corrupt or short stream, it prints "Uncompress failed"
+    (or nothing) and returns uninitialised memory, which would be scored.
+
+    The stream is where ITK reads it: after the header, ``CompressedDataSize`` bytes (which a
+    ``.mha`` holding its data must give), or in the ``.mhd``'s data file after ``HeaderSize``
+    bytes, ``CompressedDataSize`` of them or the rest of the file. zlib and gzip wrappers are
+    accepted, as ITK accepts both. The stream is inflated once here and dropped, chunk by
+    chunk, so the check holds at most ``_INFLATE_CHUNK`` bytes of output at a time.
+
+    Raises:
+        CorruptFileError: no ``CompressedDataSize`` for data after the header, a negative
+            ``HeaderSize``, a stream that is shorter than declared, corrupt, ends early, or
+            inflates to more or fewer bytes than ``info.shape`` and ``info.dtype`` declare.
+    """
+    file = Path(info.path)
+    name = file.name
+    storage = _storage(_header_text(file), _suffix(file), name)
+    if not storage.deflated:
+        return
+    size, skip = storage.compressed_size, storage.skip or 0
+    if storage.data_file is None:
+        data, start = file, storage.header_bytes or 0
+        if size is None:
+            raise CorruptFileError(
+                f"{name}: the compressed MetaImage holds its data but its header gives no "
+                "CompressedDataSize; ITK cannot tell where the stream ends."
+            )
+    else:
+        data, start = file.parent / storage.data_file, skip
+        if skip < 0:
+            raise CorruptFileError(
+                f"{name}: HeaderSize {skip} (data at the end of the file) with compressed data; "
+                "the stream's start is unknown."
+            )
+    expected = info.voxels * info.dtype.itemsize
+    inflater = zlib.decompressobj(47)  # 32 + 15: a zlib or a gzip header, as ITK takes
+    produced = 0
+    try:
+        with open(data, "rb") as handle:
+            handle.seek(start)
+            left = size if size is not None else os.fstat(handle.fileno()).st_size - start
+            while left > 0 and not inflater.eof and produced <= expected:
+                pending = handle.read(min(left, _INFLATE_CHUNK))
+                if not pending:
+                    break
+                left -= len(pending)
+                while not inflater.eof and produced <= expected:
+                    out = inflater.decompress(pending, _INFLATE_CHUNK)
+                    produced += len(out)
+                    pending = inflater.unconsumed_tail
+                    if not pending and len(out) < _INFLATE_CHUNK:
+                        break  # this input is used up and nothing more is held back
+    except zlib.error as err:
+        raise CorruptFileError(
+            f"{name}: the compressed data is corrupt ({err}); ITK would return garbage."
+        ) from None
+    except OSError as err:
+        raise CorruptFileError(f"{name}: the data cannot be read ({err.strerror}).") from None
+    if produced > expected or not inflater.eof or produced < expected:
+        found = (
+            f"more than the {expected} bytes its header declares"
+            if produced > expected
+            else f"{produced} of the {expected} bytes its header declares"
+            + ("" if inflater.eof else ", and the stream does not end")
+        )
+        raise CorruptFileError(f"{name}: the compressed data inflates to {found}.")
+
+
 def load_image(info: ImageInfo) -> np.ndarray:
     """The voxels of an inspected file, shape ``info.shape`` (NIfTI axis order), native byte
     order.
 
-    Raises ``CorruptFileError`` when the data cannot be read (truncated, corrupt stream).
+    Raises:
+        CorruptFileError: the data cannot be read (truncated, a corrupt stream; a compressed
+            MetaImage's stream is checked first, see ``_check_deflated``).
     """
     name = Path(info.path).name
     sitk = _sitk(name)
+    if _IMAGE_IO[_suffix(info.path)] == "MetaImageIO":
+        _check_deflated(info)
     reader = sitk.ImageFileReader()
     reader.SetImageIO(_IMAGE_IO[_suffix(info.path)])
     reader.SetFileName(str(info.path))
