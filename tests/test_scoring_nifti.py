@@ -251,3 +251,107 @@ def test_a_fifo_or_a_folder_is_refused_before_it_is_opened(tmp_path: Path) -> No
         "('dir', 'not_nifti', 'prediction dir.nii.gz: not a regular file (a folder).')" in failures
     )
     assert "('pipe', 'not_nifti', 'prediction pipe.nii.gz: not a regular file (a FIFO" in failures
+
+
+BOUNDARY = ScoringOptions(metrics=("dice", "hd", "nsd"), nsd_tolerance=1.0)
+
+
+def _boundary_values(report) -> list[tuple[int, float | None, float | None]]:  # type: ignore[no-untyped-def]
+    return [(row.label, row.metrics["hd"], row.metrics["nsd"]) for row in report.labels]
+
+
+def _raw_nifti(path: Path, data: np.ndarray, edit) -> Path:  # type: ignore[no-untyped-def]
+    """Write ``data`` with a header that ``edit(header)`` changes after nibabel set it up."""
+    image = nib.Nifti1Image(data, AFFINE)
+    image.header.set_xyzt_units("mm")
+    edit(image.header)
+    image.header["vox_offset"] = 352
+    path.write_bytes(image.header.binaryblock + b"\0" * 4 + np.asarray(data).tobytes("F"))
+    return path
+
+
+def test_negative_pixdim_is_a_voxel_size_not_voxel_units(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    """A negative pixdim (a flipped axis) is its magnitude, as nibabel reads it; it made
+    every boundary distance fall back to voxel units."""
+    pred, ref = (a.astype(np.uint8) for a in pair)
+
+    def flip_x(header: nib.Nifti1Header) -> None:
+        header["pixdim"][1] = -0.8
+
+    files = [_raw_nifti(tmp_path / f"{n}.nii", a, flip_x) for n, a in (("p", pred), ("r", ref))]
+    assert nib.load(files[1]).header.get_zooms() == pytest.approx((0.8, 0.9, 2.5))
+    report = score_files(*files, BOUNDARY)
+    assert report.spacing == (0.8, 0.9, 2.5)
+    want = score_arrays(pred.T, ref.T, BOUNDARY, spacing=(2.5, 0.9, 0.8))
+    assert _boundary_values(report) == _boundary_values(want)
+    assert not any("in voxels" in note for note in report.notes)
+
+
+def test_an_sform_with_a_stale_pixdim_gives_the_sizes_and_says_so(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    """A tool that rewrote only the sform left pixdim at 1 mm: the sform is the geometry the
+    affines are compared in (and ITK's and MONAI's voxel sizes), so distances use it."""
+    pred, ref = (a.astype(np.uint8) for a in pair)
+
+    def stale(header: nib.Nifti1Header) -> None:
+        header.set_qform(None, code=0)
+        header.set_sform(AFFINE, code=2)
+        header["pixdim"][1:4] = 1.0
+
+    files = [_raw_nifti(tmp_path / f"{n}.nii", a, stale) for n, a in (("p", pred), ("r", ref))]
+    report = score_files(*files, BOUNDARY)
+    assert report.spacing == (0.8, 0.9, 2.5)
+    want = score_arrays(pred.T, ref.T, BOUNDARY, spacing=(2.5, 0.9, 0.8))
+    assert _boundary_values(report) == _boundary_values(want)
+    assert report.labels[0].reference_ml == pytest.approx(
+        np.count_nonzero(ref == report.labels[0].label) * 0.8 * 0.9 * 2.5 / 1000
+    )
+    assert any(
+        "reference r.nii: pixdim gives voxel sizes 1 x 1 x 1 mm but the sform's voxel sizes "
+        "are 0.8 x 0.9 x 2.5 mm" in warning
+        for warning in report.warnings
+    ), report.warnings
+    consistent = [save(tmp_path / f"{n}.nii.gz", a) for n, a in (("p", pred), ("r", ref))]
+    assert score_files(*consistent, BOUNDARY).warnings == ()
+
+
+def test_a_tolerance_of_one_voxel_holds_a_neighbour_one_voxel_away(tmp_path: Path) -> None:
+    """0.8 is stored as float32 0.800000011920929; read as that, a surface one voxel (0.8 mm)
+    away was outside a 0.8 mm tolerance."""
+    ref = np.zeros((12, 12, 12), np.uint8)
+    ref[3:9, 3:9, 3:9] = 1
+    pred = np.roll(ref, 1, axis=1)  # one voxel along y
+    affine = np.diag([1.0, 0.8, 2.0, 1.0])
+    files = [save(tmp_path / f"{n}.nii.gz", a, affine) for n, a in (("p", pred), ("r", ref))]
+    options = ScoringOptions(metrics=("nsd",), nsd_tolerance=0.8)
+    assert float(np.float32(0.8)) > 0.8  # the trap this test is about
+    exact = score_arrays(pred.T, ref.T, options, spacing=(2.0, 0.8, 1.0))
+    assert exact.labels[0].metrics["nsd"] == 1.0
+    assert score_files(*files, options).labels[0].metrics["nsd"] == 1.0
+
+
+def test_the_affine_is_in_mm_whatever_the_header_units(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    """The same grid with its header in metres, microns and mm: one affine in mm, so the pair
+    passes the affine check (and mm spacing), as SimpleITK converts it."""
+    pred, ref = (a.astype(np.uint8) for a in pair)
+    in_mm = save(tmp_path / "r.nii.gz", ref)
+    for unit, scale in (("meter", 1e-3), ("micron", 1e3)):
+        image = nib.Nifti1Image(pred, np.diag([*(np.diag(AFFINE)[:3] * scale), 1.0]))
+        image.header.set_xyzt_units(unit)
+        path = tmp_path / f"p_{unit}.nii.gz"
+        nib.save(image, path)
+        info = inspect_volume(path)
+        np.testing.assert_allclose(info.affine, AFFINE, rtol=1e-6)
+        assert info.spacing == pytest.approx((0.8, 0.9, 2.5), rel=1e-6)
+        report = score_files(path, in_mm)  # no affine_mismatch
+        assert report.labels[0].metrics["dice"] is not None
+
+
+def test_a_2d_image_has_no_volume_in_ml(tmp_path: Path) -> None:
+    ref = np.zeros((10, 8), np.uint8)
+    ref[2:6, 2:6] = 1
+    files = [save(tmp_path / f"{n}.nii.gz", ref, np.diag([2.0, 2.0, 5.0, 1.0])) for n in "pr"]
+    report = score_files(*files)
+    assert report.spacing == (2.0, 2.0)
+    row = report.labels[0]
+    assert (row.predicted_ml, row.reference_ml, report.voxel_ml) == (None, None, None)
+    assert row.reference_voxels == 16

@@ -23,7 +23,7 @@ from monai_jdt.scoring.errors import (
     VolumeTooLargeError,
 )
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions, resolve_device
-from monai_jdt.scoring.report import CaseReport, label_scores, label_warnings
+from monai_jdt.scoring.report import CaseReport, label_scores, label_warnings, voxel_ml
 from monai_jdt.scoring.volumes import (
     as_volume,
     check_probabilities,
@@ -114,8 +114,7 @@ def report_from_confusion(
         (int(x) for x in matrix.labels), predicted, options
     )
     counts = _confusion_counts(matrix, labels)
-    voxel_ml = None if spacing is None else float(np.prod(spacing)) / 1000.0
-    rows = label_scores(labels, counts, matrix.voxels, requested, options, voxel_ml, True)
+    rows = label_scores(labels, counts, matrix.voxels, requested, options, voxel_ml(spacing), True)
     return CaseReport(
         case_id=case_id,
         kind="labels",
@@ -273,14 +272,13 @@ def _score_probabilities(
         channels = labels
     device = resolve_device(options.device, prefer_cuda=True)
     counts = soft_case_counts(pred, reference, labels, channels, device)
-    voxel_ml = None if spacing is None else float(np.prod(spacing)) / 1000.0
     rows = label_scores(
         labels,
         SoftCounts(*(torch.from_numpy(c) for c in (counts.tp, counts.fp, counts.fn))),
         counts.voxels,
         requested,
         options,
-        voxel_ml,
+        voxel_ml(spacing),
         False,
     )
     return CaseReport(

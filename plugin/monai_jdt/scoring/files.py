@@ -276,22 +276,29 @@ def score_files(
             started=started,
         )
         # regions' counts come from the matrix (boundary metrics never stream: needs_arrays)
-        return with_boundary(report, None, None, matrix)
-    # Fortran-ordered (X, Y, Z[, C]) data transposed is C-ordered (C, Z, Y, X): channel-first
-    # and contiguous. Scores do not depend on the order of the spatial axes as long as both
-    # volumes share it; the report gives the file's own shape and spacing.
-    pred_data = _squeeze_extra(load_volume(pred)).T
-    ref_data = _squeeze_extra(load_volume(ref)).T
-    report = score_arrays(
-        pred_data,
-        ref_data,
-        options,
-        spacing=None if spacing is None else spacing[::-1],
-        case_id=case_id,
+        report = with_boundary(report, None, None, matrix)
+    else:
+        # Fortran-ordered (X, Y, Z[, C]) data transposed is C-ordered (C, Z, Y, X):
+        # channel-first and contiguous. Scores do not depend on the order of the spatial axes
+        # as long as both volumes share it; the report gives the file's own shape and spacing.
+        pred_data = _squeeze_extra(load_volume(pred)).T
+        ref_data = _squeeze_extra(load_volume(ref)).T
+        report = score_arrays(
+            pred_data,
+            ref_data,
+            options,
+            spacing=None if spacing is None else spacing[::-1],
+            case_id=case_id,
+        )
+        report = dataclasses.replace(
+            report, shape=ref_spatial, spacing=spacing, seconds=time.perf_counter() - started
+        )
+    notes = tuple(
+        f"{role} {Path(info.path).name}: {info.spacing_note}"
+        for role, info in (("prediction", pred), ("reference", ref))
+        if info.spacing_note is not None
     )
-    return dataclasses.replace(
-        report, shape=ref_spatial, spacing=spacing, seconds=time.perf_counter() - started
-    )
+    return dataclasses.replace(report, warnings=report.warnings + notes) if notes else report
 
 
 def _squeeze_extra(data: np.ndarray) -> np.ndarray:

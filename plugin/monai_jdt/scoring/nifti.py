@@ -25,7 +25,7 @@ import stat
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
@@ -112,6 +112,9 @@ class HeaderInfo:
     voxels: int
     affine: np.ndarray
     spacing: tuple[float, ...] | None
+    #: what a reader of the scores should know about where ``spacing`` came from (e.g. a
+    #: NIfTI sform whose voxel sizes differ from pixdim), or None
+    spacing_note: str | None = field(default=None, kw_only=True)
 
     @property
     def data_bytes(self) -> int:
@@ -133,10 +136,11 @@ class NiftiInfo(HeaderInfo):
         shape: the data shape as stored, e.g. ``(X, Y, Z)`` or ``(X, Y, Z, C)``.
         dtype: the stored dtype, with its byte order.
         voxels: ``prod(shape)``.
-        affine: ``[4, 4]`` voxel-to-world matrix (sform, else qform), in mm; NaN when the
-            header gives none that is valid (then ``affine_problem`` says why).
-        spacing: voxel size in mm along the (up to 3) spatial axes, or None when the header
-            gives none that is positive and finite.
+        affine: ``[4, 4]`` voxel-to-world matrix (sform, else qform: nibabel's ``img.affine``)
+            converted from the header's ``xyzt_units`` to mm; NaN when the header gives none
+            that is valid (then ``affine_problem`` says why).
+        spacing: voxel size in mm along the (up to 3) spatial axes (see ``_spacing``), or
+            None when the header gives none that is finite and not 0.
         is_gzip: the file is gzip-compressed.
         offset: where the data starts in the (inflated) stream, in bytes.
         slope, inter: the scaling ``value = stored * slope + inter`` (1 and 0 when none; as
@@ -525,9 +529,10 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         )
     slope, inter = _scaling(header, name)
     unit = _UNIT_TO_MM.get(int(header["xyzt_units"]) % 8, 1.0)
-    zooms = tuple(float(z) * unit for z in header["pixdim"][1 : 1 + min(3, len(shape))])
-    spacing = zooms if all(math.isfinite(z) and z > 0 for z in zooms) else None
-    affine, affine_problem = _affine(_as_nibabel_loads(header, name))
+    repaired = _as_nibabel_loads(header, name)
+    affine, affine_problem = _affine(repaired)
+    affine[:3] *= unit
+    spacing, spacing_note = _spacing(header, repaired, affine, affine_problem, len(shape), unit)
     return NiftiInfo(
         path=str(path),
         shape=shape,
@@ -541,7 +546,54 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
         inter=inter,
         version=_version(header),
         affine_problem=affine_problem,
+        spacing_note=spacing_note,
     )
+
+
+def _header_float(value: float) -> float:
+    """A float32 header value as the decimal it was written from (``0.8``, not
+    ``0.800000011920929``), so that a tolerance of one voxel (0.8 mm) holds a neighbour at one
+    voxel's distance."""
+    return float(str(np.float32(value)))
+
+
+def _spacing(
+    header: nib.Nifti1Header,
+    repaired: nib.Nifti1Header,
+    affine: np.ndarray,
+    affine_problem: str | None,
+    ndim: int,
+    unit: float,
+) -> tuple[tuple[float, ...] | None, str | None]:
+    """The voxel sizes in mm of the (up to 3) spatial axes, and a note when they are not
+    pixdim's.
+
+    ``|pixdim|`` in the header's units (a negative size is a flipped axis, whose direction the
+    qfac or the affine carries: nibabel reads it so), unless the header's affine is its sform
+    and the sform's column norms differ from those (a tool that rewrote only the sform): the
+    sform is the geometry the affines are compared in, and ITK and MONAI take their voxel
+    sizes from it. None when neither gives sizes that are finite and not 0 (then distances
+    are in voxels).
+    """
+    n = min(3, ndim)
+    sizes = tuple(_header_float(abs(float(z))) * unit for z in header["pixdim"][1 : 1 + n])
+    spacing = sizes if all(math.isfinite(z) and z > 0 for z in sizes) else None
+    if affine_problem is not None or int(repaired["sform_code"]) <= 0:
+        return spacing, None
+    norms = tuple(_header_float(z) for z in np.linalg.norm(affine[:3, :n], axis=0))
+    if not all(math.isfinite(z) and z > 0 for z in norms):
+        return spacing, None
+    if spacing is not None and np.allclose(norms, spacing, rtol=1e-4, atol=0.0):
+        return spacing, None
+    given = "no valid sizes" if spacing is None else "voxel sizes " + _sizes(spacing)
+    return norms, (
+        f"pixdim gives {given} but the sform's voxel sizes are {_sizes(norms)}; distances "
+        "and volumes use the sform's"
+    )
+
+
+def _sizes(values: tuple[float, ...]) -> str:
+    return " x ".join(f"{v:g}" for v in values) + " mm"
 
 
 def iter_voxel_chunks(info: NiftiInfo, chunk_voxels: int) -> Iterator[np.ndarray]:

@@ -44,6 +44,7 @@ __all__ = [
     "label_warnings",
     "metric_weights",
     "report_json_schema",
+    "voxel_ml",
 ]
 
 #: version of the JSON layout of ``CaseReport.to_dict`` and of the dataset summary: the minor
@@ -97,8 +98,12 @@ class LabelRow(BaseModel):
     tn: int | float = Field(description="True negatives: voxels - tp - fp - fn.")
     predicted_voxels: int | float = Field(description="tp + fp.")
     reference_voxels: int | float = Field(description="tp + fn.")
-    predicted_ml: float | None = Field(description="tp + fp in mL (null without spacing).")
-    reference_ml: float | None = Field(description="tp + fn in mL (null without spacing).")
+    predicted_ml: float | None = Field(
+        description="tp + fp in mL (null without spacing, and for 2-D images)."
+    )
+    reference_ml: float | None = Field(
+        description="tp + fn in mL (null without spacing, and for 2-D images)."
+    )
     reasons: dict[str, str] = Field(description="Why each null metric is undefined.")
     hd: float | None = Field(default=None, description="Hausdorff distance in mm (max).")
     hd95: float | None = Field(
@@ -284,6 +289,15 @@ class LabelScore:
 _IMAGE_RATIO, _IMAGE_MIN_LABELS = 10, 20
 
 
+def voxel_ml(spacing: Sequence[float] | None) -> float | None:
+    """The volume of one voxel in mL, ``prod(spacing) / 1000`` (spacing in mm); None without
+    spacing, and for images of fewer than three spatial axes: a pixel has an area, not a
+    volume."""
+    if spacing is None or len(spacing) < 3:
+        return None
+    return float(np.prod(spacing)) / 1000.0
+
+
 def label_warnings(predicted: set[int], reference: set[int], options: ScoringOptions) -> list[str]:
     """Warnings about label maps that may not be label maps (non-zero label ids counted).
 
@@ -414,8 +428,8 @@ class CaseReport:
 
     @property
     def voxel_ml(self) -> float | None:
-        """The volume of one voxel in mL (mm^3 / 1000), or None without spacing."""
-        return None if self.spacing is None else float(np.prod(self.spacing)) / 1000.0
+        """The volume of one voxel in mL (see :func:`voxel_ml`)."""
+        return voxel_ml(self.spacing)
 
     def label(self, label: int) -> LabelScore:
         """The row of one label id; KeyError when it was not reported."""
