@@ -137,9 +137,9 @@ def test_absent_classes_worked_by_hand() -> None:
     metric(pred, ref)
     scores = metric.aggregate_all()
     # pooled: class 1 -> 1/(1+1) ; class 2 -> 1/(1+1+1) (image 0's false positive counts);
-    # class 3 is in no reference, so it is not averaged
-    assert scores["miou_d"] == pytest.approx((1 / 2 + 1 / 3) / 2)
-    assert scores["mdice_d"] == pytest.approx((2 / 3 + 2 / 4) / 2)
+    # class 3 is in no reference but predicted: 0/(0+1+0), averaged as the paper's mIoU^D does
+    assert scores["miou_d"] == pytest.approx((1 / 2 + 1 / 3 + 0) / 3)
+    assert scores["mdice_d"] == pytest.approx((2 / 3 + 2 / 4 + 0) / 3)
     # per image / per class only where the reference holds the class: every such pair is 1/2
     assert scores["miou_i"] == pytest.approx(0.5)
     assert scores["miou_c"] == pytest.approx(0.5)
@@ -152,9 +152,16 @@ def test_absent_classes_worked_by_hand() -> None:
     torch.testing.assert_close(per_image, expected, equal_nan=True)
 
 
-def test_nothing_present_gives_nan_not_an_error() -> None:
+def test_nothing_in_the_references_gives_nan_not_an_error() -> None:
+    """A class only predicted scores 0 at the dataset level (the prediction is all wrong) and
+    nothing per image; with nothing predicted either, every mean is over nothing: NaN."""
     metric = FineGrainedIoUMetric(include_background=False, num_classes=3)
     metric(torch.tensor([[[0, 2, 0]]]), torch.zeros(1, 1, 3, dtype=torch.long))
+    scores = metric.aggregate_all()
+    assert (scores.pop("miou_d"), scores.pop("mdice_d")) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in scores.values())
+    metric.reset()
+    metric(torch.zeros(1, 1, 3, dtype=torch.long), torch.zeros(1, 1, 3, dtype=torch.long))
     assert all(math.isnan(v) for v in metric.aggregate_all().values())
 
 

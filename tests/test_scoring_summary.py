@@ -82,3 +82,19 @@ def test_empty_and_unrequested() -> None:
     with pytest.raises(InvalidOptionError):
         summarize([report], worst_q=0)
     assert not math.isnan(summary["fine_grained"]["jaccard"]["D"])
+
+
+def test_a_requested_label_no_reference_holds_scores_0_at_the_dataset_level() -> None:
+    """Label 3 is asked for and predicted, but in no reference: its dataset IoU is 0/(0+2+0),
+    and it is averaged, as the paper's mIoU^D; it has no per-case score (I and C)."""
+    labels = {1: "a", 2: "b", 3: "c"}
+    cases = [([1, 1, 3, 0], [1, 1, 0, 0]), ([2, 0, 0, 3], [2, 2, 0, 0])]
+    reports = [
+        score_arrays(np.array(p, np.uint8), np.array(r, np.uint8), ScoringOptions(labels=labels))
+        for p, r in cases
+    ]
+    iou = summarize(reports)["fine_grained"]["jaccard"]
+    # pooled (tp, fp, fn): label 1 (2, 0, 0) -> 1; label 2 (1, 0, 1) -> 1/2; label 3 (0, 2, 0) -> 0
+    assert iou["D"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert iou["I"] == pytest.approx((1 + 1 / 2) / 2)
+    assert iou["C"] == pytest.approx((1 + 1 / 2) / 2)

@@ -54,6 +54,7 @@ __all__ = [
     "aggregate_scores",
     "aggregate_values",
     "masked_mean",
+    "scored_pairs",
     "soft_counts",
     "tversky_index",
 ]
@@ -370,6 +371,21 @@ def aggregate_values(
     if level == "class":
         return masked_mean(masked_mean(values, active, dim=0), active.any(0))
     raise ValueError(f"level must be one of {AGGREGATIONS}, got {level!r}.")
+
+
+def scored_pairs(counts: SoftCounts, level: Aggregation) -> torch.Tensor:
+    """``[N, C]`` bool: the (image, class) pairs a fine-grained score of Wang et al. (NeurIPS
+    2023) averages over, from ``[N, C]`` counts.
+
+    At the dataset level (``"batch"``, mIoU^D) every class with a count, ``tp + fp + fn > 0``
+    in any image: a class predicted where no reference holds it scores 0 and lowers the mean
+    (with soft predictions any predicted mass counts). At the image and class levels the pairs
+    whose reference holds the class, ``tp + fn > 0``: a false positive alone gives no score
+    for that image.
+    """
+    if level == "batch":
+        return (counts.tp + counts.fp + counts.fn) > 0
+    return (counts.tp + counts.fn) > 0
 
 
 def aggregate_scores(

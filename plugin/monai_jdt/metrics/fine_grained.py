@@ -6,7 +6,8 @@ cumulative buffers; ``aggregate()`` all-gathers those buffers across ranks (MONA
 ``evenly_divisible_all_gather``) and reduces them with ``monai_jdt.counts.aggregate_scores``:
 
 * ``level="batch"`` (mIoU^D): pool the counts of every image, one ratio per class, mean over
-  the classes present in any reference;
+  the classes with any count (``tp + fp + fn > 0``: a class predicted where no reference
+  holds it scores 0; ``monai_jdt.counts.scored_pairs``);
 * ``level="image"`` (mIoU^I): one ratio per (image, class), mean over the classes present in
   that image's reference, then over the images;
 * ``level="class"`` (mIoU^C): one ratio per (image, class), mean over the images whose
@@ -15,7 +16,8 @@ cumulative buffers; ``aggregate()`` all-gathers those buffers across ranks (MONA
 The ratio is the Jaccard index ``tp / (tp + fp + fn)`` (``index="jaccard"``) or the Dice score
 ``2tp / (2tp + fp + fn)`` (``index="dice"``). A class is *present* in an image when its
 reference count ``tp + fn`` is above zero; a class predicted where the reference lacks it adds
-false positives at the batch level but gets no per-image score (as MONAI's ``ignore_empty``).
+false positives at the batch level (and counts there, also when no reference holds it) but
+gets no per-image score (as MONAI's ``ignore_empty``).
 
 Because only ``3 * C`` numbers per image are buffered, the all-gather at the end of an epoch is
 tiny whatever the volume size, and the result over N ranks equals the result over the whole
@@ -35,6 +37,7 @@ from monai_jdt.counts import (
     Aggregation,
     SoftCounts,
     aggregate_scores,
+    scored_pairs,
     soft_counts,
     tversky_index,
 )
@@ -198,7 +201,7 @@ class FineGrainedIoUMetric(CumulativeIterationMetric):
         check_choice("index", index, tuple(INDICES))
         counts = self._gathered_counts()
         alpha, beta = INDICES[index]
-        return aggregate_scores(counts, counts.tp + counts.fn > 0, level, alpha, beta)
+        return aggregate_scores(counts, scored_pairs(counts, level), level, alpha, beta)
 
     def aggregate(self) -> torch.Tensor:
         """The score chosen at construction (``level``, ``index``) as a 0-dim tensor."""

@@ -18,7 +18,8 @@ Jaccard (mIoU) and Dice, from the per-(case, label) counts ``tp, fp, fn`` ``[N, 
 ``active[i, j]`` = label j is present in case i's reference, through
 ``monai_jdt.counts.aggregate_scores``:
 
-* ``D`` (dataset): pool the counts of all cases, one ratio per label, mean over labels;
+* ``D`` (dataset): pool the counts of all cases, one ratio per label, mean over the labels
+  with any count (``tp + fp + fn > 0``: one predicted in no reference scores 0);
 * ``I`` (image): ratio per (case, label), mean over the case's active labels, then over cases;
 * ``C`` (class): ratio per (case, label), mean over the cases where the label is active, then
   over labels;
@@ -89,16 +90,25 @@ def worst_mean(scores: torch.Tensor, keep: torch.Tensor, q: float) -> float:
 
 
 def fine_grained_scores(
-    counts: SoftCounts, active: torch.Tensor, alpha: float, beta: float, q: float
+    counts: SoftCounts, alpha: float, beta: float, q: float
 ) -> dict[str, float | None]:
     """``D``, ``I``, ``C``, ``I_worst``, ``C_worst`` of ``[N, L]`` counts (see the module doc)."""
-    from monai_jdt.counts import Aggregation, aggregate_scores, masked_mean, tversky_index
+    from monai_jdt.counts import (
+        Aggregation,
+        aggregate_scores,
+        masked_mean,
+        scored_pairs,
+        tversky_index,
+    )
 
     levels: tuple[tuple[str, Aggregation], ...] = (("D", "batch"), ("I", "image"), ("C", "class"))
     result = {
-        key: _finite(float(aggregate_scores(counts, active, level, alpha, beta)))
+        key: _finite(
+            float(aggregate_scores(counts, scored_pairs(counts, level), level, alpha, beta))
+        )
         for key, level in levels
     }
+    active = scored_pairs(counts, "image")
     per_pair = tversky_index(counts, alpha, beta)
     per_image = masked_mean(per_pair, active, dim=1)
     result["I_worst"] = _finite(worst_mean(per_image, active.any(1), q))
@@ -274,5 +284,5 @@ def _fine_grained(reports: Sequence[CaseReport], labels: list[int], q: float) ->
         "cases": int(active.any(1).sum()),
     }
     for metric, (alpha, beta) in _FINE_GRAINED.items():
-        out[metric] = fine_grained_scores(counts, active, alpha, beta, q)
+        out[metric] = fine_grained_scores(counts, alpha, beta, q)
     return out
