@@ -4,11 +4,12 @@ A bare asyncio HTTP/1.1 server (no framework, no limits, no logging, no checks o
 request: for benchmarks only, never expose it) that answers ``POST /v1/scores`` with the same
 work as the service: the two multipart parts go to files in a fresh temporary folder,
 ``monai_jdt.scoring.score_files`` scores them on a worker thread, the report goes back as
-JSON and the folder is deleted. ``GET`` answers ``ok``. ``run_load.py --bare`` drives it
-alongside the real service, so the difference between the two is what FastAPI, uvicorn and
-the service's own bounds cost.
+JSON and the folder is deleted. ``GET`` answers ``ok``. With ``--inline`` it scores on the
+event loop itself: no thread hand-off at all, the least any server can add. ``run_load.py
+--bare`` drives both alongside the real service, so the difference between them is what
+FastAPI, uvicorn and the service's own bounds cost.
 
-    python benchmarks/load/bare_server.py --port 8800
+    python benchmarks/load/bare_server.py --port 8800 [--inline]
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def score_body(body: bytes, boundary: bytes) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
+    inline = False  # score on the event loop instead of the worker thread
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
@@ -68,8 +71,11 @@ class _Connection(asyncio.Protocol):
                 task.add_done_callback(self.answering.discard)
 
     async def _answer(self, body: bytes, boundary: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        report = await loop.run_in_executor(_SCORER, score_body, body, boundary)
+        if self.inline:
+            report = score_body(body, boundary)
+        else:
+            loop = asyncio.get_running_loop()
+            report = await loop.run_in_executor(_SCORER, score_body, body, boundary)
         head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
         self.transport.write(head + b"content-length: %d\r\n\r\n" % len(report) + report)
 
@@ -82,8 +88,11 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--inline", action="store_true", help="score on the event loop")
+    args = parser.parse_args()
+    _Connection.inline = args.inline
     tune_allocator()  # the service's malloc settings, so the scoring costs the same
-    asyncio.run(serve(parser.parse_args().port))
+    asyncio.run(serve(args.port))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ boundaries are shifted), then for each size:
 * at 1 client, alternates ``monai_jdt.scoring.score_files`` in this process and
   ``POST /v1/scores`` on the same files from one keep-alive client, httpx or ``http.client``
   (``--client``), so both see the same background load; with ``--bare``, the same against
-  ``bare_server.py`` (the same work in a bare asyncio server: the floor of any Python server);
+  ``bare_server.py`` (the same work in a bare asyncio server, scoring on a worker thread and,
+  with ``--inline``, on its event loop: the floor of any Python server);
 * at more clients, drives ``POST /v1/scores`` concurrently with ``hey`` (``apt-get install
   hey``) or, without it, httpx on asyncio (bodies are encoded once): throughput, p50 / p99
   latency, error count;
@@ -269,7 +270,8 @@ def main() -> int:
     parser.add_argument(
         "--bare",
         action="store_true",
-        help="at 1 client, also time bare_server.py (the same work without a framework)",
+        help="at 1 client, also time bare_server.py, threaded and --inline (the same work "
+        "without a framework)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -286,14 +288,15 @@ def main() -> int:
         env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    bare = bare_url = None
+    bare: dict[str, tuple[subprocess.Popen[bytes], str]] = {}  # variant: (process, url)
     if args.bare:
-        bare_port = free_port()
-        bare_url = f"http://127.0.0.1:{bare_port}"
         script = Path(__file__).with_name("bare_server.py")
-        bare = subprocess.Popen([sys.executable, str(script), "--port", str(bare_port)], env=env)
+        for variant, flags in (("bare", []), ("bare_inline", ["--inline"])):
+            bare_port = free_port()
+            command = [sys.executable, str(script), "--port", str(bare_port), *flags]
+            bare[variant] = subprocess.Popen(command, env=env), f"http://127.0.0.1:{bare_port}"
     try:
-        for address in (url, bare_url):
+        for address in (url, *(bare_url for _, bare_url in bare.values())):
             wait_until_up(address)
         idle_rss = peak_rss_mib(server.pid)
         floor = round_trip_floor(url)
@@ -310,12 +313,13 @@ def main() -> int:
             for clients in args.clients:
                 if clients == 1:
                     lib, row = interleaved(pred, ref, url, args.repeats, args.client)
-                    if bare_url is not None:
+                    for variant, (_, bare_url) in bare.items():
                         bare_lib, bare_row = interleaved(
                             pred, ref, bare_url, args.repeats, args.client
                         )
-                        row.update(bare_p50_s=bare_row["p50_s"], bare_library_s=bare_lib)
-                        row["bare_overhead"] = bare_row["p50_s"] / bare_lib - 1
+                        row[f"{variant}_p50_s"] = bare_row["p50_s"]
+                        row[f"{variant}_library_s"] = bare_lib
+                        row[f"{variant}_overhead"] = bare_row["p50_s"] / bare_lib - 1
                 else:
                     post(url, body, ctype, clients, clients)  # warm-up
                     row = stats(*post(url, body, ctype, clients, clients * args.requests))
@@ -333,11 +337,12 @@ def main() -> int:
                         else ""
                     )
                 )
-                if "bare_overhead" in row:
-                    bare_lib_ms = row["bare_library_s"] * 1e3
+                for variant in bare if clients == 1 else ():
                     print(
-                        f"  bare server, 1 client: p50 {row['bare_p50_s'] * 1e3:.1f} ms; library "
-                        f"{bare_lib_ms:.1f} ms, overhead {row['bare_overhead']:+.1%}"
+                        f"  {variant.replace('_', ' ')} server, 1 client: p50 "
+                        f"{row[f'{variant}_p50_s'] * 1e3:.1f} ms; library "
+                        f"{row[f'{variant}_library_s'] * 1e3:.1f} ms, "
+                        f"overhead {row[f'{variant}_overhead']:+.1%}"
                     )
         if args.json:
             summary = {"driver": args.driver, "client": args.client, "idle_rss_mib": idle_rss}
@@ -345,10 +350,9 @@ def main() -> int:
             summary["runs"] = results
             args.json.write_text(json.dumps(summary, indent=2))
     finally:
-        for process in (server, bare):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
+        for process in (server, *(process for process, _ in bare.values())):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
         for path in work.glob("*.nii.gz"):
             path.unlink()
         leftovers = list(work.iterdir())
