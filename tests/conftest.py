@@ -333,6 +333,24 @@ def _archive_bytes(files: dict[str, bytes], kind: str = "zip", folder: str = "")
     return buf.getvalue()
 
 
+def _lacking_label_folders(base: Path) -> tuple[Path, Path]:
+    """``base/p`` and ``base/r``: two 16^3 cases; label 2 is in neither volume of case ``b``,
+    so a dataset of them needs the label-set pass (``complete_label_set``)."""
+    a = np.zeros((16, 16, 16), np.uint8)
+    a[2:7, 2:7, 2:7] = 1
+    a[9:13, 9:13, 9:13] = 2
+    b = np.zeros_like(a)
+    b[2:7, 2:7, 2:7] = 1
+    shifted = a.copy()
+    shifted[9:13, 9:13, 13] = 2
+    for name in ("p", "r"):
+        (base / name).mkdir()
+    for case, pred, ref in (("a", shifted, a), ("b", b, b)):
+        _write_nifti(base / "p" / f"{case}.nii.gz", pred)
+        _write_nifti(base / "r" / f"{case}.nii.gz", ref)
+    return base / "p", base / "r"
+
+
 def _strip_timing(report: dict[str, Any]) -> dict[str, Any]:
     out = dict(report)
     out["cases"] = [{k: v for k, v in case.items() if k != "seconds"} for case in report["cases"]]
@@ -365,6 +383,11 @@ def archive_bytes() -> Callable[..., bytes]:
     """``archive_bytes(files, kind="zip", folder="")``: a ``zip`` (or, for any other ``kind``,
     ``tar.gz``) of ``{name: bytes}``, optionally inside ``folder/``."""
     return _archive_bytes
+
+
+@pytest.fixture(scope="session")
+def lacking_label_folders() -> Callable[[Path], tuple[Path, Path]]:
+    return _lacking_label_folders
 
 
 @pytest.fixture(scope="session")

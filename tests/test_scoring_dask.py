@@ -110,3 +110,18 @@ def test_service_jobs_on_the_cluster(
         assert status["status"] == "done", status
         report = client.get(f"/v1/jobs/{job_id}/report").json()
     assert strip_timing(report) == single_process()
+
+
+@pytest.mark.parametrize("empty", ["nan", "one"])
+def test_dask_completes_the_label_set_as_one_process(
+    cluster: LocalCluster, tmp_path: Path, strip_timing, lacking_label_folders, empty: str
+) -> None:
+    """A case lacking a label of the dataset got no row for it on the cluster: its means, n
+    and counts differed from one process'."""
+    folders = lacking_label_folders(tmp_path)
+    options = ScoringOptions(empty=empty, metrics=("dice", "hd95", "nsd"))
+    result = score_directory_dask(*folders, options, address=cluster.scheduler_address)
+    expected = score_directory(*folders, options, workers=1)
+    assert strip_timing(result.to_dict()) == strip_timing(expected.to_dict())
+    assert result.summary["labels"][1]["cases"] == 2
+    assert result.files == expected.files

@@ -98,3 +98,30 @@ def test_a_requested_label_no_reference_holds_scores_0_at_the_dataset_level() ->
     assert iou["D"] == pytest.approx((1 + 1 / 2 + 0) / 3)
     assert iou["I"] == pytest.approx((1 + 1 / 2) / 2)
     assert iou["C"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+@pytest.mark.parametrize("empty", ["nan", "one"])
+def test_a_label_absent_from_a_case_gets_the_boundary_metrics_of_absence(
+    tmp_path, lacking_label_folders, empty: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The dataset's label set found from the cases gives the numbers of the same set asked
+    for with ``labels``: the row added for a label absent from both volumes of a case has
+    the boundary metrics of such a structure (0 mm / 1.0 under empty="one"; null), which it
+    lacked, so the means moved with ``--labels``."""
+    from monai_jdt.scoring import score_directory
+
+    preds, refs = lacking_label_folders(tmp_path)
+    metrics = ("dice", "hd95", "nsd", "boundary_iou")
+    found = score_directory(preds, refs, ScoringOptions(empty=empty, metrics=metrics))
+    asked = score_directory(
+        preds,
+        refs,
+        ScoringOptions(empty=empty, metrics=metrics, labels={1: None, 2: None}),
+    )
+    case_b = next(r for r in found.reports if r.case_id == "b").label(2)
+    want = 1.0 if empty == "one" else None
+    assert case_b.metrics["hd95"] == (0.0 if empty == "one" else None)
+    assert (case_b.metrics["nsd"], case_b.metrics["boundary_iou"]) == (want, want)
+    for metric in metrics:
+        assert found.summary["labels"][1][metric] == asked.summary["labels"][1][metric]
+    assert found.summary["foreground_mean"] == asked.summary["foreground_mean"]

@@ -28,6 +28,7 @@ from monai_jdt.scoring.boundary import (
     BoundaryOptions,
     BoundaryScore,
     boundary_scores,
+    empty_scores,
     volume_diagonal_mm,
 )
 from monai_jdt.scoring.errors import InvalidOptionError
@@ -38,7 +39,14 @@ if TYPE_CHECKING:
     from monai_jdt.scoring.options import ScoringOptions
     from monai_jdt.scoring.report import CaseReport, LabelScore
 
-__all__ = ["missing_counts", "needs_arrays", "penalized", "wants_boundary", "with_boundary"]
+__all__ = [
+    "missing_counts",
+    "needs_arrays",
+    "penalized",
+    "wants_boundary",
+    "with_absent_boundary",
+    "with_boundary",
+]
 
 _MISSING = ("prediction empty", "reference empty")
 
@@ -193,6 +201,23 @@ def with_boundary(
     if report.spacing is None and wants_boundary(options):
         notes += ("no voxel spacing given: boundary distances are in voxels (1 mm per voxel)",)
     return dataclasses.replace(report, labels=tuple(rows), notes=notes)
+
+
+def with_absent_boundary(rows: Sequence[LabelScore], options: ScoringOptions) -> list[LabelScore]:
+    """``rows`` of labels absent from both volumes (``tp = fp = fn = 0``, added to a case
+    scored without them) with the boundary metrics such a structure gets (``empty_scores``:
+    null under ``empty="nan"``, 0 mm and 1.0 under ``"one"``), as ``with_boundary`` gives
+    them to the rows it scores."""
+    if not wants_boundary(options):
+        return list(rows)
+    bopts = _boundary_options(options)
+    nsd = "nsd" in options.metrics
+    scored = []
+    for row in rows:
+        label = int(row.label or 0)
+        absent = empty_scores(label, True, True, bopts, bopts.tolerance(label))
+        scored.append(_merged(row, absent, nsd))
+    return scored
 
 
 def penalized(row: LabelScore, metric: str, report: CaseReport) -> float | None:

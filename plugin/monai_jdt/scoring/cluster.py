@@ -2,19 +2,28 @@
 
 Each paired case is one Dask task running :func:`score_case` on a worker; the workers must see
 the same file paths (a shared file system, as on a SLURM cluster). The per-case reports come
-back whole and the dataset summary is computed once, on the caller, from all of them, so the
-result is exactly that of :func:`monai_jdt.scoring.score_directory` on one machine (the
-counts are exact integers for label maps; the summary is the same function of the same
-reports). ``dask.distributed`` is imported only here.
+back whole, the cases that lack a label of the dataset's label set go back for their second
+pass as tasks too, and the dataset summary is computed once, on the caller, by the same
+:func:`monai_jdt.scoring.folders.dataset_result` as on one machine, so the result is exactly
+that of :func:`monai_jdt.scoring.score_directory` (the counts are exact integers for label
+maps; the summary is the same function of the same reports). ``dask.distributed`` is
+imported only here.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from monai_jdt.scoring.folders import CaseFailure, DirectoryResult, pair_cases, score_case
+from monai_jdt.scoring.folders import (
+    CaseFailure,
+    DirectoryResult,
+    dataset_result,
+    pair_cases,
+    score_case,
+)
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
 from monai_jdt.scoring.report import CaseReport
 
@@ -56,23 +65,30 @@ def score_directory_dask(
         client = Client(cluster)
     else:
         client = Client(address)
-    reports: list[CaseReport] = []
-    failures: list[CaseFailure] = []
-    try:
-        futures = [
-            client.submit(score_case, case, pred, ref, options, key=f"jdt-{case}-{i}", pure=False)
-            for i, (case, pred, ref) in enumerate(pairs)
-        ]
+    submitted = 0  # task keys stay unique across both passes
+
+    def score(
+        triples: list[tuple[str, Path, Path]],
+        wider: ScoringOptions,
+        each: Callable[[CaseReport | CaseFailure], None] | None,
+    ) -> list[CaseReport | CaseFailure]:
+        nonlocal submitted
+        futures = []
+        for case, pred, ref in triples:
+            key = f"jdt-{case}-{submitted}"
+            futures.append(client.submit(score_case, case, pred, ref, wider, key=key, pure=False))
+            submitted += 1
+        outcomes: list[CaseReport | CaseFailure] = []
         for future in as_completed(futures):
-            outcome = future.result()
-            if isinstance(outcome, CaseReport):
-                reports.append(outcome)
-            else:
-                failures.append(outcome)
-            if progress is not None:
-                progress(outcome)
+            outcomes.append(future.result())
+            if each is not None:
+                each(outcomes[-1])
+        return outcomes
+
+    try:
+        unpaired = (unpaired_preds, unpaired_refs)
+        return dataset_result(pairs, unpaired, options, score, worst_q, progress)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    return DirectoryResult(reports, failures, unpaired_preds, unpaired_refs, worst_q)

@@ -38,6 +38,7 @@ __all__ = [
     "case_files",
     "complete_label_set",
     "csv_rows",
+    "dataset_result",
     "pair_cases",
     "score_case",
     "score_directory",
@@ -184,21 +185,55 @@ def score_directory(
     """
     run = FolderOptions(workers=workers, worst_q=worst_q)
     pairs, unpaired_preds, unpaired_refs = pair_cases(predictions, references)
-    workers = run.workers if run.workers is not None else (os.cpu_count() or 1)
+    threads = run.workers if run.workers is not None else (os.cpu_count() or 1)
+
+    def score(
+        triples: list[tuple[str, Path, Path]],
+        wider: ScoringOptions,
+        each: Callable[[CaseReport | CaseFailure], None] | None,
+    ) -> list[CaseReport | CaseFailure]:
+        return _score_pairs(triples, wider, threads, each)
+
+    unpaired = (unpaired_preds, unpaired_refs)
+    return dataset_result(pairs, unpaired, options, score, run.worst_q, progress)
+
+
+#: scores ``(case, prediction, reference)`` triples with some options, calling the progress
+#: callback (if any) once per outcome: threads here, Dask tasks in ``monai_jdt.scoring.cluster``
+PairScorer = Callable[
+    [
+        list[tuple[str, Path, Path]],
+        ScoringOptions,
+        Callable[[CaseReport | CaseFailure], None] | None,
+    ],
+    list[CaseReport | CaseFailure],
+]
+
+
+def dataset_result(
+    pairs: list[tuple[str, Path, Path]],
+    unpaired: tuple[list[str], list[str]],
+    options: ScoringOptions,
+    score: PairScorer,
+    worst_q: float,
+    progress: Callable[[CaseReport | CaseFailure], None] | None = None,
+) -> DirectoryResult:
+    """The result of the paired cases of two folders (and their ``unpaired`` predictions and
+    references), whatever scores the cases: the first pass (with ``progress``), then
+    ``complete_label_set`` (its second pass through the same ``score``), so that threads and
+    a Dask cluster give one result."""
     paths = {case: (pred, ref) for case, pred, ref in pairs}
-    outcomes = _score_pairs(pairs, options, workers, progress)
+    outcomes = score(pairs, options, progress)
 
     def rescore(cases: Sequence[str], wider: ScoringOptions) -> list[CaseReport | CaseFailure]:
-        return _score_pairs([(c, *paths[c]) for c in cases], wider, workers, None)
+        return score([(c, *paths[c]) for c in cases], wider, None)
 
     reports, failures = complete_label_set(
         [o for o in outcomes if isinstance(o, CaseReport)], options, rescore
     )
     failures += [o for o in outcomes if isinstance(o, CaseFailure)]
     files = {case: (str(pred), str(ref)) for case, pred, ref in pairs}
-    return DirectoryResult(
-        reports, failures, unpaired_preds, unpaired_refs, run.worst_q, files=files
-    )
+    return DirectoryResult(reports, failures, *unpaired, worst_q, files=files)
 
 
 def complete_label_set(

@@ -146,7 +146,9 @@ def with_label_set(
 
     A label-map case scored without ``options.labels`` reports every label present in either
     of its volumes, so a label it lacks is absent from both: its row has ``tp = fp = fn = 0``
-    and ``tn`` = the voxels counted (``label_scores``, ratios under ``options.empty``). Other
+    and ``tn`` = the voxels counted (``label_scores``, ratios under ``options.empty``), and
+    the boundary metrics of a structure absent from both volumes (``with_absent_boundary``,
+    also under ``options.empty``), as the case scored on that label would give. Other
     cases (requested labels, probability maps) cannot tell, and are scored again.
     """
     have = {row.label for row in report.labels if row.label is not None}  # not region rows
@@ -161,6 +163,8 @@ def with_label_set(
     counted = (
         math.prod(report.shape) if first is None else int(first.tp + first.fp + first.fn + first.tn)
     )
+    from monai_jdt.scoring.boundary_report import with_absent_boundary
+
     zeros = np.zeros(len(missing), dtype=np.float64)
     added = label_scores(
         missing,
@@ -171,6 +175,7 @@ def with_label_set(
         report.voxel_ml,
         True,
     )
+    added = with_absent_boundary(added, options)
     labels_first = sorted(
         (row for row in (*report.labels, *added) if row.label is not None),
         key=lambda row: int(row.label or 0),
