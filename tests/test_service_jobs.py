@@ -1034,3 +1034,53 @@ def test_a_slow_job_upload_gets_408_and_leaves_no_files(
         assert slow.json()["detail"]["code"] == "upload_too_slow"
         assert slow.headers["connection"] == "close"
         _no_upload_left(settings, [ref_set["id"]])
+
+
+def _result(options: ScoringOptions) -> Any:
+    """A two-case ``DirectoryResult`` scored with ``options`` (labels 1, 2, 3)."""
+    from monai_jdt.scoring import score_arrays
+    from monai_jdt.scoring.folders import DirectoryResult
+
+    ref = np.array([0, 1, 1, 2, 2, 3, 3, 3, 0, 0], np.uint8)
+    preds = [np.array([0, 1, 0, 2, 2, 3, 3, 0, 1, 0], np.uint8), ref.copy()]
+    reports = [score_arrays(pred, ref, options, case_id=f"c{i}") for i, pred in enumerate(preds)]
+    return DirectoryResult(reports, [], [], [])
+
+
+def test_metrics_json_gives_every_structure_its_own_key() -> None:
+    """Label 3 named like a region, label 2 named like label 3's id, label 1 named "mean":
+    each kept its key and overwrote another structure's numbers (or the foreground mean)."""
+    from jdt_service.jobs import grand_challenge_metrics
+
+    options = ScoringOptions(
+        labels={1: "mean", 2: "3", 3: "ET"}, regions={"ET": (2, 3)}, metrics=("dice",)
+    )
+    result = _result(options)
+    gc = grand_challenge_metrics(result)
+    report = result.reports[0]
+    assert gc["case"]["c0"] == {  # the names that could be read otherwise give way to ids
+        "1": report.label(1).metrics,
+        "2": report.label(2).metrics,
+        "3": report.label(3).metrics,
+        "ET": next(r for r in report.labels if r.region == "ET").metrics,
+    }
+    assert report.label(3).metrics != gc["case"]["c0"]["ET"]  # two structures, two numbers
+    dice = gc["aggregates"]["dice"]
+    assert dice["mean"] == result.summary["foreground_mean"]["dice"]["mean"]
+    assert set(dice) == {"mean", "1", "2", "3", "ET"}
+    assert dice["3"] == result.summary["labels"][2]["dice"]
+    assert dice["ET"] == result.summary["regions"][0]["dice"]
+    plain = grand_challenge_metrics(_result(ScoringOptions(labels={1: "liver", 2: None, 3: "x"})))
+    assert set(plain["case"]["c0"]) == {"liver", "2", "x"}
+    reserved = grand_challenge_metrics(_result(ScoringOptions(regions={"mean": (1, 2)})))
+    assert set(reserved["aggregates"]["dice"]) == {"mean", "1", "2", "3", "region mean"}
+
+
+def test_leaderboard_median_leaves_label_0_out_as_the_mean_does() -> None:
+    from jdt_service.jobs import summary_score
+
+    summary = _result(ScoringOptions(include_background=True)).summary
+    assert summary["labels"][0]["label"] == 0
+    foreground = [row["dice"]["median"] for row in summary["labels"] if row["label"] != 0]
+    assert summary_score(summary, "dice", "median") == pytest.approx(np.mean(foreground))
+    assert summary_score(summary, "dice", "mean") == summary["foreground_mean"]["dice"]["mean"]

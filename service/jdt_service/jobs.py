@@ -22,6 +22,7 @@ import hashlib
 import io
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -321,30 +322,66 @@ def cases_csv(result: DirectoryResult) -> str:
     return stream.getvalue()
 
 
-def _label_key(label: int | None, name: str | None, region: str | None = None) -> str:
-    """A row's key in ``metrics.json``: its name, else its label id, else its region."""
-    return name or (str(label) if label is not None else str(region))
+#: keys of ``aggregates[metric]`` in ``metrics.json`` that are not structures
+_AGGREGATE_KEYS = frozenset({"mean"})
+
+
+def _structure_keys(
+    labels: Sequence[tuple[int, str | None]], regions: Sequence[str]
+) -> tuple[dict[int, str], dict[str, str]]:
+    """The ``metrics.json`` key of each label and region, one structure per key.
+
+    A label is keyed by its name, unless that name could be read as another key (``mean``,
+    another label's id, a name two labels share, a region's name), then by its id; a region by
+    its name, or ``region NAME`` when a label has that key.
+    """
+    ids = {str(label) for label, _ in labels}
+    shared = Counter(name for _, name in labels if name)
+    label_keys = {}
+    for label, name in labels:
+        clash = (
+            not name
+            or name in _AGGREGATE_KEYS
+            or shared[name] > 1
+            or (name in ids and name != str(label))
+            or name in regions
+        )
+        label_keys[label] = str(label) if clash else str(name)
+    taken = set(label_keys.values()) | _AGGREGATE_KEYS
+    return label_keys, {
+        region: region if region not in taken else f"region {region}" for region in regions
+    }
 
 
 def grand_challenge_metrics(result: DirectoryResult) -> dict[str, Any]:
     """grand-challenge.org's ``metrics.json`` layout: ``{"case": ..., "aggregates": ...}``.
 
-    ``case[case_id][label][metric]`` is the case's score (null when undefined);
-    ``aggregates[metric]`` holds the foreground ``mean`` and, per label, the summary's
-    statistics (``mean``, ``median``, ``std``, ``min``, ``max``, ``n``); labels are keyed by
-    their name when they have one, else by their id.
+    ``case[case_id][structure][metric]`` is the case's score (null when undefined);
+    ``aggregates[metric]`` holds the foreground ``mean`` and, per label and region, the
+    summary's statistics (``mean``, ``median``, ``std``, ``min``, ``max``, ``n``). Labels are
+    keyed by their name when it is unambiguous, else by their id (``_structure_keys``).
     """
+    summary = result.summary
+    regions = [entry["region"] for entry in summary.get("regions", [])]
+    label_keys, region_keys = _structure_keys(
+        [(entry["label"], entry["name"]) for entry in summary["labels"]], regions
+    )
+
+    def key(label: int | None, region: str | None) -> str:
+        return label_keys[label] if label is not None else region_keys[str(region)]
+
     cases: dict[str, Any] = {}
     for report in result.reports:
         cases[report.case_id or ""] = {
-            _label_key(row.label, row.name, row.region): dict(row.metrics) for row in report.labels
+            key(row.label, row.region): dict(row.metrics) for row in report.labels
         }
-    summary = result.summary
     aggregates: dict[str, Any] = {}
     for metric in summary["metrics"]:
         entry: dict[str, Any] = {"mean": summary["foreground_mean"][metric]["mean"]}
         for label in summary["labels"]:
-            entry[_label_key(label["label"], label["name"])] = label[metric]
+            entry[label_keys[label["label"]]] = label[metric]
+        for region in summary.get("regions", []):
+            entry[region_keys[region["region"]]] = region[metric]
         aggregates[metric] = entry
     aggregates["fine_grained"] = summary["fine_grained"]
     aggregates["cases"] = summary["cases"]
@@ -392,9 +429,9 @@ def check_leaderboard_query(metric: str, aggregate: str) -> None:
 def summary_score(summary: Mapping[str, Any], metric: str, aggregate: str) -> float | None:
     """One number of a job's summary for the leaderboard (None when undefined).
 
-    ``mean`` is the foreground mean (mean over the requested labels of the per-label means);
-    ``median`` the mean over those labels of the per-label medians; ``D`` / ``I`` / ``C`` /
-    ``I_worst`` / ``C_worst`` the fine-grained scores (``dice`` and ``jaccard`` only).
+    ``mean`` is the foreground mean (mean over the requested labels but 0 of the per-label
+    means); ``median`` the mean over those labels of the per-label medians; ``D`` / ``I`` /
+    ``C`` / ``I_worst`` / ``C_worst`` the fine-grained scores (``dice`` and ``jaccard`` only).
 
     Raises:
         ApiError: 422 ``invalid_option`` for an unknown metric or aggregate
@@ -410,8 +447,10 @@ def summary_score(summary: Mapping[str, Any], metric: str, aggregate: str) -> fl
     if aggregate == "mean":
         mean: float | None = summary["foreground_mean"][metric]["mean"]
         return mean
-    values = [
-        row[metric]["median"] for row in summary["labels"] if row["requested"] and row[metric]["n"]
+    values = [  # over the labels of the foreground mean: requested, label 0 apart
+        row[metric]["median"]
+        for row in summary["labels"]
+        if row["requested"] and row["label"] != 0 and row[metric]["n"]
     ]
     return sum(values) / len(values) if values else None
 
