@@ -33,11 +33,13 @@ AFFINE = np.diag([0.9, 1.2, 2.0, 1.0])
 
 
 def ref_counts(
-    pred: np.ndarray, ref: np.ndarray, label: int, ignore: int | None
+    pred: np.ndarray, ref: np.ndarray, label: int | tuple[int, ...], ignore: int | None
 ) -> tuple[int, int, int, int]:
-    """``(TP, FP, FN, TN)`` of one label over the voxels whose reference is not ``ignore``."""
+    """``(TP, FP, FN, TN)`` of one label (or a region: a tuple of labels, their union) over
+    the voxels whose reference is not ``ignore``."""
     use = np.ones(ref.shape, bool) if ignore is None else ref != ignore
-    p, r = (pred == label) & use, (ref == label) & use
+    members = label if isinstance(label, tuple) else (label,)
+    p, r = np.isin(pred, members) & use, np.isin(ref, members) & use
     return (
         int(np.sum(p & r)),
         int(np.sum(p & ~r)),
@@ -47,7 +49,11 @@ def ref_counts(
 
 
 def ref_case(
-    pred: np.ndarray, ref: np.ndarray, labels: list[int], ignore: int | None, empty: str
+    pred: np.ndarray,
+    ref: np.ndarray,
+    labels: list[int | tuple[int, ...]],
+    ignore: int | None,
+    empty: str,
 ) -> dict[str, dict[str, float]]:
     out = {}
     for label in labels:
@@ -87,7 +93,7 @@ def ref_label_set(
 
 def ref_summary(
     cases: dict[str, tuple[np.ndarray, np.ndarray]],
-    labels: list[int],
+    labels: list[int | tuple[int, ...]],
     ignore: int | None = None,
     empty: str = "nan",
 ) -> dict:  # type: ignore[type-arg]
@@ -410,3 +416,37 @@ def test_service_form_field_ignore_label(tmp_path: Path, nifti_bytes) -> None:
         answer = client.post("/v1/scores", files=files, data={"ignore_label": "7", "labels": "1,7"})
         assert answer.status_code == 422
         assert answer.json()["detail"]["code"] == "invalid_option"
+
+
+def test_nnunet_layout_with_regions_keys_them_as_nnunet_does(folders) -> None:  # type: ignore[no-untyped-def]
+    """Regions were left out without a word: nnU-Net keys them ``"(1, 2, 3)"`` and averages
+    them into the foreground mean."""
+    preds, refs, cases = folders
+    options = ScoringOptions(
+        labels={1: None, 2: None, 3: None, 4: None}, regions={"WT": (1, 2, 3), "TC": (2, 3)}
+    )
+    result = score_directory(preds, refs, options, workers=2)
+    fields = check_layout(result, cases, [1, 2, 3, 4, (1, 2, 3), (2, 3)])
+    assert fields == 6 * 6 * 8 + 6 * 8 + 8
+    assert set(nnunet_summary(result.reports, result.files)["mean"]) == {
+        "1", "2", "3", "4", "(1, 2, 3)", "(2, 3)"
+    }  # fmt: skip
+
+
+def test_nnunet_cases_come_in_the_order_of_the_file_names(tmp_path: Path) -> None:
+    """nnU-Net lists the prediction folder sorted by file name: ``case-1.nii.gz`` before
+    ``case.nii.gz`` ('-' sorts before '.'), where case ids sort ``case`` first."""
+    for name in ("preds", "refs"):
+        (tmp_path / name).mkdir()
+    for case in ("case", "case-1"):
+        for name in ("preds", "refs"):
+            volume = np.zeros(SHAPE, np.uint8)
+            volume[:3] = 1
+            nib.save(nib.Nifti1Image(volume, AFFINE), tmp_path / name / f"{case}.nii.gz")
+    result = score_directory(tmp_path / "preds", tmp_path / "refs")
+    files = [
+        Path(entry["prediction_file"]).name
+        for entry in nnunet_summary(result.reports, result.files)["metric_per_case"]
+    ]
+    assert files == sorted(p.name for p in (tmp_path / "preds").iterdir())
+    assert files == ["case-1.nii.gz", "case.nii.gz"]

@@ -4,17 +4,21 @@ written for nnU-Net's evaluation (``compute_metrics_on_folder``) read ``score-di
 The layout (Isensee et al., nnU-Net, Nature Methods 2021; v2's evaluation)::
 
     {
-      "metric_per_case": [                       # one entry per case, sorted by case id
-        {"prediction_file": str, "reference_file": str,
-         "metrics": {"<label>": {"Dice": float, "IoU": float,
-                                 "TP": int, "FP": int, "FN": int, "TN": int,
-                                 "n_pred": int, "n_ref": int}}}
+      "metric_per_case": [                       # one entry per case, in the order of the
+        {"prediction_file": str,                 # prediction files' names (as nnU-Net
+         "reference_file": str,                  # lists its folder)
+         "metrics": {"<key>": {"Dice": float, "IoU": float,
+                               "TP": int, "FP": int, "FN": int, "TN": int,
+                               "n_pred": int, "n_ref": int}}}
       ],
-      "mean": {"<label>": {<metric>: float}},    # per label, NaN-skipping mean over cases
-      "foreground_mean": {<metric>: float}       # mean over labels != 0 of "mean"
+      "mean": {"<key>": {<metric>: float}},      # per key, NaN-skipping mean over cases
+      "foreground_mean": {<metric>: float}       # mean over the keys but label 0 of "mean"
     }
 
-Label keys are ``str(label)``. ``Dice = 2 TP / (2 TP + FP + FN)``, ``IoU = TP / (TP + FP + FN)``,
+Keys are nnU-Net's: ``str(label)`` for a label, ``str(tuple(members))`` for a region
+(``--regions "WT=1,2,3"`` is ``"(1, 2, 3)"``, as nnU-Net's region-based evaluation writes it);
+the foreground mean is over the labels but 0 and the regions, as nnU-Net's.
+``Dice = 2 TP / (2 TP + FP + FN)``, ``IoU = TP / (TP + FP + FN)``,
 ``n_pred = TP + FP``, ``n_ref = TP + FN``, taken from the reports (so ``--ignore-label`` and
 ``--empty`` apply as in our own summary: with ``--empty one`` a label absent from both volumes
 has Dice 1.0 where nnU-Net writes NaN). ``mean[label][m]`` is the mean of ``m`` over the cases
@@ -31,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from monai_jdt.scoring.errors import InvalidOptionError
@@ -61,6 +66,11 @@ def _case_metrics(row: LabelScore) -> dict[str, float | int]:
     }
 
 
+def _key(row: LabelScore) -> int | tuple[int, ...]:
+    """What nnU-Net keys a row by (as ``str``): the label id, or a region's member labels."""
+    return int(row.label) if row.label is not None else tuple(int(m) for m in row.members or ())
+
+
 def _nan_mean(values: Sequence[float]) -> float:
     kept = [float(v) for v in values if not math.isnan(v)]
     return math.fsum(kept) / len(kept) if kept else math.nan
@@ -80,8 +90,11 @@ def nnunet_summary(
         InvalidOptionError: ``dice`` or ``jaccard`` was not scored, a case reports other
             labels than the first case, or a case has no files.
     """
-    ordered = sorted(reports, key=lambda r: r.case_id or "")
-    labels: list[int] | None = None
+    for report in reports:
+        if report.case_id is None or report.case_id not in files:
+            raise InvalidOptionError(f"case {report.case_id!r}: no files given for it.")
+    ordered = sorted(reports, key=lambda r: (Path(files[r.case_id or ""][0]).name, r.case_id))
+    labels: list[int | tuple[int, ...]] | None = None
     per_case: list[dict[str, Any]] = []
     case_metrics: list[dict[str, dict[str, float | int]]] = []
     for report in ordered:
@@ -91,8 +104,8 @@ def nnunet_summary(
                 f"the nnU-Net summary needs the metrics dice and jaccard; {sorted(missing)} "
                 "were not scored (add them to --metrics)."
             )
-        rows = [row for row in report.labels if row.requested and row.label is not None]
-        case_labels = [int(row.label) for row in rows if row.label is not None]
+        rows = [row for row in report.labels if row.requested or row.label is None]
+        case_labels = [_key(row) for row in rows]
         if labels is None:
             labels = case_labels
         elif case_labels != labels:
@@ -100,10 +113,8 @@ def nnunet_summary(
                 f"case {report.case_id!r} reports labels {case_labels}, the first case "
                 f"{labels}: the nnU-Net summary needs one label set for every case."
             )
-        if report.case_id is None or report.case_id not in files:
-            raise InvalidOptionError(f"case {report.case_id!r}: no files given for it.")
-        prediction, reference = files[report.case_id]
-        metrics = {str(row.label): _case_metrics(row) for row in rows}
+        prediction, reference = files[report.case_id or ""]
+        metrics = {str(key): _case_metrics(row) for key, row in zip(case_labels, rows, strict=True)}
         per_case.append(
             {
                 "prediction_file": str(prediction),
@@ -120,7 +131,7 @@ def nnunet_summary(
         }
         for label in labels
     }
-    foreground = [means[str(label)] for label in labels if label != 0]
+    foreground = [means[str(label)] for label in labels if label != 0]  # regions are tuples
     foreground_mean = {
         metric: math.fsum(m[metric] for m in foreground) / len(foreground)
         if foreground
