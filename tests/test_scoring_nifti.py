@@ -355,3 +355,18 @@ def test_a_2d_image_has_no_volume_in_ml(tmp_path: Path) -> None:
     row = report.labels[0]
     assert (row.predicted_ml, row.reference_ml, report.voxel_ml) == (None, None, None)
     assert row.reference_voxels == 16
+
+
+def test_voxel_sizes_keep_the_header_precision_and_convert_units_exactly(tmp_path: Path) -> None:
+    """NIfTI-2 stores float64 sizes (rounding them through float32 lost digits); 0.0007 m is
+    0.7 mm (its float32 times 1000 is 0.69999997..., then not the decimal 0.7)."""
+    data = np.zeros((4, 4, 4), np.uint8)
+    precise = nib.Nifti2Image(data, np.diag([0.123456789012, 0.5, 2.0, 1.0]))
+    precise.header.set_xyzt_units("mm")
+    nib.save(precise, tmp_path / "n2.nii")
+    assert inspect_volume(tmp_path / "n2.nii").spacing == (0.123456789012, 0.5, 2.0)
+    metres = nib.Nifti1Image(data, np.diag([0.0007, 0.0005, 0.002, 1.0]))
+    metres.header.set_xyzt_units("meter")
+    nib.save(metres, tmp_path / "m.nii")
+    assert float(np.float32(0.0007)) * 1000.0 != 0.7  # the trap
+    assert inspect_volume(tmp_path / "m.nii").spacing == (0.7, 0.5, 2.0)

@@ -26,6 +26,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from types import ModuleType
 
@@ -531,8 +532,8 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
     unit = _UNIT_TO_MM.get(int(header["xyzt_units"]) % 8, 1.0)
     repaired = _as_nibabel_loads(header, name)
     affine, affine_problem = _affine(repaired)
-    affine[:3] *= unit
     spacing, spacing_note = _spacing(header, repaired, affine, affine_problem, len(shape), unit)
+    affine[:3] *= unit
     return NiftiInfo(
         path=str(path),
         shape=shape,
@@ -550,11 +551,13 @@ def inspect_nifti(path: str | os.PathLike[str], max_voxels: int | None = None) -
     )
 
 
-def _header_float(value: float) -> float:
-    """A float32 header value as the decimal it was written from (``0.8``, not
-    ``0.800000011920929``), so that a tolerance of one voxel (0.8 mm) holds a neighbour at one
-    voxel's distance."""
-    return float(str(np.float32(value)))
+def _header_float(value: float, dtype: np.dtype, unit: float) -> float:
+    """A header value stored as ``dtype`` (float32 in NIfTI-1, float64 in NIfTI-2), read as
+    the decimal it was written from and converted to mm by ``unit`` in decimal arithmetic:
+    ``0.8``, not ``0.800000011920929``; ``0.0007`` m is ``0.7`` mm, not
+    ``0.7000000000000001``. So a tolerance of one voxel (0.8 mm) holds a neighbour one voxel
+    away."""
+    return float(Decimal(str(dtype.type(value))) * Decimal(str(unit)))
 
 
 def _spacing(
@@ -568,19 +571,21 @@ def _spacing(
     """The voxel sizes in mm of the (up to 3) spatial axes, and a note when they are not
     pixdim's.
 
-    ``|pixdim|`` in the header's units (a negative size is a flipped axis, whose direction the
-    qfac or the affine carries: nibabel reads it so), unless the header's affine is its sform
+    ``|pixdim|`` converted from the header's units (a negative size is a flipped axis, whose
+    direction the qfac or the affine carries: nibabel reads it so; ``affine`` is still in those
+    units, ``_header_float``), unless the header's affine is its sform
     and the sform's column norms differ from those (a tool that rewrote only the sform): the
     sform is the geometry the affines are compared in, and ITK and MONAI take their voxel
     sizes from it. None when neither gives sizes that are finite and not 0 (then distances
     are in voxels).
     """
     n = min(3, ndim)
-    sizes = tuple(_header_float(abs(float(z))) * unit for z in header["pixdim"][1 : 1 + n])
+    stored = header["pixdim"].dtype
+    sizes = tuple(_header_float(abs(float(z)), stored, unit) for z in header["pixdim"][1 : 1 + n])
     spacing = sizes if all(math.isfinite(z) and z > 0 for z in sizes) else None
     if affine_problem is not None or int(repaired["sform_code"]) <= 0:
         return spacing, None
-    norms = tuple(_header_float(z) for z in np.linalg.norm(affine[:3, :n], axis=0))
+    norms = tuple(_header_float(z, stored, unit) for z in np.linalg.norm(affine[:3, :n], axis=0))
     if not all(math.isfinite(z) and z > 0 for z in norms):
         return spacing, None
     if spacing is not None and np.allclose(norms, spacing, rtol=1e-4, atol=0.0):
