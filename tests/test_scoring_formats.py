@@ -575,3 +575,37 @@ def test_a_text_metaimage_is_read_as_simpleitk_reads_it(tmp_path: Path) -> None:
     want = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T
     np.testing.assert_array_equal(want, labels)
     np.testing.assert_array_equal(load_image(inspect_image(path)), labels)
+
+
+def test_compressed_metaimage_streams_are_checked_where_itk_reads_them(
+    tmp_path: Path, pair
+) -> None:  # type: ignore[no-untyped-def]
+    """``HeaderSize`` moves where ITK reads: from that byte of a ``.mha`` (ITK reads garbage
+    at byte 3, the stream at 16 padding bytes on), and from byte 0 of a ``.mhd``'s data file
+    when no CompressedDataSize is given; ``CompressedDataSize = 0`` of a data file means the
+    whole file."""
+    data = pair[0].astype(np.uint8)
+    head, stream = _deflated_mha(tmp_path, data)
+    at_3 = tmp_path / "at3.mha"
+    at_3.write_bytes(
+        head.replace(b"CompressedData =", b"HeaderSize = 3\nCompressedData =") + stream
+    )
+    with pytest.raises(CorruptFileError, match="corrupt"):
+        load_image(inspect_image(at_3))
+    padded = head.replace(b"CompressedData =", b"HeaderSize = XXXX\nCompressedData =")
+    padded = padded.replace(b"XXXX", b"%4d" % (len(padded) + 16))
+    (tmp_path / "pad.mha").write_bytes(padded + bytes(16) + stream)
+    text = write(tmp_path / "d.mhd", data, compress=True).read_text()
+    no_size = re.sub(r"CompressedDataSize = \d+\n", "", text)
+    skipped = no_size.replace("CompressedData =", "HeaderSize = 5\nCompressedData =")
+    (tmp_path / "skip.mhd").write_text(skipped.replace("d.zraw", "skip.zraw"))
+    (tmp_path / "skip.zraw").write_bytes(b"12345" + (tmp_path / "d.zraw").read_bytes())
+    with pytest.raises(CorruptFileError, match="from its first byte"):
+        load_image(inspect_image(tmp_path / "skip.mhd"))
+    zero = re.sub(r"CompressedDataSize = \d+", "CompressedDataSize = 0", text)
+    (tmp_path / "zero.mhd").write_text(zero)
+    for name in ("pad.mha", "zero.mhd"):
+        path = tmp_path / name
+        want = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T
+        np.testing.assert_array_equal(want, data)  # ITK reads these right
+        np.testing.assert_array_equal(load_image(inspect_image(path)), data)

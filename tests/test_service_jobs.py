@@ -1072,8 +1072,14 @@ def test_metrics_json_gives_every_structure_its_own_key() -> None:
     assert dice["ET"] == result.summary["regions"][0]["dice"]
     plain = grand_challenge_metrics(_result(ScoringOptions(labels={1: "liver", 2: None, 3: "x"})))
     assert set(plain["case"]["c0"]) == {"liver", "2", "x"}
-    reserved = grand_challenge_metrics(_result(ScoringOptions(regions={"mean": (1, 2)})))
+    reserved = grand_challenge_metrics(
+        _result(
+            ScoringOptions(labels={1: "region mean", 2: None, 3: None}, regions={"mean": (1, 2)})
+        )
+    )
     assert set(reserved["aggregates"]["dice"]) == {"mean", "1", "2", "3", "region mean"}
+    assert reserved["aggregates"]["dice"]["region mean"]["n"] == 2  # the region's, not label 1's
+    assert reserved["case"]["c0"]["1"]["dice"] != reserved["case"]["c0"]["region mean"]["dice"]
 
 
 def test_leaderboard_median_leaves_label_0_out_as_the_mean_does() -> None:

@@ -332,8 +332,8 @@ def _structure_keys(
     """The ``metrics.json`` key of each label and region, one structure per key.
 
     A label is keyed by its name, unless that name could be read as another key (``mean``,
-    another label's id, a name two labels share, a region's name), then by its id; a region by
-    its name, or ``region NAME`` when a label has that key.
+    another label's id, a name two labels share, a region's name, or ``region ...``), then by
+    its id; a region by its name, or ``region NAME`` when a label has that key.
     """
     ids = {str(label) for label, _ in labels}
     shared = Counter(name for _, name in labels if name)
@@ -345,6 +345,7 @@ def _structure_keys(
             or shared[name] > 1
             or (name in ids and name != str(label))
             or name in regions
+            or name.startswith("region ")
         )
         label_keys[label] = str(label) if clash else str(name)
     taken = set(label_keys.values()) | _AGGREGATE_KEYS

@@ -439,14 +439,17 @@ def _check_deflated(info: ImageInfo) -> None:
     declares: ITK does not raise on a corrupt or short stream, it prints "Uncompress failed"
     (or nothing) and returns uninitialised memory, which would be scored.
 
-    The stream is where ITK reads it: after the header, ``CompressedDataSize`` bytes (which a
-    ``.mha`` holding its data must give), or in the ``.mhd``'s data file after ``HeaderSize``
-    bytes, ``CompressedDataSize`` of them or the rest of the file. zlib and gzip wrappers are
-    accepted, as ITK accepts both. The stream is inflated once here and dropped, chunk by
-    chunk, so the check holds at most ``_INFLATE_CHUNK`` bytes of output at a time.
+    The stream is where ITK reads it: ``CompressedDataSize`` bytes (which a ``.mha`` holding
+    its data must give; 0 means not given) after the header, or from byte ``HeaderSize`` of
+    the file when the header gives one; or in the ``.mhd``'s data file, after ``HeaderSize``
+    bytes and ``CompressedDataSize`` of them, or the whole file when neither is given. zlib
+    and gzip wrappers are accepted, as ITK accepts both. The stream is inflated once here and
+    dropped, chunk by chunk, so the check holds at most ``_INFLATE_CHUNK`` bytes of output at
+    a time.
 
     Raises:
-        CorruptFileError: no ``CompressedDataSize`` for data after the header, a negative
+        CorruptFileError: no ``CompressedDataSize`` for data after the header, or for a data
+            file with a ``HeaderSize`` (ITK reads that file from byte 0), a negative
             ``HeaderSize``, a stream that is shorter than declared, corrupt, ends early, or
             inflates to more or fewer bytes than ``info.shape`` and ``info.dtype`` declare.
     """
@@ -455,9 +458,16 @@ def _check_deflated(info: ImageInfo) -> None:
     storage = _storage(_header_text(file), _suffix(file), name)
     if not storage.deflated:
         return
-    size, skip = storage.compressed_size, storage.skip or 0
+    size = storage.compressed_size or None  # MetaIO reads 0 as not given
+    skip = storage.skip or 0
+    if skip < 0:
+        raise CorruptFileError(
+            f"{name}: HeaderSize {skip} (data at the end of the file) with compressed data; "
+            "the stream's start is unknown."
+        )
     if storage.data_file is None:
-        data, start = file, storage.header_bytes or 0
+        # a HeaderSize is where ITK starts reading the file, else the header's end
+        data, start = file, skip if skip > 0 else storage.header_bytes or 0
         if size is None:
             raise CorruptFileError(
                 f"{name}: the compressed MetaImage holds its data but its header gives no "
@@ -465,10 +475,10 @@ def _check_deflated(info: ImageInfo) -> None:
             )
     else:
         data, start = file.parent / storage.data_file, skip
-        if skip < 0:
+        if skip > 0 and size is None:
             raise CorruptFileError(
-                f"{name}: HeaderSize {skip} (data at the end of the file) with compressed data; "
-                "the stream's start is unknown."
+                f"{name}: HeaderSize {skip} with compressed data but no CompressedDataSize; "
+                "ITK then inflates the data file from its first byte, not after HeaderSize."
             )
     expected = info.voxels * info.dtype.itemsize
     inflater = zlib.decompressobj(47)  # 32 + 15: a zlib or a gzip header, as ITK takes
