@@ -16,6 +16,7 @@ import torch
 from monai import losses as monai_losses
 
 from monai_jdt.losses import (
+    DiceCESemimetricLoss,
     DiceSemimetricLoss,
     GeneralizedDiceSemimetricLoss,
     JDTCELoss,
@@ -214,3 +215,16 @@ def test_ignore_index_on_soft_multichannel_targets_matches_monai(soft_label, ign
     x = logits.clone().requires_grad_(True)
     JDTCELoss(softmax=True, ignore_index=ignore_index)(x, smoothed).backward()
     assert x.grad.abs().amax() > 1e-4  # both parts still see the voxels
+
+
+def test_a_float64_weight_tensor_stays_exact_as_in_monai() -> None:
+    """Class weights were rounded to float32 (0.1 -> 0.10000000149): a relative error of
+    ~1e-10 against MONAI, which keeps a float tensor's dtype."""
+    logits, labels = _case(5, (6, 5), n_classes=3)
+    weight = torch.tensor([0.1, 0.3, 0.7], dtype=torch.float64)
+    args = {"to_onehot_y": True, "softmax": True, "weight": weight}
+    for ours, theirs in (
+        (DiceSemimetricLoss(**args), monai_losses.DiceLoss(**args)),
+        (DiceCESemimetricLoss(**args), monai_losses.DiceCELoss(**args)),
+    ):
+        torch.testing.assert_close(ours(logits, labels), theirs(logits, labels), rtol=1e-14, atol=0)

@@ -130,13 +130,18 @@ def resolve_aggregation(
 
 
 def resolve_weight(weight: WeightArg) -> torch.Tensor | None:
-    """Per-class multipliers as a float tensor (0-dim for one value for all classes)."""
+    """Per-class multipliers as a float tensor (0-dim for one value for all classes): a float
+    tensor keeps its dtype (a float64 weight stays exact for float64 inputs), anything else
+    is float32, as MONAI's ``torch.as_tensor`` makes it."""
     if weight is None:
         return None
     if isinstance(weight, bool):
         raise TypeError("weight must be a number, a sequence of numbers or a tensor, got a bool.")
+    dtype = torch.float32
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        dtype = weight.dtype
     try:
-        tensor = torch.as_tensor(weight, dtype=torch.float32)
+        tensor = torch.as_tensor(weight, dtype=dtype)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(
             f"weight must be a number, a sequence of numbers or a tensor, got {weight!r}."
