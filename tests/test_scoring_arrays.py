@@ -322,3 +322,37 @@ def test_the_label_limit_counts_only_labels_present() -> None:
     ids[0, 0, 0] = 0
     report = score_arrays(ids, ids)
     assert len(report.labels) == 3999 and all(row.metrics["dice"] == 1.0 for row in report.labels)
+
+
+def test_a_one_hot_float_pair_is_scored_per_channel() -> None:
+    """A 4-D float pair of 0/1 (one-hot prediction and reference, channel-first) was taken for
+    a label map by the whole-number rule: its channel values pooled as label ids."""
+    rng = np.random.default_rng(4)
+    ref_labels = rng.integers(0, 3, size=(6, 5, 4))
+    pred_labels = np.where(rng.random((6, 5, 4)) < 0.8, ref_labels, rng.integers(0, 3, (6, 5, 4)))
+    one_hot = np.eye(3, dtype=np.float32)
+    pred, ref = (np.moveaxis(one_hot[v], -1, 0) for v in (pred_labels, ref_labels))
+    report = score_arrays(pred, ref)
+    assert report.kind == "probabilities"
+    for label in (1, 2):
+        p, r = pred_labels == label, ref_labels == label
+        want = 2 * np.sum(p & r) / (p.sum() + r.sum())
+        assert report.label(label).metrics["dice"] == pytest.approx(want, rel=1e-12)
+
+
+def test_a_whole_number_float_reference_of_a_single_map_is_a_label_map() -> None:
+    """A 0/1 float reference has no label 2: scoring a single map as label 2 against it
+    counted the label-1 voxels; a float reference with labels 0..2 was refused as
+    probabilities out of range."""
+    rng = np.random.default_rng(5)
+    prob = rng.random((6, 5, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(6, 5, 4))
+    binary = (labels == 1).astype(np.float32)
+    two = score_arrays(prob, binary, ScoringOptions(labels={2: None}))
+    assert (two.label(2).tp, two.label(2).fn, two.label(2).metrics["dice"]) == (0, 0, 0.0)
+    as_float = score_arrays(prob, labels.astype(np.float32), ScoringOptions(labels={2: None}))
+    as_int = score_arrays(prob, labels, ScoringOptions(labels={2: None}))
+    assert as_float.label(2).metrics == as_int.label(2).metrics
+    x, y = prob.astype(np.float64), (labels == 2).astype(np.float64)
+    want = 2 * np.sum(x * y) / (x.sum() + y.sum())
+    assert as_float.label(2).metrics["dice"] == pytest.approx(want, rel=1e-6)

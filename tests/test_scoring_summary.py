@@ -125,3 +125,34 @@ def test_a_label_absent_from_a_case_gets_the_boundary_metrics_of_absence(
     for metric in metrics:
         assert found.summary["labels"][1][metric] == asked.summary["labels"][1][metric]
     assert found.summary["foreground_mean"] == asked.summary["foreground_mean"]
+
+
+def test_an_empty_float_prediction_does_not_fail_the_probability_cases(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An all-zero float prediction is a label map by --kind auto and brings label 0 (with
+    include_background) into a dataset of single probability maps; those were scored again
+    on {0, 1} and failed, and the summary kept one case."""
+    import nibabel as nib
+
+    from monai_jdt.scoring import score_directory
+
+    rng = np.random.default_rng(8)
+    for name in ("p", "r"):
+        (tmp_path / name).mkdir()
+    want = []
+    for i in range(3):
+        ref = (rng.random((8, 7, 6)) < 0.3).astype(np.uint8)
+        pred = (
+            rng.random(ref.shape).astype(np.float32) if i < 2 else np.zeros(ref.shape, np.float32)
+        )
+        nib.save(nib.Nifti1Image(pred, np.eye(4)), tmp_path / "p" / f"c{i}.nii.gz")
+        nib.save(nib.Nifti1Image(ref, np.eye(4)), tmp_path / "r" / f"c{i}.nii.gz")
+        x, y = pred.astype(np.float64), ref.astype(np.float64)
+        want.append(2 * np.sum(x * y) / (x.sum() + y.sum()))
+    result = score_directory(
+        tmp_path / "p", tmp_path / "r", ScoringOptions(include_background=True), workers=1
+    )
+    assert result.failures == []
+    label1 = next(e for e in result.summary["labels"] if e["label"] == 1)
+    assert label1["dice"]["n"] == 3
+    assert label1["dice"]["mean"] == pytest.approx(np.mean(want), rel=1e-6)
+    assert any("not channels" in note for r in result.reports for note in r.notes)

@@ -28,10 +28,12 @@ from monai_jdt.scoring.volumes import (
     as_volume,
     check_probabilities,
     decide_kind,
+    is_channel_first,
     is_floating,
     is_tensor,
     label_map,
     torch_compatible,
+    whole_numbers,
 )
 
 if TYPE_CHECKING:
@@ -160,11 +162,8 @@ def score_arrays(
     pred = as_volume(prediction, "prediction")
     ref = as_volume(reference, "reference")
     kind = decide_kind(pred, ref, options.kind)
-    # channel-first: one axis more than a label-map reference, or a 4-D soft pair [C, X, Y, Z]
     # (an integer reference is a label map, always)
-    channel_first = kind == "probabilities" and (
-        pred.ndim == ref.ndim + 1 or (pred.ndim == ref.ndim == 4 and is_floating(ref))
-    )
+    channel_first = kind == "probabilities" and is_channel_first(pred, ref)
     spatial = tuple(pred.shape[1:] if channel_first else pred.shape)
     ref_spatial = tuple(ref.shape[1:] if channel_first and ref.ndim == pred.ndim else ref.shape)
     if spatial != ref_spatial or (ref.ndim == pred.ndim and tuple(ref.shape) != tuple(pred.shape)):
@@ -238,7 +237,13 @@ def _score_probabilities(
     from monai_jdt.scoring.soft import soft_case_counts
 
     check_probabilities(pred, "prediction")
-    soft_reference = ref.ndim == pred.ndim and is_floating(ref)
+    # a float reference of a single map is a label map when it holds whole numbers, as the
+    # docs' "a float ... whole numbers is a label map" (label 2 of a 0/1 float map is absent)
+    soft_reference = (
+        ref.ndim == pred.ndim
+        and is_floating(ref)
+        and (channel_first or not whole_numbers(ref, "reference"))
+    )
     if soft_reference:
         check_probabilities(ref, "reference")
         reference = ref

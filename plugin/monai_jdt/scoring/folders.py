@@ -175,7 +175,7 @@ def score_directory(
 
     The dataset is scored on one label set (``complete_label_set``): every case gets a row for
     each of its labels, absent-from-both rows following ``options.empty``; cases that lack a
-    label which may be in their reference (requested labels, probability maps) are scored a
+    label which may be in their reference (requested labels) are scored a
     second time on the whole set. ``progress`` is called once per case of the first pass
     (from the calling thread).
 
@@ -246,7 +246,7 @@ def complete_label_set(
 
     Every report gets a row for each label of the set, absent-from-both rows following
     ``options.empty`` (``summary.with_label_set``). Cases that lack a label which may be in
-    their reference (requested labels, probability maps) are handed to ``rescore(case ids,
+    their reference (requested labels) are handed to ``rescore(case ids,
     options on the whole set)``; their new reports keep ``options`` and their first notes, and
     flag the labels not asked for ``requested=False``. For every front end that scores a
     dataset (``score_directory``, the service's dataset jobs).

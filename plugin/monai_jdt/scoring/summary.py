@@ -148,14 +148,21 @@ def with_label_set(
     of its volumes, so a label it lacks is absent from both: its row has ``tp = fp = fn = 0``
     and ``tn`` = the voxels counted (``label_scores``, ratios under ``options.empty``), and
     the boundary metrics of a structure absent from both volumes (``with_absent_boundary``,
-    also under ``options.empty``), as the case scored on that label would give. Other
-    cases (requested labels, probability maps) cannot tell, and are scored again.
+    also under ``options.empty``), as the case scored on that label would give. A case scored
+    on requested labels cannot tell, and is scored again. A probability map already reports
+    every label it can score (its channels, or a single map's one label): it is kept as it
+    is, with a note naming the labels it lacks (they have no value in that case).
     """
     have = {row.label for row in report.labels if row.label is not None}  # not region rows
     missing = [label for label in labels if label not in have]
     if not missing:
         return report
-    if report.kind != "labels" or options.labels is not None:
+    if report.kind == "probabilities":
+        # a probability map already reports every label it can (its channels, or the one
+        # label of a single map): scoring it again on more would only fail
+        note = f"labels {missing} of the dataset are not channels of this probability map"
+        return dataclasses.replace(report, notes=(*report.notes, note))
+    if options.labels is not None:
         return None
     if not report.labels and options.ignore_label is not None:
         return None  # the voxels counted (the ignored ones left out) are known only by a row

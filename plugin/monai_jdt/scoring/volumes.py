@@ -50,10 +50,12 @@ __all__ = [
     "check_max_label",
     "check_probabilities",
     "decide_kind",
+    "is_channel_first",
     "is_floating",
     "is_tensor",
     "label_map",
     "torch_compatible",
+    "whole_numbers",
 ]
 
 Volume: TypeAlias = "np.ndarray | torch.Tensor"
@@ -170,6 +172,26 @@ def _float_stats(volume: np.ndarray | torch.Tensor, name: str) -> tuple[float, f
     return low, high, whole, exact and whole
 
 
+def is_channel_first(
+    prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor
+) -> bool:
+    """Whether a float prediction is a channel-first ``[C, *spatial]`` probability map: one
+    axis more than a label-map reference, or a 4-D pair with a float reference (a soft or
+    one-hot reference ``[C, X, Y, Z]``: a label map has at most three axes)."""
+    return prediction.ndim == reference.ndim + 1 or (
+        prediction.ndim == reference.ndim == 4 and is_floating(reference)
+    )
+
+
+def whole_numbers(volume: np.ndarray | torch.Tensor, name: str) -> bool:
+    """Whether every value of a float volume is a whole number (within ``WHOLE_TOLERANCE``).
+
+    Raises:
+        NonFiniteValuesError: NaN or infinity.
+    """
+    return _float_stats(volume, name)[2]
+
+
 def decide_kind(
     prediction: np.ndarray | torch.Tensor,
     reference: np.ndarray | torch.Tensor,
@@ -177,8 +199,9 @@ def decide_kind(
 ) -> Kind:
     """Label map or probability map, from the option, the dtypes, the shapes and the values.
 
-    With ``kind="auto"``: an integer prediction is a label map; a float prediction with one
-    more axis than the reference is a channel-first probability map; a float prediction of the
+    With ``kind="auto"``: an integer prediction is a label map; a channel-first float
+    prediction (``is_channel_first``: one more axis than the reference, or a 4-D float pair,
+    e.g. a one-hot pair of 0/1) is a probability map; another float prediction of the
     reference's shape is a label map when all its values (and a float reference's) are whole
     numbers (within ``WHOLE_TOLERANCE``), else a single-label probability map.
 
@@ -189,11 +212,11 @@ def decide_kind(
         return kind
     if not is_floating(prediction):
         return "labels"
-    if prediction.ndim == reference.ndim + 1:
+    if is_channel_first(prediction, reference):
         return "probabilities"
-    whole = _float_stats(prediction, "prediction")[2]
+    whole = whole_numbers(prediction, "prediction")
     if whole and is_floating(reference):
-        whole = _float_stats(reference, "reference")[2]
+        whole = whole_numbers(reference, "reference")
     return "labels" if whole else "probabilities"
 
 
