@@ -356,3 +356,18 @@ def test_a_whole_number_float_reference_of_a_single_map_is_a_label_map() -> None
     x, y = prob.astype(np.float64), (labels == 2).astype(np.float64)
     want = 2 * np.sum(x * y) / (x.sum() + y.sum())
     assert as_float.label(2).metrics["dice"] == pytest.approx(want, rel=1e-6)
+
+
+def test_probability_maps_refuse_regions_and_negative_reference_ids() -> None:
+    """Regions were ignored without a word for probability maps, and a negative id in the
+    integer reference was scored, where the label-map path refuses it."""
+    prob = np.random.default_rng(6).random((5, 4, 3)).astype(np.float32)
+    ref = np.zeros((5, 4, 3), np.int16)
+    ref[:2] = 1
+    with pytest.raises(InvalidOptionError, match="regions"):
+        score_arrays(prob, ref, ScoringOptions(regions={"WT": (1, 2)}))
+    ref[0, 0, 0] = -3
+    with pytest.raises(NegativeLabelError):
+        score_arrays(prob, ref)
+    with pytest.raises(NegativeLabelError):
+        score_arrays(prob.round(), ref)  # the label-map path, for comparison

@@ -19,6 +19,7 @@ from monai_jdt.scoring.boundary_report import check_kind, with_boundary
 from monai_jdt.scoring.confusion import ConfusionMatrix, confusion_matrix, confusion_matrix_torch
 from monai_jdt.scoring.errors import (
     InvalidOptionError,
+    NegativeLabelError,
     ShapeMismatchError,
     VolumeTooLargeError,
 )
@@ -230,6 +231,12 @@ def _score_probabilities(
             "ignore_label applies to label maps; this prediction is a probability map.",
             option="ignore_label",
         )
+    if options.regions:
+        raise InvalidOptionError(
+            "regions apply to label maps; this prediction is a probability map (score the "
+            "region's union as a channel of its own).",
+            option="regions",
+        )
 
     import torch
 
@@ -249,6 +256,12 @@ def _score_probabilities(
         reference = ref
     else:
         reference = label_map(ref, "reference")
+        low = int(reference.min()) if math.prod(reference.shape) else 0
+        if low < 0:  # as the label-map path refuses them while counting
+            raise NegativeLabelError(
+                f"the reference label volume holds negative values (minimum {low}); label ids "
+                "must be >= 0."
+            )
     if not channel_first:
         pred = pred[None]
         reference = reference[None] if soft_reference else reference
