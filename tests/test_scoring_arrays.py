@@ -371,3 +371,14 @@ def test_probability_maps_refuse_regions_and_negative_reference_ids() -> None:
         score_arrays(prob, ref)
     with pytest.raises(NegativeLabelError):
         score_arrays(prob.round(), ref)  # the label-map path, for comparison
+
+
+def test_a_softmax_against_an_integer_one_hot_reference_warns() -> None:
+    """An integer reference is a label map, so a [C, X, Y, Z] softmax against an integer
+    one-hot [C, X, Y, Z] is one map over four axes: a plausible number, not per channel."""
+    rng = np.random.default_rng(9)
+    prob = rng.random((3, 4, 4, 4)).astype(np.float32)
+    one_hot = np.moveaxis(np.eye(3, dtype=np.int64)[rng.integers(0, 3, (4, 4, 4))], -1, 0)
+    report = score_arrays(prob, one_hot)
+    assert any("four axes" in w for w in report.warnings)
+    assert score_arrays(prob, one_hot.astype(np.float32)).warnings == ()  # channel-first

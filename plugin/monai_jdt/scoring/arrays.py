@@ -262,6 +262,14 @@ def _score_probabilities(
                 f"the reference label volume holds negative values (minimum {low}); label ids "
                 "must be >= 0."
             )
+    warnings: list[str] = []
+    if not channel_first and pred.ndim == 4 and not soft_reference:
+        warnings.append(
+            f"the 4-D float prediction {tuple(pred.shape)} is scored as one label's map over "
+            "four axes against an integer reference of its shape; for channel-first "
+            "probabilities [C, X, Y, Z] give the reference as a label map [X, Y, Z] (argmax) "
+            "or as floats"
+        )
     if not channel_first:
         pred = pred[None]
         reference = reference[None] if soft_reference else reference
@@ -309,4 +317,5 @@ def _score_probabilities(
         options=options,
         notes=tuple(notes),
         seconds=time.perf_counter() - started,
+        warnings=tuple(warnings),
     )
