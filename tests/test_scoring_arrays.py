@@ -382,3 +382,13 @@ def test_a_softmax_against_an_integer_one_hot_reference_warns() -> None:
     report = score_arrays(prob, one_hot)
     assert any("four axes" in w for w in report.warnings)
     assert score_arrays(prob, one_hot.astype(np.float32)).warnings == ()  # channel-first
+
+
+def test_a_4d_float_label_map_pair_with_ids_above_1_stays_a_label_map() -> None:
+    """Only a 4-D float pair in [0, 1] reads as channel-first probabilities; one with ids
+    0..3 was refused as probabilities out of range."""
+    labels = np.random.default_rng(7).integers(0, 4, size=(2, 5, 4, 3))
+    as_float = score_arrays(labels.astype(np.float32), labels.astype(np.float32))
+    as_int = score_arrays(labels, labels)
+    assert as_float.kind == as_int.kind == "labels"
+    assert [r.to_dict() for r in as_float.labels] == [r.to_dict() for r in as_int.labels]

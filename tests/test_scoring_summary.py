@@ -156,3 +156,17 @@ def test_an_empty_float_prediction_does_not_fail_the_probability_cases(tmp_path)
     assert label1["dice"]["n"] == 3
     assert label1["dice"]["mean"] == pytest.approx(np.mean(want), rel=1e-6)
     assert any("not channels" in note for r in result.reports for note in r.notes)
+
+
+def test_completing_a_probability_case_twice_changes_nothing() -> None:
+    """A job that resumes completes its stored reports again: the note on a probability case
+    lacking a dataset label was added once more each time."""
+    from monai_jdt.scoring.summary import with_label_set
+
+    prob = np.random.default_rng(3).random((4, 4, 4)).astype(np.float32)
+    ref = np.zeros((4, 4, 4), np.uint8)
+    ref[:2] = 1
+    report = score_arrays(prob, ref)
+    once = with_label_set(report, [1, 2], ScoringOptions())
+    assert once is not None and sum("not channels" in n for n in once.notes) == 1
+    assert with_label_set(once, [1, 2], ScoringOptions()) is once

@@ -29,12 +29,12 @@ from monai_jdt.scoring.volumes import (
     as_volume,
     check_probabilities,
     decide_kind,
+    float_stats,
     is_channel_first,
     is_floating,
     is_tensor,
     label_map,
     torch_compatible,
-    whole_numbers,
 )
 
 if TYPE_CHECKING:
@@ -244,20 +244,18 @@ def _score_probabilities(
     from monai_jdt.scoring.soft import soft_case_counts
 
     check_probabilities(pred, "prediction")
-    # a float reference of a single map is a label map when it holds whole numbers, as the
-    # docs' "a float ... whole numbers is a label map" (label 2 of a 0/1 float map is absent)
-    soft_reference = (
-        ref.ndim == pred.ndim
-        and is_floating(ref)
-        and (channel_first or not whole_numbers(ref, "reference"))
-    )
+    # one pass over a float reference decides and checks it: of a single map it is a label
+    # map when it holds whole numbers (so a 0/1 float reference has no label 2)
+    stats = float_stats(ref, "reference") if is_floating(ref) else None
+    soft_reference = ref.ndim == pred.ndim and stats is not None and (channel_first or not stats[2])
     if soft_reference:
-        check_probabilities(ref, "reference")
+        check_probabilities(ref, "reference", stats)
         reference = ref
     else:
-        reference = label_map(ref, "reference")
-        low = int(reference.min()) if math.prod(reference.shape) else 0
-        if low < 0:  # as the label-map path refuses them while counting
+        reference = label_map(ref, "reference", stats)  # refuses negative floats
+        counted = stats is None and 0 not in tuple(reference.shape)
+        low = int(reference.min()) if counted else 0
+        if low < 0:  # integer ids, as the label-map path refuses them while counting
             raise NegativeLabelError(
                 f"the reference label volume holds negative values (minimum {low}); label ids "
                 "must be >= 0."

@@ -161,6 +161,8 @@ def with_label_set(
         # a probability map already reports every label it can (its channels, or the one
         # label of a single map): scoring it again on more would only fail
         note = f"labels {missing} of the dataset are not channels of this probability map"
+        if note in report.notes:  # completed before (a job resumed): nothing changes
+            return report
         return dataclasses.replace(report, notes=(*report.notes, note))
     if options.labels is not None:
         return None

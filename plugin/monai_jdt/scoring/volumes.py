@@ -50,12 +50,12 @@ __all__ = [
     "check_max_label",
     "check_probabilities",
     "decide_kind",
+    "float_stats",
     "is_channel_first",
     "is_floating",
     "is_tensor",
     "label_map",
     "torch_compatible",
-    "whole_numbers",
 ]
 
 Volume: TypeAlias = "np.ndarray | torch.Tensor"
@@ -63,6 +63,8 @@ Kind = Literal["labels", "probabilities"]
 
 #: relative distance to the nearest integer below which a float counts as that integer label
 WHOLE_TOLERANCE = 1e-6
+#: how far outside [0, 1] a probability may lie as rounding (clipped before counting)
+_RANGE_TOLERANCE = 1e-6
 _CHECK_CHUNK = 1 << 22  # voxels per validation step: bounds the temporaries
 _TOLERANCE_SLICE = 1 << 18  # voxels per float64 step of the whole-number tolerance test
 
@@ -144,7 +146,7 @@ def _near_whole(chunk: np.ndarray | torch.Tensor) -> tuple[bool, bool]:
     return whole, False
 
 
-def _float_stats(volume: np.ndarray | torch.Tensor, name: str) -> tuple[float, float, bool, bool]:
+def float_stats(volume: np.ndarray | torch.Tensor, name: str) -> tuple[float, float, bool, bool]:
     """``(min, max, all whole numbers, all exactly whole)`` of a float volume (whole within
     ``WHOLE_TOLERANCE``).
 
@@ -175,21 +177,13 @@ def _float_stats(volume: np.ndarray | torch.Tensor, name: str) -> tuple[float, f
 def is_channel_first(
     prediction: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor
 ) -> bool:
-    """Whether a float prediction is a channel-first ``[C, *spatial]`` probability map: one
-    axis more than a label-map reference, or a 4-D pair with a float reference (a soft or
-    one-hot reference ``[C, X, Y, Z]``: a label map has at most three axes)."""
+    """Whether a probability map is channel-first ``[C, *spatial]``: one axis more than a
+    label-map reference, or a 4-D pair with a float reference (a soft or one-hot reference
+    ``[C, X, Y, Z]``; ``decide_kind`` reads such a pair as probabilities when the prediction
+    lies in [0, 1])."""
     return prediction.ndim == reference.ndim + 1 or (
         prediction.ndim == reference.ndim == 4 and is_floating(reference)
     )
-
-
-def whole_numbers(volume: np.ndarray | torch.Tensor, name: str) -> bool:
-    """Whether every value of a float volume is a whole number (within ``WHOLE_TOLERANCE``).
-
-    Raises:
-        NonFiniteValuesError: NaN or infinity.
-    """
-    return _float_stats(volume, name)[2]
 
 
 def decide_kind(
@@ -199,11 +193,12 @@ def decide_kind(
 ) -> Kind:
     """Label map or probability map, from the option, the dtypes, the shapes and the values.
 
-    With ``kind="auto"``: an integer prediction is a label map; a channel-first float
-    prediction (``is_channel_first``: one more axis than the reference, or a 4-D float pair,
-    e.g. a one-hot pair of 0/1) is a probability map; another float prediction of the
-    reference's shape is a label map when all its values (and a float reference's) are whole
-    numbers (within ``WHOLE_TOLERANCE``), else a single-label probability map.
+    With ``kind="auto"``: an integer prediction is a label map; a float prediction with one
+    more axis than the reference is a channel-first probability map, and so is a 4-D float
+    pair whose prediction lies in [0, 1] (e.g. a one-hot pair of 0/1; a 4-D float label map
+    with ids above 1 stays a label map); another float prediction of the reference's shape is
+    a label map when all its values (and a float reference's) are whole numbers (within
+    ``WHOLE_TOLERANCE``), else a single-label probability map.
 
     Raises:
         NonFiniteValuesError: a float volume examined holds NaN or infinity.
@@ -212,11 +207,14 @@ def decide_kind(
         return kind
     if not is_floating(prediction):
         return "labels"
-    if is_channel_first(prediction, reference):
+    if prediction.ndim == reference.ndim + 1:
         return "probabilities"
-    whole = whole_numbers(prediction, "prediction")
+    low, high, whole, _ = float_stats(prediction, "prediction")
+    in_unit_range = low >= -_RANGE_TOLERANCE and high <= 1 + _RANGE_TOLERANCE
+    if is_channel_first(prediction, reference) and in_unit_range:
+        return "probabilities"
     if whole and is_floating(reference):
-        whole = whole_numbers(reference, "reference")
+        whole = float_stats(reference, "reference")[2]
     return "labels" if whole else "probabilities"
 
 
@@ -243,10 +241,15 @@ def check_label_ids(volume: np.ndarray | torch.Tensor, name: str) -> None:
         check_max_label(int(volume.max()), name)
 
 
-def label_map(volume: np.ndarray | torch.Tensor, name: str) -> np.ndarray | torch.Tensor:
+def label_map(
+    volume: np.ndarray | torch.Tensor,
+    name: str,
+    stats: tuple[float, float, bool, bool] | None = None,
+) -> np.ndarray | torch.Tensor:
     """An integer label map for ``volume``: floats must be finite whole numbers (within
     ``WHOLE_TOLERANCE``; rounded to the nearest integer and cast to the smallest fitting
-    unsigned dtype); integers pass unchanged after ``check_label_ids``.
+    unsigned dtype); integers pass unchanged after ``check_label_ids``. ``stats``: the
+    volume's ``float_stats`` when the caller has them (not taken again).
 
     Raises:
         NonFiniteValuesError, NonIntegerLabelsError, NegativeLabelError, LabelIdTooLargeError:
@@ -255,7 +258,7 @@ def label_map(volume: np.ndarray | torch.Tensor, name: str) -> np.ndarray | torc
     if not is_floating(volume):
         check_label_ids(volume, name)
         return volume
-    low, high, whole, exact = _float_stats(volume, name)
+    low, high, whole, exact = float_stats(volume, name) if stats is None else stats
     if not whole:
         raise NonIntegerLabelsError(
             f"the {name} label volume holds values that are not whole numbers (range "
@@ -278,8 +281,13 @@ def label_map(volume: np.ndarray | torch.Tensor, name: str) -> np.ndarray | torc
     return (volume if exact else np.rint(volume)).astype(dtype)
 
 
-def check_probabilities(volume: np.ndarray | torch.Tensor, name: str) -> None:
-    """Refuse NaN / infinity and values outside [0, 1] (1e-6 of rounding is tolerated).
+def check_probabilities(
+    volume: np.ndarray | torch.Tensor,
+    name: str,
+    stats: tuple[float, float, bool, bool] | None = None,
+) -> None:
+    """Refuse NaN / infinity and values outside [0, 1] (``_RANGE_TOLERANCE`` of rounding is
+    tolerated). ``stats``: the volume's ``float_stats`` when the caller has them.
 
     Raises:
         ProbabilityRangeError: not floats, or values outside [0, 1].
@@ -289,8 +297,8 @@ def check_probabilities(volume: np.ndarray | torch.Tensor, name: str) -> None:
         raise ProbabilityRangeError(
             f"the {name} probability volume must hold floats in [0, 1], got dtype {volume.dtype}."
         )
-    low, high = _float_stats(volume, name)[:2]
-    if low < -1e-6 or high > 1 + 1e-6:
+    low, high = (float_stats(volume, name) if stats is None else stats)[:2]
+    if low < -_RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
         raise ProbabilityRangeError(
             f"the {name} probability volume holds values in {low:g}..{high:g}, outside [0, 1]; "
             "apply softmax/sigmoid first, or give an integer label map."
