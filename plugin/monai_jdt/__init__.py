@@ -27,7 +27,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from monai_jdt.counts import SoftCounts, aggregate_scores, soft_counts, tversky_index
+    from monai_jdt.aggregation import SoftCounts, aggregate_scores, tversky_index
+    from monai_jdt.counts import soft_counts
     from monai_jdt.losses import (
         DiceCESemimetricLoss,
         DiceSemimetricLoss,
@@ -43,11 +44,14 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 # public name -> the module that defines it (imported on first access, or at once, see above)
+_ARRAYS = {  # numpy or torch, no import of either
+    "SoftCounts": "monai_jdt.aggregation",
+    "aggregate_scores": "monai_jdt.aggregation",
+    "tversky_index": "monai_jdt.aggregation",
+}
 _TORCH_BACKED = {
-    "SoftCounts": "monai_jdt.counts",
-    "aggregate_scores": "monai_jdt.counts",
+    **_ARRAYS,
     "soft_counts": "monai_jdt.counts",
-    "tversky_index": "monai_jdt.counts",
     "DiceCESemimetricLoss": "monai_jdt.losses",
     "DiceSemimetricLoss": "monai_jdt.losses",
     "GeneralizedDiceSemimetricLoss": "monai_jdt.losses",

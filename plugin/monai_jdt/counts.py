@@ -21,31 +21,28 @@ MONAI's ``squared_pred=True``. The *classic* counts (``semimetric=False``) are
 Counts are accumulated in float32 (float64 inputs stay float64), also under fp16/bf16 autocast,
 so large 3D volumes and empty classes never overflow or give NaN.
 
-Ratio
------
-The Tversky index of one (image, class) is ``(tp + s_nr) / (tp + alpha*fp + beta*fn + s_dr)``:
-Jaccard for alpha = beta = 1, Dice for alpha = beta = 0.5.
-
-Aggregation levels (Wang et al., NeurIPS 2023, "fine-grained IoU")
--------------------------------------------------------------------
-Given per-(image, class) counts ``[N, C]`` and an ``active`` mask ``[N, C]`` (the class is
-present in that image's target, or every class when all are counted):
-
-* ``"batch"`` (mIoU^D): sum the counts over all images (also those where the class is absent:
-  their false positives count), one ratio per class, mean over the classes active in any image.
-* ``"image"`` (mIoU^I): one ratio per (image, class), mean over that image's active classes,
-  then mean over the images that have any active class.
-* ``"class"`` (mIoU^C): one ratio per (image, class), mean over the images where the class is
-  active, then mean over those classes.
+The ratios of these counts and their aggregation levels (mIoU^D / ^I / ^C) are in
+:mod:`monai_jdt.aggregation` (torch-free, on numpy arrays too); their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import torch
+
+from monai_jdt.aggregation import (
+    AGGREGATIONS,
+    Aggregation,
+    SoftCounts,
+    aggregate_scores,
+    aggregate_values,
+    masked_mean,
+    scored_pairs,
+    tversky_index,
+)
 
 __all__ = [
     "AGGREGATIONS",
@@ -58,21 +55,6 @@ __all__ = [
     "soft_counts",
     "tversky_index",
 ]
-
-Aggregation = Literal["batch", "image", "class"]
-AGGREGATIONS: tuple[Aggregation, ...] = ("batch", "image", "class")
-
-
-class SoftCounts(NamedTuple):
-    """Soft confusion counts, each of the shape of the reduced input (e.g. ``[B, C]``)."""
-
-    tp: torch.Tensor
-    fp: torch.Tensor
-    fn: torch.Tensor
-
-    def sum(self, dim: int, keepdim: bool = False) -> SoftCounts:
-        """Pool the counts over ``dim`` (e.g. the batch, for the dataset level)."""
-        return SoftCounts(*(c.sum(dim, keepdim=keepdim) for c in self))
 
 
 def _accumulation_dtype(t: torch.Tensor) -> torch.dtype:
@@ -297,132 +279,3 @@ def soft_counts(
             # p = 2: (|x|^2 + |y|^2 - |x-y|^2) / 2 == sum(x*y) exactly, so both forms agree.
             px, py, tp = _ClassicCounts.apply(x, y, dims, norm, y_total)
     return SoftCounts(tp, px - tp, py - tp)
-
-
-def tversky_index(
-    counts: SoftCounts,
-    alpha: float,
-    beta: float,
-    smooth_nr: float = 0.0,
-    smooth_dr: float = 0.0,
-    empty: float = float("nan"),
-) -> torch.Tensor:
-    """``(tp + smooth_nr) / (tp + alpha*fp + beta*fn + smooth_dr)``, elementwise.
-
-    Where the denominator is 0 (a class empty in both prediction and target, no smoothing) the
-    index is ``empty``: NaN by default (callers skip it), 1.0 for losses (nothing to get
-    wrong). The division is guarded so that such entries give a zero, never a NaN, gradient.
-    """
-    tp, fp, fn = counts
-    numerator = tp + smooth_nr
-    denominator = tp + alpha * fp + beta * fn + smooth_dr
-    defined = denominator != 0
-    safe = torch.where(defined, denominator, torch.ones_like(denominator))
-    return torch.where(defined, numerator / safe, torch.full_like(numerator, empty))
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` is true (over ``dim``, or over everything).
-
-    Entries outside the mask never reach the result or its gradient, even when they are NaN.
-    Where the mask selects nothing the mean is NaN (with a zero gradient).
-    """
-    mask = mask.to(torch.bool).expand_as(values)
-    total = torch.where(mask, values, torch.zeros_like(values))
-    n = mask.sum() if dim is None else mask.sum(dim)
-    total = total.sum() if dim is None else total.sum(dim)
-    mean = total / n.clamp_min(1).to(total.dtype)
-    return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
-
-
-def aggregate_values(
-    values: torch.Tensor, active: torch.Tensor, level: Aggregation
-) -> torch.Tensor:
-    """Mean of per-class or per-(image, class) ``values`` at one aggregation level.
-
-    Args:
-        values: for ``"batch"``, one value per class (any shape with ``C`` elements, e.g. ``[C]``
-            or ``[1, C]``) computed from the counts pooled over the images; for ``"image"`` and
-            ``"class"``, one value per (image, class), ``[N, C]``.
-        active: boolean ``[N, C]``: which (image, class) pairs take part. At the batch level a
-            class takes part when it is active in any image.
-        level: ``"batch"`` (mean over active classes), ``"image"`` (mean over each image's
-            active classes, then over images) or ``"class"`` (mean over the images where the
-            class is active, then over classes).
-
-    Returns:
-        A 0-dim tensor; NaN (with a zero gradient) when no pair is active. Inactive entries never
-        reach the result or its gradient.
-
-    Raises:
-        ValueError: an unknown ``level``, or ``values`` and ``active`` not both ``[N, C]`` at
-            the image or class level.
-    """
-    active = active.to(torch.bool)
-    if level == "batch":
-        return masked_mean(values.reshape(-1), active.any(0))
-    if values.shape != active.shape:
-        raise ValueError(
-            f"at the {level!r} level values and active must both be [N, C], got "
-            f"{tuple(values.shape)} and {tuple(active.shape)}."
-        )
-    if level == "image":
-        return masked_mean(masked_mean(values, active, dim=1), active.any(1))
-    if level == "class":
-        return masked_mean(masked_mean(values, active, dim=0), active.any(0))
-    raise ValueError(f"level must be one of {AGGREGATIONS}, got {level!r}.")
-
-
-def scored_pairs(counts: SoftCounts, level: Aggregation) -> torch.Tensor:
-    """``[N, C]`` bool: the (image, class) pairs a fine-grained score of Wang et al. (NeurIPS
-    2023) averages over, from ``[N, C]`` counts.
-
-    At the dataset level (``"batch"``, mIoU^D) every class with a count, ``tp + fp + fn > 0``
-    in any image: a class predicted where no reference holds it scores 0 and lowers the mean
-    (with soft predictions any predicted mass counts). At the image and class levels the pairs
-    whose reference holds the class, ``tp + fn > 0``: a false positive alone gives no score
-    for that image.
-    """
-    if level == "batch":
-        return (counts.tp + counts.fp + counts.fn) > 0
-    return (counts.tp + counts.fn) > 0
-
-
-def aggregate_scores(
-    counts: SoftCounts,
-    active: torch.Tensor,
-    level: Aggregation,
-    alpha: float,
-    beta: float,
-    smooth_nr: float = 0.0,
-    smooth_dr: float = 0.0,
-    empty: float = float("nan"),
-) -> torch.Tensor:
-    """Scalar Tversky-family score of per-(image, class) ``counts`` at one aggregation level.
-
-    Args:
-        counts: ``SoftCounts`` with tensors of shape ``[N, C]`` (N images, C classes).
-        active: boolean ``[N, C]``: which (image, class) pairs take part (e.g. present in the
-            reference); pass all-true to count every class.
-        level: ``"batch"`` (mIoU^D), ``"image"`` (mIoU^I) or ``"class"`` (mIoU^C).
-        alpha, beta, smooth_nr, smooth_dr: the Tversky parameters.
-        empty: the index of a pair with a zero denominator (see ``tversky_index``).
-
-    Returns:
-        A 0-dim tensor; NaN when no pair is active.
-
-    Raises:
-        ValueError: ``counts`` and ``active`` not both ``[N, C]``, or an unknown ``level``.
-    """
-    if active.shape != counts.tp.shape or counts.tp.ndim != 2:
-        raise ValueError(
-            f"counts and active must both be [N, C], got {tuple(counts.tp.shape)} and "
-            f"{tuple(active.shape)}."
-        )
-    if level not in AGGREGATIONS:
-        raise ValueError(f"level must be one of {AGGREGATIONS}, got {level!r}.")
-    # at the batch level every image's counts pool, also where the class is absent: its false
-    # positives count
-    pooled = counts.sum(0) if level == "batch" else counts
-    scores = tversky_index(pooled, alpha, beta, smooth_nr, smooth_dr, empty)
-    return aggregate_values(scores, active, level)

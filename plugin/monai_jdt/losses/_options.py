@@ -12,7 +12,7 @@ from typing import Literal, cast
 
 import torch
 
-from monai_jdt.counts import AGGREGATIONS, Aggregation
+from monai_jdt.aggregation import AGGREGATIONS, Aggregation
 
 __all__ = [
     "AggregationArg",

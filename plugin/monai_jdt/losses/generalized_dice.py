@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from monai_jdt.counts import SoftCounts, tversky_index
+from monai_jdt.aggregation import SoftCounts, tversky_index
 from monai_jdt.losses._inputs import Prepared
 from monai_jdt.losses._options import ClassesArg, check_choice
 from monai_jdt.losses.jdt import Activation, OverlapLoss

@@ -28,7 +28,8 @@ import torch
 from torch.nn.modules.loss import _Loss
 
 from monai_jdt import distributed
-from monai_jdt.counts import Aggregation, SoftCounts, aggregate_values, soft_counts, tversky_index
+from monai_jdt.aggregation import Aggregation, SoftCounts, aggregate_values, tversky_index
+from monai_jdt.counts import soft_counts
 from monai_jdt.losses._inputs import (
     InputOptions,
     Prepared,

@@ -3,11 +3,11 @@
 Each call adds, per image and class, the soft counts ``tp, fp, fn`` of the prediction against
 the reference (``monai_jdt.counts.soft_counts``, summed over the spatial axes) to MONAI's
 cumulative buffers; ``aggregate()`` all-gathers those buffers across ranks (MONAI's own
-``evenly_divisible_all_gather``) and reduces them with ``monai_jdt.counts.aggregate_scores``:
+``evenly_divisible_all_gather``) and reduces them with ``monai_jdt.aggregation.aggregate_scores``:
 
 * ``level="batch"`` (mIoU^D): pool the counts of every image, one ratio per class, mean over
   the classes with any count (``tp + fp + fn > 0``: a class predicted where no reference
-  holds it scores 0; ``monai_jdt.counts.scored_pairs``);
+  holds it scores 0; ``monai_jdt.aggregation.scored_pairs``);
 * ``level="image"`` (mIoU^I): one ratio per (image, class), mean over the classes present in
   that image's reference, then over the images;
 * ``level="class"`` (mIoU^C): one ratio per (image, class), mean over the images whose

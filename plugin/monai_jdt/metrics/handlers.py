@@ -25,7 +25,7 @@ from typing import Any
 
 from monai.handlers import IgniteMetricHandler
 
-from monai_jdt.counts import Aggregation
+from monai_jdt.aggregation import Aggregation
 from monai_jdt.metrics.fine_grained import FineGrainedIoUMetric, OverlapIndex
 
 __all__ = ["FineGrainedIoU"]

@@ -238,9 +238,7 @@ def _score_probabilities(
             option="regions",
         )
 
-    import torch
-
-    from monai_jdt.counts import SoftCounts
+    from monai_jdt.aggregation import SoftCounts
     from monai_jdt.scoring.soft import soft_case_counts
 
     check_probabilities(pred, "prediction")
@@ -298,7 +296,7 @@ def _score_probabilities(
     counts = soft_case_counts(pred, reference, labels, channels, device)
     rows = label_scores(
         labels,
-        SoftCounts(*(torch.from_numpy(c) for c in (counts.tp, counts.fp, counts.fn))),
+        SoftCounts(counts.tp, counts.fp, counts.fn),
         counts.voxels,
         requested,
         options,

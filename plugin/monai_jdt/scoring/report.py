@@ -1,6 +1,6 @@
 """The per-case report: per-label counts, volumes and ratios, as a JSON-safe dict.
 
-Every ratio is a Tversky index of the label's counts (as ``monai_jdt.counts.tversky_index``)::
+Every ratio is a Tversky index of the label's counts (``monai_jdt.aggregation.tversky_index``)::
 
     dice      = 2 tp / (2 tp + fp + fn)      (alpha = beta = 1/2)
     jaccard   = tp / (tp + fp + fn)          (alpha = beta = 1, the IoU)
@@ -19,16 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from monai_jdt.aggregation import SoftCounts, tversky_index
 from monai_jdt.scoring.errors import TooManyLabelsError
 from monai_jdt.scoring.options import LABEL_WARNING_THRESHOLD, METRICS, ScoringOptions, exposure
-
-if TYPE_CHECKING:
-    from monai_jdt.counts import SoftCounts
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -333,17 +331,6 @@ def label_warnings(predicted: set[int], reference: set[int], options: ScoringOpt
     return warnings
 
 
-def _tversky_index(
-    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, alpha: float, beta: float
-) -> np.ndarray:
-    """``tp / (tp + alpha fp + beta fn)`` in float64, NaN where the denominator is 0: the value
-    of ``monai_jdt.counts.tversky_index`` without smoothing, in numpy so that scoring label
-    maps never imports torch."""
-    denominator = tp + alpha * fp + beta * fn
-    defined = denominator != 0
-    return np.where(defined, tp / np.where(defined, denominator, 1.0), np.nan)
-
-
 def label_scores(
     labels: Sequence[int],
     counts: SoftCounts | tuple[Any, Any, Any],
@@ -363,7 +350,7 @@ def label_scores(
     values: dict[str, np.ndarray] = {}
     for metric in (m for m in options.metrics if m in METRICS):  # the overlap ratios
         alpha, beta = metric_weights(metric, options)
-        index = _tversky_index(tp, fp, fn, alpha, beta)
+        index = tversky_index(SoftCounts(tp, fp, fn), alpha, beta)
         values[metric] = np.where(absent, 1.0, index) if options.empty == "one" else index
     as_count = int if integer_counts else float
     rows = []

@@ -16,7 +16,7 @@ The fine-grained family (Wang et al., "Revisiting Evaluation Metrics for Semanti
 Optimization and Evaluation of Fine-grained Intersection over Union", NeurIPS 2023), for
 Jaccard (mIoU) and Dice, from the per-(case, label) counts ``tp, fp, fn`` ``[N, L]`` with
 ``active[i, j]`` = label j is present in case i's reference, through
-``monai_jdt.counts.aggregate_scores``:
+``monai_jdt.aggregation.aggregate_scores`` (on float64 numpy arrays: no torch):
 
 * ``D`` (dataset): pool the counts of all cases, one ratio per label, mean over the labels
   with any count (``tp + fp + fn > 0``: one predicted in no reference scores 0);
@@ -32,20 +32,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from monai_jdt.aggregation import (
+    Aggregation,
+    SoftCounts,
+    aggregate_scores,
+    masked_mean,
+    scored_pairs,
+    tversky_index,
+    worst_mean,
+)
 from monai_jdt.scoring.errors import InvalidOptionError
 from monai_jdt.scoring.options import ScoringOptions
 from monai_jdt.scoring.report import SCHEMA_VERSION, CaseReport, label_scores
 
-if TYPE_CHECKING:  # torch and the counts are imported where the fine-grained scores need them
-    import torch
-
-    from monai_jdt.counts import SoftCounts
-
-__all__ = ["dataset_labels", "fine_grained_scores", "summarize", "with_label_set", "worst_mean"]
+__all__ = ["dataset_labels", "fine_grained_scores", "summarize", "with_label_set"]
 
 #: the counts and volumes of a label row summarised like the ratios
 COUNT_FIELDS: tuple[str, ...] = (
@@ -80,27 +84,10 @@ def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
     }
 
 
-def worst_mean(scores: torch.Tensor, keep: torch.Tensor, q: float) -> float:
-    """Mean of the lowest ``ceil(q/100 * n)`` (at least one) of ``scores[keep]``; NaN if none."""
-    values = scores[keep.bool()].sort().values
-    if values.numel() == 0:
-        return math.nan
-    k = max(1, math.ceil(q / 100.0 * values.numel()))
-    return float(values[:k].mean())
-
-
 def fine_grained_scores(
     counts: SoftCounts, alpha: float, beta: float, q: float
 ) -> dict[str, float | None]:
     """``D``, ``I``, ``C``, ``I_worst``, ``C_worst`` of ``[N, L]`` counts (see the module doc)."""
-    from monai_jdt.counts import (
-        Aggregation,
-        aggregate_scores,
-        masked_mean,
-        scored_pairs,
-        tversky_index,
-    )
-
     levels: tuple[tuple[str, Aggregation], ...] = (("D", "batch"), ("I", "image"), ("C", "class"))
     result = {
         key: _finite(
@@ -108,7 +95,7 @@ def fine_grained_scores(
         )
         for key, level in levels
     }
-    active = scored_pairs(counts, "image")
+    active = np.asarray(scored_pairs(counts, "image"))
     per_pair = tversky_index(counts, alpha, beta)
     per_image = masked_mean(per_pair, active, dim=1)
     result["I_worst"] = _finite(worst_mean(per_image, active.any(1), q))
@@ -278,13 +265,9 @@ def _structure_stats(pairs: Sequence[tuple[Any, CaseReport]], metrics: list[str]
 
 
 def _fine_grained(reports: Sequence[CaseReport], labels: list[int], q: float) -> dict[str, Any]:
-    import torch
-
-    from monai_jdt.counts import SoftCounts
-
     index = {label: j for j, label in enumerate(labels)}
     shape = (len(reports), len(labels))
-    tp, fp, fn = (torch.zeros(shape, dtype=torch.float64) for _ in range(3))
+    tp, fp, fn = (np.zeros(shape, dtype=np.float64) for _ in range(3))
     for i, report in enumerate(reports):
         for row in report.labels:
             j = None if row.label is None else index.get(row.label)
