@@ -22,8 +22,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from jdt_service.allocator import tune_allocator
 from monai_jdt.scoring import ScoringOptions, score_files
+from monai_jdt.scoring.allocator import tune_allocator
 
 _OPTIONS = ScoringOptions(device="cpu")
 _SCORER = ThreadPoolExecutor(1)

@@ -14,7 +14,8 @@ boundaries are shifted), then for each size:
   latency, error count;
 * reads the server's peak RSS (``VmHWM`` of ``/proc/<pid>/status``) after each run.
 
-The HTTP overhead at concurrency 1 is ``p50 latency / library median - 1``.
+The HTTP overhead at concurrency 1 is ``p50 latency / library median - 1``. The library calls
+run with the allocator thresholds the service sets (``monai_jdt.scoring.allocator``).
 
     python benchmarks/load/run_load.py                     # both sizes, 1 and 8 clients
     python benchmarks/load/run_load.py --sizes 128 --requests 10 --json out.json
@@ -50,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import free_port, status_bytes
 
 from monai_jdt.scoring import ScoringOptions, score_files
+from monai_jdt.scoring.allocator import tune_allocator
 
 
 def label_pair(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -275,6 +277,7 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    tune_allocator()  # as the server does: the library call is timed in the same regime
     post = DRIVERS[args.driver]
 
     work = Path(tempfile.mkdtemp(prefix="jdt-load-"))

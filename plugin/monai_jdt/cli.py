@@ -436,8 +436,10 @@ def _run_score(args: argparse.Namespace) -> int:
 
 def _run_score_dir(args: argparse.Namespace) -> int:
     from monai_jdt.scoring import pair_cases, score_directory
+    from monai_jdt.scoring.allocator import tune_allocator
 
     options, run = _options(args), _folder_options(args)  # checked before anything is printed
+    tune_allocator()  # case after case: keep the freed chunk buffers for the next case
     if run.summary_format == "nnunet" and not {"dice", "jaccard"} <= set(options.metrics):
         raise _CliError(
             "--summary-format nnunet writes Dice and IoU: add dice and jaccard to --metrics."

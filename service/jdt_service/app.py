@@ -6,7 +6,7 @@ state; routes reach them through :mod:`jdt_service.dependencies`. Everything und
 is one router (:mod:`jdt_service.routers.v1`) behind the API-key dependency. On start-up the
 app warns about ``JDT_*`` variables that match no setting (when it reads the environment)
 and removes upload folders left by killed processes; it also fixes glibc's allocator
-thresholds for the scoring threads (:mod:`jdt_service.allocator`).
+thresholds for the scoring threads (:mod:`monai_jdt.scoring.allocator`).
 ``uvicorn jdt_service.app:create_app --factory`` serves it directly.
 """
 
@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from jdt_service.allocator import tune_allocator
 from jdt_service.auth import require_api_key
 from jdt_service.errors import install_error_handlers
 from jdt_service.gc_freeze import freeze_startup_objects, thaw
@@ -32,6 +31,7 @@ from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings, unknown_variables
 from jdt_service.web import router as web_router
 from monai_jdt import __version__
+from monai_jdt.scoring.allocator import tune_allocator
 
 __all__ = ["create_app"]
 

@@ -7,7 +7,9 @@ pass as tasks too, and the dataset summary is computed once, on the caller, by t
 :func:`monai_jdt.scoring.folders.dataset_result` as on one machine, so the result is exactly
 that of :func:`monai_jdt.scoring.score_directory` (the counts are exact integers for label
 maps; the summary is the same function of the same reports). ``dask.distributed`` is
-imported only here.
+imported only here. The workers of a ``LocalCluster`` get the allocator thresholds of
+:mod:`monai_jdt.scoring.allocator`; those of a remote cluster keep their owner's settings
+(``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in their environment set the same).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from monai_jdt.scoring.allocator import process_environment
 from monai_jdt.scoring.folders import (
     CaseFailure,
     DirectoryResult,
@@ -27,10 +30,39 @@ from monai_jdt.scoring.folders import (
 from monai_jdt.scoring.options import DEFAULT_OPTIONS, ScoringOptions
 from monai_jdt.scoring.report import CaseReport
 
-__all__ = ["LOCAL", "score_case", "score_directory_dask"]
+__all__ = ["LOCAL", "connect", "score_case", "score_directory_dask"]
 
 #: the ``--dask`` value that starts a ``LocalCluster`` on this machine
 LOCAL = "local"
+
+
+def connect(address: str, workers: int | None = None) -> tuple[Any, Any]:
+    """``(client, cluster)``: a client of the scheduler at ``address``, and no cluster; or,
+    for ``"local"``, a new ``LocalCluster`` of ``workers`` single-threaded processes (default:
+    the CPU count) with the allocator thresholds of :mod:`monai_jdt.scoring.allocator`, and
+    its client. The caller closes both.
+
+    Raises:
+        OSError: the scheduler cannot be reached.
+    """
+    import dask
+    from distributed import Client, LocalCluster
+
+    if address != LOCAL:
+        return Client(address), None
+    # Dask's nannies start their workers with MALLOC_TRIM_THRESHOLD_=65536 (its default
+    # pre-spawn-environ); these processes are ours, so they start with ours instead
+    spawn = {
+        f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in process_environment().items()
+    }
+    with dask.config.set(spawn):
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+        )
+    return Client(cluster), cluster
 
 
 def score_directory_dask(
@@ -51,20 +83,10 @@ def score_directory_dask(
         InvalidOptionError: a folder is missing or holds two files of one case.
         OSError: the scheduler cannot be reached.
     """
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
     pairs, unpaired_preds, unpaired_refs = pair_cases(predictions, references)
-    cluster: Any = None
-    if address == LOCAL:
-        cluster = LocalCluster(
-            n_workers=workers or os.cpu_count() or 1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-        )
-        client = Client(cluster)
-    else:
-        client = Client(address)
+    client, cluster = connect(address, workers)
     submitted = 0  # task keys stay unique across both passes
 
     def score(
