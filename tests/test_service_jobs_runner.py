@@ -289,11 +289,14 @@ def test_cases_of_an_earlier_job_still_running_count_against_the_budget(
 
 
 class _BreakingPool(ThreadPoolExecutor):
-    """A pool whose case ``c1`` always ends as if its worker process had been killed."""
+    """A pool whose case ``c1`` always ends as if its worker process had been killed; with
+    ``slow_c0``, on one thread whose case ``c0`` takes 0.3 s, so the cases after it still wait
+    in the pool's queue when ``c1``'s end is seen."""
 
-    def __init__(self, counts: dict[str, int]) -> None:
-        super().__init__(2)
+    def __init__(self, counts: dict[str, int], slow_c0: bool = False) -> None:
+        super().__init__(1 if slow_c0 else 2)
         self.counts = counts
+        self.slow_c0 = slow_c0
 
     def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
         self.counts[args[0]] = self.counts.get(args[0], 0) + 1
@@ -301,6 +304,13 @@ class _BreakingPool(ThreadPoolExecutor):
             future: Future[dict] = Future()  # type: ignore[type-arg]
             future.set_exception(BrokenProcessPool("a worker died"))
             return future
+        if args[0] == "c0" and self.slow_c0:
+
+            def slow():  # type: ignore[no-untyped-def]
+                time.sleep(0.3)
+                return fn(*args, **kwargs)
+
+            return super().submit(slow)
         return super().submit(fn, *args, **kwargs)
 
 
@@ -332,6 +342,36 @@ def test_a_worker_killed_breaks_no_later_job(
     assert counts["c1"] == 2 and len(pools) >= 2  # once more, on a fresh pool
     assert outcomes["c1"]["code"] == "worker_lost"
     assert "report" in outcomes["c0"] and "report" in outcomes["c2"]
+
+
+def test_cases_still_queued_on_a_dropped_pool_are_not_lost(
+    tmp_path: Path, label_pair, write_nifti, monkeypatch: pytest.MonkeyPatch, new_runner
+) -> None:
+    """Dropping the pool of a dead worker cancelled the cases still in its queue: a future
+    cancelled so is never reported by ``concurrent.futures.wait``, and the job waited for it
+    for ever, renewing its lease (here, with no job row, it lost it after a third of the
+    lease). They now run."""
+    import jdt_service.jobs_runner as jobs_runner
+
+    counts: dict[str, int] = {}
+    pools: list[_BreakingPool] = []
+
+    def fresh_pool(settings: Settings) -> tuple[_BreakingPool, None]:
+        pools.append(_BreakingPool(counts, slow_c0=True))
+        return pools[-1], None
+
+    monkeypatch.setattr(jobs_runner, "make_executor", fresh_pool)
+    settings = Settings(device="cpu", temp_dir=tmp_path, data_dir=tmp_path / "data", job_lease=3)
+    job, cases = _six_cases(tmp_path, label_pair, write_nifti, n=3)
+    runner = new_runner(settings)
+    try:
+        held, outcomes = _score_cases(runner, job, cases)
+    finally:
+        for pool in pools:
+            pool.shutdown()
+    assert held
+    assert sorted(outcomes) == ["c0", "c1", "c2"] and "report" in outcomes["c2"]
+    assert outcomes["c1"]["code"] == "worker_lost"
 
 
 def test_a_worker_killed_between_jobs_leaves_the_next_job_scored(tmp_path: Path) -> None:

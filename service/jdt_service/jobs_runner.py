@@ -344,10 +344,13 @@ class JobRunner:
             return sum(self._flight.values())
 
     def _discard_pool(self, pool: Executor) -> None:
-        """Drop a broken process pool (the next case starts a fresh one)."""
+        """Drop a broken process pool (the next case starts a fresh one). Its cases are not
+        cancelled: a broken process pool has failed them all already, and a future cancelled
+        by ``shutdown(cancel_futures=True)`` is never reported by ``concurrent.futures.wait``,
+        so a case still queued would have held its job for ever."""
         if self._executor is pool:
             log.warning("a job worker process died (out of memory?); starting a new pool")
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=False)
             self._executor = None
 
     def _release(self, job_id: str) -> None:
