@@ -45,6 +45,20 @@ def test_fine_grained_jaccard_by_hand(summary: dict) -> None:  # type: ignore[ty
     assert iou["C_worst"] == pytest.approx((1 / 4 + 1 / 2) / 2)
 
 
+@pytest.mark.parametrize(("q", "kept"), [(28, 7), (56, 14), (20, 5), (12.5, 4)])
+def test_worst_q_keeps_the_exact_ceiling(q: float, kept: int) -> None:
+    """25 cases whose IoU is k/26 (k = 1..25): the worst q % are the lowest ceil(q * 25 / 100).
+    In floats 28 / 100 * 25 is 7.000000000000001, and 8 were kept."""
+    reports = []
+    for k in range(1, 26):  # tp = k, fn = 26 - k: IoU k/26
+        pred = np.array([1] * k + [0] * (26 - k), np.uint8)
+        reports.append(score_arrays(pred, np.ones(26, np.uint8), case_id=f"c{k}"))
+    fine = summarize(reports, worst_q=q)["fine_grained"]["jaccard"]
+    expected = sum(range(1, kept + 1)) / 26 / kept  # mean of 1/26 .. kept/26
+    assert fine["I_worst"] == pytest.approx(expected, rel=1e-12)
+    assert fine["C_worst"] == pytest.approx(expected, rel=1e-12)
+
+
 def test_fine_grained_dice_by_hand(summary: dict) -> None:  # type: ignore[type-arg]
     dice = summary["fine_grained"]["dice"]
     assert dice["D"] == pytest.approx((6 / 11 + 6 / 9) / 2)

@@ -28,6 +28,8 @@ present in that image's target, or every class when all are counted):
 from __future__ import annotations
 
 import math
+from decimal import Decimal
+from fractions import Fraction
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
@@ -210,10 +212,13 @@ def aggregate_scores(
 
 def worst_mean(scores: Array, keep: Array, q: float) -> float:
     """Mean of the lowest ``ceil(q/100 * n)`` (at least one) of the ``n`` values
-    ``scores[keep]`` (1-D, ``keep`` boolean); NaN if there are none."""
+    ``scores[keep]`` (1-D, ``keep`` boolean); NaN if there are none. ``q`` is read as the
+    decimal it is written as and the product is exact: in floats ``28 / 100 * 25`` is
+    ``7.000000000000001``, whose ceiling would keep 8 of 25 values."""
     xp = _namespace(scores, keep)
     values = xp.sort(scores[keep])
-    if values.shape[0] == 0:
+    n = values.shape[0]
+    if n == 0:
         return math.nan
-    k = max(1, math.ceil(q / 100.0 * values.shape[0]))
+    k = max(1, math.ceil(Fraction(Decimal(repr(float(q)))) * n / 100))
     return float(xp.mean(values[:k]))
