@@ -100,6 +100,20 @@ def _counts(row) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
     return tuple(int(getattr(row, name)) for name in ("tp", "fp", "fn", "tn"))
 
 
+def test_regions_with_only_requested_labels() -> None:
+    """``--labels 1,2 --only-requested --regions U=1,2`` was refused ("only_requested needs
+    labels"), and in ``score-dir`` every case failed: the region rows are scored without
+    label names, and that dropped the labels but not ``only_requested``."""
+    pred = np.array([[1, 1, 2, 3, 0, 2]], np.uint8)
+    ref = np.array([[1, 2, 2, 3, 3, 0]], np.uint8)
+    report = score_arrays(
+        pred, ref, ScoringOptions(labels="1,2", only_requested=True, regions="U=1,2")
+    )
+    rows = {row.region or row.label: _counts(row) for row in report.labels}
+    assert set(rows) == {1, 2, "U"}  # label 3 narrowed away, the region kept
+    assert rows["U"] == (3, 1, 0, 2)  # {1, 2}: voxels 0-2 both, 5 predicted only
+
+
 def test_ignore_label_leaves_region_counts_and_boundary_metrics() -> None:
     """nnU-Net's ignore label: the voxels whose reference is it leave the region counts (they
     were counted there while left out of the label rows) and the boundary metrics (they are

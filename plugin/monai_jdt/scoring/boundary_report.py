@@ -188,7 +188,7 @@ def with_boundary(
             ),
             matrix.voxels,
             [True] * len(regions),
-            options.replace(labels=None),
+            options.replace(labels=None, only_requested=False),  # no label names for regions
             report.voxel_ml,
             True,
         )
