@@ -21,6 +21,7 @@ from monai_jdt.scoring import (
     VolumeTooLargeError,
     parse_labels,
     score_arrays,
+    summarize,
 )
 
 SHAPE = (40, 36, 28)
@@ -134,6 +135,21 @@ def test_background_only_when_asked(assert_matches_numpy, organ_pair) -> None:
     report = score_arrays(pred, ref, ScoringOptions(include_background=True))
     assert report.labels[0].label == 0
     assert_matches_numpy(report, pred, ref)
+
+
+def test_include_background_asks_for_label_0_beside_labels(organ_pair) -> None:
+    """With ``labels``, ``include_background`` made label 0 an unasked extra (requested
+    false) that ``only_requested`` then dropped: the flag that asks for it did nothing."""
+    pred, ref = organ_pair(SHAPE, 3, seed=2)
+    options = ScoringOptions(labels="1,2", include_background=True)
+    rows = [(r.label, r.requested) for r in score_arrays(pred, ref, options).labels]
+    assert rows == [(0, True), (1, True), (2, True), (3, False)]
+    narrowed = score_arrays(pred, ref, options.replace(only_requested=True))
+    assert [(r.label, r.requested) for r in narrowed.labels] == [(0, True), (1, True), (2, True)]
+    alone = score_arrays(pred, ref, ScoringOptions(include_background=True)).label(0)
+    assert narrowed.label(0).metrics == alone.metrics  # the same row as without labels
+    summary = summarize([narrowed])
+    assert summary["fine_grained"]["labels"] == [0, 1, 2] and summary["background"] is not None
 
 
 def test_anisotropic_spacing_gives_volumes_in_ml(organ_pair) -> None:

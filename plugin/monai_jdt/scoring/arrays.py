@@ -51,17 +51,18 @@ def select_labels(
 
     Without ``options.labels``: every label in ``present`` (either volume). With it: the
     asked labels, plus the labels in ``predicted`` that were not asked for (flagged
-    ``requested=False`` and named in a note) unless ``only_requested``. Label 0 only with
-    ``include_background`` or when asked for explicitly; never ``ignore_label``.
+    ``requested=False`` and named in a note) unless ``only_requested``
+    (``ScoringOptions.requested_labels``). Label 0 only with ``include_background`` (then it
+    is asked for) or when asked for explicitly; never ``ignore_label``.
     """
 
     def keep(label: int) -> bool:
         return (options.include_background or label != 0) and label != options.ignore_label
 
-    if options.labels is None:
+    asked = options.requested_labels
+    if asked is None:
         labels = sorted(label for label in set(present) if keep(label))
         return labels, [True] * len(labels), []
-    asked = set(options.labels)
     extra = [] if options.only_requested else sorted(set(predicted) - asked)
     extra = [label for label in extra if keep(label)]
     labels = sorted(asked | set(extra))

@@ -506,6 +506,17 @@ class ScoringOptions(OptionsModel):
             )
         return self
 
+    @property
+    def requested_labels(self) -> frozenset[int] | None:
+        """The labels asked for: those of ``labels``, and label 0 when ``include_background``
+        is set (unless it is ``ignore_label``); None without ``labels`` (every label present
+        is scored). Labels found in the prediction beyond these are reported with
+        ``requested=False``, unless ``only_requested``."""
+        if self.labels is None:
+            return None
+        background = {0} if self.include_background and self.ignore_label != 0 else set()
+        return frozenset(self.labels) | background
+
     @model_validator(mode="after")
     def _ignored_not_scored(self) -> ScoringOptions:
         if self.ignore_label is not None and self.ignore_label in (self.labels or {}):

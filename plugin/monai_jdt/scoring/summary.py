@@ -113,16 +113,18 @@ def dataset_labels(
 ) -> tuple[list[int], set[int]]:
     """The label set of a dataset, decided once from its case reports: ``(labels, unrequested)``.
 
-    With ``options.labels``: the requested labels, plus every label a prediction holds without
-    being asked for (``unrequested``; reported, flagged ``requested=False``, in every case).
+    With ``options.labels``: the requested labels (``ScoringOptions.requested_labels``: label 0
+    too under ``include_background``), plus every label a prediction holds without being asked
+    for (``unrequested``; reported, flagged ``requested=False``, in every case).
     Without: every label reported by any case (each case reports the labels present in either
     of its volumes).
     """
     seen = {row.label for report in reports for row in report.labels if row.label is not None}
-    if options.labels is None:
+    requested = options.requested_labels
+    if requested is None:
         return sorted(seen), set()
-    unrequested = seen - set(options.labels)
-    return sorted(set(options.labels) | unrequested), unrequested
+    unrequested = seen - requested
+    return sorted(requested | unrequested), unrequested
 
 
 def with_label_set(
