@@ -5,6 +5,10 @@ while its job waited."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -372,6 +376,49 @@ def test_cases_still_queued_on_a_dropped_pool_are_not_lost(
     assert held
     assert sorted(outcomes) == ["c0", "c1", "c2"] and "report" in outcomes["c2"]
     assert outcomes["c1"]["code"] == "worker_lost"
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_job_workers_end_when_the_service_is_killed(tmp_path: Path) -> None:
+    """A killed service (SIGKILL, the out-of-memory killer) left its job workers and their
+    forkserver running, idle, for ever."""
+    settings = f"device='cpu', job_workers=1, temp_dir={str(tmp_path)!r}"
+    script = (
+        "import os, time\n"
+        "from jdt_service.jobs_runner import make_executor\n"
+        "from jdt_service.settings import Settings\n"
+        f"pool, _ = make_executor(Settings({settings}, data_dir={str(tmp_path / 'd')!r}))\n"
+        "worker = pool.submit(os.getpid).result(timeout=120)\n"
+        "forkserver = pool.submit(os.getppid).result(timeout=120)\n"
+        "print(worker, forkserver, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    service = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        assert service.stdout is not None
+        pids = [int(pid) for pid in service.stdout.readline().split()]
+        assert len(pids) == 2 and all(_running(pid) for pid in pids)
+        service.kill()
+        service.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+            time.sleep(0.1)
+        assert not [pid for pid in pids if _running(pid)]
+    finally:
+        service.kill()
+        for pid in pids:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_worker_killed_between_jobs_leaves_the_next_job_scored(tmp_path: Path) -> None:

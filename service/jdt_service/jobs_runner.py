@@ -1,8 +1,9 @@
 """The job runner of one replica: a thread that claims jobs and scores their cases.
 
 Cases run on a bounded process pool of ``JDT_JOB_WORKERS`` processes (started by a
-``forkserver`` that has imported the scoring core, so a worker starts in milliseconds, and
-with the allocator thresholds of :mod:`monai_jdt.scoring.allocator`),
+``forkserver`` that has imported the scoring core, so a worker starts in milliseconds, with
+the allocator thresholds of :mod:`monai_jdt.scoring.allocator`, and ends when the service
+process ends, also when it is killed: :func:`jdt_service.jobs_worker.start_worker`),
 separate from the threads of ``POST /v1/scores``, so a large job never starves the
 interactive API; the cases in flight fit ``JDT_JOB_MEMORY_BUDGET_BYTES`` by their memory
 estimates. With ``JDT_DASK_SCHEDULER`` they run on a Dask cluster instead. The runner
@@ -61,11 +62,10 @@ from jdt_service.jobs import (
     reference_set_changed,
     remove_folder,
 )
-from jdt_service.jobs_worker import CaseLimits, score_job_case
+from jdt_service.jobs_worker import CaseLimits, score_job_case, start_worker
 from jdt_service.logs import where_raised
 from jdt_service.settings import Settings
 from monai_jdt.scoring import CaseFailure, CaseReport, DirectoryResult, ScoringError, ScoringOptions
-from monai_jdt.scoring.allocator import tune_allocator
 from monai_jdt.scoring.folders import complete_label_set
 
 __all__ = ["JobRunner", "make_executor"]
@@ -91,8 +91,12 @@ def make_executor(settings: Settings) -> tuple[Executor, Any]:
         return client.get_executor(pure=False), client
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["monai_jdt.scoring", "jdt_service.jobs_worker"])
-    # a forkserver child starts with glibc's defaults: fix its thresholds, as in the service
-    pool = ProcessPoolExecutor(settings.job_workers, mp_context=context, initializer=tune_allocator)
+    pool = ProcessPoolExecutor(
+        settings.job_workers,
+        mp_context=context,
+        initializer=start_worker,  # allocator thresholds; ends with the service
+        initargs=(os.getpid(),),
+    )
     return pool, None
 
 

@@ -1,4 +1,5 @@
-"""What a job worker process (or a Dask worker) runs for one case.
+"""What a job worker process (or a Dask worker) runs for one case, and how a job worker
+process starts.
 
 Kept apart from the service modules so a worker imports only the scoring core and the
 per-case limits (:mod:`jdt_service.job_memory`).
@@ -6,16 +7,57 @@ per-case limits (:mod:`jdt_service.job_memory`).
 
 from __future__ import annotations
 
+import os
+import select
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jdt_service.job_memory import boundary_refusal, job_bytes, job_bytes_refusal
 from monai_jdt.scoring import CaseReport, ScoringError, ScoringOptions
+from monai_jdt.scoring.allocator import tune_allocator
 from monai_jdt.scoring.cluster import score_case
 from monai_jdt.scoring.sitk_formats import VolumeInfo, inspect_volume
 
-__all__ = ["CaseLimits", "score_job_case"]
+__all__ = ["CaseLimits", "score_job_case", "start_worker"]
+
+_WATCH_POLL_S = 1.0  # where the kernel has no pidfd_open (not Linux 5.3+)
+
+
+def start_worker(service_pid: int) -> None:
+    """The job pool's initializer: the service's allocator thresholds
+    (:mod:`monai_jdt.scoring.allocator`), and a thread that ends this worker when the service
+    process ``service_pid`` ends. A forkserver's workers outlive a killed parent (SIGKILL,
+    the out-of-memory killer): idle for ever, holding their memory, and holding the
+    forkserver alive with them."""
+    tune_allocator()
+    threading.Thread(
+        target=_exit_with, args=(service_pid,), name="jdt-service-watch", daemon=True
+    ).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Wait for process ``pid`` to end, then end this process at once."""
+    try:
+        handle = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd here, or ``pid`` has ended already
+        while _exists(pid):
+            time.sleep(_WATCH_POLL_S)
+    else:
+        select.select([handle], [], [])  # readable once the process has ended
+    os._exit(1)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the id: ours has ended
+        return False
+    return True
 
 
 @dataclass(frozen=True)
