@@ -1,15 +1,18 @@
-"""A bare server: the least an HTTP server in Python adds to a score (the service's floor).
+"""Bare servers: the least an HTTP server in Python adds to a score (the service's floor).
 
-A bare asyncio HTTP/1.1 server (no framework, no limits, no logging, no checks of the
-request: for benchmarks only, never expose it) that answers ``POST /v1/scores`` with the same
-work as the service: the two multipart parts go to files in a fresh temporary folder,
-``monai_jdt.scoring.score_files`` scores them on a worker thread, the report goes back as
-JSON and the folder is deleted. ``GET`` answers ``ok``. With ``--inline`` it scores on the
-event loop itself: no thread hand-off at all, the least any server can add. ``run_load.py
---bare`` drives both alongside the real service, so the difference between them is what
-FastAPI, uvicorn and the service's own bounds cost.
+``--mode thread`` (default): a bare asyncio HTTP/1.1 server (no framework, no limits, no
+logging, no checks of the request: for benchmarks only, never expose it) that answers
+``POST /v1/scores`` with the same work as the service: the two multipart parts go to files in
+a fresh temporary folder, ``monai_jdt.scoring.score_files`` scores them on a worker thread,
+the report goes back as JSON and the folder is deleted. ``GET`` answers ``ok``.
+``--mode inline``: the same, scoring on the event loop itself (no thread hand-off at all).
+``--mode fastapi``: a one-route FastAPI app under uvicorn (h11) doing that same work, scoring
+on FastAPI's thread pool: what the framework costs without the service's bounds, auth,
+logging and metrics. ``--mode fastapi-empty``: that route reading the body and answering
+``{}`` without scoring: the framework's own floor for the upload. ``run_load.py --bare``
+drives them all alongside the real service.
 
-    python benchmarks/load/bare_server.py --port 8800 [--inline]
+    python benchmarks/load/bare_server.py --port 8800 [--mode inline|fastapi|fastapi-empty]
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from monai_jdt.scoring import ScoringOptions, score_files
 from monai_jdt.scoring.allocator import tune_allocator
@@ -41,6 +47,26 @@ def score_body(body: bytes, boundary: bytes) -> bytes:
         return json.dumps(score_files(paths[0], paths[1], _OPTIONS).to_dict()).encode()
     finally:
         shutil.rmtree(folder)
+
+
+def fastapi_app(score: bool) -> FastAPI:
+    """The one-route FastAPI app of ``--mode fastapi`` (``score``) / ``fastapi-empty``."""
+    app = FastAPI()
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b"ok")
+
+    @app.post("/v1/scores")
+    async def scores(request: Request) -> Response:
+        body = await request.body()
+        if not score:
+            return Response(b"{}", media_type="application/json")
+        boundary = request.headers["content-type"].split("boundary=", 1)[1].encode()
+        report = await run_in_threadpool(score_body, body, boundary)
+        return Response(report, media_type="application/json")
+
+    return app
 
 
 class _Connection(asyncio.Protocol):
@@ -88,10 +114,18 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--inline", action="store_true", help="score on the event loop")
+    parser.add_argument(
+        "--mode", choices=["thread", "inline", "fastapi", "fastapi-empty"], default="thread"
+    )
     args = parser.parse_args()
-    _Connection.inline = args.inline
     tune_allocator()  # the service's malloc settings, so the scoring costs the same
+    if args.mode.startswith("fastapi"):
+        import uvicorn
+
+        app = fastapi_app(score=args.mode == "fastapi")
+        uvicorn.run(app, host="127.0.0.1", port=args.port, http="h11", log_level="warning")
+        return
+    _Connection.inline = args.mode == "inline"
     asyncio.run(serve(args.port))
 
 

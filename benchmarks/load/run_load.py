@@ -7,8 +7,9 @@ boundaries are shifted), then for each size:
 * at 1 client, alternates ``monai_jdt.scoring.score_files`` in this process and
   ``POST /v1/scores`` on the same files from one keep-alive client, httpx or ``http.client``
   (``--client``), so both see the same background load; with ``--bare``, the same against
-  ``bare_server.py`` (the same work in a bare asyncio server, scoring on a worker thread and,
-  with ``--inline``, on its event loop: the floor of any Python server);
+  ``bare_server.py`` (the same work in a bare asyncio server, scoring on a worker thread or on
+  its event loop: the floor of any Python server; in a one-route FastAPI app; and that app
+  answering without scoring: the framework's floor for the upload);
 * at more clients, drives ``POST /v1/scores`` concurrently with ``hey`` (``apt-get install
   hey``) or, without it, httpx on asyncio (bodies are encoded once): throughput, p50 / p99
   latency, error count;
@@ -52,6 +53,14 @@ from bench_common import free_port, status_bytes
 
 from monai_jdt.scoring import ScoringOptions, score_files
 from monai_jdt.scoring.allocator import tune_allocator
+
+#: ``--bare`` variants: their ``bare_server.py --mode`` and how they are printed
+BARE_MODES = {
+    "bare": ("thread", "bare server"),
+    "bare_inline": ("inline", "bare server, inline"),
+    "bare_fastapi": ("fastapi", "one-route FastAPI app"),
+    "bare_fastapi_empty": ("fastapi-empty", "one-route FastAPI app, no scoring (its floor)"),
+}
 
 
 def label_pair(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +201,8 @@ def interleaved(
     try:
         score_files(pred, ref, options)  # warm-up, both sides
         post()
+        if statuses[0] != 200:  # never time error responses as if they were scores
+            raise RuntimeError(f"{url}/v1/scores answered {statuses[0]} to the warm-up request")
         latencies.clear()
         statuses.clear()
         for _ in range(max(1, repeats // block)):
@@ -272,8 +283,9 @@ def main() -> int:
     parser.add_argument(
         "--bare",
         action="store_true",
-        help="at 1 client, also time bare_server.py, threaded and --inline (the same work "
-        "without a framework)",
+        help="at 1 client, also time bare_server.py in its four modes (the same work without "
+        "the service: no framework, on a thread or inline; a one-route FastAPI app; that app "
+        "without scoring)",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -294,9 +306,9 @@ def main() -> int:
     bare: dict[str, tuple[subprocess.Popen[bytes], str]] = {}  # variant: (process, url)
     if args.bare:
         script = Path(__file__).with_name("bare_server.py")
-        for variant, flags in (("bare", []), ("bare_inline", ["--inline"])):
+        for variant, (mode, _) in BARE_MODES.items():
             bare_port = free_port()
-            command = [sys.executable, str(script), "--port", str(bare_port), *flags]
+            command = [sys.executable, str(script), "--port", str(bare_port), "--mode", mode]
             bare[variant] = subprocess.Popen(command, env=env), f"http://127.0.0.1:{bare_port}"
     try:
         for address in (url, *(bare_url for _, bare_url in bare.values())):
@@ -323,6 +335,7 @@ def main() -> int:
                         row[f"{variant}_p50_s"] = bare_row["p50_s"]
                         row[f"{variant}_library_s"] = bare_lib
                         row[f"{variant}_overhead"] = bare_row["p50_s"] / bare_lib - 1
+                        row[f"{variant}_errors"] = bare_row["errors"]
                 else:
                     post(url, body, ctype, clients, clients)  # warm-up
                     row = stats(*post(url, body, ctype, clients, clients * args.requests))
@@ -342,10 +355,11 @@ def main() -> int:
                 )
                 for variant in bare if clients == 1 else ():
                     print(
-                        f"  {variant.replace('_', ' ')} server, 1 client: p50 "
+                        f"  {BARE_MODES[variant][1]}, 1 client: p50 "
                         f"{row[f'{variant}_p50_s'] * 1e3:.1f} ms; library "
                         f"{row[f'{variant}_library_s'] * 1e3:.1f} ms, "
-                        f"overhead {row[f'{variant}_overhead']:+.1%}"
+                        f"p50 / library - 1 = {row[f'{variant}_overhead']:+.1%}, "
+                        f"errors {row[f'{variant}_errors']}/{row['requests']}"
                     )
         if args.json:
             summary = {"driver": args.driver, "client": args.client, "idle_rss_mib": idle_rss}
