@@ -349,6 +349,78 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
     assert offline.blocked == []
 
 
+def test_the_page_never_shows_a_rounded_or_stale_number(
+    offline, server_url, tmp_path, write_nifti
+) -> None:
+    """What a reviewer saw: a Dice of 0.99996 read "1.0000" (and was called the worst); a
+    one-voxel structure read "0.0000" mL; voxel sizes were rounded to 2 decimals; with Dice
+    not scored the note still said "lowest Dice"; a downsampled volume's slice counter counted
+    shown slices as if they were all; and a failed request left the previous case's scores
+    on screen under its error."""
+    import numpy as np
+
+    spacing = (0.3, 0.3, 0.30078125)
+    ref = np.zeros((40, 32, 40), np.uint8)
+    ref[5:25, 5:25, 5:35] = 1  # 12000 voxels
+    ref[30:34, 26:30, 30:34] = 2
+    ref[36, 2, 2] = 3  # one voxel: 0.3 * 0.3 * 0.30078125 mm3 = 0.00002707 mL
+    pred = ref.copy()
+    pred[5, 5, 5] = 0  # one voxel of label 1 missed: Dice 23998 / 23999
+    files = {
+        "prediction": write_nifti(tmp_path / "pred.nii.gz", pred, np.diag([*spacing, 1.0])),
+        "reference": write_nifti(tmp_path / "ref.nii.gz", ref, np.diag([*spacing, 1.0])),
+    }
+    long_ref = np.zeros((300, 12, 8), np.uint8)  # 300 > the pictures' 128 a side: 1 in 3
+    long_ref[100:200, 3:9, 2:6] = 1
+    long_files = {
+        "prediction": write_nifti(tmp_path / "long_pred.nii.gz", long_ref),
+        "reference": write_nifti(tmp_path / "long_ref.nii.gz", long_ref),
+    }
+    page = offline.page
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#key-message").filter(has_text="Key accepted").wait_for(timeout=10_000)
+
+    def submit(pair: dict[str, Path], wait_for: str) -> None:
+        for field_name, path in pair.items():
+            page.locator(f"#{field_name}").set_input_files(str(path))
+        page.get_by_role("button", name="Score", exact=True).click()
+        page.locator("#status").filter(has_text=wait_for).wait_for(timeout=60_000)
+
+    submit(files, "Scored in")
+    page.locator("#pictures").wait_for(state="visible", timeout=60_000)
+
+    def cell(label: int, column: str) -> str:
+        row = page.locator(f"tr[data-label='{label}']")
+        text: str = row.locator(f"td[data-column='{column}']").inner_text()
+        return text
+
+    dice_1 = 2 * 11999 / (11999 + 12000)  # 0.9999583...
+    assert cell(1, "dice") == f"{dice_1:.5f}" == "0.99996" and cell(2, "dice") == "1.0000"
+    assert cell(3, "reference_ml") == "0.0000271" and cell(3, "dice") == "1.0000"
+    assert "voxel 0.3 × 0.3 × 0.300781 mm" in page.locator("#case-summary").inner_text()
+    assert page.locator("#label-note").inner_text().endswith("(lowest Dice): 1.")
+
+    for metric in ("dice", "jaccard"):  # recall and precision only
+        page.get_by_role("checkbox", name=metric, exact=True).uncheck()
+    submit(files, "Scored in")
+    page.locator("#pictures").wait_for(state="visible", timeout=60_000)
+    note = page.locator("#label-note").inner_text()
+    assert note == "Opened at the first label, 1 (neither Dice nor Jaccard was scored)."
+
+    submit(long_files, "Scored in")
+    page.locator("#pictures").wait_for(state="visible", timeout=60_000)
+    # the sagittal view steps through x (300 voxels, 100 shown)
+    counter = page.locator("#sagittal-value").inner_text()
+    assert counter.endswith("of 100 shown (1 in 3 of the volume's)"), counter
+
+    (tmp_path / "not.nii.gz").write_bytes(b"not a volume")
+    submit({"prediction": tmp_path / "not.nii.gz"}, "Not scored")
+    assert "[not_nifti]" in page.locator("#status").inner_text()
+    assert page.locator("#results").is_hidden() and page.locator("#pictures").is_hidden()
+    assert offline.blocked == []
+
+
 # ---------------------------------------------------------------- the dataset part of the page
 # The real jobs API of the same server: an admin creates a reference set, the page submits
 # an archive of predictions, the job runs in the server's worker process.

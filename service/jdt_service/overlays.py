@@ -90,7 +90,14 @@ class Overlays(BaseModel):
     image: str | None = Field(
         description="base64 of the zlib-compressed image (uint8, windowed), null without one."
     )
-    worst_label: int | None = Field(description="The reported label with the lowest Dice.")
+    worst_label: int | None = Field(
+        description="The reported label with the lowest Dice (Jaccard when Dice is not "
+        "scored; the first label when neither is); null when no label is reported."
+    )
+    worst_by: Literal["dice", "jaccard"] | None = Field(
+        description="The metric worst_label has the lowest value of; null when neither Dice "
+        "nor Jaccard is scored (worst_label is then the first label)."
+    )
     centres: list[LabelCentre]
 
 
@@ -290,14 +297,16 @@ def _centres(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -
     return result
 
 
-def _worst(rows: list[dict[str, Any]]) -> int | None:
-    """The reported label with the lowest Dice (Jaccard when Dice is not scored); ``rows`` are
+def _worst(rows: list[dict[str, Any]]) -> tuple[int | None, Literal["dice", "jaccard"] | None]:
+    """``(label, metric)``: the reported label with the lowest Dice (Jaccard when Dice is not
+    scored) and that metric; the first label and None when neither is scored. ``rows`` are
     label rows (a region row has no label id)."""
-    for metric in ("dice", "jaccard"):
+    metrics: tuple[Literal["dice", "jaccard"], ...] = ("dice", "jaccard")
+    for metric in metrics:
         scored = [row for row in rows if isinstance(row.get(metric), (int, float))]
         if scored:
-            return int(min(scored, key=lambda row: row[metric])["label"])
-    return int(rows[0]["label"]) if rows else None
+            return int(min(scored, key=lambda row: row[metric])["label"]), metric
+    return (int(rows[0]["label"]) if rows else None), None
 
 
 def render_overlays(
@@ -343,6 +352,7 @@ def render_overlays(
         packed_image = _pack(_window(grid.orient(intensity)))
     # region rows (label null) are drawn by the page from their members' labels
     rows = [row for row in report.get("labels", []) if row.get("label") is not None]
+    worst_label, worst_by = _worst(rows)
     return Overlays(
         shape=list(ref_small.shape),
         spacing_mm=grid.ras(tuple(z * k for z, k in zip(grid.spacing, grid.step, strict=True))),
@@ -351,6 +361,7 @@ def render_overlays(
         reference=_pack(ref_small.astype(dtype)),
         prediction=_pack(pred_small.astype(dtype)),
         image=packed_image,
-        worst_label=_worst(rows),
+        worst_label=worst_label,
+        worst_by=worst_by,
         centres=_centres(ref_small, pred_small, [int(row["label"]) for row in rows]),
     )

@@ -103,6 +103,11 @@
     return data;
   }
 
+  function hideResults() {
+    $("results").hidden = true;
+    $("pictures").hidden = true;
+  }
+
   async function score(event) {
     event.preventDefault();
     if (authRequired && !apiKey()) {
@@ -120,6 +125,7 @@
         body: formData(),
       });
       const body = await response.json().catch(() => null);
+      if (!response.ok) hideResults(); // an earlier case's scores must not stay beside the error
       if (response.status === 401) {
         sessionStorage.removeItem(KEY_STORE);
         askForKey("This API key is not valid: the server refused it. Check it and try again.");
@@ -135,6 +141,7 @@
       setMessage(status, `Scored in ${body.seconds.toFixed(2)} s.`, false);
       await show(body);
     } catch (error) {
+      hideResults();
       setMessage(status, "Not scored: the server could not be reached (" + error.message + ").", true);
     } finally {
       button.disabled = false;
@@ -143,7 +150,23 @@
 
   // ---------------------------------------------------------------- the table
 
-  const fmt = (value) => (typeof value === "number" ? value.toFixed(4) : "");
+  // Four decimals, but never rounded onto 0 or 1 when the value is neither: a Dice of
+  // 0.99996 is not a perfect 1.0000, nor a volume of 0.0000271 mL an empty 0.0000.
+  function fmt(value) {
+    if (typeof value !== "number") return "";
+    const text = value.toFixed(4);
+    const shown = Number(text);
+    if (shown === value || (shown !== 0 && Math.abs(shown) !== 1)) return text;
+    if (shown === 0) return value.toPrecision(3);
+    for (let digits = 5; digits < 16; digits++) {
+      const longer = value.toFixed(digits);
+      if (Math.abs(Number(longer)) !== 1) return longer;
+    }
+    return String(value);
+  }
+
+  // A voxel size as stored (0.48828125 mm), to 6 significant digits.
+  const fmtMm = (value) => String(Number(value.toPrecision(6)));
 
   function columns(report) {
     const cols = [
@@ -357,7 +380,9 @@
     context.imageSmoothingEnabled = false;
     context.drawImage(native, 0, 0, canvas.width, canvas.height);
     const total = volumes.shape[view.fixed];
-    $(name + "-value").textContent = `slice ${slice + 1} of ${total}`;
+    const step = volumes.step ? volumes.step[view.fixed] : 1;
+    $(name + "-value").textContent =
+      step > 1 ? `slice ${slice + 1} of ${total} shown (1 in ${step} of the volume's)` : `slice ${slice + 1} of ${total}`;
   }
 
   // A region's centre: the mean voxel of reference ∪ prediction over its labels (a label's
@@ -408,8 +433,13 @@
       }),
     );
     if (overlays.worst_label !== null) picker.value = String(overlays.worst_label);
+    const by = { dice: "lowest Dice", jaccard: "lowest Jaccard" }[overlays.worst_by];
     $("label-note").textContent =
-      overlays.worst_label === null ? "" : `Opened at the worst-scoring label (lowest Dice): ${overlays.worst_label}.`;
+      overlays.worst_label === null
+        ? ""
+        : by
+          ? `Opened at the worst-scoring label (${by}): ${overlays.worst_label}.`
+          : `Opened at the first label, ${overlays.worst_label} (neither Dice nor Jaccard was scored).`;
   }
 
   // ---------------------------------------------------------------- putting it together
@@ -419,7 +449,7 @@
     state.report = rest;
     const caseName = rest.case_id ? `Case ${rest.case_id}: ` : "";
     $("case-summary").textContent =
-      `${caseName}${rest.kind}, shape ${rest.shape.join(" × ")}, voxel ${rest.spacing_mm ? rest.spacing_mm.map((s) => s.toFixed(2)).join(" × ") + " mm" : "size unknown"}, scored on ${rest.device}.`;
+      `${caseName}${rest.kind}, shape ${rest.shape.join(" × ")}, voxel ${rest.spacing_mm ? rest.spacing_mm.map(fmtMm).join(" × ") + " mm" : "size unknown"}, scored on ${rest.device}.`;
     const notes = [...(rest.notes || []), ...(rest.warnings || [])];
     $("notes").replaceChildren(
       ...notes.map((note) => {
@@ -624,7 +654,7 @@
       const mid = y + rowHeight / 2 - 4;
       const caption = entry.undefined ? `${key}, ${entry.undefined} undefined` : key;
       group.append(
-        svg("title", {}, `${key}: median ${median.toFixed(4)}, quartiles ${q1.toFixed(4)} to ${q3.toFixed(4)}, ${values.length} cases` +
+        svg("title", {}, `${key}: median ${fmt(median)}, quartiles ${fmt(q1)} to ${fmt(q3)}, ${values.length} cases` +
           (entry.undefined ? ` (${entry.undefined} where it is undefined left out)` : "")),
         svg("text", { x: 4, y: mid + 4 }, caption),
         svg("line", { class: "whisker", x1: x(values[0]), x2: x(values[values.length - 1]), y1: mid, y2: mid }),
@@ -670,8 +700,8 @@
         tr.dataset.case = row.case_id;
         const cells = [
           row.case_id,
-          row.mean === null ? "" : row.mean.toFixed(4),
-          row.worst ? `${row.worst.dice.toFixed(4)}, label ${rowName(row.worst)}` : "",
+          row.mean === null ? "" : fmt(row.mean),
+          row.worst ? `${fmt(row.worst.dice)}, label ${rowName(row.worst)}` : "",
           row.failure || "",
         ];
         tr.append(...cells.map((text) => Object.assign(document.createElement("td"), { textContent: text })));
@@ -705,7 +735,7 @@
     board.querySelector("tbody").replaceChildren(
       ...body.entries.map((entry) => {
         const tr = document.createElement("tr");
-        const score = typeof entry.score === "number" ? entry.score.toFixed(4) : "undefined";
+        const score = typeof entry.score === "number" ? fmt(entry.score) : "undefined";
         tr.append(...[entry.rank, entry.team, score, entry.cases].map((text) =>
           Object.assign(document.createElement("td"), { textContent: String(text) })));
         return tr;
