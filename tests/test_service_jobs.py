@@ -507,7 +507,58 @@ def test_leaderboard_ranks_by_boundary_metrics_lowest_distance_first(
         board["entries"][1]["score"] == noisy_report["summary"]["foreground_mean"]["hd95"]["mean"]
     )
     assert board["excluded"] == [
-        {"team": "team-a", "job": tuned["id"], "differs": ["nsd_tolerance", "percentile"]}
+        {
+            "team": "team-a",
+            "job": tuned["id"],
+            "differs": ["nsd_tolerance", "percentile"],
+            "failed": 0,
+            "missing": 0,
+        }
+    ]
+
+
+def test_leaderboard_ranks_only_jobs_scored_on_every_case(
+    client: TestClient, case_files, create_set, submit
+) -> None:
+    """A mean over the cases that happened to be scored does not rank beside one over the
+    whole set: team-a leaves its worst case out and team-b's one case fails; neither newer
+    job ranks (team-a's older whole one does), and the board says what each lacked."""
+    preds, refs = case_files(3, seed=62)
+    ref_set = create_set(client, refs)
+    url = f"/v1/reference-sets/{ref_set['id']}/leaderboard"
+    whole = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+    assert wait_finished(client, whole["id"], TEAM_A)["status"] == "done"
+    report = client.get(f"/v1/jobs/{whole['id']}/report", headers=TEAM_A).json()
+    by_case = {
+        case["case_id"]: np.mean([row["dice"] for row in case["labels"] if row["label"]])
+        for case in report["cases"]
+    }
+    worst = min(by_case, key=by_case.__getitem__)
+    partial = submit(
+        client,
+        {name: data for name, data in preds.items() if not name.startswith(worst)},
+        TEAM_A,
+        reference_set=ref_set["id"],
+    )
+    broken = submit(
+        client,
+        {**refs, f"{worst}.nii.gz": b"not a NIfTI file " * 30},
+        TEAM_B,
+        reference_set=ref_set["id"],
+    )
+    for job, who in ((partial, TEAM_A), (broken, TEAM_B)):
+        assert wait_finished(client, job["id"], who)["status"] == "done"
+    partial_mean = client.get(f"/v1/jobs/{partial['id']}/report", headers=TEAM_A).json()["summary"][
+        "foreground_mean"
+    ]["dice"]["mean"]
+    assert partial_mean > report["summary"]["foreground_mean"]["dice"]["mean"]
+    board = client.get(url, headers=TEAM_A).json()
+    assert [(e["team"], e["score"], e["cases"], e["failures"]) for e in board["entries"]] == [
+        ("team-a", report["summary"]["foreground_mean"]["dice"]["mean"], 3, 0)
+    ]
+    assert board["excluded"] == [
+        {"team": "team-a", "job": partial["id"], "differs": [], "failed": 0, "missing": 1},
+        {"team": "team-b", "job": broken["id"], "differs": [], "failed": 1, "missing": 0},
     ]
 
 

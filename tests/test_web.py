@@ -571,47 +571,61 @@ def test_score_a_dataset_through_the_page(
     worst = rows.nth(1).locator("td").all_inner_texts()
     assert worst[1] == f"{means[shown[1]]:.4f}" and worst[2] == "0.0000, label 2 (spleen)"
 
-    # the set's leaderboard shows this team with the API's score
+    # the job failed one case, so it does not rank, and the leaderboard says why
     page.locator("#leaderboard").wait_for(state="visible", timeout=10_000)
-    board = httpx.get(
-        f"{server_url}/v1/reference-sets/{set_id}/leaderboard", headers=team_key
-    ).json()
-    assert [entry["team"] for entry in board["entries"]] == [TEAM]
-    first = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
-    entry = board["entries"][0]
-    assert first == ["1", TEAM, f"{entry['score']:.4f}", str(entry["cases"])]
-    assert page.locator("#leaderboard-order").inner_text() == "(higher is better)"
-    # ranked by another metric the job scored: the board asks the API for it
+    board_url = f"{server_url}/v1/reference-sets/{set_id}/leaderboard"
+    board = httpx.get(board_url, headers=team_key).json()
+    assert board["entries"] == []
+    assert board["excluded"] == [
+        {"team": TEAM, "job": job["id"], "differs": [], "failed": 1, "missing": 0}
+    ]
+    note = page.locator("#leaderboard-excluded")
+    not_ranked = (
+        "Not ranked (newest job scored with other options than the set's, or not on every case): "
+    )
+    assert note.inner_text() == f"{not_ranked}{TEAM} (1 case failed)"
+    assert page.locator("#leaderboard-table tbody tr").count() == 0
+
+    def finished_job(data: dict[str, str], files: dict[str, bytes]) -> dict:
+        submitted = httpx.post(
+            f"{server_url}/v1/jobs",
+            data={"reference_set": set_id, **data},
+            files={"predictions": ("p.zip", archive_bytes(files), "application/zip")},
+            headers=team_key,
+            timeout=60,
+        ).json()
+        for _ in range(6):
+            done = httpx.get(f"{server_url}/v1/jobs/{submitted['id']}?wait=20",
+                             headers=team_key, timeout=30).json()  # fmt: skip
+            if done["status"] == "done":
+                return done
+        raise AssertionError(f"job {submitted['id']} did not finish: {done}")
+
+    # a job of the team on every case ranks, with the API's score (asked for by another
+    # metric the job scored: the board asks the API for it)
+    whole = {**preds, "broken.nii.gz": preds["case0.nii.gz"]}
+    finished_job({}, whole)
     choice = page.get_by_label("Ranked by the mean of")
     assert choice.locator("option").all_inner_texts() == ["Dice", "Jaccard", "HD95 (mm)"]
     choice.select_option("hd95")
     page.locator("#leaderboard-order").filter(has_text="lower").wait_for(timeout=10_000)
-    by_hd95 = httpx.get(
-        f"{server_url}/v1/reference-sets/{set_id}/leaderboard?metric=hd95", headers=team_key
-    ).json()["entries"][0]
+    by_hd95 = httpx.get(f"{board_url}?metric=hd95", headers=team_key).json()["entries"][0]
     shown = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
     assert shown == ["1", TEAM, f"{by_hd95['score']:.4f}", str(by_hd95["cases"])]
-    assert by_hd95["score"] != entry["score"]
+    assert by_hd95["cases"] == total
     assert page.locator("#leaderboard-excluded").is_hidden()
-    # a newer job of the team with its own percentile does not rank (its first job does), and
-    # the page says so
-    other = httpx.post(
-        f"{server_url}/v1/jobs",
-        data={"reference_set": set_id, "percentile": "90"},
-        files={"predictions": ("p.zip", archive_bytes(preds), "application/zip")},
-        headers=team_key,
-        timeout=60,
-    ).json()
-    for _ in range(6):
-        if httpx.get(f"{server_url}/v1/jobs/{other['id']}?wait=20", headers=team_key,
-                     timeout=30).json()["status"] == "done":  # fmt: skip
-            break
     choice.select_option("dice")
-    note = page.locator("#leaderboard-excluded")
+    page.locator("#leaderboard-order").filter(has_text="higher").wait_for(timeout=10_000)
+    entry = httpx.get(board_url, headers=team_key).json()["entries"][0]
+    first = page.locator("#leaderboard-table tbody tr").first.locator("td").all_inner_texts()
+    assert first == ["1", TEAM, f"{entry['score']:.4f}", str(entry["cases"])]
+    assert by_hd95["score"] != entry["score"]
+    # a newer job of the team with its own percentile does not rank (the whole one does), and
+    # the page says so
+    finished_job({"percentile": "90"}, whole)
+    choice.select_option("jaccard")
     note.wait_for(state="visible", timeout=10_000)
-    assert note.inner_text() == (
-        f"Not ranked (newest job scored with other options than the set's): {TEAM} (percentile)"
-    )
+    assert note.inner_text() == f"{not_ranked}{TEAM} (percentile)"
     shown = page.locator("#leaderboard-table tbody tr").all_inner_texts()
     assert len(shown) == 1 and shown[0].split("\t")[:2] == ["1", TEAM]
 

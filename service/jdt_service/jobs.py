@@ -472,11 +472,14 @@ def leaderboard(
     db: Database, ref_set: ReferenceSet, metric: str, aggregate: str, settings: Settings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(entries, excluded)``: the latest finished job of each team on a reference set that
-    was scored as the set defines its scores, best first (the highest score first, the
-    lowest for a distance in mm, :func:`higher_is_better`); and the teams whose newest job
-    was not (an older one of theirs may rank), with the options that differ
-    (``percentile``, ``nsd_tolerance``, ``labels``...: a job may override the set's
-    defaults, and its numbers then measure something else).
+    was scored as the set defines its scores and on every case of the set, best first (the
+    highest score first, the lowest for a distance in mm, :func:`higher_is_better`); and the
+    teams whose newest job was not (an older one of theirs may rank), with the options that
+    differ (``percentile``, ``nsd_tolerance``, ``labels``...: a job may override the set's
+    defaults, and its numbers then measure something else), its ``failed`` cases and its
+    ``missing`` ones (references without a prediction). A mean over the cases that happened
+    to be scored is not comparable with one over the whole set: a team that leaves out its
+    hardest cases would rank above one that did not.
 
     Teams whose score is undefined come last; ties share a rank.
 
@@ -498,16 +501,23 @@ def leaderboard(
         if job.team in latest:
             continue
         definition = score_definition(job.options, settings)
-        if definition is not None and defined is not None and definition == defined:
+        differs = (
+            ["options"]
+            if definition is None or defined is None
+            else sorted(k for k in defined.keys() | definition.keys()
+                        if defined.get(k) != definition.get(k))
+        )  # fmt: skip
+        missing = len(job.unpaired["references"])
+        if not differs and not job.failures and not missing:
             latest[job.team] = job
         elif job.team not in excluded:  # the team's newest job that does not rank
-            differs = (
-                ["options"]
-                if definition is None or defined is None
-                else sorted(k for k in defined.keys() | definition.keys()
-                            if defined.get(k) != definition.get(k))
-            )  # fmt: skip
-            excluded[job.team] = {"team": job.team, "job": job.id, "differs": differs}
+            excluded[job.team] = {
+                "team": job.team,
+                "job": job.id,
+                "differs": differs,
+                "failed": job.failures,
+                "missing": missing,
+            }
     scored = [
         (summary_score(job.summary or {}, metric, aggregate), team, job)
         for team, job in latest.items()

@@ -741,11 +741,18 @@
         return tr;
       }),
     );
-    // teams whose newest job was scored with other options than the set's do not rank
+    // teams whose newest job was scored with other options than the set's, or not on
+    // every case of the set, do not rank
+    const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+    const reasons = (entry) => [
+      ...entry.differs,
+      ...(entry.failed ? [plural(entry.failed, "case") + " failed"] : []),
+      ...(entry.missing ? [plural(entry.missing, "reference") + " without a prediction"] : []),
+    ].join(", ");
     const excluded = $("leaderboard-excluded");
     excluded.textContent = (body.excluded || []).length
-      ? "Not ranked (newest job scored with other options than the set's): " +
-        body.excluded.map((entry) => `${entry.team} (${entry.differs.join(", ")})`).join("; ")
+      ? "Not ranked (newest job scored with other options than the set's, or not on every case): " +
+        body.excluded.map((entry) => `${entry.team} (${reasons(entry)})`).join("; ")
       : "";
     excluded.hidden = !excluded.textContent;
     board.hidden = false;
