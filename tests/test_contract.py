@@ -417,7 +417,9 @@ def test_non_ascii_digits_are_not_label_ids_in_regions_or_tolerances() -> None:
         ScoringOptions.from_text({"nsd_tolerance": "\u0663=2"})
     with pytest.raises(InvalidOptionError, match="neither a label id nor a region name"):
         ScoringOptions.from_text({"nsd_tolerance": "-1=2"})
-    assert ScoringOptions.from_text({"nsd_tolerance": "WT=2,3=1"}).nsd_tolerance == {
+    assert ScoringOptions.from_text(
+        {"nsd_tolerance": "WT=2,3=1", "regions": "WT=1"}
+    ).nsd_tolerance == {
         "WT": 2.0,
         3: 1.0,
     }

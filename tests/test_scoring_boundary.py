@@ -341,6 +341,41 @@ def test_bad_options_are_refused(kwargs: dict[str, object], match: str) -> None:
         BoundaryOptions(**kwargs)  # type: ignore[arg-type]
 
 
+def test_tolerance_keys_are_read_as_the_text_reads_them() -> None:
+    """``{"1": 2}`` is label 1 at 2 mm, as ``"1=2"`` is (it was kept as a name that matched
+    no structure, and label 1 scored at 1 mm while the report echoed ``{"1": 2}``); a name
+    must be a region of the options (``wt`` is not ``WT``); keys that are neither a label
+    id nor a region name are refused, as in the text. Known answer: a cube against itself
+    shifted by 2 voxels of 1 mm is within 2 mm everywhere (NSD 1), not within 1 mm."""
+    ref = np.zeros((12, 12, 12), np.uint8)
+    ref[2:8, 2:8, 2:8] = 1
+    pred = np.roll(ref, 2, axis=0)
+    expected = brute_force(pred == 1, ref == 1, (1.0, 1.0, 1.0), "voxel", "directed", 2.0)
+    assert expected["nsd"] == 1.0
+    for tolerance in ({"1": 2.0}, "1=2", {1: 2}):
+        options = ScoringOptions(metrics=("nsd",), nsd_tolerance=tolerance)
+        assert options.nsd_tolerance == {1: 2.0}
+        assert score_arrays(pred, ref, options).label(1).metrics["nsd"] == 1.0
+    regions = ScoringOptions(metrics=("nsd",), regions="WT=1", nsd_tolerance={"WT": 2})
+    (row,) = [r for r in score_arrays(pred, ref, regions).labels if r.region == "WT"]
+    assert row.metrics["nsd"] == 1.0
+    for region_spec in ("WT=1", None):
+        with pytest.raises(InvalidOptionError, match="'wt', which is not a region"):
+            ScoringOptions(regions=region_spec, nsd_tolerance="wt=2")
+    for bad in ({-1: 2.0}, {2**63: 2.0}, {"bad name!": 2.0}, {1: 2.0, "1": 3.0}):
+        with pytest.raises(InvalidOptionError, match="nsd_tolerance"):
+            ScoringOptions(nsd_tolerance=bad)
+
+
+@pytest.mark.parametrize("spacing", ["113", "0.7", 0.7, (True, 1, 1), (1.0, 1.0), [[1, 1, 1]]])
+def test_a_spacing_that_is_not_one_number_per_axis_is_refused(spacing: object) -> None:
+    """``"113"`` was read as 1 x 1 x 3 mm, character by character; a plain number or
+    ``"0.7"`` raised a bare TypeError / ValueError that did not name the argument."""
+    volume = np.zeros((4, 4, 4), np.uint8)
+    with pytest.raises(InvalidOptionError, match="spacing must be 3 positive numbers"):
+        score_arrays(volume, volume, spacing=spacing)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("spec", ["", "1=", "=2", "1=x", "1=-2", "1=2,1=3", "nan"])
 def test_bad_tolerances_are_refused(spec: str) -> None:
     with pytest.raises(InvalidOptionError, match="nsd_tolerance"):

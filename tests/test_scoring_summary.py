@@ -141,6 +141,37 @@ def test_a_label_absent_from_a_case_gets_the_boundary_metrics_of_absence(
     assert found.summary["foreground_mean"] == asked.summary["foreground_mean"]
 
 
+@pytest.mark.parametrize("missing", [1e308, 1e200])
+def test_statistics_near_the_float64_limit_are_numbers_not_null(missing: float) -> None:
+    """A large ``missing_distance`` is allowed (any finite mm); two missed cases of three
+    put the sum of the HD95 values (1e308) or of their squares (1e200) past the float64
+    limit, which made mean and std null beside n=3. Known answers: exact rational
+    arithmetic over the three values."""
+    from fractions import Fraction
+
+    ref = np.zeros((6, 6, 4), np.uint8)
+    ref[1:4, 1:4, 1:3] = 1
+    hit = np.roll(ref, 1, axis=0)  # HD95 1 mm
+    options = ScoringOptions(metrics=("hd95",), missing_distance=missing)
+    reports = [
+        score_arrays(pred, ref, options, case_id=name)
+        for name, pred in (("hit", hit), ("a", np.zeros_like(ref)), ("b", np.zeros_like(ref)))
+    ]
+    # the summary charges each missed case missing_distance
+    assert [r.label(1).metrics["hd95"] for r in reports] == [1.0, None, None]
+    values = [Fraction(1), Fraction(missing), Fraction(missing)]
+    mean = sum(values) / 3
+    variance = sum((v - mean) ** 2 for v in values) / 3
+    summary = summarize(reports)
+    stats = summary["labels"][0]["hd95"]
+    assert stats["n"] == 3
+    assert stats["mean"] == pytest.approx(float(mean), rel=1e-15)
+    # the variance itself is past float64: its square root taken in units of `missing`
+    std = math.sqrt(float(variance / Fraction(missing) ** 2)) * missing
+    assert stats["std"] == pytest.approx(std, rel=1e-15)
+    assert summary["foreground_mean"]["hd95"]["mean"] == stats["mean"]
+
+
 def test_an_empty_float_prediction_does_not_fail_the_probability_cases(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """An all-zero float prediction is a label map by --kind auto and brings label 0 (with
     include_background) into a dataset of single probability maps; those were scored again

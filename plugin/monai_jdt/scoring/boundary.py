@@ -116,20 +116,53 @@ def parse_tolerances(spec: str) -> float | dict[int | str, float]:
             raise InvalidOptionError(
                 f"nsd_tolerance: {item.strip()!r} is not 'LABEL=MM' (in {spec!r})."
             )
-        name: int | str = int(key) if key.isascii() and key.isdigit() else key
-        if isinstance(name, str) and not REGION_NAME.match(name):
-            raise InvalidOptionError(
-                f"nsd_tolerance: {key!r} is neither a label id nor a region name (in {spec!r})."
-            )
-        if isinstance(name, int) and name > MAX_LABEL_ID:
-            raise InvalidOptionError(
-                f"nsd_tolerance: label id {key} is too large; label ids must be below 2**63 "
-                f"(in {spec!r})."
-            )
+        name = _tolerance_key(key, spec)
         if name in out:
             raise InvalidOptionError(f"nsd_tolerance: {key!r} is listed twice (in {spec!r}).")
         out[name] = _tolerance(value, spec)
     return out
+
+
+def _checked_tolerance_map(tolerances: Mapping[object, object]) -> dict[int | str, float]:
+    """``{label id or region name: mm}`` with its keys as ``parse_tolerances`` reads them
+    (``"1"`` is label 1), each key and value checked.
+
+    Raises:
+        InvalidOptionError: a bad key or value, or two keys naming one label (``1``, ``"1"``).
+    """
+    out: dict[int | str, float] = {}
+    for key, value in tolerances.items():
+        name = _tolerance_key(key, tolerances)
+        if name in out:
+            raise InvalidOptionError(f"nsd_tolerance: {key!r} is listed twice (in {tolerances!r}).")
+        out[name] = _tolerance(value, tolerances)
+    return out
+
+
+def _tolerance_key(key: object, spec: object) -> int | str:
+    """A key of per-structure NSD tolerances: a label id (an int, or text of digits, 0 to
+    ``MAX_LABEL_ID``) or a region name (``REGION_NAME``).
+
+    Raises:
+        InvalidOptionError: any other key (a bool, a negative or too large id, a name that
+            is not a region name).
+    """
+    if isinstance(key, str) and key.isascii() and key.isdigit():
+        key = int(key)
+    if isinstance(key, int) and not isinstance(key, bool):
+        if key > MAX_LABEL_ID:
+            raise InvalidOptionError(
+                f"nsd_tolerance: label id {key} is too large; label ids must be below 2**63 "
+                f"(in {spec!r})."
+            )
+        if key >= 0:
+            return key
+    elif isinstance(key, str) and REGION_NAME.match(key):
+        return key
+    raise InvalidOptionError(
+        f"nsd_tolerance: {key!r} is neither a label id nor a region name (label ids are >= 0; "
+        f"in {spec!r})."
+    )
 
 
 def _tolerance(value: object, spec: object) -> float:
@@ -187,7 +220,7 @@ class BoundaryOptions:
             object.__setattr__(
                 self,
                 "nsd_tolerance",
-                {k: _tolerance(v, self.nsd_tolerance) for k, v in self.nsd_tolerance.items()},
+                _checked_tolerance_map(self.nsd_tolerance),
             )
         else:
             object.__setattr__(
@@ -749,10 +782,12 @@ def check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ..
     """``ndim`` positive finite spacings in mm (None: 1 mm each)."""
     if spacing is None:
         return (1.0,) * ndim
+    expected = f"spacing must be {ndim} positive numbers (mm per voxel along each spatial axis)"
+    if isinstance(spacing, (str, bytes)) or not isinstance(spacing, (Sequence, np.ndarray)):
+        raise InvalidOptionError(f"{expected}, got {spacing!r}.")
+    if not all(_is_real(s) for s in spacing):
+        raise InvalidOptionError(f"{expected}, got {tuple(spacing)!r}.")
     values = tuple(float(s) for s in spacing)
     if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise InvalidOptionError(
-            f"spacing must be {ndim} positive numbers (mm per voxel along each spatial axis), "
-            f"got {tuple(spacing)}."
-        )
+        raise InvalidOptionError(f"{expected}, got {tuple(spacing)}.")
     return values

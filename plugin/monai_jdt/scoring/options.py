@@ -457,7 +457,7 @@ class ScoringOptions(OptionsModel):
     ] = Field(
         default=1.0,
         description="NSD tolerance in mm: one number, or per label id / region name "
-        "('1=2,2=3,WT=2'; the others get 1 mm).",
+        "('1=2,2=3,WT=2'; the others get 1 mm; a name must be one of regions).",
     )
     boundary_width: Annotated[
         float | None, Field(ge=0, allow_inf_nan=False), Exposure(metavar="MM")
@@ -503,6 +503,24 @@ class ScoringOptions(OptionsModel):
             raise ValueError(
                 "only_requested needs labels: it narrows the report to the labels given there "
                 "(without them every label present is reported)."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tolerances_name_regions(self) -> ScoringOptions:
+        # a name that is not a region would be dropped without a word, its structure scored
+        # at the default tolerance (names are case-sensitive: WT is not wt)
+        names = (
+            [k for k in self.nsd_tolerance if isinstance(k, str)]
+            if isinstance(self.nsd_tolerance, dict)
+            else []
+        )
+        unknown = [name for name in names if name not in (self.regions or {})]
+        if unknown:
+            regions = ", ".join(self.regions or {}) or "none"
+            raise ValueError(
+                f"nsd_tolerance names {', '.join(map(repr, unknown))}, which is not a region "
+                f"(regions: {regions}); a key is a label id or a region name, in its case."
             )
         return self
 

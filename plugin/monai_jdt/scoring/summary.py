@@ -70,14 +70,29 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and population std of non-empty float64 ``values``, also where their sums pass
+    the float64 limit (values near 1e308: a ``missing_distance`` of 1e200 squares past it):
+    then both come from the values divided by the largest magnitude, and are scaled back."""
+    array = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(array.mean()), float(array.std())
+    if (math.isfinite(mean) and math.isfinite(std)) or not np.isfinite(array).all():
+        return mean, std
+    scale = float(np.abs(array).max())
+    scaled = array / scale
+    return scale * float(scaled.mean()), scale * float(scaled.std())
+
+
 def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
     if not values:
         return {"mean": None, "median": None, "std": None, "min": None, "max": None, "n": 0}
     array = np.asarray(values, dtype=np.float64)
+    mean, std = _mean_std(array)
     return {
-        "mean": float(array.mean()),
+        "mean": mean,
         "median": float(np.median(array)),
-        "std": float(array.std()),
+        "std": std,
         "min": float(array.min()),
         "max": float(array.max()),
         "n": int(array.size),
@@ -221,7 +236,7 @@ def summarize(reports: Sequence[CaseReport], worst_q: float = 10.0) -> dict[str,
             if e["requested"] and e["label"] != 0 and e[metric]["n"]
         ]
         foreground[metric] = {
-            "mean": float(np.mean(means)) if means else None,
+            "mean": _mean_std(means)[0] if means else None,
             "labels": len(means),
         }
     background = next((e for e in per_label if e["label"] == 0), None)
