@@ -56,7 +56,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -123,7 +123,7 @@ def parse_tolerances(spec: str) -> float | dict[int | str, float]:
     return out
 
 
-def _checked_tolerance_map(tolerances: Mapping[object, object]) -> dict[int | str, float]:
+def _checked_tolerance_map(tolerances: Mapping[Any, object]) -> dict[int | str, float]:
     """``{label id or region name: mm}`` with its keys as ``parse_tolerances`` reads them
     (``"1"`` is label 1), each key and value checked.
 
