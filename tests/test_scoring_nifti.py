@@ -314,6 +314,36 @@ def test_an_sform_with_a_stale_pixdim_gives_the_sizes_and_says_so(tmp_path: Path
     assert score_files(*consistent, BOUNDARY).warnings == ()
 
 
+def test_a_sheared_sform_keeps_pixdims_sizes_as_nibabel_and_itk_do(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    """A sheared sform's column norms are not voxel sizes: they multiply to more than the
+    voxel's volume |det|, and were used, so every mL figure was 41 % too high here. Known
+    answers: nibabel's zooms and SimpleITK's spacing (ITK falls back to the qform)."""
+    import SimpleITK as sitk
+
+    pred, ref = (a.astype(np.uint8) for a in pair)
+    sheared = np.array([[0.8, 0.9, 0, 0], [0, 0.9, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 1.0]])
+
+    def shear(header: nib.Nifti1Header) -> None:
+        header.set_qform(np.diag([0.8, 0.9, 2.5, 1.0]), code=1)
+        header.set_sform(sheared, code=2)
+
+    files = [_raw_nifti(tmp_path / f"{n}.nii", a, shear) for n, a in (("p", pred), ("r", ref))]
+    zooms = tuple(float(z) for z in nib.load(files[1]).header.get_zooms())
+    itk = sitk.ReadImage(str(files[1])).GetSpacing()
+    assert zooms == pytest.approx(itk, rel=1e-7) and zooms == pytest.approx((0.8, 0.9, 2.5))
+    report = score_files(*files, BOUNDARY)
+    assert report.spacing == pytest.approx(zooms, rel=1e-7)
+    label = report.labels[0].label
+    assert report.labels[0].reference_ml == pytest.approx(
+        np.count_nonzero(ref == label) * float(np.prod(zooms)) / 1000, rel=1e-7
+    )
+    assert any(
+        "reference r.nii: the sform is sheared (its axes are not at right angles); pixdim's "
+        "voxel sizes are used" in warning
+        for warning in report.warnings
+    ), report.warnings
+
+
 def test_a_tolerance_of_one_voxel_holds_a_neighbour_one_voxel_away(tmp_path: Path) -> None:
     """0.8 is stored as float32 0.800000011920929; read as that, a surface one voxel (0.8 mm)
     away was outside a 0.8 mm tolerance."""

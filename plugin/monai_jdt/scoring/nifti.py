@@ -560,6 +560,10 @@ def _header_float(value: float, dtype: np.dtype, unit: float) -> float:
     return float(Decimal(str(dtype.type(value))) * Decimal(str(unit)))
 
 
+#: the largest |cosine| between two sform columns taken as a right angle (0.006 degrees off)
+_SHEAR_COSINE = 1e-4
+
+
 def _spacing(
     header: nib.Nifti1Header,
     repaired: nib.Nifti1Header,
@@ -576,7 +580,10 @@ def _spacing(
     units, ``_header_float``), unless the header's affine is its sform
     and the sform's column norms differ from those (a tool that rewrote only the sform): the
     sform is the geometry the affines are compared in, and ITK and MONAI take their voxel
-    sizes from it. None when neither gives sizes that are finite and not 0 (then distances
+    sizes from it. A sheared sform (columns not at right angles, cosine above
+    ``_SHEAR_COSINE``) has no voxel sizes: its column norms multiply to more than the voxel's
+    volume ``|det|``, so pixdim's are kept (nibabel's zooms; ITK falls back to the qform),
+    with a note. None when neither gives sizes that are finite and not 0 (then distances
     are in voxels).
     """
     n = min(3, ndim)
@@ -590,6 +597,15 @@ def _spacing(
         return spacing, None
     if spacing is not None and np.allclose(norms, spacing, rtol=1e-4, atol=0.0):
         return spacing, None
+    unit_columns = affine[:3, :n] / np.linalg.norm(affine[:3, :n], axis=0)
+    cosines = unit_columns.T @ unit_columns - np.eye(n)
+    if float(np.abs(cosines).max()) > _SHEAR_COSINE:
+        kept = (
+            "pixdim's voxel sizes are used"
+            if spacing is not None
+            else ("pixdim gives no valid sizes, so distances are in voxels")
+        )
+        return spacing, f"the sform is sheared (its axes are not at right angles); {kept}"
     given = "no valid sizes" if spacing is None else "voxel sizes " + _sizes(spacing)
     return norms, (
         f"pixdim gives {given} but the sform's voxel sizes are {_sizes(norms)}; distances "
