@@ -532,6 +532,48 @@ def test_an_image_as_prediction_warns_and_max_labels_refuses(
     assert "[too_many_labels]" in capsys.readouterr().err
 
 
+def test_the_fixed_label_limit_is_not_sent_to_max_labels(
+    tmp_path: Path, capsys, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
+    """Past the core's 4096 labels the error pointed at --max-labels, which was accepted
+    above 4096 and changed nothing: it now only lowers the limit."""
+    many = (np.arange(20 * 25 * 20, dtype=np.int32) % 5000).reshape(20, 25, 20)
+    p = write_nifti(tmp_path / "p.nii.gz", many)
+    assert main(["score", str(p), str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "[too_many_labels]" in err and "more than 4096 distinct labels" in err
+    assert "--max-labels" not in err
+    assert main(["score", str(p), str(p), "--max-labels", "4097"]) == 2
+    err = capsys.readouterr().err
+    assert "[invalid_option] max_labels" in err and "4096" in err
+
+
+def test_an_affine_that_cannot_be_built_names_the_file_s_role_and_the_flag(
+    tmp_path: Path, capsys, write_nifti
+) -> None:  # type: ignore[no-untyped-def]
+    """A qform-only header with an infinite pixdim: the error was preceded by numpy's
+    RuntimeWarning lines, named no role, and said 'skip the affine check' without the flag."""
+    import nibabel as nib
+
+    volume = np.zeros((6, 6, 6), np.uint8)
+    volume[1:4, 1:4, 1:4] = 1
+    ref = write_nifti(tmp_path / "r.nii.gz", volume)
+    image = nib.Nifti1Image(volume, np.eye(4))
+    image.set_sform(None, code=0)
+    image.header["pixdim"][2] = np.inf
+    image.header["vox_offset"] = 352
+    bad = tmp_path / "p.nii"
+    bad.write_bytes(image.header.binaryblock + b"\0" * 4 + volume.tobytes("F"))
+    assert main(["score", str(bad), str(ref)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "monai-jdt: error: [corrupt_file] prediction p.nii: the header's affine holds NaN or "
+        "infinite values, so the voxel grids cannot be compared; fix the header, or skip the "
+        "affine check. (see --ignore-affine)"
+    ]
+    assert main(["score", str(bad), str(ref), "--ignore-affine"]) == 0
+
+
 def test_folder_options_are_checked_before_anything_is_printed(
     tmp_path: Path, capsys, write_nifti
 ) -> None:  # type: ignore[no-untyped-def]

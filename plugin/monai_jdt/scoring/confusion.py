@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from monai_jdt.scoring.errors import NegativeLabelError, NonIntegerLabelsError, TooManyLabelsError
-from monai_jdt.scoring.options import MAX_LABEL_ID
+from monai_jdt.scoring.options import MAX_DISTINCT_LABELS, MAX_LABEL_ID
 from monai_jdt.scoring.volumes import check_max_label
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ __all__ = [
 
 #: voxels per chunk: small enough for the caches, large enough to amortise the Python loop
 CHUNK_VOXELS = 1 << 18
-#: more distinct labels than this in one case is refused (the matrix would be L x L)
-MAX_DISTINCT_LABELS = 4096
 #: more distinct (prediction, reference) label pairs than this in one case is refused
 MAX_LABEL_PAIRS = 1 << 20
 _PAIR_LIMIT = 16  # labels < 16: the code P*16+R fits one byte
@@ -193,8 +191,10 @@ class ConfusionMatrix:
 def _check_label_count(count: int) -> None:
     if count > MAX_DISTINCT_LABELS:
         raise TooManyLabelsError(
-            f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels ({count} so far); "
-            "this looks like an instance map or an intensity image, not a label map."
+            f"the volumes hold more than {MAX_DISTINCT_LABELS} distinct labels ({count} so far), "
+            "the most a case is scored with; this looks like an instance map or an intensity "
+            "image, not a label map.",
+            options=(),  # a fixed limit: max_labels can only lower it
         )
 
 
@@ -203,7 +203,8 @@ def _check_pair_count(count: int) -> None:
         raise TooManyLabelsError(
             f"the volumes pair their labels in more than {MAX_LABEL_PAIRS} distinct "
             f"(prediction, reference) combinations ({count} so far); a segmentation pairs each "
-            "label with a few others, so this looks like noise or an intensity image."
+            "label with a few others, so this looks like noise or an intensity image.",
+            options=(),  # a fixed limit, whatever max_labels says
         )
 
 

@@ -104,11 +104,12 @@ def _check_layouts(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -
 
 
 def _check_affines(pred: VolumeInfo, ref: VolumeInfo, tolerance: float) -> None:
-    for info in (pred, ref):
+    for role, info in (("prediction", pred), ("reference", ref)):
         if info.affine_problem is not None:
             raise CorruptFileError(
-                f"{Path(info.path).name}: {info.affine_problem}, so the voxel grids cannot be "
-                "compared; fix the header, or skip the affine check."
+                f"{role} {Path(info.path).name}: {info.affine_problem}, so the voxel grids "
+                "cannot be compared; fix the header, or skip the affine check.",
+                options=("ignore_affine",),
             )
     difference = float(np.abs(pred.affine - ref.affine).max())
     if not difference <= tolerance:

@@ -469,8 +469,9 @@ def _as_nibabel_loads(header: nib.Nifti1Header, name: str) -> nib.Nifti1Header:
 
 def _affine(header: nib.Nifti1Header) -> tuple[np.ndarray, str | None]:
     """The sform (else qform) affine, or NaNs and the reason when the header has none valid."""
-    try:
-        affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    try:  # an inf pixdim makes nibabel's product warn; the NaNs are reported below
+        with np.errstate(invalid="ignore", over="ignore"):
+            affine = np.asarray(header.get_best_affine(), dtype=np.float64)
     except Exception as err:  # nibabel raises ValueError and others for invalid quaternions
         return np.full((4, 4), np.nan), f"the header's affine is invalid ({err})"
     if not np.isfinite(affine).all():

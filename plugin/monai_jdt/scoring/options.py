@@ -82,6 +82,9 @@ LABEL_WARNING_THRESHOLD = 100
 #: ``ignore_label``, ``regions``): ids are int64 in the confusion matrix, and larger JSON
 #: integers are not portable
 MAX_LABEL_ID = 2**63 - 1
+#: more distinct labels than this in one case is refused (the confusion matrix would be L x L);
+#: ``max_labels`` may only lower it
+MAX_DISTINCT_LABELS = 4096
 _MAX_ID_DIGITS = len(str(MAX_LABEL_ID))  # 19
 #: numbers in text (flags, form fields): ASCII decimal digits, an optional sign, fraction and
 #: exponent; no ``_`` separators, ``inf``/``nan``, hex or non-ASCII digits
@@ -419,12 +422,16 @@ class ScoringOptions(OptionsModel):
         description="How the volumes are read: auto (integer and whole-valued float volumes "
         "are label maps, other float volumes probability maps), labels or probabilities.",
     )
-    max_labels: Annotated[int | None, Field(ge=1), Exposure(reported=False, metavar="N")] = Field(
+    max_labels: Annotated[
+        int | None,
+        Field(ge=1, le=MAX_DISTINCT_LABELS),
+        Exposure(reported=False, metavar="N"),
+    ] = Field(
         default=None,
         description="Refuse a label map with more distinct labels than this "
         f"(too_many_labels). Above {LABEL_WARNING_THRESHOLD} labels, or with hundreds of "
         "labels against a reference of few, a report only gets a warning. Default: no "
-        "limit below the core's 4096.",
+        f"limit below the core's {MAX_DISTINCT_LABELS}, which it cannot raise.",
     )
     only_requested: bool = Field(
         default=False,
