@@ -562,6 +562,47 @@ def test_leaderboard_ranks_only_jobs_scored_on_every_case(
     ]
 
 
+def test_ids_and_names_with_a_nul_are_4xx_on_every_database(
+    client: TestClient, case_files, create_set, submit, archive_bytes
+) -> None:
+    """PostgreSQL's text cannot hold a NUL: ``/v1/jobs/%00`` reached the query and answered
+    500; SQLite stored a set named ``a\x00b``. An id that :func:`new_id` cannot give is a 404
+    without a query, and a name with a control character is refused."""
+    preds, refs = case_files(1, seed=63)
+    ref_set = create_set(client, refs)
+    for method, path in (
+        ("GET", "/v1/reference-sets/%00"),
+        ("GET", "/v1/reference-sets/a%00b/leaderboard"),
+        ("DELETE", "/v1/reference-sets/%00"),
+        ("GET", "/v1/jobs/%00"),
+        ("GET", "/v1/jobs/%00/report"),
+        ("DELETE", "/v1/jobs/%00"),
+        ("GET", f"/v1/jobs/{ref_set['id'].upper()}"),
+    ):
+        answer = client.request(method, path, headers=ADMIN if "reference" in path else TEAM_A)
+        assert answer.status_code == 404, (path, answer.text)
+        assert answer.json()["detail"]["code"] == "not_found"
+    job = client.post(
+        "/v1/jobs",
+        data={"reference_set": "x\x00y"},
+        files={"predictions": upload("p.zip", archive_bytes(preds))},
+        headers=TEAM_A,
+    )
+    assert job.status_code == 404 and job.json()["detail"]["code"] == "not_found"
+    for name in ("a\x00b", "two\nlines"):
+        named = client.post(
+            "/v1/reference-sets",
+            data={"name": name},
+            files={"references": upload("r.zip", archive_bytes(refs))},
+            headers=ADMIN,
+        )
+        assert named.status_code == 422, named.text
+        assert named.json()["detail"]["code"] == "invalid_option"
+        assert "control character" in named.json()["detail"]["message"]
+    listed = client.get("/v1/reference-sets", headers=ADMIN).json()
+    assert [entry["id"] for entry in listed["reference_sets"]] == [ref_set["id"]]
+
+
 def test_audit_log_records_actions_without_file_names(
     client: TestClient, case_files, create_set, submit
 ) -> None:

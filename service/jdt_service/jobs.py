@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -98,6 +99,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def new_id() -> str:
     """A random 32-hex-digit id."""
     return uuid.uuid4().hex
+
+
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` could be an id of :func:`new_id`; anything else is looked up nowhere
+    (a 404 without a query: PostgreSQL's text cannot even hold the NUL of ``/v1/jobs/%00``)."""
+    return _ID.fullmatch(text) is not None
 
 
 def job_options(fields: Mapping[str, str], settings: Settings) -> ScoringOptions:

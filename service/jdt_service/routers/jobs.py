@@ -31,6 +31,7 @@ from jdt_service.jobs import (
     JOB_OPTION_FIELDS,
     cases_csv,
     grand_challenge_metrics,
+    is_id,
     job_options,
     job_result,
     new_id,
@@ -141,7 +142,7 @@ def job_dict(job: Job) -> dict[str, Any]:
 def own_job(db: Database, job_id: str, caller: Caller) -> Job:
     """The caller's job, or 404 (also for another team's job)."""
     with db.session() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, job_id) if is_id(job_id) else None
     if job is None or job.team != caller.team:
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return job

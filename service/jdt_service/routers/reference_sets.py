@@ -10,6 +10,7 @@ files: only names, case ids, shapes and spacing.
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,6 +31,7 @@ from jdt_service.jobs import (
     JOB_OPTION_FIELDS,
     content_hash,
     higher_is_better,
+    is_id,
     job_options,
     leaderboard,
     new_id,
@@ -74,7 +76,7 @@ def set_dict(ref_set: ReferenceSet, cases: list[ReferenceCase] | None) -> dict[s
 def get_set(db: Database, set_id: str) -> tuple[ReferenceSet, list[ReferenceCase]]:
     """The set and its cases, or 404 ``not_found``."""
     with db.session() as session:
-        ref_set = session.get(ReferenceSet, set_id)
+        ref_set = session.get(ReferenceSet, set_id) if is_id(set_id) else None
         if ref_set is None:
             raise ApiError(404, "not_found", f"no reference set {set_id!r}")
         cases = list(
@@ -250,6 +252,12 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
         if not name or len(name) > MAX_NAME:
             raise ApiError(
                 422, "missing_field", f"form field 'name' (1 to {MAX_NAME} characters) is needed"
+            )
+        if any(unicodedata.category(char) == "Cc" for char in name):
+            raise ApiError(
+                422,
+                "invalid_option",
+                f"form field 'name' holds a control character (a NUL, a newline...): {name!r}",
             )
         folder_text = fields.pop("folder", "").strip()
         options = {key: value for key, value in fields.items() if value.strip()}
