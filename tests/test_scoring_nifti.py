@@ -344,6 +344,75 @@ def test_a_sheared_sform_keeps_pixdims_sizes_as_nibabel_and_itk_do(tmp_path: Pat
     ), report.warnings
 
 
+def _header_edited(path: Path, data: np.ndarray, endian: str, **fields: object) -> Path:
+    """A single-file NIfTI-1 of ``data`` in byte order ``endian`` whose header ``fields``
+    (bytes, or ``sizeof_hdr`` as a little-endian int) are written over nibabel's."""
+    header = nib.Nifti1Header(endianness=endian)
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(data.dtype)
+    header.set_qform(AFFINE, code=1)
+    header.set_sform(AFFINE, code=1)
+    header["vox_offset"] = 352
+    block = bytearray(header.binaryblock)
+    for name, value in fields.items():
+        if name == "sizeof_hdr":
+            block[0:4] = struct.pack("<i", int(value))  # type: ignore[call-overload]
+        else:
+            block[344:348] = value  # type: ignore[assignment]
+    stored = data.astype(data.dtype.newbyteorder(endian))
+    path.write_bytes(bytes(block) + b"\0" * 4 + stored.tobytes("F"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("endian", "fields"),
+    [
+        ("<", {"sizeof_hdr": 0}),  # a writer that left sizeof_hdr out: nibabel repairs it
+        ("<", {"sizeof_hdr": 1234}),
+        # sizeof_hdr says little-endian, every other field is big-endian: nibabel takes the
+        # byte order from dim[0]
+        (">", {"sizeof_hdr": 348}),
+        ("<", {"magic": b"ni1\x00"}),  # a pair's magic in one file, its data at vox_offset
+    ],
+)
+def test_headers_nibabel_reads_are_read_to_its_values(
+    tmp_path: Path, pair, endian: str, fields: dict[str, object]
+) -> None:  # type: ignore[no-untyped-def]
+    """These were refused (not_nifti); nibabel finds a NIfTI-1 header by its magic alone,
+    and guesses the byte order from dim[0]. Known answers: nibabel's array and zooms."""
+    pred = pair[0].astype(np.int16)
+    path = _header_edited(tmp_path / "odd.nii", pred, endian, **fields)
+    image = nib.load(path)
+    values = np.asanyarray(image.dataobj)
+    assert np.array_equal(values, pred)
+    report = score_files(path, path)
+    assert report.spacing == pytest.approx(image.header.get_zooms(), rel=1e-7)
+    for row in report.labels:
+        assert row.predicted_voxels == np.count_nonzero(values == row.label)
+
+
+def test_a_pair_header_whose_data_is_elsewhere_says_so(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    pred = pair[0].astype(np.uint8)
+    path = _header_edited(tmp_path / "pair.nii", pred, "<", magic=b"ni1\x00")
+    raw = bytearray(path.read_bytes())
+    raw[108:112] = struct.pack("<f", 0.0)  # vox_offset 0: the data is in the .img file
+    path.write_bytes(bytes(raw))
+    with pytest.raises(NotNiftiError, match=r"a header of a \.hdr/\.img pair"):
+        score_files(path, path)
+
+
+def test_a_bzip2_file_is_refused_saying_so(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
+    """nibabel reads .nii.bz2; we do not, and the error said only 'no NIfTI header'."""
+    import bz2
+
+    plain = save(tmp_path / "p.nii", pair[0].astype(np.uint8))
+    packed = tmp_path / "p.nii.bz2"
+    packed.write_bytes(bz2.compress(plain.read_bytes()))
+    assert nib.load(packed).shape == pair[0].shape
+    with pytest.raises(NotNiftiError, match="p.nii.bz2: bzip2-compressed; only gzip is read"):
+        score_files(packed, plain)
+
+
 def test_a_tolerance_of_one_voxel_holds_a_neighbour_one_voxel_away(tmp_path: Path) -> None:
     """0.8 is stored as float32 0.800000011920929; read as that, a surface one voxel (0.8 mm)
     away was outside a 0.8 mm tolerance."""

@@ -73,6 +73,8 @@ _HEADERS = {
     348: (nib.Nifti1Header, 352, 344, b"n+1\x00", 1),
     540: (nib.Nifti2Header, 544, 4, b"n+2\x00", 2),
 }
+#: compressions nibabel also reads (.nii.bz2, .nii.zst) that are refused here, by magic
+_OTHER_COMPRESSION = ((b"BZh", "bzip2"), (b"\x28\xb5\x2f\xfd", "zstd"))
 _UNIT_TO_MM = {1: 1000.0, 2: 1.0, 3: 1e-3}  # NIFTI_UNITS_METER, _MM, _MICRON
 #: where nibabel's header repairs are reported: nowhere (each is applied silently, as nibabel's
 #: own load does at its default log level)
@@ -315,28 +317,41 @@ class _Stream:
 
 
 def _parse_header(block: bytes, name: str) -> tuple[nib.Nifti1Header, int]:
-    """The header in ``block`` and the offset of the first byte after its extension flag."""
+    """The header in ``block`` and the offset of the first byte after its extension flag.
+
+    The header is found as nibabel finds it: NIfTI-1 by its magic (``n+1`` or ``ni1`` at byte
+    344) alone, whatever ``sizeof_hdr`` holds (nibabel repairs it); else NIfTI-2 by a
+    ``sizeof_hdr`` of 540 in either byte order. The byte order is nibabel's guess
+    (``guessed_endian``: native when ``dim[0]`` reads 1 to 7 natively). A header of a
+    ``.hdr``/``.img`` pair (``ni1``, ``ni2``) is read from a single file as nibabel reads it,
+    from ``vox_offset`` (``_data_offset`` refuses one whose data is elsewhere).
+
+    Raises:
+        NotNiftiError: no NIfTI-1/NIfTI-2 header, or the wrong magic.
+        CorruptFileError: the header is truncated.
+    """
     if len(block) < 4:
         raise NotNiftiError(f"{name}: not a NIfTI file (only {len(block)} bytes).")
-    endian, size = "<", struct.unpack("<i", block[:4])[0]
-    if size not in _HEADERS:
-        endian, size = ">", struct.unpack(">i", block[:4])[0]
-    if size not in _HEADERS:
+    sizes = {struct.unpack(order, block[:4])[0] for order in ("<i", ">i")}
+    if block[344:348] in (b"n+1\x00", b"ni1\x00"):
+        size = 348
+    elif 540 in sizes or 348 in sizes:
+        size = 540 if 540 in sizes else 348
+    else:
+        packed = next((kind for magic, kind in _OTHER_COMPRESSION if block.startswith(magic)), None)
         raise NotNiftiError(
             f"{name}: not a NIfTI file (no NIfTI-1/NIfTI-2 header; expected a .nii or .nii.gz)."
+            if packed is None
+            else f"{name}: {packed}-compressed; only gzip is read (.nii.gz): decompress it, "
+            "or recompress it with gzip."
         )
     header_class, end, magic_at, magic, _ = _HEADERS[size]
     if len(block) < size:
         raise CorruptFileError(f"{name}: the NIfTI header is truncated ({len(block)} bytes).")
     found = block[magic_at : magic_at + 4]
-    if found in (b"ni1\x00", b"ni2\x00"):
-        raise NotNiftiError(
-            f"{name}: a header of a .hdr/.img pair; give single-file NIfTI (.nii or .nii.gz)."
-        )
-    if found != magic:
+    if found not in (magic, magic.replace(b"+", b"i")):
         raise NotNiftiError(f"{name}: not a NIfTI file (magic {found!r}, expected {magic!r}).")
-    # the byte order comes from sizeof_hdr (unambiguous); nibabel would guess it from dim[0]
-    return header_class(binaryblock=block[:size], endianness=endian, check=False), end
+    return header_class(binaryblock=block[:size], check=False), end
 
 
 def _shape(header: nib.Nifti1Header, name: str) -> tuple[int, ...]:
@@ -360,6 +375,11 @@ def _data_offset(header: nib.Nifti1Header, header_end: int, name: str) -> int:
     if not (math.isfinite(raw) and raw == math.floor(raw)):
         raise CorruptFileError(
             f"{name}: the header's vox_offset is {raw!r}; expected a whole number of bytes."
+        )
+    if raw < header_end and bytes(header["magic"]).startswith(b"ni"):
+        raise NotNiftiError(
+            f"{name}: a header of a .hdr/.img pair (magic {bytes(header['magic'])!r}, its data "
+            "in the .img file); give single-file NIfTI (.nii or .nii.gz)."
         )
     if raw < header_end:
         raise CorruptFileError(
