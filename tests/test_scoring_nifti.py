@@ -409,7 +409,7 @@ def test_a_bzip2_file_is_refused_saying_so(tmp_path: Path, pair) -> None:  # typ
     packed = tmp_path / "p.nii.bz2"
     packed.write_bytes(bz2.compress(plain.read_bytes()))
     assert nib.load(packed).shape == pair[0].shape
-    with pytest.raises(NotNiftiError, match="p.nii.bz2: bzip2-compressed; only gzip is read"):
+    with pytest.raises(NotNiftiError, match=r"p\.nii\.bz2: bzip2-compressed; only gzip is read"):
         score_files(packed, plain)
 
 
