@@ -293,6 +293,23 @@ def test_huge_header_is_431_and_others_are_served(strict_server: Server) -> None
     assert sent[0] < 64 << 20  # refused long before the end
 
 
+@pytest.mark.parametrize("size", [66_000, 120_000, 200_000])
+def test_a_head_sent_whole_is_held_to_the_same_limit(strict_server: Server, size: int) -> None:
+    """h11 bounds only a head still incomplete: one of up to ~128 KiB that arrived in one
+    read was served (200) past the 64 KiB limit."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
+    request = head + b"a" * (size - len(head) - 4) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
+        sock.sendall(request)
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert b'"headers_too_large"' in answer
+    small = head + b"a" * 60_000 + b"\r\n\r\n"  # under the limit: served
+    with socket.create_connection(("127.0.0.1", strict_server.port)) as sock:
+        sock.sendall(small)
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+
+
 def test_slow_bodies_do_not_hold_the_scoring_slot(
     strict_server: Server, label_pair, nifti_bytes
 ) -> None:

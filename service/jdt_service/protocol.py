@@ -11,7 +11,9 @@ accepts request heads of any size. :class:`BoundedH11Protocol` adds, per connect
 * a **head size limit**: h11 buffers at most ``max_header_bytes`` of an incomplete head
   (its ``max_incomplete_event_size``, which :func:`jdt_service.server.run` sets to it), and a
   head past it gets ``431 Request Header Fields
-  Too Large`` (uvicorn would say 400), so a 64 MiB header line is refused after 64 KiB;
+  Too Large`` (uvicorn would say 400), so a 64 MiB header line is refused after 64 KiB; a
+  head that arrived whole in one read (up to the 256 KiB asyncio reads at once) is held to
+  the same limit once parsed;
 * a **connection cap**: past ``max_connections`` open connections, a new one gets ``503``
   with ``Retry-After`` and is closed at once.
 
@@ -75,10 +77,17 @@ def raw_error(status: int, reason: str, code: str, message: str, retry_after: in
 
 class _StrictConnection(h11.Connection):
     """h11's connection, refusing a request that declares both ``Content-Length`` and
-    ``Transfer-Encoding`` (h11 would frame its body by ``Transfer-Encoding``)."""
+    ``Transfer-Encoding`` (h11 would frame its body by ``Transfer-Encoding``), and a complete
+    head larger than ``max_head`` bytes (h11 bounds only an incomplete one)."""
 
-    #: set when the last request was refused for that
+    #: set when the last request was refused for having both
     both_lengths = False
+    #: set when the last request was refused for its head's size
+    head_too_large = False
+
+    def __init__(self, max_incomplete_event_size: int, max_head: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size)
+        self.max_head = max_head
 
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         event = super().next_event()
@@ -87,6 +96,12 @@ class _StrictConnection(h11.Connection):
             if b"content-length" in names and b"transfer-encoding" in names:
                 self.both_lengths = True
                 raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding")
+            # the head as h11 parsed it: request line and "name: value" lines with their CRLFs
+            size = len(event.method) + len(event.target) + 12
+            size += sum(len(name) + len(value) + 4 for name, value in event.headers) + 2
+            if size > self.max_head:
+                self.head_too_large = True
+                raise h11.RemoteProtocolError("request head too large")
         return event
 
 
@@ -96,10 +111,9 @@ class BoundedH11Protocol(H11Protocol):
     def __init__(self, config: Any, *args: Any, settings: Settings | None = None, **kwargs: Any):
         self.limits = settings or _settings()
         super().__init__(config, *args, **kwargs)
-        size = config.h11_max_incomplete_event_size  # as uvicorn builds its connection
-        self.conn = (
-            _StrictConnection(h11.SERVER) if size is None else _StrictConnection(h11.SERVER, size)
-        )
+        # as uvicorn builds its connection; server.run sets the size to max_header_bytes
+        size = config.h11_max_incomplete_event_size or self.limits.max_header_bytes
+        self.conn = _StrictConnection(size, self.limits.max_header_bytes)
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -143,7 +157,8 @@ class BoundedH11Protocol(H11Protocol):
         is logged): ``431`` past the head size limit, else ``400 malformed_request``, in the
         service's JSON error shape; the connection is closed after it."""
         buffered, _ = self.conn.trailing_data
-        if len(buffered) > self.limits.max_header_bytes:
+        too_large = isinstance(self.conn, _StrictConnection) and self.conn.head_too_large
+        if too_large or len(buffered) > self.limits.max_header_bytes:
             self._refuse(
                 raw_error(
                     431,
