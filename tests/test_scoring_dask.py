@@ -125,3 +125,28 @@ def test_dask_completes_the_label_set_as_one_process(
     assert strip_timing(result.to_dict()) == strip_timing(expected.to_dict())
     assert result.summary["labels"][1]["cases"] == 2
     assert result.files == expected.files
+
+
+def test_an_unreachable_scheduler_is_a_bad_option_not_an_internal_error(
+    folders: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It exited 3 ("internal error: OSError ...") for an address the user typed."""
+    import dask
+
+    preds, refs = folders
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        status = main(["score-dir", str(preds), str(refs), "--dask", "tcp://127.0.0.1:1"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "monai-jdt: error: [invalid_option] dask: no Dask scheduler answers at 'tcp://127.0.0.1:1'"
+    ), err
+
+
+def test_the_nnunet_summary_without_its_metrics_is_a_coded_error(
+    folders: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    preds, refs = folders
+    argv = ["score-dir", str(preds), str(refs), "--summary-format", "nnunet", "--metrics", "dice"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("monai-jdt: error: [invalid_option] --summary-format")

@@ -414,6 +414,8 @@ def test_list_is_paged_newest_first_and_delete_removes(
         wait_finished(client, job_id, TEAM_A)
     assert client.delete(f"/v1/jobs/{ids[0]}", headers=TEAM_A).status_code == 204
     assert client.get(f"/v1/jobs/{ids[0]}", headers=TEAM_A).status_code == 404
+    documented = client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}"]["delete"]
+    assert {"200", "204", "404"} <= set(documented["responses"])  # 204 was missing
     settings: Settings = client.app.state.settings  # type: ignore[attr-defined]
     assert not (settings.data_dir / "jobs" / ids[0]).exists()
 

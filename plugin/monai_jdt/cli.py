@@ -219,8 +219,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="score one prediction against one reference (NIfTI)",
         description="Score one prediction NIfTI file against its reference.",
     )
-    score.add_argument("prediction", help="predicted label map or probability map (.nii/.nii.gz)")
-    score.add_argument("reference", help="reference label map (.nii/.nii.gz)")
+    formats = ".nii/.nii.gz; .nrrd/.nhdr/.mha/.mhd with the formats extra"
+    score.add_argument("prediction", help=f"predicted label map or probability map ({formats})")
+    score.add_argument("reference", help=f"reference label map ({formats})")
     if command in (None, "score"):
         _add_scoring_options(score)
     score.set_defaults(handler=_run_score)
@@ -442,7 +443,8 @@ def _run_score_dir(args: argparse.Namespace) -> int:
     tune_allocator()  # case after case: keep the freed chunk buffers for the next case
     if run.summary_format == "nnunet" and not {"dice", "jaccard"} <= set(options.metrics):
         raise _CliError(
-            "--summary-format nnunet writes Dice and IoU: add dice and jaccard to --metrics."
+            "[invalid_option] --summary-format nnunet writes Dice and IoU: add dice and "
+            "jaccard to --metrics."
         )
     pairs, unpaired_preds, unpaired_refs = pair_cases(args.predictions, args.references)
     for role, names, folder in (

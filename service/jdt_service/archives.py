@@ -56,6 +56,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from jdt_service.errors import ApiError
+from jdt_service.forms import MAX_CASE_ID
 from monai_jdt.scoring.errors import ScoringError
 from monai_jdt.scoring.files import NIFTI_SUFFIXES, VOLUME_SUFFIXES
 from monai_jdt.scoring.nifti import MAX_DATA_OFFSET, declared_layout, file_ending
@@ -83,7 +84,6 @@ DETACHED_SUFFIXES = (".nhdr", ".mhd")
 #: the volume endings kept from an archive: every one the scoring core reads but the detached
 ARCHIVE_VOLUME_SUFFIXES = tuple(s for s in VOLUME_SUFFIXES if s not in DETACHED_SUFFIXES)
 _KINDS = ", ".join(ARCHIVE_VOLUME_SUFFIXES)
-MAX_CASE_ID = 200
 _CHUNK = 1024 * 1024
 #: threads that inflate the members of a zip at once
 _UNPACK_THREADS = 2

@@ -19,6 +19,7 @@ from monai_jdt.scoring.options import exposure
 
 __all__ = ["MAX_CASE_ID", "OPTION_FIELDS", "form_schema", "multipart_body", "options_from_form"]
 
+#: the longest case id: of a score request, and of an archive member (the database's columns)
 MAX_CASE_ID = 256
 _CASE_ID = {
     "type": "string",

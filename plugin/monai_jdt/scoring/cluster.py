@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_jdt.scoring.allocator import process_environment
+from monai_jdt.scoring.errors import InvalidOptionError
 from monai_jdt.scoring.folders import (
     CaseFailure,
     DirectoryResult,
@@ -43,13 +44,19 @@ def connect(address: str, workers: int | None = None) -> tuple[Any, Any]:
     its client. The caller closes both.
 
     Raises:
-        OSError: the scheduler cannot be reached.
+        InvalidOptionError: no scheduler answers at ``address`` (within Dask's connect
+            timeout, ``distributed.comm.timeouts.connect``, 30 s by default).
     """
     import dask
     from distributed import Client, LocalCluster
 
     if address != LOCAL:
-        return Client(address), None
+        try:
+            return Client(address), None
+        except OSError as err:  # distributed raises OSError when the connect times out
+            raise InvalidOptionError(
+                f"dask: no Dask scheduler answers at {address!r} ({err})."
+            ) from None
     # Dask's nannies start their workers with MALLOC_TRIM_THRESHOLD_=65536 (its default
     # pre-spawn-environ); these processes are ours, so they start with ours instead
     spawn = {
@@ -80,8 +87,8 @@ def score_directory_dask(
     the CPU count) when ``address`` is ``"local"``.
 
     Raises:
-        InvalidOptionError: a folder is missing or holds two files of one case.
-        OSError: the scheduler cannot be reached.
+        InvalidOptionError: a folder is missing or holds two files of one case, or no
+            scheduler answers at ``address``.
     """
     from distributed import as_completed
 

@@ -323,6 +323,10 @@ async def read_metrics_json(job_id: str, request: Request, caller: AnyCaller) ->
 @jobs_router.delete(
     "/v1/jobs/{job_id}",
     summary="Cancel a queued or running job (200), or delete a finished one (204)",
+    responses={
+        200: {"description": "The job was queued or running: it is cancelled (its JSON)."},
+        204: {"description": "The job had finished: it is deleted with its results and files."},
+    },
 )
 async def delete_job(job_id: str, request: Request, caller: AnyCaller) -> Response:
     db = database(request)
