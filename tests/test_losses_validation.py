@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from monai_jdt.losses import (
+    DiceCESemimetricLoss,
     DiceSemimetricLoss,
     GeneralizedDiceSemimetricLoss,
     JaccardMetricLoss,
     JDTCELoss,
     JDTLoss,
     TensorShapeError,
+    TverskySemimetricLoss,
 )
 
 BAD_ARGUMENTS = [
@@ -57,6 +59,13 @@ BAD_ARGUMENTS = [
     (JDTCELoss, {"reduction": "none"}, ValueError, "reduction"),
     (JDTCELoss, {"alpha": 0.3}, ValueError, "tversky"),
     (JDTCELoss, {"label_smoothing": 2.0}, ValueError, "label_smoothing"),
+    # a misspelled keyword names the class built, not JDTLoss.__init__, and what was meant
+    (DiceSemimetricLoss, {"smoth_nr": 1e-5}, TypeError, "^DiceSemimetricLoss .*'smooth_nr'"),
+    (TverskySemimetricLoss, {"gama": 2.0}, TypeError, "^TverskySemimetricLoss .*'gamma'"),
+    (JaccardMetricLoss, {"clases": "present"}, TypeError, "^JaccardMetricLoss .*'classes'"),
+    (JDTCELoss, {"jdt": "dice", "smoth_dr": 1.0}, TypeError, "^JDTCELoss .*'smooth_dr'"),
+    (DiceCESemimetricLoss, {"gama": 2.0}, TypeError, "^DiceCESemimetricLoss .*'gamma'"),
+    (DiceSemimetricLoss, {"alpha": 0.3}, TypeError, "^DiceSemimetricLoss sets alpha itself"),
 ]
 
 
@@ -204,8 +213,9 @@ def test_bad_inputs(cls, why, kwargs, make, error, match):
     ],
 )
 def test_bad_masks(mask, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as raised:
         JDTLoss()(_x(2, 3, 4, 4), _x(2, 3, 4, 4), mask)
+    assert "to_onehot_y" not in str(raised.value)  # that advice is for a target
 
 
 def test_shape_errors_are_also_assertion_errors_like_monai():

@@ -139,9 +139,10 @@ def _check_unit(name: str, t: torch.Tensor) -> None:
     """Every value of ``t`` in [0, 1] (NaN fails too: it propagates through min and max)."""
     lo, hi = (v.item() for v in torch.aminmax(t.detach()))
     if not (lo >= 0 and hi <= 1):
+        hint = "for a label map pass to_onehot_y=True, or " if name == "target" else ""
         raise ValueError(
-            f"{name} values must lie in [0, 1], got min {lo:.6g} and max {hi:.6g}; for a label "
-            "map pass to_onehot_y=True, or check_values=False to skip this check."
+            f"{name} values must lie in [0, 1], got min {lo:.6g} and max {hi:.6g}; {hint}"
+            "check_values=False skips this check."
         )
 
 

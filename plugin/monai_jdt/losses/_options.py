@@ -6,8 +6,10 @@ Each function takes the user's value and returns the canonical one, or raises a 
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal, cast
 
 import torch
@@ -23,6 +25,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_ignore_index",
+    "check_keywords",
     "check_number",
     "resolve_aggregation",
     "resolve_weight",
@@ -33,6 +36,42 @@ REDUCTIONS: tuple[Reduction, ...] = ("none", "mean", "sum")
 ClassesArg = Literal["all", "present"]
 AggregationArg = Aggregation | Mapping[str, float]
 WeightArg = Sequence[float] | float | int | torch.Tensor | None
+
+
+def _keywords(target: type) -> set[str]:
+    """The keyword arguments ``target(...)`` takes: those of its ``__init__``, and of the
+    ``__init__`` above it in the MRO for as long as each passes ``**options`` on."""
+    names: set[str] = set()
+    for klass in target.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self"}
+
+
+def check_keywords(
+    owner: str, target: type, given: Mapping[str, object], fixed: Collection[str] = ()
+) -> None:
+    """The ``**options`` that ``owner`` passes on to ``target``: each must be a keyword of
+    ``target`` (or of the classes it passes its own on to) that ``owner`` does not set itself
+    (``fixed``). Python's own error would name ``target.__init__``, a class the user may not
+    have built, and would not say what was meant.
+
+    Raises:
+        TypeError: naming ``owner`` and the keyword, with the closest known spelling.
+    """
+    known = _keywords(target) - set(fixed)
+    for name in given:
+        if name in fixed:
+            raise TypeError(f"{owner} sets {name} itself; it does not take it as an argument.")
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{owner} got an unexpected keyword argument {name!r}{hint}")
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch.nn.modules.loss import _Loss
 
 from monai_jdt.losses._inputs import Prepared, one_hot, prepare_inputs
-from monai_jdt.losses._options import WeightArg, check_choice, check_number, resolve_weight
+from monai_jdt.losses._options import (
+    WeightArg,
+    check_choice,
+    check_keywords,
+    check_number,
+    resolve_weight,
+)
 from monai_jdt.losses.jdt import Activation, jdt_loss_class
 
 __all__ = ["DiceCESemimetricLoss", "JDTCELoss"]
@@ -85,6 +91,7 @@ class JDTCELoss(_Loss):
         check_choice("reduction", reduction, ("mean", "sum"))
         super().__init__(reduction=reduction)
         loss_class = jdt_loss_class(jdt)
+        check_keywords(type(self).__name__, loss_class, jdt_options, fixed=("reduction", "weight"))
         for name, value in (("alpha", alpha), ("beta", beta)):
             if value is not None:
                 if jdt != "tversky":

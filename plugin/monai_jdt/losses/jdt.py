@@ -46,6 +46,7 @@ from monai_jdt.losses._options import (
     check_bool,
     check_choice,
     check_ignore_index,
+    check_keywords,
     check_number,
     resolve_aggregation,
     resolve_weight,
@@ -420,9 +421,7 @@ class JaccardMetricLoss(JDTLoss):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        for name in ("alpha", "beta"):
-            if name in kwargs:
-                raise TypeError(f"JaccardMetricLoss fixes alpha = beta = 1; {name} is not taken.")
+        check_keywords(type(self).__name__, JDTLoss, kwargs, fixed=("alpha", "beta"))
         super().__init__(alpha=1.0, beta=1.0, **kwargs)
 
 
@@ -487,6 +486,7 @@ class DiceSemimetricLoss(JDTLoss):
         norm: int | None = None,
         **jdt_options: Any,
     ) -> None:
+        check_keywords(type(self).__name__, JDTLoss, jdt_options, fixed=("alpha", "beta"))
         if check_bool("squared_pred", squared_pred) and norm not in (None, 2):
             raise ValueError(f"squared_pred=True means norm=2, but norm={norm!r} was given.")
         ratio = 1.0 if check_bool("jaccard", jaccard) else 0.5
@@ -559,6 +559,7 @@ class TverskySemimetricLoss(JDTLoss):
         classes: ClassesArg | None = "all",
         **jdt_options: Any,
     ) -> None:
+        check_keywords(type(self).__name__, JDTLoss, jdt_options)
         super().__init__(
             alpha=alpha,
             beta=beta,
