@@ -17,12 +17,15 @@ service (FastAPI), and ``serve`` finds it through the entry point group ``monai_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import json
 import math
 import os
 import re
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -367,26 +370,94 @@ def _print_summary(result: dict[str, Any], stream: TextIO) -> None:
         )
 
 
-def _write_json(data: dict[str, Any], path: str) -> None:
-    _write_text(json.dumps(data, indent=2, allow_nan=False), path)
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The ``-o`` and ``--csv`` targets, before anything is scored: each in an existing
+    folder and not a folder itself, and not both one file (the CSV would replace the JSON).
+
+    Raises:
+        _CliError: naming the flag and the path.
+    """
+    targets = [(flag, path) for flag, path in (("-o", args.output), ("--csv", args.csv)) if path]
+    for flag, path in targets:
+        target = Path(path)
+        if target.is_dir():
+            raise _CliError(f"{flag} {path}: is a folder; give a file name.")
+        if not target.parent.is_dir():
+            raise _CliError(f"{flag} {path}: the folder {str(target.parent)!r} does not exist.")
+    if len(targets) == 2 and os.path.realpath(args.output) == os.path.realpath(args.csv):
+        raise _CliError(f"-o and --csv name one file ({args.output}); give two.")
+
+
+def _write_file(path: str, write: Callable[[TextIO], object]) -> None:
+    """``write`` the file at ``path`` through a temporary file in its folder, renamed over it
+    once complete: a run that fails while writing (a full disk, a signal) leaves the old file
+    as it was. A device or a pipe (``-o /dev/stdout``) is written directly.
+
+    Raises:
+        _CliError: the file cannot be written.
+    """
+    target = Path(path)
+    # surrogateescape: a case id from a file name that is not UTF-8 is written as its bytes
+    opened: dict[str, Any] = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
+    temp: str | None = None
+    try:
+        if target.exists() and not target.is_file():
+            with open(target, "w", **opened) as stream:
+                write(stream)
+            return
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # as open() would create it
+        with os.fdopen(fd, "w", **opened) as stream:
+            write(stream)
+        os.replace(temp, target)
+        temp = None
+    except OSError as err:
+        raise _CliError(f"cannot write {path}: {err.strerror or err}") from err
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
 
 
 def _write_text(text: str, path: str) -> None:
-    try:
-        Path(path).write_text(text + "\n")
-    except OSError as err:
-        raise _CliError(f"cannot write {path}: {err.strerror or err}") from err
+    _write_file(path, lambda stream: stream.write(text + "\n"))
 
 
 def _write_csv(reports: list[Any], path: str, failures: Sequence[Any] = ()) -> None:
     from monai_jdt.scoring.folders import write_csv
 
+    _write_file(path, lambda stream: write_csv(reports, stream, failures))
+
+
+def _print(write: Callable[[TextIO], object], written: bool) -> bool:
+    """``write`` to stdout; False when its reader has gone (``| head``): the rest of stdout
+    goes to /dev/null, and the caller still reports failures and its exit status. A closed
+    stdout is skipped when the report was ``written`` to a file (``-o``).
+
+    Raises:
+        _CliError: stdout is closed (and nothing was written) or cannot be written.
+    """
+    if sys.stdout is None:
+        if written:
+            return False
+        raise _CliError("stdout is closed; write the report with -o FILE instead.")
     try:
-        # surrogateescape: a case id from a file name that is not UTF-8 is written as its bytes
-        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as stream:
-            write_csv(reports, stream, failures)
+        write(sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
     except OSError as err:
-        raise _CliError(f"cannot write {path}: {err.strerror or err}") from err
+        raise _CliError(f"cannot write stdout: {err.strerror or err}") from err
+    return True
+
+
+def _line(text: str) -> str:
+    """``text`` as one line of stderr: a name holding a newline or other control characters
+    (a file name can) is escaped, so that it cannot make a line of its own."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 class _Progress:
@@ -420,18 +491,21 @@ class _Progress:
 def _run_score(args: argparse.Namespace) -> int:
     from monai_jdt.scoring import score_files
 
-    report = score_files(args.prediction, args.reference, _options(args))
+    options = _options(args)
+    _check_outputs(args)
+    report = score_files(args.prediction, args.reference, options)
     data = report.to_dict()
     for warning in report.warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+        sys.stderr.write(_line(f"warning: {warning}") + "\n")
+    text = json.dumps(data, indent=2, allow_nan=False)
     if args.output:
-        _write_json(data, args.output)
+        _write_text(text, args.output)
     if args.csv:
         _write_csv([report], args.csv)
-    if args.json:
-        sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    else:
-        _print_case(data, sys.stdout)
+    _print(
+        lambda out: out.write(text + "\n") if args.json else _print_case(data, out),
+        written=bool(args.output),
+    )
     return EXIT_OK
 
 
@@ -440,6 +514,7 @@ def _run_score_dir(args: argparse.Namespace) -> int:
     from monai_jdt.scoring.allocator import tune_allocator
 
     options, run = _options(args), _folder_options(args)  # checked before anything is printed
+    _check_outputs(args)
     tune_allocator()  # case after case: keep the freed chunk buffers for the next case
     if run.summary_format == "nnunet" and not {"dice", "jaccard"} <= set(options.metrics):
         raise _CliError(
@@ -455,7 +530,7 @@ def _run_score_dir(args: argparse.Namespace) -> int:
             shown = ", ".join(names[:10]) + (
                 f", ... ({len(names) - 10} more)" if len(names) > 10 else ""
             )
-            sys.stderr.write(f"warning: {len(names)} {role} in {folder}: {shown}\n")
+            sys.stderr.write(_line(f"warning: {len(names)} {role} in {folder}: {shown}") + "\n")
     if not pairs:
         raise _CliError(
             f"no case of {args.predictions} has a reference of the same file name in "
@@ -484,16 +559,17 @@ def _run_score_dir(args: argparse.Namespace) -> int:
         _write_text(text, args.output)
     if args.csv:
         _write_csv(result.reports, args.csv, result.failures)
-    if args.json:
-        sys.stdout.write(text + "\n")
-    else:
-        _print_summary(data, sys.stdout)
+    _print(
+        lambda out: out.write(text + "\n") if args.json else _print_summary(data, out),
+        written=bool(args.output),
+    )
     for report in result.reports:
         for warning in report.warnings:
-            sys.stderr.write(f"warning: case {report.case_id}: {warning}\n")
+            sys.stderr.write(_line(f"warning: case {report.case_id}: {warning}") + "\n")
     for failure in result.failures:
         message = _with_flags(failure.message, failure.options)
-        sys.stderr.write(f"error: case {failure.case_id}: [{failure.code}] {message}\n")
+        line = f"error: case {failure.case_id}: [{failure.code}] {message}"
+        sys.stderr.write(_line(line) + "\n")
     return EXIT_FAILED_CASES if result.failures else EXIT_OK
 
 
@@ -507,13 +583,16 @@ def _with_flags(message: str, options: Sequence[str]) -> str:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"monai-jdt: error: {message}\n")
+    sys.stderr.write(_line(f"monai-jdt: error: {message}") + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in _COMMANDS else ""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8, in the table
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     from monai_jdt.scoring.errors import ScoringError
 
     try:

@@ -132,7 +132,10 @@ def case_files(folder: Path, role: str) -> dict[str, Path]:
             "use `monai-jdt score PRED REF` for one case."
         )
     if not folder.is_dir():
-        raise InvalidOptionError(f"the {role} folder {str(folder)!r} does not exist.")
+        raise InvalidOptionError(
+            f"the {role} folder {str(folder)!r} "
+            + ("is not a folder." if os.path.lexists(folder) else "does not exist.")
+        )
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or file_ending(path.name, VOLUME_SUFFIXES) is None:
@@ -303,11 +306,15 @@ def _score_pairs(
     outcomes: list[CaseReport | CaseFailure] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(score_case, *pair, options) for pair in pairs]
-        for future in as_completed(futures):
-            outcome = future.result()
-            outcomes.append(outcome)
-            if progress is not None:
-                progress(outcome)
+        try:
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                if progress is not None:
+                    progress(outcome)
+        except BaseException:  # Ctrl-C: leaving the pool waited for every queued case
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return outcomes
 
 
@@ -347,5 +354,13 @@ def write_csv(
     rows = [{k: _as_text(v) for k, v in row.items()} for row in csv_rows(reports, failures)]
     fields = list(dict.fromkeys(["case_id", "label", "name", *(k for r in rows for k in r)]))
     writer = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n", restval="")
+    # the csv module quotes a cell holding "\n" (its line terminator) but not a lone "\r",
+    # which readers take as a line end: a row with one (a case id from such a file name) is
+    # written with every cell quoted
+    quoted = csv.DictWriter(
+        stream, fieldnames=fields, lineterminator="\n", restval="", quoting=csv.QUOTE_ALL
+    )
     writer.writeheader()
-    writer.writerows(rows)
+    for row in rows:
+        carriage = any(isinstance(value, str) and "\r" in value for value in row.values())
+        (quoted if carriage else writer).writerow(row)
