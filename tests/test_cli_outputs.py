@@ -74,6 +74,10 @@ def test_a_report_that_cannot_be_written_whole_leaves_the_old_one(
     rows = list(csv.DictReader(old.open(newline="")))
     assert {row["case_id"] for row in rows} == {f"case_{i:03d}" for i in range(4)} | {"zz_broken"}
     assert oct(old.stat().st_mode & 0o777) != oct(0o600)  # not the temporary file's mode
+    link = tmp_path / "link.csv"
+    link.symlink_to(old)
+    assert main([*argv[:-1], str(link)]) == 1
+    assert link.is_symlink() and link.read_text() == old.read_text()  # the link's file replaced
 
 
 def test_a_carriage_return_in_a_case_id_stays_inside_its_cell() -> None:

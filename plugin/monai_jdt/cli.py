@@ -396,7 +396,7 @@ def _write_file(path: str, write: Callable[[TextIO], object]) -> None:
     Raises:
         _CliError: the file cannot be written.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))  # a link's file is replaced, not the link
     # surrogateescape: a case id from a file name that is not UTF-8 is written as its bytes
     opened: dict[str, Any] = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
     temp: str | None = None
