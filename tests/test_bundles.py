@@ -56,7 +56,7 @@ BUNDLES = {
         name="brats_mri_jdt",
         key_metric="val_miou_i",
         loss_class="JDTLoss",
-        labels={1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"},
+        labels={1: "oedema", 2: "non-enhancing tumour", 3: "enhancing tumour"},
         tiny=(
             "--patch_size", "[32,32,32]", "--num_workers", "0", "--sw_batch_size", "2",
             "--network_def#init_filters", "8", "--network_def#blocks_down", "[1,1]",
@@ -303,6 +303,25 @@ def test_configs_name_the_plugin_classes_by_short_name(name: str) -> None:
     assert type(loss) is getattr(monai_jdt, bundle.loss_class)
     handler = parser.get_parsed_content(f"validate#key_metric#{bundle.key_metric}")
     assert type(handler) is monai_jdt.FineGrainedIoU
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLES))
+@pytest.mark.parametrize(("config", "transforms"), [("train", "train#preprocessing"),
+                                                    ("inference", "preprocessing")])  # fmt: skip
+def test_transforms_build_without_a_deprecation_warning(
+    name: str, config: str, transforms: str
+) -> None:
+    """Orientationd's labels default is changing (MONAI warned on every run): it is pinned."""
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / name / "configs" / f"{config}.yaml"))
+    parser["dataset_dir"] = "."
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        parser.get_parsed_content(transforms)
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLES))

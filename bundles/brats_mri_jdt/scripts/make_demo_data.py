@@ -24,7 +24,7 @@ import numpy as np
 
 from monai_jdt.demo_data import demo_data_main
 
-CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
+CHANNELS = ("FLAIR", "T1w", "T1gd", "T2w")
 # mean signal per tissue (rows: brain, oedema, necrotic core, enhancing) and channel (columns)
 SIGNAL = np.array(
     [
@@ -71,8 +71,8 @@ DESCRIPTION = {
     "modality": {str(i): name for i, name in enumerate(CHANNELS)},
     "labels": {
         "0": "background",
-        "1": "edema",
-        "2": "non-enhancing tumor",
+        "1": "oedema",
+        "2": "non-enhancing tumour",
         "3": "enhancing tumour",
     },
 }
