@@ -431,27 +431,25 @@ def _write_csv(reports: list[Any], path: str, failures: Sequence[Any] = ()) -> N
     _write_file(path, lambda stream: write_csv(reports, stream, failures))
 
 
-def _print(write: Callable[[TextIO], object], written: bool) -> bool:
-    """``write`` to stdout; False when its reader has gone (``| head``): the rest of stdout
-    goes to /dev/null, and the caller still reports failures and its exit status. A closed
-    stdout is skipped when the report was ``written`` to a file (``-o``).
+def _print(write: Callable[[TextIO], object], written: bool) -> None:
+    """``write`` to stdout. When its reader has gone (``| head``) the rest of stdout goes to
+    /dev/null, and the caller still reports failures and its exit status. A closed stdout is
+    skipped when the report was ``written`` to a file (``-o``).
 
     Raises:
         _CliError: stdout is closed (and nothing was written) or cannot be written.
     """
     if sys.stdout is None:
         if written:
-            return False
+            return
         raise _CliError("stdout is closed; write the report with -o FILE instead.")
     try:
         write(sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return False
     except OSError as err:
         raise _CliError(f"cannot write stdout: {err.strerror or err}") from err
-    return True
 
 
 def _line(text: str) -> str:
