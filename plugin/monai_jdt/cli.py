@@ -25,7 +25,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -396,6 +395,8 @@ def _write_file(path: str, write: Callable[[TextIO], object]) -> None:
     Raises:
         _CliError: the file cannot be written.
     """
+    import tempfile  # 5-7 ms of start-up, only for the commands that write a file
+
     target = Path(os.path.realpath(path))  # a link's file is replaced, not the link
     # surrogateescape: a case id from a file name that is not UTF-8 is written as its bytes
     opened: dict[str, Any] = {"newline": "", "encoding": "utf-8", "errors": "surrogateescape"}
