@@ -467,6 +467,10 @@ def test_leaderboard_ranks_the_latest_job_of_each_team(
     assert fine[1]["score"] == noisy_report["summary"]["fine_grained"]["jaccard"]["D"]
     bad = client.get(f"/v1/reference-sets/{ref_set['id']}/leaderboard?metric=x", headers=TEAM_A)
     assert bad.status_code == 422
+    # a metric no ranked job scored ranked every team with a null score
+    unscored = client.get(f"{board_url}?metric=hd95", headers=TEAM_A)
+    assert unscored.status_code == 422, unscored.text
+    assert "no ranked job on this set scored hd95" in unscored.json()["detail"]["message"]
     # a newer job of team-b replaces its perfect one
     newer = submit(client, preds, TEAM_B, reference_set=ref_set["id"])
     wait_finished(client, newer["id"], TEAM_B)

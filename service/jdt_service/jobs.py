@@ -495,7 +495,8 @@ def leaderboard(
 
     Raises:
         ApiError: 422 ``invalid_option`` (:func:`check_leaderboard_query`), also before any
-            job has finished.
+            job has finished; and when no ranked job scored ``metric`` at all (every team
+            would rank with a null score).
     """
     check_leaderboard_query(metric, aggregate)
     with db.session() as session:
@@ -528,6 +529,16 @@ def leaderboard(
                 "failed": job.failures,
                 "missing": missing,
             }
+    if latest and not any(
+        metric in (job.summary or {}).get("metrics", ()) for job in latest.values()
+    ):
+        raise ApiError(
+            422,
+            "invalid_option",
+            f"no ranked job on this set scored {metric} (the set's jobs score "
+            f"{', '.join(job_options(ref_set.options, settings).metrics)} unless a job asks "
+            "for more with its own metrics field)",
+        )
     scored = [
         (summary_score(job.summary or {}, metric, aggregate), team, job)
         for team, job in latest.items()
