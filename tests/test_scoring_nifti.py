@@ -81,6 +81,48 @@ def test_headers_read_beforehand_are_used_as_given(
         )
 
 
+@pytest.mark.parametrize(
+    ("dtype", "options", "large", "expected"),
+    [
+        (np.uint8, {}, False, True),
+        (np.int16, {}, False, True),
+        (np.uint8, {}, True, False),  # past INLINE_VOXELS: two inflate threads
+        (np.float32, {}, False, False),  # loaded whole
+        (np.uint8, {"metrics": ("dice", "hd95")}, False, False),  # boundary metrics
+    ],
+)
+def test_scored_in_calling_thread_says_when_score_files_starts_no_thread(
+    tmp_path: Path, pair, monkeypatch: pytest.MonkeyPatch, dtype, options, large, expected
+) -> None:  # type: ignore[no-untyped-def]
+    """The service scores on its event loop what this predicate admits: it must start no
+    thread (and it streams, so its memory is a few chunks)."""
+    import threading
+
+    import monai_jdt.scoring.files as files
+
+    pred, ref = pair
+    if large:
+        monkeypatch.setattr(files, "INLINE_VOXELS", pred.size - 1)
+    p = save(tmp_path / "p.nii.gz", (pred > 0).astype(dtype))
+    r = save(tmp_path / "r.nii.gz", (ref > 0).astype(np.uint8))
+    chosen = ScoringOptions(**options)
+    infos = (inspect_volume(p, None), inspect_volume(r, None))
+    started: list[threading.Thread] = []
+
+    class Counted(threading.Thread):
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(files.threading, "Thread", Counted)
+    assert files.scored_in_calling_thread(*infos, chosen) is expected
+    score_files(p, r, chosen, inspected=infos)
+    if expected:
+        assert started == []
+    if large:
+        assert len(started) == 2  # the two inflate threads the predicate said would start
+
+
 def test_big_endian_and_nifti2(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
     pred, ref = pair
     base = score_arrays(pred, ref, spacing=(0.8, 0.9, 2.5)).to_dict()["labels"]

@@ -476,6 +476,58 @@ def test_request_timeout_gives_504_and_files_go_when_the_job_ends(
     assert emptied(tmp_path / "uploads") == []
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def test_only_an_idle_server_scores_a_small_label_pair_on_its_event_loop(
+    tmp_path: Path, pair, nifti_bytes, emptied, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alone and small: on the event loop. Another upload open, a pair above
+    ``INLINE_VOXELS``, boundary metrics or overlays: on a scoring thread."""
+    from monai_jdt.scoring import files as scoring_files
+
+    where: list[bool] = []
+
+    def recorded(name: str) -> None:
+        original = getattr(scoring_files, name)
+
+        def record(*args, **kwargs):
+            where.append(_on_event_loop())
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(scoring_files, name, record)
+
+    recorded("stream_confusion")  # label pairs that stream
+    recorded("score_arrays")  # the rest (boundary metrics)
+    pred, ref = pair
+    files = files_for(nifti_bytes(pred), nifti_bytes(ref))
+
+    def scored_on_loop(**data: str) -> bool:
+        where.clear()
+        r = c.post("/v1/scores", files=files, data=data)
+        assert r.status_code == 200, r.text
+        assert len(where) == 1
+        return where[0]
+
+    with make_client(tmp_path) as c:
+        assert scored_on_loop()
+        with c.app.state.pool.upload_place():  # an archive arriving: not alone
+            assert not scored_on_loop()
+        assert not scored_on_loop(metrics="dice,hd95")
+        assert not scored_on_loop(overlays="true")
+        monkeypatch.setattr(scoring_files, "INLINE_VOXELS", pred.size - 1)
+        assert not scored_on_loop()
+        monkeypatch.setattr(scoring_files, "INLINE_VOXELS", pred.size)
+        assert scored_on_loop()
+        assert c.app.state.pool.reserved_bytes == 0 and c.app.state.pool.admitted == 0
+    assert emptied(tmp_path / "uploads") == []
+
+
 def test_work_directories_are_deleted_off_the_response_path_and_at_shutdown(
     tmp_path: Path, pair, nifti_bytes
 ) -> None:

@@ -33,7 +33,7 @@ import math
 
 from monai_jdt.scoring import ScoringOptions
 from monai_jdt.scoring.boundary_report import wants_boundary
-from monai_jdt.scoring.files import _QUEUE_DEPTH, STREAM_CHUNK_VOXELS, _streamable
+from monai_jdt.scoring.files import _QUEUE_DEPTH, STREAM_CHUNK_VOXELS, streamable
 from monai_jdt.scoring.options import BOUNDARY_METRICS
 from monai_jdt.scoring.sitk_formats import ImageInfo, VolumeInfo
 
@@ -125,7 +125,7 @@ def channel_bytes(prediction: VolumeInfo) -> int:
 
 def job_bytes(prediction: VolumeInfo, reference: VolumeInfo, options: ScoringOptions) -> int:
     """Upper bound of the host memory of ``score_files(prediction, reference, options)``."""
-    if _streamable(prediction, reference, options):
+    if streamable(prediction, reference, options):
         in_flight = 2 * (_QUEUE_DEPTH + 2) * STREAM_CHUNK_VOXELS
         stored = in_flight * max(prediction.dtype.itemsize, reference.dtype.itemsize)
         return stored + CHUNK_OVERHEAD_BYTES + label_cells_bytes(prediction, reference)

@@ -14,9 +14,12 @@ A request goes through two admissions, each with its own bound:
    slow upload therefore never holds a scoring slot.
 
 Jobs run on ``max_concurrency`` *daemon* threads, so the device is never oversubscribed, the
-event loop never scores, and a job that cannot be stopped (the scoring core has no cancellation
-point) never holds the process at exit: shutdown takes at most the request timeout, whatever
-the jobs do. Each job goes to the thread that went idle last, so that at low load one thread
+event loop does not score while other requests wait, and a job that cannot be stopped (the
+scoring core has no cancellation point) never holds the process at exit: shutdown takes at
+most the request timeout, whatever the jobs do. The one exception is a job of a few
+milliseconds on an idle server (:attr:`Admission.alone`), which its route may run on the event
+loop (``Admission.run(..., inline=True)``): two thread hand-offs would cost about a tenth of
+it. Each job goes to the thread that went idle last, so that at low load one thread
 runs case after case with its cache warm. A request that times out or whose client goes away
 while its job still runs keeps its place and memory until the thread ends, and its files are
 deleted then; a job still waiting in the queue is cancelled instead. A released work directory
@@ -334,8 +337,18 @@ class Admission:
         self._memory_bytes: int | None = None
         self._job: Future[Any] | None = None
 
-    async def run(self, fn: Callable[[], T], memory_bytes: int) -> T:
-        """Run ``fn`` on a scoring thread (after waiting for a free slot) and return its result.
+    @property
+    def alone(self) -> bool:
+        """Whether this is the only request the pool holds (no other upload, archives
+        included) and no scoring thread runs a job (one whose request has gone): no other
+        request waits for the event loop's time."""
+        pool = self.pool
+        return pool._open == {self} and pool._uploads == int(self._uploading) and pool._running == 0
+
+    async def run(self, fn: Callable[[], T], memory_bytes: int, *, inline: bool = False) -> T:
+        """Run ``fn`` on a scoring thread (after waiting for a free slot) and return its result;
+        with ``inline``, in the calling thread, the event loop's: only for a job of a few
+        milliseconds while the admission is :attr:`alone`.
 
         The upload place is given back first; ``memory_bytes`` (the job's estimate) is
         reserved until the job ends. Raises 413 ``job_too_large`` or 503 ``server_busy``.
@@ -355,6 +368,8 @@ class Admission:
             finally:
                 self.pool._job_running(-1)
 
+        if inline:
+            return job()
         future = self.pool._threads.submit(job)
         self._job = future
         return await asyncio.wrap_future(future)

@@ -43,7 +43,9 @@ __all__ = [
     "VOLUME_SUFFIXES",
     "case_id_from_path",
     "score_files",
+    "scored_in_calling_thread",
     "stream_confusion",
+    "streamable",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -200,7 +202,11 @@ def stream_confusion(
     return accumulator.result()
 
 
-def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> bool:
+def streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> bool:
+    """Whether ``score_files`` counts these two inspected volumes chunk by chunk (the
+    streaming path): integer NIfTI label maps without a channel axis, scored on the CPU
+    without boundary metrics."""
+
     def integer_labels(info: VolumeInfo) -> bool:
         return (
             isinstance(info, NiftiInfo)
@@ -216,6 +222,13 @@ def _streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> b
         and device_type(options.device, prefer_cuda=False) == "cpu"
         and not needs_arrays(options)  # boundary metrics need the whole volumes
     )
+
+
+def scored_in_calling_thread(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> bool:
+    """Whether ``score_files`` scores these two inspected volumes without starting a thread
+    and with a few MiB of memory: streamed (:func:`streamable`) and of at most
+    ``INLINE_VOXELS`` voxels each, about 10 ms on one core at that size."""
+    return streamable(pred, ref, options) and max(pred.voxels, ref.voxels) <= INLINE_VOXELS
 
 
 def _inspect(path: str | os.PathLike[str], role: str, options: ScoringOptions) -> VolumeInfo:
@@ -264,7 +277,7 @@ def score_files(
         _check_affines(pred, ref, options.affine_tol)
     case_id = case_id if case_id is not None else case_id_from_path(prediction)
     spacing = ref.spacing or pred.spacing
-    if _streamable(pred, ref, options):
+    if streamable(pred, ref, options):
         assert isinstance(pred, NiftiInfo) and isinstance(ref, NiftiInfo)
         matrix = stream_confusion(pred, ref)
         report = report_from_confusion(
