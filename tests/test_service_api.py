@@ -525,6 +525,8 @@ def test_only_an_idle_server_scores_a_small_label_pair_on_its_event_loop(
         monkeypatch.setattr(scoring_files, "INLINE_VOXELS", pred.size)
         assert scored_on_loop()
         assert c.app.state.pool.reserved_bytes == 0 and c.app.state.pool.admitted == 0
+    with make_client(tmp_path, idle_inline=False) as c:  # JDT_IDLE_INLINE=false
+        assert not scored_on_loop()
     assert emptied(tmp_path / "uploads") == []
 
 

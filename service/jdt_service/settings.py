@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=8, ge=0, description="Requests that may wait for a scoring slot before 503."
     )
+    idle_inline: bool = Field(
+        default=True,
+        description="Score a small label pair on the event loop when no other request is in "
+        "flight (two thread hand-offs fewer); off: every case on the scoring threads.",
+    )
     request_timeout: float = Field(
         default=300.0,
         gt=0,

@@ -13,10 +13,11 @@ The flow of one request, each step bounded:
 5. ``score_files`` runs on a scoring thread: it reads both NIfTI headers first and refuses a
    volume whose declared shape is past ``max_voxels`` (413) before anything is decompressed,
    and files that are not NIfTI or are corrupt (415 / 422); a CUDA out-of-memory error re-runs
-   the job on the CPU and is counted in ``jdt_gpu_fallbacks_total``. On a server that holds no
-   other request the headers are read, and a small label pair (``scored_in_calling_thread``:
-   at most ``INLINE_VOXELS`` voxels, a few ms) is scored, on the event loop instead: the thread
-   hand-offs would cost about a tenth of such a case, and no other request waits;
+   the job on the CPU and is counted in ``jdt_gpu_fallbacks_total``. On a server that holds
+   no other request (with ``idle_inline``, the default) the headers are read, and a small
+   label pair (``scored_in_calling_thread``: at most ``INLINE_VOXELS`` voxels, a few ms) is
+   scored, on the event loop instead: the thread hand-offs would cost about a tenth of such a
+   case, and no other request waits;
 6. the report of ``monai_jdt.scoring.score_files`` is returned as is (``CaseReport.to_dict()``).
 
 The whole request is bounded by ``request_timeout`` (504). The work directory is deleted on
@@ -198,13 +199,14 @@ async def _score(
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
     estimate = (prediction, reference, options, overlays, settings.max_boundary_voxels)
-    if admission.alone:  # two header reads: on the event loop, which no other request needs
+    idle = settings.idle_inline and admission.alone  # no other request needs the event loop
+    if idle:  # two header reads
         memory_bytes, inspected = _estimate(*estimate)
     else:
         memory_bytes, inspected = await asyncio.to_thread(_estimate, *estimate)
     # the default scorer's time on these headers is known; a replaced one's is not
     inline = (
-        admission.alone
+        idle
         and scorer is score_files
         and overlays is None
         and scored_in_calling_thread(*inspected, options)
