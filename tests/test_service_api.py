@@ -694,6 +694,37 @@ def test_openapi_documents_every_status_and_the_report_schema(
     )
 
 
+def test_every_response_forbids_framing_sniffing_and_referrers(tmp_path: Path) -> None:
+    """The page, its assets, the docs, the API's answers and its errors: no other site may
+    frame them (clickjacking), no content is sniffed, no address leaks as a referrer."""
+    with make_client(tmp_path) as c:
+        answers = {
+            "page": c.get("/"),
+            "asset": c.get("/static/page.js"),
+            "docs": c.get("/docs"),
+            "info": c.get("/v1/info"),
+            "health": c.get("/healthz"),
+            "404": c.get("/nowhere"),
+            "422": c.post("/v1/scores", files={"prediction": ("p.nii", b"x")}),
+        }
+        for name, r in answers.items():
+            assert r.headers["x-content-type-options"] == "nosniff", name
+            assert r.headers["x-frame-options"] == "DENY", name
+            assert r.headers["referrer-policy"] == "no-referrer", name
+        for name in ("page", "docs"):
+            assert "frame-ancestors 'none'" in answers[name].headers["content-security-policy"]
+
+
+def test_the_page_asks_for_a_key_when_only_admin_keys_are_set(tmp_path: Path) -> None:
+    """Admin keys alone make ``/v1/*`` need a key (``/v1/info`` says so): so does the page."""
+    with make_client(tmp_path, admin_keys=["adm-key"]) as c:
+        assert c.get("/v1/info").status_code == 401
+        page = c.get("/").text
+    assert 'data-auth-required="true"' in page
+    with make_client(tmp_path) as c:
+        assert 'data-auth-required="false"' in c.get("/").text
+
+
 # ---------------------------------------------------------------- GPU (skipped without CUDA)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -27,6 +27,7 @@ from jdt_service.routers import health, info, jobs, metrics, scores, v1  # noqa:
 
 # (info and scores add their routes to v1.router when imported)
 from jdt_service.scoring_pool import ScoringPool
+from jdt_service.security_headers import SecurityHeadersMiddleware
 from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings, unknown_variables
 from jdt_service.web import router as web_router
@@ -99,4 +100,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestLogMiddleware, metrics=service_metrics)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: the log's own 500 too
     return app

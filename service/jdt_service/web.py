@@ -22,13 +22,16 @@ from __future__ import annotations
 import mimetypes
 from importlib.resources import files
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 
+from jdt_service.auth import key_table
 from jdt_service.errors import ApiError
+from jdt_service.teams import KeyTable
 from monai_jdt import __version__
 from monai_jdt.scoring.options import BOUNDARY_METRICS, DEFAULT_METRICS, METRICS
 
@@ -42,12 +45,13 @@ _CACHE = {"Cache-Control": "public, max-age=3600"}
 _SAME_ORIGIN_ONLY = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline' blob:; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
-    "worker-src 'self' blob:; connect-src 'self'"
+    "worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'"
 }
 #: the pair page runs only its own script and style
 _PAGE_POLICY = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
 }
 #: the dataset form's metrics before a reference set is picked: the defaults and hd95, whose
 #: box plots the page draws next to Dice's
@@ -89,14 +93,16 @@ def _file(assets: dict[str, Path], name: str) -> FileResponse:
 
 
 @router.get("/")
-async def pair_page(request: Request) -> HTMLResponse:
+async def pair_page(
+    request: Request, table: Annotated[KeyTable, Depends(key_table)]
+) -> HTMLResponse:
     return _TEMPLATES.TemplateResponse(
         request,
         "index.html",
         {
             "root": request.scope.get("root_path", ""),
             "version": __version__,
-            "auth_required": bool(request.app.state.settings.api_keys),
+            "auth_required": not table.open,  # as /v1/info says: admin keys alone count
             "metrics": METRICS + BOUNDARY_METRICS,
             "default_metrics": DEFAULT_METRICS,
             "dataset_metrics": _DATASET_METRICS,
