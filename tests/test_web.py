@@ -222,6 +222,69 @@ def test_a_wrong_key_is_refused_with_a_clear_message(offline, server_url, tmp_pa
     assert offline.blocked == []
 
 
+def test_a_key_with_an_invisible_character_is_refused_saying_so(offline, server_url) -> None:
+    page = offline.page
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY + "\u200b")  # a zero-width space pasted with it
+    message = page.locator("#key-message")
+    message.filter(has_text="cannot be sent").wait_for(timeout=10_000)
+    assert "invisible or non-Latin character" in message.inner_text()
+    _enter_key(page, API_KEY)
+    message.filter(has_text="Key accepted").wait_for(timeout=10_000)
+    assert offline.blocked == []
+
+
+def test_label_ids_past_2_53_are_shown_and_downloaded_exactly(
+    offline, server_url, tmp_path
+) -> None:
+    """A JavaScript number rounds 2**53 + 1 onto 2**53: the page keeps the server's ids."""
+    import json
+
+    import numpy as np
+
+    big = [2**53 + 1, 2**53 + 2]
+    ref = np.zeros((8, 8, 4), np.int64)
+    ref[:4, :, :] = big[0]
+    ref[4:, :, :] = big[1]
+    pred = ref.copy()
+    pred[:4, :2, :] = big[1]
+    import nibabel as nib
+
+    paths = {"prediction": tmp_path / "pred.nii.gz", "reference": tmp_path / "ref.nii.gz"}
+    for path, data in zip(paths.values(), (pred, ref), strict=True):
+        nib.save(nib.Nifti1Image(data, np.eye(4), dtype=np.int64), path)
+    page = offline.page
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#key-message").filter(has_text="Key accepted").wait_for(timeout=10_000)
+    for field_name, path in paths.items():
+        page.locator(f"#{field_name}").set_input_files(str(path))
+    page.get_by_role("checkbox", name="Draw the overlay pictures").uncheck()
+    page.get_by_role("button", name="Score", exact=True).click()
+    page.locator("#results").wait_for(state="visible", timeout=60_000)
+    shown = page.locator("#scores-table tbody td[data-column='label']").all_inner_texts()
+    assert shown == [str(label) for label in big]
+    api = httpx.post(
+        server_url + "/v1/scores",
+        files={name: (path.name, path.read_bytes()) for name, path in paths.items()},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    ).json()
+    assert [row["label"] for row in api["labels"]] == big
+    with page.expect_download() as download:
+        page.get_by_role("link", name="JSON").click()
+    downloaded = json.loads(Path(download.value.path()).read_text())
+    assert [row["label"] for row in downloaded["labels"]] == big
+    assert [row["dice"] for row in downloaded["labels"]] == [row["dice"] for row in api["labels"]]
+    with page.expect_download() as download:
+        page.get_by_role("link", name="CSV").click()
+    csv_labels = [
+        line.split(",")[0] for line in Path(download.value.path()).read_text().splitlines()[1:]
+    ]
+    assert csv_labels == [str(label) for label in big]
+    assert offline.blocked == []
+
+
 #: label 3 is asked for but absent from both volumes: every metric of it is undefined
 PAIR_LABELS = "1=liver,2=spleen,3=kidney"
 PAIR_REGIONS = "organs=1,2"
@@ -661,10 +724,13 @@ def test_score_a_dataset_against_uploaded_references(
     """No reference set: the references come as an archive; no leaderboard is shown."""
     preds, refs = dataset_files
     names = ["case0.nii.gz", "case4.nii.gz"]
-    for kind, files in (("predictions", preds), ("references", refs)):
-        (tmp_path / f"{kind}.tar.gz").write_bytes(
-            archive_bytes({name: files[name] for name in names}, kind="tar.gz")
-        )
+    # one reference without its prediction, one prediction without its reference
+    chosen = {
+        "predictions": {**{n: preds[n] for n in names}, "extra.nii.gz": preds["case1.nii.gz"]},
+        "references": {**{n: refs[n] for n in names}, "case2.nii.gz": refs["case2.nii.gz"]},
+    }
+    for kind, files in chosen.items():
+        (tmp_path / f"{kind}.tar.gz").write_bytes(archive_bytes(files, kind="tar.gz"))
     page = offline.page
     page.goto(server_url + "/")
     _enter_key(page, API_KEY)
@@ -681,7 +747,10 @@ def test_score_a_dataset_against_uploaded_references(
         "() => !document.getElementById('dataset-button').disabled", timeout=120_000
     )
     status = page.locator("#job-status").inner_text()
-    assert "done, 2 of 2 cases scored." in status, status
+    assert (
+        "done, 2 of 2 cases scored, 1 reference without a prediction, "
+        "1 prediction without a reference." in status
+    ), status
     job_id = status.split(":")[0].removeprefix("Job ").strip()
     report = httpx.get(
         f"{server_url}/v1/jobs/{job_id}/report", headers={"Authorization": f"Bearer {API_KEY}"}
@@ -696,6 +765,127 @@ def test_score_a_dataset_against_uploaded_references(
     assert region_box.locator("circle").count() == 2
     assert page.locator("svg[data-metric='hd95']").count() == 0
     assert page.locator("#leaderboard").is_hidden()
+    # the reference without a prediction is a row that says so; the ignored prediction is named
+    assert report["unpaired"] == {"predictions": ["extra.nii.gz"], "references": ["case2.nii.gz"]}
+    unpaired = page.locator("#cases-table tbody tr[data-case='case2.nii.gz'] td")
+    assert unpaired.all_inner_texts() == [
+        "case2.nii.gz",
+        "",
+        "",
+        "no prediction for this reference",
+    ]
+    assert page.locator("#unpaired-predictions").inner_text() == (
+        "Not scored, no reference of that name: extra.nii.gz."
+    )
+    assert offline.blocked == []
+
+
+def _fake_dataset_api(page, job: dict, report: dict | None = None, board: dict | None = None):
+    """Answer the page's dataset calls with these bodies (a reference set ``set-1`` offered,
+    the job created as ``job``, its report and the set's leaderboard): to show the page what
+    the API can return but is slow or hard to make a real server produce."""
+    import json
+
+    def answer(body: object):
+        return lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(body)
+        )
+
+    page.route("**/v1/reference-sets", answer({"reference_sets": [
+        {"id": "set-1", "name": "a set", "cases_total": 3, "version": "0" * 16, "options": {}}
+    ]}))  # fmt: skip
+    page.route("**/v1/jobs", answer(job))
+    page.route(f"**/v1/jobs/{job['id']}", answer(job))
+    if report is not None:
+        page.route(f"**/v1/jobs/{job['id']}/report", answer(report))
+    if board is not None:
+        page.route("**/v1/reference-sets/set-1/leaderboard?*", answer(board))
+
+
+def _job(status: str, total: int, error: str | None = None) -> dict:
+    return {
+        "id": "f" * 32,
+        "status": status,
+        "reference_set": "set-1",
+        "progress": {"cases_done": total if status == "done" else 0, "cases_total": total,
+                     "failures": 0},
+        "unpaired": {"predictions": [], "references": []},
+        "error": error,
+    }  # fmt: skip
+
+
+def _case(case_id: str, labels: int, rng) -> dict:
+    rows = [
+        {"label": k, "dice": float(rng.uniform(0.5, 1.0)), "hd95": float(rng.uniform(0, 30))}
+        for k in range(1, labels + 1)
+    ]
+    return {"case_id": case_id, "options": {"metrics": ["dice", "hd95"]}, "labels": rows}
+
+
+def _submit_dataset(page, server_url: str, tmp_path: Path) -> None:
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#dataset-section").wait_for(state="visible", timeout=10_000)
+    archive = tmp_path / "predictions.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # never sent: the API is answered above
+    page.get_by_label("Predictions archive").set_input_files(str(archive))
+    page.get_by_role("button", name="Score the dataset").click()
+    page.wait_for_function(
+        "() => !document.getElementById('dataset-button').disabled", timeout=60_000
+    )
+
+
+def test_a_job_that_failed_as_a_whole_shows_why(offline, server_url, tmp_path) -> None:
+    page = offline.page
+    _fake_dataset_api(
+        page, _job("failed", 3, "the reference folder changed since it was registered")
+    )
+    _submit_dataset(page, server_url, tmp_path)
+    status = page.locator("#job-status")
+    assert status.inner_text() == (
+        f"Job {'f' * 32}: failed, 0 of 3 cases scored: "
+        "the reference folder changed since it was registered."
+    )
+    assert "error" in (status.get_attribute("class") or "")
+    assert offline.blocked == []
+
+
+def test_a_large_dataset_is_drawn_and_close_ranks_are_told_apart(
+    offline, server_url, tmp_path
+) -> None:
+    """1000 cases of 140 labels (140 000 values per box-plot metric, past what one call's
+    arguments take), and a leaderboard whose two scores agree to six digits."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    cases = [_case(f"case{i:04d}", 140, rng) for i in range(1000)]
+    report = {"cases": cases, "failures": [], "unpaired": {"predictions": [], "references": []},
+              "summary": {"metrics": ["dice", "hd95"]}}  # fmt: skip
+    board = {"better": "higher", "excluded": [], "entries": [
+        {"rank": 1, "team": "radiology", "score": 0.8888917, "cases": 1000},
+        {"rank": 2, "team": "other-team", "score": 0.8888889, "cases": 1000},
+        {"rank": 3, "team": "third", "score": 0.5, "cases": 1000},
+    ]}  # fmt: skip
+    page = offline.page
+    _fake_dataset_api(page, _job("done", 1000), report, board)
+    _submit_dataset(page, server_url, tmp_path)
+    status = page.locator("#job-status").inner_text()
+    assert status == f"Job {'f' * 32}: done, 1000 of 1000 cases scored.", status
+    page.locator("#dataset-results").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#cases-table tbody tr").count() == 1000
+    top = max(row["hd95"] for case in cases for row in case["labels"])
+    axis = page.locator("svg[data-metric='hd95'] > text").last.text_content()
+    assert axis == f"{top:.0f}"
+    for metric in ("dice", "hd95"):
+        groups = page.locator(f"svg[data-metric='{metric}'] g[data-label]")
+        assert groups.count() == 140
+        values = [case["labels"][6][metric] for case in cases]  # label 7
+        shown = float(page.locator(f"svg[data-metric='{metric}'] g[data-label='7']")
+                      .get_attribute("data-median"))  # fmt: skip
+        assert abs(shown - float(np.median(values))) < 1e-12
+    page.locator("#leaderboard").wait_for(state="visible", timeout=10_000)
+    scores = page.locator("#leaderboard-table tbody tr td:nth-child(3)").all_inner_texts()
+    assert scores == ["0.888892", "0.888889", "0.500000"]
     assert offline.blocked == []
 
 

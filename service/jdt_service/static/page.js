@@ -23,7 +23,7 @@
     sagittal: { fixed: 0, col: [1, true], row: [2, true], edges: ["S", "A", "P", "I"] },
   };
 
-  const state = { report: null, volumes: null, members: null };
+  const state = { report: null, volumes: null, members: null, rounded: false };
 
   // Column titles of the metrics (distances in mm); hd95 is the options.percentile-th one.
   const TITLES = {
@@ -42,6 +42,26 @@
   const isRegion = (row) => typeof row.region === "string";
   const rowName = (row) =>
     isRegion(row) ? `${row.region} (region of ${row.members.join(", ")})` : row.name ? `${row.label} (${row.name})` : String(row.label);
+
+  // Label ids go up to 2^63 - 1; a JavaScript number holds integers exactly only up to 2^53.
+  // Larger integers are read as BigInt where the browser hands a reviver the number's text
+  // (Chromium 114+, Firefox 135+, Safari 18.4+) and written back as that text; elsewhere they
+  // are rounded, and the page says so (state.rounded).
+  function parseJson(text) {
+    return JSON.parse(text, (key, value, context) => {
+      if (typeof value !== "number" || !Number.isInteger(value) || Number.isSafeInteger(value)) return value;
+      if (context && /^-?\d+$/.test(context.source)) return BigInt(context.source);
+      if (/^-?\d+$/.test(JSON.stringify(value))) state.rounded = true;
+      return value;
+    });
+  }
+
+  const toJson = (value) =>
+    JSON.stringify(value, (key, v) => (typeof v === "bigint" ? JSON.rawJSON(String(v)) : v), 2);
+
+  async function readJson(response) {
+    return parseJson(await response.text());
+  }
 
   function apiKey() {
     return sessionStorage.getItem(KEY_STORE) || "";
@@ -68,7 +88,19 @@
   async function useKey(event) {
     event.preventDefault();
     const key = $("api-key").value.trim();
-    const response = await fetch(root + "/v1/info", { headers: { Authorization: "Bearer " + key } });
+    // a header carries Latin-1 only: an invisible character pasted with the key would fail
+    if (!/^[\x20-\x7e\xa0-\xff]+$/.test(key)) {
+      askForKey(key ? "This key holds a character that cannot be sent (an invisible or non-Latin " +
+        "character pasted with it?); type or paste the key alone." : "Enter the API key.");
+      return;
+    }
+    let response;
+    try {
+      response = await fetch(root + "/v1/info", { headers: { Authorization: "Bearer " + key } });
+    } catch (error) {
+      setMessage($("key-message"), "The server could not be reached (" + error.message + ").", true);
+      return;
+    }
     if (response.status === 401) {
       sessionStorage.removeItem(KEY_STORE);
       askForKey("This API key is not valid: the server refused it. Check it and try again.");
@@ -118,13 +150,22 @@
     const status = $("status");
     button.disabled = true;
     setMessage(status, "Uploading and scoring…", false);
+    state.rounded = false;
+    let response;
     try {
-      const response = await fetch(root + "/v1/scores", {
+      response = await fetch(root + "/v1/scores", {
         method: "POST",
         headers: authHeaders(),
         body: formData(),
       });
-      const body = await response.json().catch(() => null);
+    } catch (error) {
+      hideResults();
+      setMessage(status, "Not scored: the server could not be reached (" + error.message + ").", true);
+      button.disabled = false;
+      return;
+    }
+    try {
+      const body = await readJson(response).catch(() => null);
       if (!response.ok) hideResults(); // an earlier case's scores must not stay beside the error
       if (response.status === 401) {
         sessionStorage.removeItem(KEY_STORE);
@@ -142,7 +183,8 @@
       await show(body);
     } catch (error) {
       hideResults();
-      setMessage(status, "Not scored: the server could not be reached (" + error.message + ").", true);
+      setMessage(status, "Scored, but this page could not show the result (" + error.message +
+        "); the API's JSON has it.", true);
     } finally {
       button.disabled = false;
     }
@@ -150,15 +192,15 @@
 
   // ---------------------------------------------------------------- the table
 
-  // Four decimals, but never rounded onto 0 or 1 when the value is neither: a Dice of
-  // 0.99996 is not a perfect 1.0000, nor a volume of 0.0000271 mL an empty 0.0000.
-  function fmt(value) {
+  // Four decimals (or ``decimals``), but never rounded onto 0 or 1 when the value is neither:
+  // a Dice of 0.99996 is not a perfect 1.0000, nor a volume of 0.0000271 mL an empty 0.0000.
+  function fmt(value, decimals = 4) {
     if (typeof value !== "number") return "";
-    const text = value.toFixed(4);
+    const text = value.toFixed(decimals);
     const shown = Number(text);
     if (shown === value || (shown !== 0 && Math.abs(shown) !== 1)) return text;
     if (shown === 0) return value.toPrecision(3);
-    for (let digits = 5; digits < 16; digits++) {
+    for (let digits = decimals + 1; digits < 16; digits++) {
       const longer = value.toFixed(digits);
       if (Math.abs(Number(longer)) !== 1) return longer;
     }
@@ -234,7 +276,8 @@
       const missingX = x === null || x === undefined;
       const missingY = y === null || y === undefined;
       if (missingX || missingY) return missingX - missingY; // undefined values last
-      const order = typeof x === "number" ? x - y : String(x).localeCompare(String(y));
+      const numeric = ["number", "bigint"].includes(typeof x) && ["number", "bigint"].includes(typeof y);
+      const order = numeric ? (x < y ? -1 : x > y ? 1 : 0) : String(x).localeCompare(String(y));
       return descending ? -order : order;
     });
     const body = document.querySelector("#scores-table tbody");
@@ -451,6 +494,10 @@
     $("case-summary").textContent =
       `${caseName}${rest.kind}, shape ${rest.shape.join(" × ")}, voxel ${rest.spacing_mm ? rest.spacing_mm.map(fmtMm).join(" × ") + " mm" : "size unknown"}, scored on ${rest.device}.`;
     const notes = [...(rest.notes || []), ...(rest.warnings || [])];
+    if (state.rounded) {
+      notes.push("This browser rounds integers above 2^53: label ids that large are shown and " +
+        "downloaded here rounded (two may even look alike); the API's JSON has them exactly.");
+    }
     $("notes").replaceChildren(
       ...notes.map((note) => {
         const li = document.createElement("li");
@@ -460,7 +507,7 @@
     );
     renderTable(rest, "label", false);
     const stem = rest.case_id || "scores";
-    setDownload("download-json", JSON.stringify(rest, null, 2), "application/json", stem + ".json");
+    setDownload("download-json", toJson(rest), "application/json", stem + ".json");
     setDownload("download-csv", csvOf(rest), "text/csv", stem + ".csv");
     $("results").hidden = false;
     if (!overlays || !rest.labels.length) {
@@ -483,6 +530,7 @@
   // ---------------------------------------------------------------- a dataset (the jobs API)
 
   const FINISHED = ["done", "failed", "cancelled"];
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   const BOX_METRICS = [["dice", "Dice", 1], ["hd95", "HD95 (mm)", null]];
   const job = { id: null, referenceSet: null };
   const datasetBoxes = () => [...document.querySelectorAll("input[name=dataset-metric]")];
@@ -490,8 +538,17 @@
   const DATASET_DEFAULTS = datasetBoxes().filter((box) => box.checked).map((box) => box.value);
   const setOptions = new Map(); // reference set id -> its default options
 
+  // A request that got no answer at all (the network, not the server), told apart from an
+  // error of this page's own drawing.
+  class Unreachable extends Error {}
+
   async function api(path, options = {}) {
-    const response = await fetch(root + path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+    let response;
+    try {
+      response = await fetch(root + path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+    } catch (error) {
+      throw new Unreachable(error.message);
+    }
     if (response.status === 401) {
       sessionStorage.removeItem(KEY_STORE);
       askForKey("This API key is not valid: the server refused it. Check it and try again.");
@@ -570,7 +627,10 @@
       job.referenceSet = setId || null;
       await follow(created);
     } catch (error) {
-      setMessage(status, "The server could not be reached (" + error.message + ").", true);
+      const shown = error instanceof Unreachable
+        ? "The server could not be reached (" + error.message + ")."
+        : "This page could not show the job (" + error.message + "); the API has its report.";
+      setMessage(status, shown, true);
     } finally {
       $("dataset-button").disabled = false;
     }
@@ -581,10 +641,14 @@
     const status = $("job-status");
     for (;;) {
       const { cases_done: done, cases_total: total, failures } = current.progress;
+      const unpaired = current.unpaired || { predictions: [], references: [] };
       bar.max = Math.max(1, total);
       bar.value = done;
       setMessage(status, `Job ${current.id}: ${current.status}, ${done} of ${total} cases scored` +
-        (failures ? `, ${failures} failed` : "") + ".", current.status === "failed");
+        (failures ? `, ${failures} failed` : "") +
+        (unpaired.references.length ? `, ${plural(unpaired.references.length, "reference")} without a prediction` : "") +
+        (unpaired.predictions.length ? `, ${plural(unpaired.predictions.length, "prediction")} without a reference` : "") +
+        (current.error ? `: ${current.error}` : "") + ".", current.status === "failed");
       if (FINISHED.includes(current.status)) break;
       await new Promise((resolve) => setTimeout(resolve, 1000));
       const response = await api(`/v1/jobs/${current.id}`);
@@ -600,7 +664,7 @@
       setMessage(status, "No report: " + (await errorText(response)), true);
       return;
     }
-    showDataset(await response.json());
+    showDataset(await readJson(response));
   }
 
   // Quantile by linear interpolation between order statistics (numpy's default).
@@ -638,7 +702,7 @@
     for (const [key, entry] of byLabel) if (!entry.values.length) byLabel.delete(key);
     if (!byLabel.size) return null;
     const all = [...byLabel.values()].flatMap((entry) => entry.values);
-    const top = fixedMax || Math.max(...all) || 1;
+    const top = fixedMax || all.reduce((a, b) => Math.max(a, b), 0) || 1;
     const left = 240, width = 420, rowHeight = 34;
     const height = rowHeight * byLabel.size + 52;
     const x = (value) => left + (value / top) * width;
@@ -684,6 +748,9 @@
     for (const failure of report.failures || []) {
       rows.push({ case_id: failure.case_id, mean: null, worst: null, failure: `${failure.message} [${failure.code}]` });
     }
+    for (const name of (report.unpaired || {}).references || []) {
+      rows.push({ case_id: name, mean: null, worst: null, failure: "no prediction for this reference" });
+    }
     // failed cases first, then the lowest mean Dice
     rows.sort((a, b) => (a.mean === null) !== (b.mean === null) ? (a.mean === null ? -1 : 1) : (a.mean ?? 0) - (b.mean ?? 0));
     return rows;
@@ -708,6 +775,12 @@
         return tr;
       }),
     );
+    const ignored = (report.unpaired || {}).predictions || [];
+    const unscored = $("unpaired-predictions");
+    unscored.textContent = ignored.length
+      ? `Not scored, no reference of that name: ${ignored.join(", ")}.`
+      : "";
+    unscored.hidden = !ignored.length;
     $("dataset-results").hidden = false;
     // the leaderboard ranks by any metric the job scored (Dice first when it did)
     const choice = $("leaderboard-metric");
@@ -716,6 +789,19 @@
       Object.assign(document.createElement("option"), { value: metric, textContent: metricTitle(metric, null) })));
     choice.value = scored.includes("dice") ? "dice" : scored[0];
     showLeaderboard();
+  }
+
+  // The decimals (4 to 12) that tell apart every two neighbouring scores that differ: two
+  // teams ranked apart are never shown with the same score.
+  function rankDecimals(scores) {
+    const numbers = scores.filter((value) => typeof value === "number");
+    for (let decimals = 4; decimals < 12; decimals++) {
+      const texts = numbers.map((value) => fmt(value, decimals));
+      if (numbers.every((value, i) => i === 0 || value === numbers[i - 1] || texts[i] !== texts[i - 1])) {
+        return decimals;
+      }
+    }
+    return 12;
   }
 
   async function showLeaderboard() {
@@ -730,12 +816,13 @@
       board.hidden = true;
       return;
     }
-    const body = await response.json();
+    const body = await readJson(response);
+    const decimals = rankDecimals(body.entries.map((entry) => entry.score));
     $("leaderboard-order").textContent = body.better === "lower" ? "(lower is better)" : "(higher is better)";
     board.querySelector("tbody").replaceChildren(
       ...body.entries.map((entry) => {
         const tr = document.createElement("tr");
-        const score = typeof entry.score === "number" ? fmt(entry.score) : "undefined";
+        const score = typeof entry.score === "number" ? fmt(entry.score, decimals) : "undefined";
         tr.append(...[entry.rank, entry.team, score, entry.cases].map((text) =>
           Object.assign(document.createElement("td"), { textContent: String(text) })));
         return tr;
@@ -743,7 +830,6 @@
     );
     // teams whose newest job was scored with other options than the set's, or not on
     // every case of the set, do not rank
-    const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
     const reasons = (entry) => [
       ...entry.differs,
       ...(entry.failed ? [plural(entry.failed, "case") + " failed"] : []),
