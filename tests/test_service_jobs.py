@@ -8,6 +8,7 @@ the scoring tests.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -434,6 +435,42 @@ def test_cancel_a_queued_job(
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
         assert client.get(f"/v1/jobs/{job['id']}/report", headers=TEAM_A).status_code == 409
         assert client.delete(f"/v1/jobs/{job['id']}", headers=TEAM_A).status_code == 204
+
+
+def test_a_cancel_that_meets_the_job_finishing_keeps_it_done(
+    tmp_path: Path, database_url: str | None, case_files, create_set, submit
+) -> None:
+    """The runner marks the job done between the DELETE's read and its write: the job stays
+    done, with its report (it was relabelled cancelled and its results hidden)."""
+    from sqlalchemy import event, text
+
+    preds, refs = case_files(2, seed=51)
+    app = create_app(make_settings(tmp_path, database_url))
+    with TestClient(app) as client:
+        app.state.jobs_runner.stop()
+        ref_set = create_set(client, refs)
+        job = submit(client, preds, TEAM_A, reference_set=ref_set["id"])
+        engine = app.state.jobs_db.engine
+        summary = {"metrics": []}
+        fired: list[bool] = []
+
+        def runner_finishes_first(conn, cursor, statement, parameters, context, many) -> None:
+            cancel = statement.lstrip().upper().startswith("UPDATE JOBS")
+            if cancel and "cancelled" in str(parameters) and not fired:
+                fired.append(True)
+                with engine.begin() as other:  # another connection: the runner's
+                    other.execute(
+                        text("UPDATE jobs SET status = 'done', summary = :s WHERE id = :id"),
+                        {"s": json.dumps(summary), "id": job["id"]},
+                    )
+
+        event.listen(engine, "before_cursor_execute", runner_finishes_first)
+        answered = client.delete(f"/v1/jobs/{job['id']}", headers=TEAM_A)
+        event.remove(engine, "before_cursor_execute", runner_finishes_first)
+        assert fired
+        assert answered.status_code == 200 and answered.json()["status"] == "done"
+        assert client.get(f"/v1/jobs/{job['id']}", headers=TEAM_A).json()["status"] == "done"
+        assert (tmp_path / "data" / "jobs" / job["id"] / "predictions").exists()
 
 
 def test_leaderboard_ranks_the_latest_job_of_each_team(

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES
 from jdt_service.auth import AnyCaller
@@ -337,11 +337,19 @@ async def delete_job(job_id: str, request: Request, caller: AnyCaller) -> Respon
             raise ApiError(404, "not_found", f"no job {job_id!r}")
         if current.status in FINISHED:
             session.delete(current)
-            action = "job.delete"
+            action: str | None = "job.delete"
         else:
-            current.status = "cancelled"
-            current.finished_at = utcnow()
-            action = "job.cancel"
+            # only if it is still unfinished: a runner that marked it done since it was read
+            # keeps its results (an unconditional write relabelled a done job cancelled)
+            cancel = (
+                update(Job)
+                .where(Job.id == job_id, Job.status.not_in(FINISHED))
+                .values(status="cancelled", finished_at=utcnow())
+            )
+            cancelled = session.execute(cancel).rowcount == 1  # type: ignore[attr-defined]
+            action = "job.cancel" if cancelled else None
+    if action is None:  # it finished first: answered as it is, nothing deleted
+        return JSONResponse(job_dict(own_job(db, job_id, caller)))
     if action == "job.delete":
         remove_folder(job.folder)
         db.audit(caller.team, action, job_id=job_id, cases=job.cases_done)
