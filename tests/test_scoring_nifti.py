@@ -85,7 +85,7 @@ def test_headers_read_beforehand_are_used_as_given(
     ("dtype", "options", "large", "expected"),
     [
         (np.uint8, {}, False, True),
-        (np.int16, {}, False, True),
+        (np.int16, {}, False, False),  # two bytes: wider ids are counted by a sort
         (np.uint8, {}, True, False),  # past INLINE_VOXELS: two inflate threads
         (np.float32, {}, False, False),  # loaded whole
         (np.uint8, {"metrics": ("dice", "hd95")}, False, False),  # boundary metrics
@@ -95,7 +95,8 @@ def test_scored_in_calling_thread_says_when_score_files_starts_no_thread(
     tmp_path: Path, pair, monkeypatch: pytest.MonkeyPatch, dtype, options, large, expected
 ) -> None:  # type: ignore[no-untyped-def]
     """The service scores on its event loop what this predicate admits: it must start no
-    thread (and it streams, so its memory is a few chunks)."""
+    thread (and it streams one-byte voxels, so its memory is a few chunks and fixed
+    histograms)."""
     import threading
 
     import monai_jdt.scoring.files as files
@@ -441,6 +442,38 @@ def test_a_pair_header_whose_data_is_elsewhere_says_so(tmp_path: Path, pair) -> 
     path.write_bytes(bytes(raw))
     with pytest.raises(NotNiftiError, match=r"a header of a \.hdr/\.img pair"):
         score_files(path, path)
+
+
+@pytest.mark.parametrize("esize", [8, 24, 4096])
+def test_many_small_extensions_are_walked_to_nibabels_values(tmp_path: Path, esize: int) -> None:
+    """A 64 KiB extension area of ``esize``-byte extensions (8192 of the smallest): the data
+    starts where nibabel says and reads to its array; an extension running past vox_offset is
+    refused."""
+    import gzip
+    import io
+
+    data = np.arange(6 * 5 * 4, dtype=np.uint8).reshape(6, 5, 4)
+    raw = nib.Nifti1Image(data, np.eye(4), dtype=np.uint8).to_bytes()
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw[:348]))
+    area = (1 << 16) // esize * esize
+    header["vox_offset"] = 352 + area
+    one = struct.pack("<ii", esize, 0) + bytes(esize - 8)
+    body = header.binaryblock + b"\x01\0\0\0" + one * (area // esize) + raw[352:]
+    path = tmp_path / "many.nii.gz"
+    path.write_bytes(gzip.compress(body))
+    image = nib.load(path)
+    assert len(image.header.extensions) >= area // esize - 1  # nibabel reads them too
+    info = inspect_nifti(path)
+    assert info.offset == image.dataobj.offset == 352 + area
+    report = score_files(path, path, ScoringOptions(ignore_affine=True))
+    assert [row.label for row in report.labels] == sorted(set(np.unique(data)) - {0})
+    assert report.label(7).metrics["dice"] == 1.0
+    bad = bytearray(body)
+    # the last but one (16 bytes or more remain there: it is walked) runs past the data
+    struct.pack_into("<i", bad, 352 + area - 2 * esize, 2 * esize + 8)
+    path.write_bytes(gzip.compress(bytes(bad)))
+    with pytest.raises(CorruptFileError, match="must end at or before vox_offset"):
+        inspect_nifti(path)
 
 
 def test_a_bzip2_file_is_refused_saying_so(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]

@@ -430,28 +430,30 @@ def _version(header: nib.Nifti1Header) -> int:
 def _check_extensions(read: bytes, stream: _Stream, size: int, endian: str, name: str) -> None:
     """The extensions (``esize``, ``ecode``, content) must end at or before the data.
 
-    They take the ``size`` bytes from the end of the extension flag to ``vox_offset``, of which
-    ``read`` were already read; the rest is skipped as it is walked (memory stays flat). Like
-    nibabel, an extension is read while at least 16 bytes remain.
+    They take the ``size`` bytes from the end of the extension flag to ``vox_offset`` (at most
+    ``MAX_DATA_OFFSET``), of which ``read`` were already read; the rest is read at once and
+    walked in memory: half a million 8-byte extensions take a fraction of a second, where a
+    read per extension took seconds. Like nibabel, an extension is read while at least 16
+    bytes remain.
 
     Raises:
         CorruptFileError: an ``esize`` below 8 or past ``vox_offset``, or a truncated file.
     """
-    position, buffered = 0, read[:size]
+    area = read[:size]
+    if len(area) < size:
+        area += stream.read_exactly(size - len(area))
+    esize_at = struct.Struct(endian + "i").unpack_from
+    position = 0
     while size - position >= 16:
-        if len(buffered) < 8:
-            buffered += stream.read_exactly(8 - len(buffered))
-            if len(buffered) < 8:
-                raise CorruptFileError(f"{name}: truncated inside its header extensions.")
-        esize = struct.unpack(endian + "i", buffered[:4])[0]
+        if len(area) < position + 8:
+            raise CorruptFileError(f"{name}: truncated inside its header extensions.")
+        esize = esize_at(area, position)[0]
         if esize < 8 or position + esize > size:
             raise CorruptFileError(
                 f"{name}: a header extension at byte {position} declares {esize} bytes; the "
                 f"extensions must end at or before vox_offset ({size - position} bytes left)."
             )
-        missing = max(0, esize - len(buffered))
-        buffered = buffered[esize:]
-        if missing and stream.skip(missing) < missing:
+        if len(area) < position + esize:
             raise CorruptFileError(f"{name}: truncated inside its header extensions.")
         position += esize
 
