@@ -488,7 +488,9 @@ def test_only_an_idle_server_scores_a_small_label_pair_on_its_event_loop(
     tmp_path: Path, pair, nifti_bytes, emptied, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Alone and small: on the event loop. Another upload open, a pair above
-    ``INLINE_VOXELS``, boundary metrics or overlays: on a scoring thread."""
+    ``INLINE_VOXELS``, a file above ``INLINE_UPLOAD_BYTES``, two-byte labels, boundary
+    metrics or overlays: on a scoring thread."""
+    from jdt_service.routers import scores
     from monai_jdt.scoring import files as scoring_files
 
     where: list[bool] = []
@@ -507,9 +509,9 @@ def test_only_an_idle_server_scores_a_small_label_pair_on_its_event_loop(
     pred, ref = pair
     files = files_for(nifti_bytes(pred), nifti_bytes(ref))
 
-    def scored_on_loop(**data: str) -> bool:
+    def scored_on_loop(sent: dict = files, **data: str) -> bool:
         where.clear()
-        r = c.post("/v1/scores", files=files, data=data)
+        r = c.post("/v1/scores", files=sent, data=data)
         assert r.status_code == 200, r.text
         assert len(where) == 1
         return where[0]
@@ -523,6 +525,13 @@ def test_only_an_idle_server_scores_a_small_label_pair_on_its_event_loop(
         monkeypatch.setattr(scoring_files, "INLINE_VOXELS", pred.size - 1)
         assert not scored_on_loop()
         monkeypatch.setattr(scoring_files, "INLINE_VOXELS", pred.size)
+        assert scored_on_loop()
+        wide = files_for(nifti_bytes(pred.astype(np.int16)), nifti_bytes(ref.astype(np.int16)))
+        assert not scored_on_loop(wide)
+        largest = max(len(part[1]) for part in files.values())
+        monkeypatch.setattr(scores, "INLINE_UPLOAD_BYTES", largest - 1)
+        assert not scored_on_loop()
+        monkeypatch.setattr(scores, "INLINE_UPLOAD_BYTES", largest)
         assert scored_on_loop()
         assert c.app.state.pool.reserved_bytes == 0 and c.app.state.pool.admitted == 0
     with make_client(tmp_path, idle_inline=False) as c:  # JDT_IDLE_INLINE=false

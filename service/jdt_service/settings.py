@@ -74,8 +74,9 @@ class Settings(BaseSettings):
     )
     idle_inline: bool = Field(
         default=True,
-        description="Score a small label pair on the event loop when no other request is in "
-        "flight (two thread hand-offs fewer); off: every case on the scoring threads.",
+        description="Score a small label pair (one byte per voxel, at most 2**22 voxels and "
+        "256 KiB per file) on the event loop when no other request is in flight (no thread "
+        "hand-off); off: every case on the scoring threads.",
     )
     request_timeout: float = Field(
         default=300.0,

@@ -225,10 +225,18 @@ def streamable(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> bo
 
 
 def scored_in_calling_thread(pred: VolumeInfo, ref: VolumeInfo, options: ScoringOptions) -> bool:
-    """Whether ``score_files`` scores these two inspected volumes without starting a thread
-    and with a few MiB of memory: streamed (:func:`streamable`) and of at most
-    ``INLINE_VOXELS`` voxels each, about 10 ms on one core at that size."""
-    return streamable(pred, ref, options) and max(pred.voxels, ref.voxels) <= INLINE_VOXELS
+    """Whether ``score_files`` scores these two inspected volumes without starting a thread,
+    in a few MiB of memory and a time set by their voxel count: streamed (:func:`streamable`),
+    one byte per voxel (counted in fixed histograms: wider ids take a sort, seconds for
+    thousands of distinct ids) and of at most ``INLINE_VOXELS`` voxels each, about 10 ms on
+    one core at that size. The inflate time is the file's own (see the service's upload
+    bound)."""
+    one_byte = pred.dtype.itemsize == 1 and ref.dtype.itemsize == 1
+    return (
+        one_byte
+        and streamable(pred, ref, options)
+        and max(pred.voxels, ref.voxels) <= INLINE_VOXELS
+    )
 
 
 def _inspect(path: str | os.PathLike[str], role: str, options: ScoringOptions) -> VolumeInfo:

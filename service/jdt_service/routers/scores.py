@@ -14,10 +14,11 @@ The flow of one request, each step bounded:
    volume whose declared shape is past ``max_voxels`` (413) before anything is decompressed,
    and files that are not NIfTI or are corrupt (415 / 422); a CUDA out-of-memory error re-runs
    the job on the CPU and is counted in ``jdt_gpu_fallbacks_total``. On a server that holds
-   no other request (with ``idle_inline``, the default) the headers are read, and a small
-   label pair (``scored_in_calling_thread``: at most ``INLINE_VOXELS`` voxels, a few ms) is
-   scored, on the event loop instead: the thread hand-offs would cost about a tenth of such a
-   case, and no other request waits;
+   no other request (with ``idle_inline``, the default) a small label pair (files of at most
+   ``INLINE_UPLOAD_BYTES``, one byte per voxel, at most ``INLINE_VOXELS`` voxels: see
+   ``scored_in_calling_thread``) is scored on the event loop instead: the thread hand-off
+   would cost about a tenth of such a case, and no other request waits. Such a job is not
+   cut short by ``request_timeout`` (it takes milliseconds);
 6. the report of ``monai_jdt.scoring.score_files`` is returned as is (``CaseReport.to_dict()``).
 
 The whole request is bounded by ``request_timeout`` (504). The work directory is deleted on
@@ -100,6 +101,11 @@ SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
 }
 
+
+#: the largest upload scored on the event loop: inflating a file takes a time set by its size
+#: (a file of empty gzip members or stored blocks, which inflate to nothing, about 3 µs per
+#: 20 bytes), so this bounds it to some 50 ms; a small label map takes 10 to 100 KiB
+INLINE_UPLOAD_BYTES = 256 * 1024
 
 _CPU_ALLOC_FAILED = "can't allocate memory"  # torch's DefaultCPUAllocator message
 
@@ -198,17 +204,15 @@ async def _score(
         form.fields, device=settings.device, max_voxels=settings.max_voxels
     )
     prediction, reference = form.files["prediction"], form.files["reference"]
-    estimate = (prediction, reference, options, overlays, settings.max_boundary_voxels)
-    idle = settings.idle_inline and admission.alone  # no other request needs the event loop
-    if idle:  # two header reads
-        memory_bytes, inspected = _estimate(*estimate)
-    else:
-        memory_bytes, inspected = await asyncio.to_thread(_estimate, *estimate)
-    # the default scorer's time on these headers is known; a replaced one's is not
+    memory_bytes, inspected = await asyncio.to_thread(
+        _estimate, prediction, reference, options, overlays, settings.max_boundary_voxels
+    )
     inline = (
-        idle
-        and scorer is score_files
+        settings.idle_inline
+        and admission.alone  # no other request needs the event loop
+        and scorer is score_files  # its time on these files is known; a replaced one's is not
         and overlays is None
+        and max(form.sizes.values()) <= INLINE_UPLOAD_BYTES
         and scored_in_calling_thread(*inspected, options)
     )
     state.job_bytes = memory_bytes
