@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -693,6 +694,62 @@ def test_reference_set_from_a_server_folder(
         assert client.delete(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 204
         assert sorted(p.name for p in (root / "challenge" / "refs").iterdir()) == sorted(refs)
         assert client.get(f"/v1/reference-sets/{set_id}", headers=ADMIN).status_code == 404
+
+
+def test_a_set_deleted_while_a_job_on_it_is_submitted_is_404(
+    tmp_path: Path, database_url: str | None, case_files, create_set, archive_bytes, monkeypatch
+) -> None:
+    """The set goes while the predictions unpack: a set from a server folder keeps its files
+    (the job's insert met the missing row: 500 IntegrityError), an uploaded set's folder goes
+    just before the pairing (422 naming the server's folder). Both are 404 now."""
+    from jdt_service.routers import jobs as jobs_routes
+
+    preds, refs = case_files(2, seed=81)
+    root = tmp_path / "root"
+    write_cases(root / "refs", refs)
+    settings = make_settings(tmp_path, database_url, reference_root=root)
+    app = create_app(settings)
+    unpack = jobs_routes.unpack_upload
+    with TestClient(app) as client:
+        served = client.post(
+            "/v1/reference-sets", files=text_fields(name="served", folder="refs"), headers=ADMIN
+        ).json()["id"]
+        uploaded = create_set(client, refs)["id"]
+        db = app.state.jobs_db
+
+        async def unpack_then_delete_row(upload, field, target, settings):
+            await unpack(upload, field, target, settings)
+            with db.session.begin() as session:
+                session.delete(session.get(ReferenceSet, served))
+
+        monkeypatch.setattr(jobs_routes, "unpack_upload", unpack_then_delete_row)
+        answer = client.post(
+            "/v1/jobs",
+            data={"reference_set": served},
+            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
+            headers=TEAM_A,
+        )
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["detail"]["code"] == "not_found"
+        monkeypatch.setattr(jobs_routes, "unpack_upload", unpack)
+
+        pairing = jobs_routes.pair_cases
+
+        def folder_gone_first(predictions, references):
+            shutil.rmtree(references)
+            return pairing(predictions, references)
+
+        monkeypatch.setattr(jobs_routes, "pair_cases", folder_gone_first)
+        answer = client.post(
+            "/v1/jobs",
+            data={"reference_set": uploaded},
+            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
+            headers=TEAM_A,
+        )
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["detail"]["code"] == "not_found"
+        assert str(tmp_path) not in answer.text  # no server path
+        assert client.get("/v1/jobs", headers=TEAM_A).json()["jobs"] == []
 
 
 def test_a_set_whose_files_changed_on_disk_is_refused(

@@ -20,10 +20,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from jdt_service.archives import ARCHIVE_VOLUME_SUFFIXES
 from jdt_service.auth import AnyCaller
-from jdt_service.db import Database, Job, ReferenceCase, open_database, utcnow
+from jdt_service.db import Database, Job, ReferenceCase, ReferenceSet, open_database, utcnow
 from jdt_service.errors import ApiError
 from jdt_service.forms import multipart_body
 from jdt_service.jobs import (
@@ -45,7 +46,7 @@ from jdt_service.routers import reference_sets
 from jdt_service.routers.reference_sets import database, get_set, receive_upload, unpack_upload
 from jdt_service.settings import Settings
 from jdt_service.teams import Caller
-from monai_jdt.scoring import pair_cases
+from monai_jdt.scoring import ScoringError, pair_cases
 
 __all__ = ["router"]
 
@@ -215,12 +216,17 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
             await unpack_upload(upload, "references", references, settings)
         if set_id is not None:
             if not references.is_dir():  # deleted while this unpacked
-                raise ApiError(404, "not_found", f"no reference set {set_id!r}")
+                raise _set_gone(set_id)
             root = references if ref_set.owned else settings.reference_root or references
             changes = await asyncio.to_thread(reference_changes, references, registered, root)
             if changes:
                 raise ApiError(409, "reference_set_changed", reference_set_changed(set_id, changes))
-        pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
+        try:
+            pairs, unpaired_preds, unpaired_refs = pair_cases(folder / "predictions", references)
+        except ScoringError:
+            if set_id is not None and not references.is_dir():  # deleted since the check: its
+                raise _set_gone(set_id) from None  # folder's path is the server's, not for users
+            raise
         if not pairs:
             raise ApiError(422, "no_cases", "no prediction has a reference with the same case id")
         job = Job(
@@ -235,8 +241,14 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
             unpaired={"predictions": unpaired_preds, "references": unpaired_refs},
             cases_total=len(pairs),
         )
-        with db.session.begin() as session:
-            session.add(job)
+        try:
+            with db.session.begin() as session:
+                session.add(job)
+        except IntegrityError:
+            # a set from a server folder keeps its files when deleted: only its row tells
+            if set_id is not None and _set_row(db, set_id) is None:
+                raise _set_gone(set_id) from None
+            raise
     except BaseException:
         remove_folder(folder)
         raise
@@ -244,6 +256,19 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
     db.audit(caller.team, "job.submit", job_id=job_id, reference_set_id=set_id, cases=len(pairs))
     request.app.state.jobs_runner.wake()
     return JSONResponse(job_dict(job), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def _set_gone(set_id: str) -> ApiError:
+    """404 for a reference set deleted while a job on it was being submitted."""
+    return ApiError(
+        404, "not_found", f"no reference set {set_id!r} (it was deleted during this upload)"
+    )
+
+
+def _set_row(db: Database, set_id: str) -> ReferenceSet | None:
+    """The set's row, or None once it is deleted."""
+    with db.session() as session:
+        return session.get(ReferenceSet, set_id)
 
 
 @jobs_router.get("/v1/jobs", summary="The caller's jobs, newest first")
