@@ -17,6 +17,7 @@ import pytest
 
 from jdt_service import archives, zip_prefetch
 from jdt_service.archives import (
+    MAX_CASE_ID_BYTES,
     MEMBER_SLACK,
     ArchiveError,
     image_member_limit,
@@ -132,6 +133,10 @@ CORPUS: dict[str, tuple[bytes, int, str]] = {
     "tar_duplicate": (_tar([("c1.nii", NII), ("d/c1.nii", NII)]), 422, "archive_duplicate_case"),
     "tar_truncated": (_tar([("c1.nii", bytes(range(256)) * 400)])[:-100], 422, "archive_invalid"),
     "gzip_not_tar": (gzip.compress(b"not a tar at all" * 100), 422, "archive_invalid"),
+    # a file name holds 255 bytes: 240 ASCII characters, or 100 euro signs (300 bytes)
+    "tar_long_case": (_tar([("c" * 240 + ".nii.gz", NII)]), 422, "archive_bad_case_id"),
+    "zip_long_case": (_zip({"c" * 256 + ".nii": NII}), 422, "archive_bad_case_id"),
+    "zip_long_utf8_case": (_zip({"\u20ac" * 100 + ".nii": NII}), 422, "archive_bad_case_id"),
     "plain_text": (b"hello world", 422, "archive_invalid"),
     "empty_file": (b"", 422, "archive_invalid"),
 }
@@ -178,6 +183,19 @@ def test_good_archive_flattens_by_case_id(tmp_path: Path, kind: str) -> None:
     assert out.total_bytes == 15
     assert out.skipped == 2
     assert sorted(p.name for p in dest.iterdir()) == ["c1.nii.gz", "c2.nii", "c3.nrrd", "c4.mha"]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+def test_the_longest_case_id_a_file_name_holds_is_kept(tmp_path: Path, kind: str) -> None:
+    case = "\u00e9" * (MAX_CASE_ID_BYTES // 2) + "c" * (MAX_CASE_ID_BYTES % 2)  # 2 bytes each
+    assert len(case.encode()) == MAX_CASE_ID_BYTES == 239
+    members = {f"{case}.nii.gz": b"one"}
+    data = _zip(members) if kind == "zip" else _tar(list(members.items()))
+    src = tmp_path / "upload"
+    src.write_bytes(data)
+    (dest := tmp_path / "out").mkdir()
+    out = unpack_archive(src, dest, field="f", max_members=1, max_bytes=MAX_BYTES)
+    assert out.files[case].read_bytes() == b"one"
 
 
 def _many_members(n: int = 8, size: int = 3 << 19) -> dict[str, bytes]:

@@ -42,6 +42,7 @@ removed before anything is extracted, so the files of one archive never hold mor
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import stat
 import tarfile
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # zip_prefetch applies this module's rules, so it imports thi
 __all__ = [
     "ARCHIVE_SUFFIXES",
     "ARCHIVE_VOLUME_SUFFIXES",
+    "MAX_CASE_ID_BYTES",
     "MEMBER_SLACK",
     "ArchiveError",
     "MemberLimit",
@@ -84,6 +86,10 @@ DETACHED_SUFFIXES = (".nhdr", ".mhd")
 #: the volume endings kept from an archive: every one the scoring core reads but the detached
 ARCHIVE_VOLUME_SUFFIXES = tuple(s for s in VOLUME_SUFFIXES if s not in DETACHED_SUFFIXES)
 _KINDS = ", ".join(ARCHIVE_VOLUME_SUFFIXES)
+#: a member is written as ``.partial-<case id><ending>`` first, and a file name holds 255
+#: bytes on Linux's file systems: the case ids of archives are held to what fits
+_PARTIAL = ".partial-"
+MAX_CASE_ID_BYTES = 255 - len(_PARTIAL) - max(len(s) for s in ARCHIVE_VOLUME_SUFFIXES)
 _CHUNK = 1024 * 1024
 #: threads that inflate the members of a zip at once
 _UNPACK_THREADS = 2
@@ -320,12 +326,18 @@ def kept_member(field: str, name: str, member_number: int) -> tuple[str, str] | 
     if suffix is None:
         return None
     case = path.name[: -len(suffix)]
-    if not case or len(case) > MAX_CASE_ID or not case.isprintable():
+    if (
+        not case
+        or len(case) > MAX_CASE_ID
+        or len(os.fsencode(case)) > MAX_CASE_ID_BYTES
+        or not case.isprintable()
+    ):
         raise ArchiveError(
             field,
             422,
             "archive_bad_case_id",
-            f"{where}: a case id must be 1 to {MAX_CASE_ID} printable characters",
+            f"{where}: a case id must be 1 to {MAX_CASE_ID} printable characters and at most "
+            f"{MAX_CASE_ID_BYTES} bytes in UTF-8 (a file name of the server's)",
         )
     return case, suffix
 
@@ -365,7 +377,7 @@ class _Writer:
         a dot), counting its bytes against the budget, its declared size and its
         :class:`MemberLimit` before each chunk is written."""
         limit = MemberLimit(self.field, final.name, self.max_voxels)
-        target = final.with_name(f".partial-{final.name}")
+        target = final.with_name(f"{_PARTIAL}{final.name}")
         with open(target, "xb") as out:
             size = 0
             while chunk := source.read(_CHUNK):
