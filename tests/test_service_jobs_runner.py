@@ -236,6 +236,8 @@ def test_a_queued_job_on_a_set_changed_since_fails_instead_of_scoring(
     assert after is not None and after.status == "failed"
     assert after.error is not None and "'c1.nii.gz' was modified" in after.error
     assert not scored
+    # its predictions go, as a done or cancelled job's do (JDT_KEEP_PREDICTIONS unset)
+    assert not (tmp_path / "job" / "predictions").exists()
 
 
 def _six_cases(tmp_path: Path, label_pair, write_nifti, n: int = 6) -> tuple[Job, list[list[str]]]:  # type: ignore[no-untyped-def]

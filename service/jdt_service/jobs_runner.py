@@ -189,12 +189,16 @@ class JobRunner:
             return bool(done.rowcount == 1)  # type: ignore[attr-defined]
 
     def _fail(self, job: Job, message: str) -> None:
+        """Mark the job failed (while this runner holds it) and delete its predictions, as
+        a done or cancelled job's are, unless ``keep_predictions``."""
         with self.db.session.begin() as session:
-            session.execute(
+            held = session.execute(
                 self._held(session, job.id).values(
                     status="failed", error=message, finished_at=utcnow()
                 )
             )
+        if held.rowcount == 1 and not self.settings.keep_predictions:  # type: ignore[attr-defined]
+            remove_folder(Path(job.folder) / "predictions")  # another runner's job keeps them
         self.db.audit(job.team, "job.failed", job_id=job.id)
         self._finished()
 
