@@ -129,8 +129,13 @@ def test_every_setting_has_an_option_made_from_its_field() -> None:
         flag = "--" + name.replace("_", "-")
         if name in ENV_ONLY:
             assert flag not in text  # a key on the command line would show in ps
+            assert f"JDT_{name.upper()}" in text  # but the help says where it comes from
         else:
             assert flag in text and f"JDT_{name.upper()}" in text, name
+    # a default is given once, as the docs spell it
+    assert "(JDT_TEMP_DIR)" in text and "JDT_TEMP_DIR, default" not in text
+    assert "(JDT_IDLE_INLINE, default true)" in text
+    assert "default True" not in text and "default False" not in text
     s = server_module.settings_from_args(
         parse("--max-job-bytes", "2097152", "--header-timeout", "2.5", "--cors-origins", "a,b")
     )

@@ -43,22 +43,27 @@ _SPARE_FDS = 64
 
 
 def _default_text(value: object) -> str:
+    """A default as the docs and the environment spell it (``true``, ``none``)."""
     if value is None or value == []:
         return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
     return str(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--option`` per setting; each overrides its ``JDT_*`` variable when given."""
+    """Add one ``--option`` per setting; each overrides its ``JDT_*`` variable when given. The
+    environment-only settings (the keys) are named in the parser's epilog."""
     for name, field in Settings.model_fields.items():
         if name in ENV_ONLY:
             continue
         default = field.get_default(call_default_factory=True)
         description = (field.description or "").rstrip(".").replace("%", "%%")
-        kwargs: dict[str, typing.Any] = {
-            "dest": name,
-            "help": f"{description} (JDT_{name.upper()}, default {_default_text(default)})",
-        }
+        variable = f"JDT_{name.upper()}"
+        # a default the description states ("default: the system temp dir") is not repeated
+        told = "(default:" in description
+        where = variable if told else f"{variable}, default {_default_text(default)}"
+        kwargs: dict[str, typing.Any] = {"dest": name, "help": f"{description} ({where})"}
         if typing.get_origin(field.annotation) is typing.Literal:
             kwargs["choices"] = list(typing.get_args(field.annotation))
         elif field.annotation is bool:  # --flag / --no-flag, as the CLI's other booleans
@@ -66,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         else:
             kwargs["metavar"] = name.upper()
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+    keys = ", ".join(f"JDT_{name.upper()}" for name in sorted(ENV_ONLY))
+    parser.epilog = (
+        f"{keys}: from the environment only (a key on a command line shows in ps); "
+        "with none set, /v1/* needs no key."
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
