@@ -196,6 +196,17 @@ def test_a_conflict_of_two_options_names_no_empty_flag(case, capsys) -> None:  #
     assert main(["score", str(p), str(r), "--labels", "1", "--ignore-label", "1"]) == 2
     err = capsys.readouterr().err
     assert "ignore_label 1 is also in labels" in err and "(see --)" not in err
+    assert err.rstrip().endswith("(see --ignore-label, --labels)")
+    # each check of two options names both flags
+    assert main(["score", str(p), str(r), "--only-requested"]) == 2
+    err = capsys.readouterr().err
+    assert "only_requested needs labels" in err
+    assert err.rstrip().endswith("(see --only-requested, --labels)")
+    tolerance = ["--regions", "WT=1", "--nsd-tolerance", "wt=2", "--metrics", "nsd"]
+    assert main(["score", str(p), str(r), *tolerance]) == 2
+    err = capsys.readouterr().err
+    assert "'wt', which is not a region" in err
+    assert err.rstrip().endswith("(see --nsd-tolerance, --regions)")
 
 
 def test_an_error_of_one_file_says_whether_it_is_the_prediction_or_the_reference(

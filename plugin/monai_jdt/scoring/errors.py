@@ -57,9 +57,12 @@ class InvalidOptionError(ScoringError):
 
     code = "invalid_option"
 
-    def __init__(self, message: str, *, option: str | None = None) -> None:
-        super().__init__(message, options=None if option is None else (option,))
-        #: the option with the bad value (a ``ScoringOptions`` field name), when known
+    def __init__(
+        self, message: str, *, option: str | None = None, also: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, options=None if option is None else (option, *also))
+        #: the option with the bad value (a ``ScoringOptions`` field name), when known; ``also``:
+        #: the others that meet it in the error (``only_requested`` needs ``labels``)
         self.option = option
 
 

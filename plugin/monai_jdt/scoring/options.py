@@ -507,9 +507,11 @@ class ScoringOptions(OptionsModel):
     @model_validator(mode="after")
     def _only_requested_needs_labels(self) -> ScoringOptions:
         if self.only_requested and self.labels is None:
-            raise ValueError(
+            raise InvalidOptionError(
                 "only_requested needs labels: it narrows the report to the labels given there "
-                "(without them every label present is reported)."
+                "(without them every label present is reported).",
+                option="only_requested",
+                also=("labels",),
             )
         return self
 
@@ -525,9 +527,11 @@ class ScoringOptions(OptionsModel):
         unknown = [name for name in names if name not in (self.regions or {})]
         if unknown:
             regions = ", ".join(self.regions or {}) or "none"
-            raise ValueError(
+            raise InvalidOptionError(
                 f"nsd_tolerance names {', '.join(map(repr, unknown))}, which is not a region "
-                f"(regions: {regions}); a key is a label id or a region name, in its case."
+                f"(regions: {regions}); a key is a label id or a region name, in its case.",
+                option="nsd_tolerance",
+                also=("regions",),
             )
         return self
 
@@ -545,9 +549,11 @@ class ScoringOptions(OptionsModel):
     @model_validator(mode="after")
     def _ignored_not_scored(self) -> ScoringOptions:
         if self.ignore_label is not None and self.ignore_label in (self.labels or {}):
-            raise ValueError(
+            raise InvalidOptionError(
                 f"ignore_label {self.ignore_label} is also in labels; an ignored label is not "
-                "scored."
+                "scored.",
+                option="ignore_label",
+                also=("labels",),
             )
         return self
 
@@ -563,11 +569,15 @@ class ScoringOptions(OptionsModel):
 
 def invalid_option(err: ValidationError) -> InvalidOptionError:
     """One ``InvalidOptionError`` for pydantic's errors: each bad option, what arrived."""
-    parts, names = [], []
+    parts: list[str] = []
+    names: list[str] = []
     for item in err.errors():
-        names.append(str(item["loc"][0]) if item["loc"] else "")
-        name = ".".join(str(part) for part in item["loc"])
         cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, InvalidOptionError) and cause.option is not None:
+            names += cause.options  # a check of several options names them
+        else:
+            names.append(str(item["loc"][0]) if item["loc"] else "")
+        name = ".".join(str(part) for part in item["loc"])
         if isinstance(cause, InvalidOptionError):
             parts.append(cause.message.rstrip("."))
         elif cause is not None:  # our validators' messages say what arrived
@@ -576,7 +586,10 @@ def invalid_option(err: ValidationError) -> InvalidOptionError:
             parts.append(f"{name}: unknown option")
         else:
             parts.append(f"{name}: {item['msg'].rstrip('.')}, got {item.get('input')!r}")
-    return InvalidOptionError("; ".join(parts) + ".", option=names[0] if names else None)
+    named = tuple(dict.fromkeys(n for n in names if n))  # in order, once each
+    return InvalidOptionError(
+        "; ".join(parts) + ".", option=named[0] if named else None, also=named[1:]
+    )
 
 
 #: the defaults, shared as the default argument of the scoring functions
