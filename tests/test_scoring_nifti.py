@@ -476,6 +476,31 @@ def test_many_small_extensions_are_walked_to_nibabels_values(tmp_path: Path, esi
         inspect_nifti(path)
 
 
+def test_freesurfers_long_vectors_are_read_as_nibabel_reads_them(
+    tmp_path: Path, numpy_scores
+) -> None:  # type: ignore[no-untyped-def]
+    """More than 32767 voxels along one axis do not fit a NIfTI-1 ``dim``: nibabel (after
+    FreeSurfer) writes ``dim[1] = -1`` and the length in ``glmin``, and reads it back."""
+    pred = (np.arange(40000) % 3).astype(np.uint8).reshape(40000, 1, 1)
+    ref = ((np.arange(40000) // 7) % 3).astype(np.uint8).reshape(40000, 1, 1)
+    paths = [tmp_path / "p.nii.gz", tmp_path / "r.nii.gz"]
+    with pytest.warns(UserWarning, match="Freesurfer hack"):
+        for path, data in zip(paths, (pred, ref), strict=True):
+            nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    assert int(nib.load(paths[0]).header["dim"][1]) == -1
+    assert inspect_nifti(paths[0]).shape == nib.load(paths[0]).shape == (40000, 1, 1)
+    report = score_files(*paths)
+    for row in report.labels:
+        expected = numpy_scores(pred, ref, row.label)
+        assert row.metrics["dice"] == pytest.approx(expected["dice"], rel=1e-12)
+    header = nib.load(paths[0]).header.copy()
+    header["glmin"] = 0  # -1 in dim[1] and no length: nibabel refuses it, and so do we
+    broken = tmp_path / "broken.nii"
+    broken.write_bytes(header.binaryblock + bytes(4) + pred.tobytes())
+    with pytest.raises(CorruptFileError, match="nibabel refuses this header"):
+        inspect_nifti(broken)
+
+
 def test_a_bzip2_file_is_refused_saying_so(tmp_path: Path, pair) -> None:  # type: ignore[no-untyped-def]
     """nibabel reads .nii.bz2; we do not, and the error said only 'no NIfTI header'."""
     import bz2

@@ -355,13 +355,19 @@ def _parse_header(block: bytes, name: str) -> tuple[nib.Nifti1Header, int]:
 
 
 def _shape(header: nib.Nifti1Header, name: str) -> tuple[int, ...]:
-    """``dim[1..dim[0]]``; refuses ``dim[0]`` outside 1..7 and dimensions below 1."""
+    """``dim[1..dim[0]]`` as nibabel reads it, FreeSurfer's two conventions included (a
+    vector longer than a NIfTI-1 ``dim`` holds: ``dim[1] = -1`` and its length in ``glmin``;
+    the ico7 surface stored as 27307 x 1 x 6); refuses ``dim[0]`` outside 1..7 and
+    dimensions below 1."""
     dims = [int(d) for d in header["dim"]]
     if not 1 <= dims[0] <= 7:
         raise CorruptFileError(
             f"{name}: the header's dim[0] (number of dimensions) is {dims[0]}; expected 1 to 7."
         )
-    shape = tuple(dims[1 : dims[0] + 1])
+    try:
+        shape = tuple(int(s) for s in header.get_data_shape())
+    except nib.spatialimages.HeaderDataError as err:  # dim[1] = -1 with glmin 0
+        raise CorruptFileError(f"{name}: nibabel refuses this header ({err}).") from err
     if any(s < 1 for s in shape):
         raise CorruptFileError(
             f"{name}: the header declares the shape {shape}; every dimension must be >= 1."
