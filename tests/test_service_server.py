@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,6 +55,27 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        """End the process if a failed test left it running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., Server]]:
+    """``start_server(...)``: a :class:`Server` that is killed after the test whatever its
+    outcome (a test that fails before it stops its server left it running)."""
+    started: list[Server] = []
+
+    def start(*args: Any, **kwargs: Any) -> Server:
+        started.append(Server(*args, **kwargs))
+        return started[-1]
+
+    yield start
+    for srv in started:
+        srv.kill()
 
 
 @pytest.fixture(scope="module")
@@ -171,10 +193,10 @@ def test_malformed_requests_log_json_lines_only(server: Server) -> None:
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(
-    tmp_path: Path, label_pair, nifti_bytes, free_port
+    tmp_path: Path, label_pair, nifti_bytes, free_port, start_server
 ) -> None:
     (tmp_path / "uploads").mkdir()
-    srv = Server(tmp_path / "uploads", tmp_path / "server.log", port=free_port())
+    srv = start_server(tmp_path / "uploads", tmp_path / "server.log", port=free_port())
     assert httpx.get(srv.url + "/v1/info").json()["device"] == "cpu"
     pred, ref = label_pair((10, 9, 8), seed=5)
     body, content_type = scores_form(nifti_bytes(pred), nifti_bytes(ref))
@@ -404,7 +426,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_sigterm_with_a_runaway_job_exits_and_start_up_removes_stale_folders(
-    tmp_path: Path, label_pair, nifti_bytes, free_port
+    tmp_path: Path, label_pair, nifti_bytes, free_port, start_server
 ) -> None:
     uploads = tmp_path / "uploads"
     uploads.mkdir()
@@ -413,7 +435,7 @@ def test_sigterm_with_a_runaway_job_exits_and_start_up_removes_stale_folders(
     (dead / "prediction.nii.gz").write_bytes(b"left by a killed server")
     alive = uploads / f"jdt-{os.getpid()}-inuse"  # a live process's folder stays
     alive.mkdir()
-    srv = Server(
+    srv = start_server(
         uploads,
         tmp_path / "server.log",
         "--request-timeout",
