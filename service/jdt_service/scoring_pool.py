@@ -15,11 +15,11 @@ A request goes through two admissions, each with its own bound:
 
 Jobs run on ``max_concurrency`` *daemon* threads, so the device is never oversubscribed, the
 event loop does not score while other requests wait, and a job that cannot be stopped (the
-scoring core has no cancellation point) never holds the process at exit: shutdown takes at
-most the request timeout, whatever the jobs do. The one exception is a job of a few
-milliseconds on an idle server (:attr:`Admission.alone`), which its route may run on the event
-loop (``Admission.run(..., inline=True)``): two thread hand-offs would cost about a tenth of
-it. Each job goes to the thread that went idle last, so that at low load one thread
+scoring core has no cancellation point) never holds the process at exit: shutdown takes at most
+the request timeout, whatever the jobs do. The one exception is a job of a few milliseconds on
+an idle server (:attr:`Admission.alone`), which its route may run on the event loop
+(``Admission.run(..., inline=True)``): the hand-off to a thread and back would cost about a
+twentieth of it. Each job goes to the thread that went idle last, so that at low load one thread
 runs case after case with its cache warm. A request that times out or whose client goes away
 while its job still runs keeps its place and memory until the thread ends, and its files are
 deleted then; a job still waiting in the queue is cancelled instead. A released work directory

@@ -17,7 +17,7 @@ The flow of one request, each step bounded:
    no other request (with ``idle_inline``, the default) a small label pair (files of at most
    ``INLINE_UPLOAD_BYTES``, one byte per voxel, at most ``INLINE_VOXELS`` voxels: see
    ``scored_in_calling_thread``) is scored on the event loop instead: the thread hand-off
-   would cost about a tenth of such a case, and no other request waits. Such a job is not
+   would cost about a twentieth of such a case, and no other request waits. Such a job is not
    cut short by ``request_timeout`` (it takes milliseconds);
 6. the report of ``monai_jdt.scoring.score_files`` is returned as is (``CaseReport.to_dict()``).
 
