@@ -149,11 +149,11 @@ nib.save(nib.Nifti1Image(ref, affine), f"{out}/ref.nii.gz")
 EOF
 
 # ---- run as deployed -----------------------------------------------------------------------
-say "starting $name (read-only root, tmpfs /tmp, a volume for the data, no capabilities, 127.0.0.1:$port)"
+say "starting $name (read-only root, noexec tmpfs /tmp, a volume for the data, no capabilities, an init, 127.0.0.1:$port)"
 "$engine" run -d --name "$name" "${limits[@]}" \
-  --read-only --tmpfs /tmp:rw,size=256m,mode=1777 \
+  --read-only --tmpfs /tmp:rw,size=256m,mode=1777,noexec,nosuid,nodev \
   -v "$name-data:/var/lib/monai-jdt" \
-  --cap-drop ALL --security-opt no-new-privileges \
+  --cap-drop ALL --security-opt no-new-privileges --init --pids-limit 256 \
   -p "127.0.0.1:$port:8000" -e JDT_API_KEYS="$api_key" -e JDT_DEVICE=cpu \
   "$image" >/dev/null 2>"$work/run.err" || { cat "$work/run.err" >&2; fail "container did not start"; }
 
