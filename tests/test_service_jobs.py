@@ -722,15 +722,19 @@ def test_a_set_deleted_while_a_job_on_it_is_submitted_is_404(
             with db.session.begin() as session:
                 session.delete(session.get(ReferenceSet, served))
 
+        def refused(set_id: str) -> str:
+            answer = client.post(
+                "/v1/jobs",
+                data={"reference_set": set_id},
+                files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
+                headers=TEAM_A,
+            )
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["detail"]["code"] == "not_found"
+            return answer.text
+
         monkeypatch.setattr(jobs_routes, "unpack_upload", unpack_then_delete_row)
-        answer = client.post(
-            "/v1/jobs",
-            data={"reference_set": served},
-            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
-            headers=TEAM_A,
-        )
-        assert answer.status_code == 404, answer.text
-        assert answer.json()["detail"]["code"] == "not_found"
+        refused(served)
         monkeypatch.setattr(jobs_routes, "unpack_upload", unpack)
 
         pairing = jobs_routes.pair_cases
@@ -740,15 +744,7 @@ def test_a_set_deleted_while_a_job_on_it_is_submitted_is_404(
             return pairing(predictions, references)
 
         monkeypatch.setattr(jobs_routes, "pair_cases", folder_gone_first)
-        answer = client.post(
-            "/v1/jobs",
-            data={"reference_set": uploaded},
-            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
-            headers=TEAM_A,
-        )
-        assert answer.status_code == 404, answer.text
-        assert answer.json()["detail"]["code"] == "not_found"
-        assert str(tmp_path) not in answer.text  # no server path
+        assert str(tmp_path) not in refused(uploaded)  # no server path
         assert client.get("/v1/jobs", headers=TEAM_A).json()["jobs"] == []
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_common import free_port
-from run_load import SingleClient, multipart_body, wait_until_up, write_pair
+from run_load import SingleClient, multipart_body, stop_servers, wait_until_up, write_pair
 
 from monai_jdt.scoring import ScoringOptions, score_files
 from monai_jdt.scoring.allocator import tune_allocator
@@ -91,13 +90,7 @@ def main() -> int:
     finally:
         for client in clients.values():
             client.close()
-        for process, _ in servers.values():
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
-        for path in work.glob("*.nii.gz"):
-            path.unlink()
-        leftovers = list(work.iterdir())
-        work.rmdir() if not leftovers else print(f"leftover files in {work}: {leftovers}")
+        stop_servers([process for process, _ in servers.values()], work)
     return 0
 
 

@@ -254,6 +254,18 @@ def wait_until_up(url: str | None, tries: int = 300) -> None:
             time.sleep(0.2)
 
 
+def stop_servers(processes: list[subprocess.Popen[bytes]], work: Path) -> None:
+    """SIGTERM each server and wait for it; delete the volumes written into ``work``, then
+    ``work`` itself, or say what the servers left there."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    for path in work.glob("*.nii.gz"):
+        path.unlink()
+    leftovers = list(work.iterdir())
+    work.rmdir() if not leftovers else print(f"leftover files in {work}: {leftovers}")
+
+
 def peak_rss_mib(pid: int) -> float:
     return status_bytes("VmHWM", pid) / 2**20
 
@@ -367,13 +379,7 @@ def main() -> int:
             summary["runs"] = results
             args.json.write_text(json.dumps(summary, indent=2))
     finally:
-        for process in (server, *(process for process, _ in bare.values())):
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
-        for path in work.glob("*.nii.gz"):
-            path.unlink()
-        leftovers = list(work.iterdir())
-        work.rmdir() if not leftovers else print(f"leftover files in {work}: {leftovers}")
+        stop_servers([server, *(process for process, _ in bare.values())], work)
     return 0
 
 
