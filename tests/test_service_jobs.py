@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import threading
 import time
@@ -746,6 +747,52 @@ def test_a_set_deleted_while_a_job_on_it_is_submitted_is_404(
         monkeypatch.setattr(jobs_routes, "pair_cases", folder_gone_first)
         assert str(tmp_path) not in refused(uploaded)  # no server path
         assert client.get("/v1/jobs", headers=TEAM_A).json()["jobs"] == []
+
+
+def test_start_up_removes_what_a_killed_process_left_while_receiving(
+    tmp_path: Path, database_url: str | None, case_files, create_set, submit
+) -> None:
+    """A server killed while it received an archive leaves ``<kind>/<id>/upload``; the next
+    start deletes it when the owner file names a dead process of this host, the whole folder
+    when the job or set was never stored. Another host's, a live process's and an unowned
+    folder stay (replicas share JDT_DATA_DIR)."""
+    import socket
+
+    from jdt_service.upload_folders import OWNER_FILE
+
+    data = tmp_path / "data"
+    preds, refs = case_files(1, seed=82)
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        stored = submit(client, preds, TEAM_A, reference_set=create_set(client, refs)["id"])
+        wait_finished(client, stored["id"], TEAM_A)
+    host, dead = socket.gethostname(), 4194305  # above Linux's largest pid
+
+    def left(kind: str, name: str, owner: str | None) -> Path:
+        upload = data / kind / name / "upload"
+        upload.mkdir(parents=True, exist_ok=True)
+        (upload / "predictions.upload").write_bytes(b"half an archive")
+        (upload.parent / "predictions").mkdir(exist_ok=True)
+        if owner is not None:
+            (upload / OWNER_FILE).write_text(owner)
+        return upload.parent
+
+    gone_job = left("jobs", "a" * 32, f"{host}\n{dead}\n")
+    gone_set = left("reference-sets", "b" * 32, f"{host}\n{dead}\n")
+    stored_job = left("jobs", stored["id"], f"{host}\n{dead}\n")  # died after its row
+    other_host = left("jobs", "c" * 32, f"elsewhere\n{dead}\n")
+    live = left("jobs", "d" * 32, f"{host}\n{os.getppid()}\n")
+    unowned = left("jobs", "e" * 32, None)
+    with TestClient(create_app(make_settings(tmp_path, database_url))) as client:
+        assert not gone_job.exists() and not gone_set.exists()
+        assert stored_job.exists() and not (stored_job / "upload").exists()
+        for kept in (other_host, live, unowned):
+            assert (kept / "upload" / "predictions.upload").exists()
+        job = client.get(f"/v1/jobs/{stored['id']}", headers=TEAM_A).json()
+        assert job["status"] == "done"  # its row and report are untouched
+        assert client.get(f"/v1/jobs/{stored['id']}/report", headers=TEAM_A).status_code == 200
+        # a request that receives now writes its owner file, and deletes it with the upload
+        again = submit(client, preds, TEAM_A, reference_set=job["reference_set"])
+        assert not (data / "jobs" / again["id"] / "upload").exists()
 
 
 def test_a_set_whose_files_changed_on_disk_is_refused(

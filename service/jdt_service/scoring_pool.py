@@ -52,7 +52,7 @@ from jdt_service.job_memory import job_bytes_refusal
 from jdt_service.service_metrics import ServiceMetrics
 from jdt_service.settings import Settings
 
-__all__ = ["WORKDIR_PREFIX", "Admission", "ScoringPool"]
+__all__ = ["WORKDIR_PREFIX", "Admission", "ScoringPool", "process_exists"]
 
 T = TypeVar("T")
 logger = logging.getLogger("jdt_service")
@@ -61,7 +61,8 @@ WORKDIR_PREFIX = "jdt-"
 _WORKDIR = re.compile(rf"^{WORKDIR_PREFIX}(\d+)-")
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process of that pid runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -302,7 +303,7 @@ class ScoringPool:
             return 0
         for entry in entries:
             match = _WORKDIR.match(entry.name)
-            if match and entry.is_dir() and not _process_exists(int(match.group(1))):
+            if match and entry.is_dir() and not process_exists(int(match.group(1))):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         if removed:

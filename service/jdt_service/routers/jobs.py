@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +47,7 @@ from jdt_service.routers import reference_sets
 from jdt_service.routers.reference_sets import database, get_set, receive_upload, unpack_upload
 from jdt_service.settings import Settings
 from jdt_service.teams import Caller
+from jdt_service.upload_folders import new_upload_folder, remove_stale_uploads
 from monai_jdt.scoring import ScoringError, pair_cases
 
 __all__ = ["router"]
@@ -95,6 +97,7 @@ class JobEvents:
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings: Settings = app.state.settings
     db = await asyncio.to_thread(open_database, settings.data_dir, settings.database_url)
+    await asyncio.to_thread(remove_stale_uploads, settings.data_dir, partial(_stored, db))
     stopping = asyncio.Event()
     events = JobEvents(asyncio.get_running_loop(), stopping)
     runner = JobRunner(db, settings, on_finished=events.notify)
@@ -107,6 +110,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     finally:
         await asyncio.to_thread(runner.stop)
         db.dispose()
+
+
+def _stored(db: Database, kind: str, entry_id: str) -> bool:
+    """Whether the job (``kind`` ``jobs``) or the reference set of that id has its row."""
+    table = Job if kind == "jobs" else ReferenceSet
+    with db.session() as session:
+        return session.get(table, entry_id) is not None
 
 
 router = APIRouter(lifespan=lifespan)
@@ -185,7 +195,7 @@ async def create_job(request: Request, caller: AnyCaller) -> JSONResponse:
     db = database(request)
     job_id = new_id()
     folder = settings.data_dir / "jobs" / job_id
-    (folder / "upload").mkdir(parents=True)
+    new_upload_folder(folder)
     try:
         upload = await receive_upload(
             request,

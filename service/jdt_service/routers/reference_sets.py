@@ -40,6 +40,7 @@ from jdt_service.jobs import (
 )
 from jdt_service.scoring_pool import ScoringPool
 from jdt_service.settings import Settings
+from jdt_service.upload_folders import new_upload_folder
 from jdt_service.uploads import GrowingFile, UploadedForm, receive_form
 from jdt_service.zip_prefetch import Prefetched, ZipPrefetch
 
@@ -241,7 +242,7 @@ async def create_reference_set(request: Request, caller: AdminCaller) -> JSONRes
     db = database(request)
     set_id = new_id()
     target = settings.data_dir / "reference-sets" / set_id
-    (target / "upload").mkdir(parents=True)
+    new_upload_folder(target)
     owned = True
     try:
         upload = await receive_upload(
