@@ -90,18 +90,31 @@ def create_set(archive_bytes) -> Callable[..., dict[str, Any]]:
 
 
 @pytest.fixture
-def submit(archive_bytes) -> Callable[..., dict[str, Any]]:
-    """``submit(client, preds, headers, **fields)``: a job submitted with ``headers``; its JSON."""
+def post_job(archive_bytes) -> Callable[..., Any]:
+    """``post_job(client, preds, headers, **fields)``: the answer to ``POST /v1/jobs`` of the
+    predictions ``preds`` (zipped) and the form ``fields``, whatever its status."""
 
-    def send(
+    def post(
         client: TestClient, preds: dict[str, bytes], headers: dict[str, str], **fields: str
-    ) -> dict[str, Any]:
-        response = client.post(
+    ) -> Any:
+        return client.post(
             "/v1/jobs",
             data=fields,
             files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
             headers=headers,
         )
+
+    return post
+
+
+@pytest.fixture
+def submit(post_job) -> Callable[..., dict[str, Any]]:
+    """``submit(client, preds, headers, **fields)``: a job submitted with ``headers``; its JSON."""
+
+    def send(
+        client: TestClient, preds: dict[str, bytes], headers: dict[str, str], **fields: str
+    ) -> dict[str, Any]:
+        response = post_job(client, preds, headers, **fields)
         assert response.status_code == 202, response.text
         assert response.headers["location"] == f"/v1/jobs/{response.json()['id']}"
         body: dict[str, Any] = response.json()
@@ -698,7 +711,7 @@ def test_reference_set_from_a_server_folder(
 
 
 def test_a_set_deleted_while_a_job_on_it_is_submitted_is_404(
-    tmp_path: Path, database_url: str | None, case_files, create_set, archive_bytes, monkeypatch
+    tmp_path: Path, database_url: str | None, case_files, create_set, post_job, monkeypatch
 ) -> None:
     """The set goes while the predictions unpack: a set from a server folder keeps its files
     (the job's insert met the missing row: 500 IntegrityError), an uploaded set's folder goes
@@ -724,12 +737,7 @@ def test_a_set_deleted_while_a_job_on_it_is_submitted_is_404(
                 session.delete(session.get(ReferenceSet, served))
 
         def refused(set_id: str) -> str:
-            answer = client.post(
-                "/v1/jobs",
-                data={"reference_set": set_id},
-                files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
-                headers=TEAM_A,
-            )
+            answer = post_job(client, preds, TEAM_A, reference_set=set_id)
             assert answer.status_code == 404, answer.text
             assert answer.json()["detail"]["code"] == "not_found"
             return answer.text
@@ -796,7 +804,7 @@ def test_start_up_removes_what_a_killed_process_left_while_receiving(
 
 
 def test_a_set_whose_files_changed_on_disk_is_refused(
-    tmp_path: Path, database_url: str | None, case_files, archive_bytes, submit
+    tmp_path: Path, database_url: str | None, case_files, post_job, submit
 ) -> None:
     """A server folder edited after registration would be scored as another set under the
     same version: a job on it is refused (409) until the folder is registered again, and a
@@ -815,12 +823,7 @@ def test_a_set_whose_files_changed_on_disk_is_refused(
         (folder / first).write_bytes(refs[second])  # another volume under the same name
         (folder / third).unlink()
         (folder / "extra_case.nii.gz").write_bytes(refs[third])
-        r = client.post(
-            "/v1/jobs",
-            data={"reference_set": set_id},
-            files={"predictions": upload("p.zip", archive_bytes(preds, "zip", "preds"))},
-            headers=TEAM_A,
-        )
+        r = post_job(client, preds, TEAM_A, reference_set=set_id)
         assert r.status_code == 409, r.text
         detail = r.json()["detail"]
         assert detail["code"] == "reference_set_changed"

@@ -210,6 +210,15 @@ def _enter_key(page, key: str) -> None:
     page.get_by_role("button", name="Use this key").click()
 
 
+def _open_with_files(page, server_url: str, files: dict[str, Path]) -> None:
+    """The pair page with the team's key accepted and ``files`` (field id: path) chosen."""
+    page.goto(server_url + "/")
+    _enter_key(page, API_KEY)
+    page.locator("#key-message").filter(has_text="Key accepted").wait_for(timeout=10_000)
+    for field_name, path in files.items():
+        page.locator(f"#{field_name}").set_input_files(str(path))
+
+
 def test_a_wrong_key_is_refused_with_a_clear_message(offline, server_url, tmp_path) -> None:
     page = offline.page
     page.goto(server_url + "/")
@@ -254,11 +263,7 @@ def test_label_ids_past_2_53_are_shown_and_downloaded_exactly(
     for path, data in zip(paths.values(), (pred, ref), strict=True):
         nib.save(nib.Nifti1Image(data, np.eye(4), dtype=np.int64), path)
     page = offline.page
-    page.goto(server_url + "/")
-    _enter_key(page, API_KEY)
-    page.locator("#key-message").filter(has_text="Key accepted").wait_for(timeout=10_000)
-    for field_name, path in paths.items():
-        page.locator(f"#{field_name}").set_input_files(str(path))
+    _open_with_files(page, server_url, paths)
     page.get_by_role("checkbox", name="Draw the overlay pictures").uncheck()
     page.get_by_role("button", name="Score", exact=True).click()
     page.locator("#results").wait_for(state="visible", timeout=60_000)
@@ -294,11 +299,7 @@ def test_score_a_pair_through_the_page(offline, server_url, pair_files, tmp_path
     import numpy as np
 
     page = offline.page
-    page.goto(server_url + "/")
-    _enter_key(page, API_KEY)
-    page.locator("#key-message").filter(has_text="Key accepted").wait_for(timeout=10_000)
-    for field_name, path in pair_files.items():
-        page.locator(f"#{field_name}").set_input_files(str(path))
+    _open_with_files(page, server_url, pair_files)
     page.get_by_role("textbox", name=re.compile("^Labels and names")).fill(PAIR_LABELS)
     page.get_by_role("textbox", name=re.compile("^Regions")).fill(PAIR_REGIONS)
     page.get_by_role("checkbox", name="hd95", exact=True).check()
